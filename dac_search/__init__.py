@@ -1,0 +1,17 @@
+"""dac-search: data-free DAC factorisation of trained CNNs, with per-layer ranks searched on the device."""
+
+from __future__ import annotations
+
+from dac_search.cost import Cost, CostModel, count_cost
+from dac_search.decompose import decompose_conv, decompose_model, factorize, max_rank
+from dac_search.errors import ConfigError, DacSearchError, DecompositionError, ModelLoadError, PlanError
+from dac_search.plan import LayerChoice, RankPlan
+from dac_search.zoo import load_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError", "Cost", "CostModel", "DacSearchError", "DecompositionError", "LayerChoice", "ModelLoadError",
+    "PlanError", "RankPlan", "count_cost", "decompose_conv", "decompose_model", "factorize", "load_model",
+    "max_rank",
+]

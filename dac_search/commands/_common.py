@@ -1,0 +1,60 @@
+"""Arguments and loading shared by the sub-commands (model, weights, input shape)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from rich.console import Console
+from torch import nn
+
+from dac_search.errors import ConfigError
+from dac_search.plan import RankPlan
+from dac_search.zoo import default_input_shape, load_model
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``1,3,32,32`` or ``1x3x32x32`` -> (1, 3, 32, 32)."""
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--input-shape must be integers like 1,3,224,224, got {text!r}") from None
+    if len(shape) < 2 or any(v <= 0 for v in shape):
+        raise ConfigError(f"--input-shape must be at least two positive integers, got {text!r}")
+    return shape
+
+
+def console() -> Console:
+    """A rich console that does not squeeze tables to 80 columns when writing to a file or pipe."""
+    out = Console()
+    return out if out.is_terminal else Console(width=140)
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="cifar10-resnet20/32/44/56/110, a torchvision name, a TorchScript file, file.py:fn")
+    parser.add_argument("--weights", help="a state-dict file to load instead of the pretrained weights")
+    parser.add_argument("--input-shape", help="N,C,H,W (default: what the model expects)")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    spec: str
+    module: nn.Module
+    input_shape: tuple[int, ...]
+
+
+def load_from_args(args: argparse.Namespace, plan: RankPlan | None = None) -> LoadedModel:
+    """The model and its input shape: --input-shape, else the plan's, else the model's default."""
+    if plan is not None and plan.model and plan.model != args.model:
+        raise ConfigError(f"the plan was made for model {plan.model!r}, not {args.model!r}")
+    module = load_model(args.model, args.weights)
+    if args.input_shape:
+        shape = parse_shape(args.input_shape)
+    elif plan is not None and plan.input_shape:
+        shape = plan.input_shape
+    else:
+        shape = default_input_shape(args.model)
+        if shape is None:
+            raise ConfigError(f"model {args.model!r} needs --input-shape N,C,H,W")
+    return LoadedModel(args.model, module, tuple(shape))

@@ -1,0 +1,159 @@
+"""FLOPs (multiply-adds) and parameters of a model under any rank plan.
+
+Shapes are traced once with a sample input; after that the cost of a plan is arithmetic, so the
+search can price thousands of plans without building a single layer. FLOPs count the
+multiply-adds of every Conv2d and Linear for one image (batch 1), the convention of the DAC paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from dac_search.decompose.surgery import decomposable_layers
+from dac_search.plan import LayerChoice, RankPlan
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Everything about a conv that decides its cost and its latency, without its weights."""
+
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] | str
+    dilation: tuple[int, int]
+    groups: int
+    bias: bool
+    padding_mode: str
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+
+    @classmethod
+    def of(cls, name: str, conv: nn.Conv2d, in_hw: Sequence[int], out_hw: Sequence[int]) -> ConvGeometry:
+        padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
+        return cls(name, conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride),
+                   padding, tuple(conv.dilation), conv.groups, conv.bias is not None, conv.padding_mode,
+                   (int(in_hw[0]), int(in_hw[1])), (int(out_hw[0]), int(out_hw[1])))
+
+    def make_conv(self) -> nn.Conv2d:
+        """A randomly initialised conv of this geometry (for timing a layer alone)."""
+        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                         self.dilation, self.groups, self.bias, self.padding_mode)
+
+    def key(self) -> str:
+        """A stable text key of the geometry (latency caches are keyed by it, not by the name)."""
+        return (f"c{self.in_channels}-n{self.out_channels}-k{self.kernel_size[0]}x{self.kernel_size[1]}"
+                f"-s{self.stride[0]}x{self.stride[1]}-p{self.padding}-d{self.dilation[0]}x{self.dilation[1]}"
+                f"-g{self.groups}-b{int(self.bias)}-{self.padding_mode}-i{self.in_hw[0]}x{self.in_hw[1]}")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Multiply-adds for one image, and parameters."""
+
+    flops: int
+    params: int
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.flops + other.flops, self.params + other.params)
+
+    def __sub__(self, other: Cost) -> Cost:
+        return Cost(self.flops - other.flops, self.params - other.params)
+
+
+def conv_cost(geometry: ConvGeometry, choice: LayerChoice | None = None) -> Cost:
+    """Cost of one conv kept as it is (``choice`` None) or replaced as ``choice`` says."""
+    c, n, g = geometry.in_channels, geometry.out_channels, geometry.groups
+    cg = c // g
+    kh, kw = geometry.kernel_size
+    oh, ow = geometry.out_hw
+    out_pixels = oh * ow
+    bias = n if geometry.bias else 0
+    if choice is None:
+        weights = n * cg * kh * kw
+        return Cost(out_pixels * weights, weights + bias)
+    r = choice.rank
+    if choice.method == "dac":
+        depthwise, pointwise = c * r * kh * kw, n * cg * r
+        return Cost(out_pixels * (depthwise + pointwise), depthwise + pointwise + bias)
+    if choice.method == "spatial":
+        vertical, horizontal = g * r * cg * kh, n * r * kw
+        return Cost(oh * geometry.in_hw[1] * vertical + out_pixels * horizontal, vertical + horizontal + bias)
+    if choice.method == "channel":
+        reduce, expand = g * r * cg * kh * kw, n * r
+        return Cost(out_pixels * (reduce + expand), reduce + expand + bias)
+    raise ValueError(f"unknown method {choice.method!r}")
+
+
+def _single_image(input_shape: Sequence[int]) -> tuple[int, ...]:
+    return (1, *(int(v) for v in input_shape[1:]))
+
+
+def count_cost(model: nn.Module, input_shape: Sequence[int]) -> Cost:
+    """Direct count on a built model: run it once and add up every Conv2d and Linear it executes."""
+    flops = 0
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal flops
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            flops += output.numel() * (module.in_channels // module.groups) * kh * kw
+        else:
+            flops += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(_single_image(input_shape)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return Cost(flops, sum(p.numel() for p in model.parameters()))
+
+
+def trace_geometry(model: nn.Module, input_shape: Sequence[int]) -> dict[str, ConvGeometry]:
+    """Geometry of every decomposable conv of ``model``, in execution order, from one forward pass."""
+    layers = decomposable_layers(model)
+    found: dict[str, ConvGeometry] = {}
+    handles = []
+    for name, conv in layers.items():
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor, name: str = name) -> None:
+            found.setdefault(name, ConvGeometry.of(name, module, inputs[0].shape[-2:], output.shape[-2:]))
+        handles.append(conv.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(_single_image(input_shape)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+class CostModel:
+    """Prices any plan of one model from shapes traced once."""
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int]) -> None:
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.geometry = trace_geometry(model, input_shape)
+        self.baseline = count_cost(model, input_shape)
+
+    def layer(self, name: str, choice: LayerChoice | None = None) -> Cost:
+        return conv_cost(self.geometry[name], choice)
+
+    def cost(self, plan: RankPlan | Mapping[str, Any]) -> Cost:
+        plan = RankPlan.coerce(plan)
+        total = self.baseline
+        for name, choice in plan.layers.items():
+            total = total - self.layer(name) + self.layer(name, choice)
+        return total
+
+    def per_layer(self, plan: RankPlan) -> dict[str, tuple[Cost, Cost]]:
+        """Layer name -> (cost before, cost after) for every decomposable layer."""
+        return {name: (self.layer(name), self.layer(name, plan.layers.get(name))) for name in self.geometry}

@@ -1,0 +1,66 @@
+"""Apply a rank plan to a model: a deep copy with the planned convs replaced."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from dac_search.decompose.factors import check_decomposable, factorize, max_rank
+from dac_search.decompose.layers import LAYERS, FactorizedConv2d
+from dac_search.errors import DecompositionError, PlanError
+from dac_search.plan import RankPlan
+
+
+def decompose_conv(conv: nn.Conv2d, rank: int, method: str = "dac", variant: str | None = None) -> FactorizedConv2d:
+    """Factorise one conv to ``rank`` with ``method`` (dac | spatial | channel), run by ``variant``."""
+    try:
+        layer_cls = LAYERS[method]
+    except KeyError:
+        raise DecompositionError(f"unknown method {method!r}; choose one of {', '.join(LAYERS)}") from None
+    return layer_cls.from_conv(conv, rank, variant)
+
+
+def decomposable_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
+    """Every conv of ``model`` that a factorisation can help, by qualified name, in model order."""
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            try:
+                check_decomposable(module)
+            except DecompositionError:
+                continue
+            found[name] = module
+    return found
+
+
+def validate_plan(model: nn.Module, plan: RankPlan) -> None:
+    """Every planned layer exists, is a decomposable conv, and its rank is in range for its method."""
+    for name, choice in plan.layers.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise PlanError(f"the plan names layer {name!r}, which this model does not have") from None
+        if not isinstance(module, nn.Conv2d):
+            raise PlanError(f"layer {name!r} is a {type(module).__name__}, not a Conv2d")
+        try:
+            limit = max_rank(module, choice.method)
+        except DecompositionError as exc:
+            raise PlanError(f"layer {name!r}: {exc}") from None
+        if choice.rank > limit:
+            raise PlanError(f"layer {name!r}: rank {choice.rank} exceeds the limit {limit} for method {choice.method!r}")
+
+
+def decompose_model(model: nn.Module, plan: RankPlan | Mapping[str, Any] | str | os.PathLike[str]) -> nn.Module:
+    """A decomposed deep copy of ``model``; the original is left untouched (its SVDs stay cached)."""
+    plan = RankPlan.coerce(plan)
+    validate_plan(model, plan)
+    for name, choice in plan.layers.items():  # factor the originals, so the cache serves later calls
+        factorize(model.get_submodule(name), choice.method)
+    out = copy.deepcopy(model)
+    for name, choice in plan.layers.items():
+        out.set_submodule(name, decompose_conv(model.get_submodule(name), choice.rank, choice.method, choice.variant))
+    return out

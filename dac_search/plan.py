@@ -1,0 +1,144 @@
+"""A rank plan: which layers to factorise, how and to what rank. Data that is saved and replayed.
+
+JSON form (layers not listed are kept as they are)::
+
+    {"format": "dac-search/plan@1", "model": "cifar10-resnet56", "input_shape": [1, 3, 32, 32],
+     "layers": {"layer1.0.conv1": {"method": "dac", "rank": 3, "variant": "stacked"}}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from dac_search.decompose.factors import METHODS
+from dac_search.decompose.layers import LAYERS
+from dac_search.errors import PlanError
+
+PLAN_FORMAT = "dac-search/plan@1"
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """How one layer is replaced: ``method`` at ``rank``, run by ``variant`` (DAC only)."""
+
+    method: str
+    rank: int
+    variant: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise PlanError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise PlanError(f"rank must be a positive integer, got {self.rank!r}")
+        variants = LAYERS[self.method].variants
+        if self.variant not in variants:
+            allowed = ", ".join(v for v in variants if v) or "none"
+            raise PlanError(f"method {self.method!r} has no variant {self.variant!r} (variants: {allowed})")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method, "rank": self.rank}
+        if self.variant is not None:
+            out["variant"] = self.variant
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "layer") -> LayerChoice:
+        if not isinstance(data, Mapping):
+            raise PlanError(f"{where}: expected an object with method and rank, got {data!r}")
+        unknown = set(data) - {"method", "rank", "variant"}
+        if unknown:
+            raise PlanError(f"{where}: unknown keys {sorted(unknown)}")
+        method = data.get("method", "dac")
+        variant = data.get("variant")
+        if variant is None and method == "dac":
+            variant = "grouped"
+        try:
+            return cls(method=method, rank=data.get("rank"), variant=variant)  # type: ignore[arg-type]
+        except PlanError as exc:
+            raise PlanError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    """Layer name -> LayerChoice, plus the model and input shape it was made for."""
+
+    layers: Mapping[str, LayerChoice] = field(default_factory=dict)
+    model: str | None = None
+    input_shape: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", MappingProxyType(dict(sorted(self.layers.items()))))
+        if self.input_shape is not None:
+            object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": PLAN_FORMAT, "model": self.model,
+                "input_shape": list(self.input_shape) if self.input_shape else None,
+                "layers": {name: choice.to_dict() for name, choice in self.layers.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RankPlan:
+        if not isinstance(data, Mapping):
+            raise PlanError("a plan must be a JSON object")
+        fmt = data.get("format", PLAN_FORMAT)
+        if fmt != PLAN_FORMAT:
+            raise PlanError(f"unsupported plan format {fmt!r} (expected {PLAN_FORMAT!r})")
+        layers = data.get("layers")
+        if not isinstance(layers, Mapping):
+            raise PlanError("a plan needs a 'layers' object: layer name -> {method, rank}")
+        shape = data.get("input_shape")
+        if shape is not None and (not isinstance(shape, list) or not all(isinstance(v, int) and v > 0 for v in shape)):
+            raise PlanError(f"input_shape must be a list of positive integers, got {shape!r}")
+        choices = {str(name): LayerChoice.from_dict(choice, where=f"layer {name!r}") for name, choice in layers.items()}
+        return cls(layers=choices, model=data.get("model"), input_shape=tuple(shape) if shape else None)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write atomically: a reader never sees half a plan."""
+        return write_text_atomic(Path(path), self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> RankPlan:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise PlanError(f"plan file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PlanError(f"cannot read plan {path}: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"plan {path} is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def coerce(cls, plan: RankPlan | Mapping[str, Any] | str | os.PathLike[str]) -> RankPlan:
+        """Accept a RankPlan, its dict form, or a path to its JSON."""
+        if isinstance(plan, RankPlan):
+            return plan
+        if isinstance(plan, Mapping):
+            return cls.from_dict(plan)
+        if isinstance(plan, (str, os.PathLike)):
+            return cls.load(plan)
+        raise PlanError(f"cannot read a plan from {type(plan).__name__}")
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write to a temporary file beside ``path`` and rename it over: all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,142 @@
+"""``load_model(spec)``: CIFAR ResNets, torchvision classifiers, TorchScript files, ``file.py:fn``."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dac_search.errors import ModelLoadError
+from dac_search.zoo.cifar_resnet import DEPTHS, CifarResNet
+from dac_search.zoo.weights import apply_state_dict, fetch_checkpoint, read_state_dict
+
+_CIFAR_URL = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/{}"
+# Checkpoint file names of the upstream repository; the hex is the start of each file's sha256.
+_CIFAR_CHECKPOINTS = {20: "resnet20-12fca82f.th", 32: "resnet32-d509ac18.th", 44: "resnet44-014dd654.th",
+                      56: "resnet56-4bfd9763.th", 110: "resnet110-1d1ed7c2.th"}
+CIFAR_MODELS = tuple(f"cifar10-resnet{depth}" for depth in DEPTHS)
+_TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
+
+__all__ = ["CIFAR_MODELS", "default_input_shape", "known_models", "load_model"]
+
+
+def _torchvision_models() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def known_models() -> list[str]:
+    return [*CIFAR_MODELS, *_torchvision_models()]
+
+
+def default_input_shape(spec: str) -> tuple[int, int, int, int] | None:
+    """The input a named model expects; None where only the user knows (files, callables)."""
+    if spec in CIFAR_MODELS:
+        return (1, 3, 32, 32)
+    if spec in _torchvision_models():
+        return (1, 3, 299, 299) if spec == "inception_v3" else (1, 3, 224, 224)
+    return None
+
+
+def load_model(spec: str, weights: str | os.PathLike[str] | None = None) -> nn.Module:
+    """A model in eval mode from a name, a TorchScript file or ``file.py:callable`` / ``module:callable``.
+
+    ``weights``: a state-dict file to load instead of the model's default pretrained weights.
+    """
+    if spec in CIFAR_MODELS:
+        model: nn.Module = _load_cifar(spec, weights)
+    elif ":" in spec and not Path(spec).exists():
+        model = _load_callable(spec, weights)
+    elif spec.endswith(_TORCHSCRIPT_SUFFIXES) or Path(spec).is_file():
+        model = _load_torchscript(spec, weights)
+    elif spec in _torchvision_models():
+        model = _load_torchvision(spec, weights)
+    else:
+        close = difflib.get_close_matches(spec, known_models(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ModelLoadError(
+            f"unknown model {spec!r}{hint}; known: {', '.join(CIFAR_MODELS)}, any torchvision classifier "
+            f"(resnet50, vgg16, mobilenet_v2, ...), a TorchScript file, or path/to/file.py:function")
+    return model.eval()
+
+
+def _load_cifar(spec: str, weights: str | os.PathLike[str] | None) -> nn.Module:
+    depth = int(spec.removeprefix("cifar10-resnet"))
+    model = CifarResNet(depth)
+    source = weights or fetch_checkpoint(_CIFAR_URL.format(_CIFAR_CHECKPOINTS[depth]),
+                                         _CIFAR_CHECKPOINTS[depth].split("-")[1].split(".")[0])
+    apply_state_dict(model, read_state_dict(source), str(source))
+    return model
+
+
+def _load_torchvision(spec: str, weights: str | os.PathLike[str] | None) -> nn.Module:
+    import torchvision
+
+    model = torchvision.models.get_model(spec, weights=None)
+    if weights is None:
+        default = torchvision.models.get_model_weights(spec).DEFAULT
+        filename = os.path.basename(default.url)
+        prefix = filename.rsplit("-", 1)[-1].split(".")[0]
+        weights = fetch_checkpoint(default.url, prefix)
+    apply_state_dict(model, read_state_dict(weights), str(weights))
+    return model
+
+
+def _load_torchscript(spec: str, weights: str | os.PathLike[str] | None) -> nn.Module:
+    path = Path(spec)
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {spec}")
+    try:
+        model = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # torch.jit raises RuntimeError or its own types for non-TorchScript files
+        raise ModelLoadError(f"{spec} is not a TorchScript file ({type(exc).__name__}); pass a state dict "
+                             f"with --weights and the model as path/to/file.py:function") from None
+    if weights is not None:
+        apply_state_dict(model, read_state_dict(weights), str(weights))
+    return model
+
+
+def _load_callable(spec: str, weights: str | os.PathLike[str] | None) -> nn.Module:
+    target, _, attribute = spec.rpartition(":")
+    factory = _resolve(target, attribute, spec)
+    try:
+        model = factory()
+    except Exception as exc:  # user code: report, don't trace back
+        raise ModelLoadError(f"{spec}() failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"{spec}() returned {type(model).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        apply_state_dict(model, read_state_dict(weights), str(weights))
+    return model
+
+
+def _resolve(target: str, attribute: str, spec: str) -> Callable[[], object]:
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise ModelLoadError(f"model file not found: {target}")
+            name = f"_dac_search_user_{path.stem}"
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            assert module_spec is not None and module_spec.loader is not None
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # importing user code can raise anything
+        raise ModelLoadError(f"cannot import {target}: {type(exc).__name__}: {exc}") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ModelLoadError(f"{target} has no callable {attribute!r} (from {spec})")
+    return factory

@@ -1,0 +1,80 @@
+"""Pretrained weights: fetched through torch.hub's cache, hash checked, loaded with weights_only=True."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import urllib.error
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dac_search.errors import ModelLoadError, WeightsUnavailableError
+
+
+def hub_checkpoint_path(filename: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_checkpoint(url: str, sha256_prefix: str) -> Path:
+    """The cached file for ``url``, downloading it when missing; its sha256 must start with the prefix."""
+    path = hub_checkpoint_path(os.path.basename(url))
+    if not path.exists():
+        try:
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=sha256_prefix, progress=False)
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            raise WeightsUnavailableError(
+                f"cannot download {url} ({getattr(exc, 'reason', exc)}); put the file at {path} "
+                f"or pass --weights PATH") from None
+    actual = sha256_of(path)
+    if not actual.startswith(sha256_prefix):
+        raise WeightsUnavailableError(
+            f"{path} has sha256 {actual[:16]}..., expected {sha256_prefix}...: delete it to download again")
+    return path
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A state dict from a checkpoint file: a ``state_dict`` key and ``module.`` prefixes handled."""
+    try:
+        data: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelLoadError(f"weights file not found: {path}") from None
+    except pickle.UnpicklingError:
+        raise ModelLoadError(f"cannot read weights {path}: it holds objects that weights_only=True refuses "
+                             f"to load; save a plain state_dict") from None
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise ModelLoadError(f"cannot read weights {path}: not a PyTorch checkpoint ({type(exc).__name__})") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
+            data = data[key]
+            break
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ModelLoadError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in data.items()}
+
+
+def apply_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load strictly, reporting the first mismatches in one line."""
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = str(exc).strip().splitlines()[-1].strip()
+        raise ModelLoadError(f"weights {source} do not fit the model: {detail}") from None
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {', '.join(result.missing_keys[:3])}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected {', '.join(result.unexpected_keys[:3])}")
+    if problems:
+        raise ModelLoadError(f"weights {source} do not fit the model: {'; '.join(problems)}")

@@ -1,0 +1,102 @@
+"""Measure on this machine: runner.py in a subprocess, so the measured process is fresh and pinnable."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from profilers import _protocol, errors
+from profilers.base import LatencyResult, Profiler
+from profilers.devices import DeviceConfig
+
+
+class LocalProfiler(Profiler):
+    """Runs ``runner.py`` with the configured python, pinned with ``taskset`` when ``cpus`` is set."""
+
+    def __init__(self, config: DeviceConfig | None = None) -> None:
+        self.config = config or DeviceConfig(name="local")
+        self.name = self.config.name
+
+    def measure_many(
+        self, artifacts: Sequence[Path], input_shape: Sequence[int], *, runtime: str | None = None
+    ) -> list[LatencyResult]:
+        if not artifacts:
+            return []
+        ctx = self._context(runtime)
+        paths = [Path(artifact).resolve() for artifact in artifacts]
+        missing = [str(path) for path in paths if not path.is_file()]
+        if missing:
+            raise errors.BadModel(f"no such model file: {missing[0]}")
+        document = _protocol.job(
+            [str(p) for p in paths], input_shape, ctx.runtime, self.config.threads, self.config.measure
+        )
+        with tempfile.TemporaryDirectory(prefix="dac-search-") as tmp:
+            job_path = Path(tmp) / "job.json"
+            job_path.write_text(json.dumps(document), encoding="utf-8")
+            outcome = self._run(["--job", str(job_path)], self.config.runner_timeout(len(paths)), tmp)
+        return _protocol.results(_protocol.decode(outcome, ctx), paths, input_shape, ctx)
+
+    def info(self, *, runtime: str | None = None) -> dict[str, Any]:
+        ctx = self._context(runtime)
+        argument = _protocol.info_argument(ctx.runtime, self.config.threads)
+        with tempfile.TemporaryDirectory(prefix="dac-search-") as tmp:
+            outcome = self._run(["--info", argument], self.config.timeout_s, tmp)
+        document = _protocol.decode(outcome, ctx)
+        return {"device": self.name, "kind": "local", "cpus": list(self.config.cpus), **document}
+
+    def close(self) -> None:
+        """Nothing persistent to release."""
+
+    def _context(self, runtime: str | None) -> _protocol.Context:
+        return _protocol.Context(
+            device=self.name, python=self.config.python_path, runtime=runtime or self.config.runtime, host="localhost"
+        )
+
+    def _command(self, arguments: list[str]) -> list[str]:
+        command = [self.config.python_path, str(_protocol.RUNNER_PATH), *arguments]
+        if self.config.cpus:
+            taskset = shutil.which("taskset")
+            if taskset is None:
+                raise errors.RunnerFailed(f"{self.name}: cpus are set but taskset is not installed (util-linux)")
+            command = [taskset, "-c", ",".join(map(str, self.config.cpus)), *command]
+        return command
+
+    def _run(self, arguments: list[str], limit_s: float, workdir: str) -> _protocol.RunnerOutcome:
+        """Run the runner in its own process group, so a timeout kills it and anything it started."""
+        command = self._command(arguments)
+        env = {**os.environ, "TMPDIR": workdir}
+        start = time.monotonic()
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=workdir,
+                env=env,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            return _protocol.RunnerOutcome(127, "", f"{command[0]}: not found", 0.0, limit_s)
+        except PermissionError:
+            return _protocol.RunnerOutcome(126, "", f"{command[0]}: not executable", 0.0, limit_s)
+        try:
+            stdout, stderr = process.communicate(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            return _protocol.RunnerOutcome(124, stdout, stderr, time.monotonic() - start, limit_s)
+        finally:
+            if process.poll() is None:  # interrupted (Ctrl-C): do not leave the runner behind
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        return _protocol.RunnerOutcome(process.returncode, stdout, stderr, time.monotonic() - start, limit_s)

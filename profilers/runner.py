@@ -1,0 +1,432 @@
+"""Measure model latency on this machine; the one script both profilers run (locally or on a device).
+
+Self-contained on purpose: standard library plus the runtime being measured, so it can be uploaded to a
+bare device and run by its system python. Nothing here imports ``dac_search`` or ``profilers``.
+
+Usage::
+
+    python runner.py --job job.json [--watch-stdin]     # measure; prints one JSON line
+    python runner.py --info '{"runtime": "onnxruntime"}'  # describe the device; prints one JSON line
+
+Job (JSON)::
+
+    {"runtime": "onnxruntime" | "torch", "threads": 4 | null, "input_shape": [1, 3, 32, 32],
+     "models": ["/path/a.onnx", "/path/b.onnx"],
+     "settings": {"warmup_s": 0.5, "repeat_s": 0.1, "repeats": 10, "max_cov": 0.05,
+                  "max_attempts": 3, "cooldown_s": 0.0}}
+
+Protocol: every model is warmed up for ``warmup_s`` and the number of inferences per repeat is calibrated
+so that one repeat lasts at least ``repeat_s``. Then ``repeats`` timed repeats run round-robin over the
+models (interleaved, so slow drifts of the device hit every model alike). Models whose coefficient of
+variation exceeds ``max_cov`` - all models when the device throttled - are measured again, up to
+``max_attempts`` in all; the steadiest attempt is kept. Samples are milliseconds per inference.
+
+Exit codes let the caller tell failures apart without parsing text: see the ``EXIT_*`` constants. On a
+failure the last stdout line is still JSON: ``{"ok": false, "error": KIND, "message": ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+EXIT_OK = 0
+EXIT_BAD_JOB = 3
+EXIT_RUNTIME_MISSING = 4
+EXIT_OUT_OF_MEMORY = 5
+EXIT_BAD_MODEL = 6
+EXIT_ORPHANED = 7
+
+DEFAULT_SETTINGS: dict[str, float] = {
+    "warmup_s": 0.5,
+    "repeat_s": 0.1,
+    "repeats": 10,
+    "max_cov": 0.05,
+    "max_attempts": 3,
+    "cooldown_s": 0.0,
+}
+RUNTIMES = ("onnxruntime", "torch")
+
+# vcgencmd get_throttled bits that mean "happening now": under-voltage, frequency capped, throttled,
+# soft temperature limit. The high bits (<< 16) mean "has happened since boot".
+_THROTTLED_NOW = 0xF
+
+
+class JobError(Exception):
+    """The job itself is malformed: the caller's fault, not the device's."""
+
+
+class RuntimeMissing(Exception):
+    """The runtime cannot be imported by this python."""
+
+
+class BadModel(Exception):
+    """The runtime refused to load or run a model file."""
+
+
+# --------------------------------------------------------------------------------------------- statistics
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Linear-interpolation quantile of already sorted values (numpy's default method)."""
+    pos = (len(ordered) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summarize(samples: list[float]) -> dict[str, float]:
+    """Median, IQR, p90 and coefficient of variation of the samples (shared with ``profilers.base``)."""
+    if not samples:
+        raise ValueError("no samples")
+    ordered = sorted(samples)
+    mean = statistics.fmean(ordered)
+    std = statistics.stdev(ordered) if len(ordered) > 1 else 0.0
+    return {
+        "median_ms": statistics.median(ordered),
+        "iqr_ms": _quantile(ordered, 0.75) - _quantile(ordered, 0.25),
+        "p90_ms": _quantile(ordered, 0.9),
+        "cov": std / mean if mean > 0 else 0.0,
+        "n": len(ordered),
+    }
+
+
+# --------------------------------------------------------------------------------------- device conditions
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _cpu_model() -> str | None:
+    text = _read("/proc/cpuinfo") or ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    for key in ("model name", "Model", "Hardware", "cpu model"):
+        if fields.get(key):
+            return fields[key]
+    if fields.get("CPU part"):  # ARM without a model name: report the implementer and part numbers
+        return f"ARM implementer {fields.get('CPU implementer', '?')} part {fields['CPU part']}"
+    return platform.processor() or None
+
+
+def _throttled() -> str | None:
+    """``vcgencmd get_throttled`` as a hex string (Raspberry Pi only), else None."""
+    if shutil.which("vcgencmd") is None:
+        return None
+    try:
+        out = subprocess.run(["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    _, _, value = out.strip().partition("=")
+    return value or None
+
+
+def conditions() -> dict[str, Any]:
+    """What the device looks like right now; fields the device does not expose are None."""
+    cpufreq = "/sys/devices/system/cpu/cpu0/cpufreq/"
+    freq = _read(cpufreq + "scaling_cur_freq")
+    temp = _read("/sys/class/thermal/thermal_zone0/temp")
+    return {
+        "cpu_model": _cpu_model(),
+        "governor": _read(cpufreq + "scaling_governor"),
+        "freq_mhz": int(freq) / 1000 if freq and freq.isdigit() else None,
+        "temp_c": int(temp) / 1000 if temp and temp.lstrip("-").isdigit() else None,
+        "throttled": _throttled(),
+    }
+
+
+def _is_throttling(before: str | None, after: str | None) -> bool:
+    """True when the device is throttled now or a throttle event happened since ``before``."""
+    if after is None:
+        return False
+    try:
+        now = int(after, 16)
+        then = int(before, 16) if before else 0
+    except ValueError:
+        return False
+    return bool(now & _THROTTLED_NOW) or (now >> 16) != (then >> 16)
+
+
+# ------------------------------------------------------------------------------------------------ runtimes
+
+
+def _load_runtime(name: str, threads: int | None) -> tuple[str, Callable[[str, list[int]], Callable[[], Any]]]:
+    """Import the runtime and return (version, make_session); make_session(path, shape) -> run()."""
+    if name == "onnxruntime":
+        try:
+            import numpy as np
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise RuntimeMissing(str(exc)) from exc
+
+        def make_onnx(path: str, shape: list[int]) -> Callable[[], Any]:
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            try:
+                session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            except MemoryError:
+                raise
+            except Exception as exc:  # onnxruntime raises its own classes for every load failure
+                raise _classify(exc, path) from exc
+            feed = {session.get_inputs()[0].name: np.random.default_rng(0).random(shape, dtype=np.float32)}
+            return lambda: session.run(None, feed)
+
+        return ort.__version__, make_onnx
+
+    if name == "torch":
+        try:
+            import torch
+        except ImportError as exc:
+            raise RuntimeMissing(str(exc)) from exc
+        if threads:
+            torch.set_num_threads(threads)
+
+        def make_torch(path: str, shape: list[int]) -> Callable[[], Any]:
+            try:
+                module = torch.jit.load(path, map_location="cpu").eval()
+            except MemoryError:
+                raise
+            except Exception as exc:  # torch.jit.load raises RuntimeError and friends
+                raise _classify(exc, path) from exc
+            data = torch.rand(*shape)
+
+            def run() -> Any:
+                with torch.inference_mode():
+                    return module(data)
+
+            return run
+
+        return torch.__version__, make_torch
+
+    raise JobError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
+
+
+def _classify(exc: BaseException, path: str) -> BaseException:
+    """Runtimes report allocation failures as generic errors; tell them apart by their text."""
+    text = str(exc)
+    if any(marker in text for marker in ("bad_alloc", "Failed to allocate", "out of memory")):
+        return MemoryError(f"{os.path.basename(path)}: {text.splitlines()[0] if text else type(exc).__name__}")
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return BadModel(f"{os.path.basename(path)}: {first}")
+
+
+# --------------------------------------------------------------------------------------------- measurement
+
+
+class _Model:
+    """One model being measured: its run function, calibrated repeat size and samples per attempt."""
+
+    def __init__(self, path: str, run: Callable[[], Any]) -> None:
+        self.path = path
+        self.run = run
+        self.number = 1
+        self.attempts: list[dict[str, Any]] = []
+
+    def warm_up(self, warmup_s: float, repeat_s: float) -> None:
+        """Run for ``warmup_s``; size a repeat from the steadier second half of the warm-up runs."""
+        durations: list[float] = []
+        start = time.perf_counter()
+        while True:
+            t0 = time.perf_counter()
+            self._call()
+            durations.append(time.perf_counter() - t0)
+            if time.perf_counter() - start >= warmup_s and len(durations) >= 2:
+                break
+        per_call = statistics.median(durations[len(durations) // 2 :])
+        self.number = max(1, math.ceil(repeat_s / max(per_call, 1e-9)))
+
+    def repeat(self) -> float:
+        """One timed repeat; milliseconds per inference."""
+        run, number = self.run, self.number
+        t0 = time.perf_counter()
+        for _ in range(number):
+            run()
+        return (time.perf_counter() - t0) * 1000.0 / number
+
+    def _call(self) -> None:
+        try:
+            self.run()
+        except MemoryError:
+            raise
+        except Exception as exc:  # a model that loads but cannot run at this shape
+            raise _classify(exc, self.path) from exc
+
+    def best(self) -> dict[str, Any]:
+        return min(self.attempts, key=lambda attempt: attempt["cov"])
+
+
+def _settings(raw: dict[str, Any]) -> dict[str, float]:
+    unknown = set(raw) - set(DEFAULT_SETTINGS)
+    if unknown:
+        raise JobError(f"unknown settings: {', '.join(sorted(unknown))}")
+    merged = {**DEFAULT_SETTINGS, **raw}
+    for key, value in merged.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise JobError(f"setting {key} must be a non-negative number, got {value!r}")
+    if merged["repeats"] < 2 or merged["max_attempts"] < 1:
+        raise JobError("settings need repeats >= 2 and max_attempts >= 1")
+    return merged
+
+
+def measure(job: dict[str, Any]) -> dict[str, Any]:
+    """Run a job (see the module docstring) and return the result document."""
+    try:
+        paths = [str(path) for path in job["models"]]
+        shape = [int(dim) for dim in job["input_shape"]]
+        runtime = str(job.get("runtime", "onnxruntime"))
+        threads = job.get("threads")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise JobError(f"job needs models and input_shape: {exc}") from exc
+    if not paths:
+        raise JobError("job lists no models")
+    settings = _settings(dict(job.get("settings") or {}))
+    version, make_session = _load_runtime(runtime, int(threads) if threads else None)
+
+    before = conditions()
+    models = [_Model(path, make_session(path, shape)) for path in paths]
+    for model in models:
+        model.warm_up(settings["warmup_s"], settings["repeat_s"])
+
+    pending = list(models)
+    throttle_events = 0
+    for attempt in range(int(settings["max_attempts"])):
+        if settings["cooldown_s"] and attempt > 0:
+            time.sleep(settings["cooldown_s"])
+        flags_before = _throttled()
+        samples: dict[int, list[float]] = {id(model): [] for model in pending}
+        for _ in range(int(settings["repeats"])):
+            for model in pending:  # round-robin: interleaved repeats keep the comparison fair
+                samples[id(model)].append(model.repeat())
+        throttled = _is_throttling(flags_before, _throttled())
+        throttle_events += throttled
+        for model in pending:
+            stats = summarize(samples[id(model)])
+            model.attempts.append({"samples_ms": samples[id(model)], "cov": stats["cov"], "throttled": throttled})
+        pending = [m for m in pending if throttled or m.attempts[-1]["cov"] > settings["max_cov"]]
+        if not pending:
+            break
+
+    results = []
+    for model in models:
+        best = model.best()
+        results.append(
+            {
+                "model": model.path,
+                "samples_ms": best["samples_ms"],
+                "number": model.number,
+                "attempts": len(model.attempts),
+                "stable": best["cov"] <= settings["max_cov"] and not best["throttled"],
+            }
+        )
+    after = conditions()
+    return {
+        "ok": True,
+        "runtime": runtime,
+        "runtime_version": version,
+        "threads": int(threads) if threads else None,
+        "settings": settings,
+        "conditions": {**after, "temp_c_before": before["temp_c"], "throttle_events": throttle_events},
+        "results": results,
+    }
+
+
+def info(job: dict[str, Any]) -> dict[str, Any]:
+    """Describe the device and check that the runtime imports, without measuring anything."""
+    runtime = str(job.get("runtime", "onnxruntime"))
+    threads = job.get("threads")
+    version, _ = _load_runtime(runtime, int(threads) if threads else None)
+    return {
+        "ok": True,
+        "runtime": runtime,
+        "runtime_version": version,
+        "threads": int(threads) if threads else None,
+        "python": sys.executable,
+        "python_version": platform.python_version(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "hostname": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "conditions": conditions(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+
+
+def _watch_stdin() -> None:
+    """Exit when stdin closes: the caller (an SSH session, a parent process) is gone, so stop working."""
+
+    def watch() -> None:
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except (OSError, ValueError):
+            pass
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
+
+
+def _emit(document: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(document, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def _fail(kind: str, message: str, code: int) -> int:
+    _emit({"ok": False, "error": kind, "message": message})
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Measure model latency (dac-search runner).")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--job", help="path to the JSON job, or - for stdin")
+    mode.add_argument("--info", metavar="JSON", help="describe the device for this runtime/threads")
+    parser.add_argument("--watch-stdin", action="store_true", help="exit when stdin reaches EOF")
+    args = parser.parse_args(argv)
+    try:
+        if args.info is not None:
+            _emit(info(json.loads(args.info)))
+            return EXIT_OK
+        if args.job == "-":
+            job = json.loads(sys.stdin.readline())
+        else:
+            with open(args.job, encoding="utf-8") as handle:
+                job = json.load(handle)
+        if args.watch_stdin:
+            _watch_stdin()
+        _emit(measure(job))
+        return EXIT_OK
+    except RuntimeMissing as exc:
+        return _fail("runtime_missing", str(exc), EXIT_RUNTIME_MISSING)
+    except MemoryError as exc:
+        return _fail("out_of_memory", str(exc) or "MemoryError", EXIT_OUT_OF_MEMORY)
+    except BadModel as exc:
+        return _fail("bad_model", str(exc), EXIT_BAD_MODEL)
+    except (JobError, OSError, ValueError) as exc:
+        return _fail("bad_job", f"{type(exc).__name__}: {exc}", EXIT_BAD_JOB)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
