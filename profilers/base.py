@@ -103,16 +103,24 @@ class Profiler(abc.ABC):
       TorchScript file for torch); a remote profiler uploads them.
     * Only ``profilers.errors.ProfilerError`` subclasses escape; transient faults are retried inside, a
       real timeout is not.
-    * ``runtime=None`` means the device's configured runtime.
+    * ``runtime=None`` and ``settings=None`` mean the device's configured runtime and measure settings.
+    * ``name``, ``runtime`` and ``threads`` describe the device (latency caches are keyed by them).
     * Connections and other resources are opened lazily, reused, and released by ``close()``, which is
       idempotent. Use one profiler per thread.
     """
 
     name: str
+    runtime: str
+    threads: int | None
 
     @abc.abstractmethod
     def measure_many(
-        self, artifacts: Sequence[Path], input_shape: Sequence[int], *, runtime: str | None = None
+        self,
+        artifacts: Sequence[Path],
+        input_shape: Sequence[int],
+        *,
+        runtime: str | None = None,
+        settings: MeasureSettings | None = None,
     ) -> list[LatencyResult]:
         """Measure several artifacts interleaved, in one runner call."""
 
@@ -124,9 +132,16 @@ class Profiler(abc.ABC):
     def close(self) -> None:
         """Release connections; safe to call twice."""
 
-    def measure(self, artifact: Path, input_shape: Sequence[int], *, runtime: str | None = None) -> LatencyResult:
+    def measure(
+        self,
+        artifact: Path,
+        input_shape: Sequence[int],
+        *,
+        runtime: str | None = None,
+        settings: MeasureSettings | None = None,
+    ) -> LatencyResult:
         """Measure one artifact."""
-        return self.measure_many([artifact], input_shape, runtime=runtime)[0]
+        return self.measure_many([artifact], input_shape, runtime=runtime, settings=settings)[0]
 
     def __enter__(self) -> Profiler:
         return self

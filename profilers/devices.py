@@ -57,9 +57,9 @@ class DeviceConfig:
             return self.python
         return sys.executable if self.kind == "local" else "python3"
 
-    def runner_timeout(self, n_models: int) -> float:
+    def runner_timeout(self, n_models: int, settings: MeasureSettings | None = None) -> float:
         """Seconds a runner call measuring ``n_models`` may take before it is killed."""
-        m = self.measure
+        m = settings or self.measure
         per_model = m.warmup_s + m.repeats * m.repeat_s * m.max_attempts + m.cooldown_s * m.max_attempts
         return self.timeout_s + 3.0 * per_model * max(1, n_models)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from profilers import _protocol, errors
-from profilers.base import LatencyResult, Profiler
+from profilers.base import LatencyResult, MeasureSettings, Profiler
 from profilers.devices import DeviceConfig
 
 
@@ -24,9 +25,16 @@ class LocalProfiler(Profiler):
     def __init__(self, config: DeviceConfig | None = None) -> None:
         self.config = config or DeviceConfig(name="local")
         self.name = self.config.name
+        self.runtime = self.config.runtime
+        self.threads = self.config.threads
 
     def measure_many(
-        self, artifacts: Sequence[Path], input_shape: Sequence[int], *, runtime: str | None = None
+        self,
+        artifacts: Sequence[Path],
+        input_shape: Sequence[int],
+        *,
+        runtime: str | None = None,
+        settings: MeasureSettings | None = None,
     ) -> list[LatencyResult]:
         if not artifacts:
             return []
@@ -36,12 +44,12 @@ class LocalProfiler(Profiler):
         if missing:
             raise errors.BadModel(f"no such model file: {missing[0]}")
         document = _protocol.job(
-            [str(p) for p in paths], input_shape, ctx.runtime, self.config.threads, self.config.measure
+            [str(p) for p in paths], input_shape, ctx.runtime, self.config.threads, settings or self.config.measure
         )
         with tempfile.TemporaryDirectory(prefix="dac-search-") as tmp:
             job_path = Path(tmp) / "job.json"
             job_path.write_text(json.dumps(document), encoding="utf-8")
-            outcome = self._run(["--job", str(job_path)], self.config.runner_timeout(len(paths)), tmp)
+            outcome = self._run(["--job", str(job_path)], self.config.runner_timeout(len(paths), settings), tmp)
         return _protocol.results(_protocol.decode(outcome, ctx), paths, input_shape, ctx)
 
     def info(self, *, runtime: str | None = None) -> dict[str, Any]:
@@ -57,7 +65,7 @@ class LocalProfiler(Profiler):
 
     def _context(self, runtime: str | None) -> _protocol.Context:
         return _protocol.Context(
-            device=self.name, python=self.config.python_path, runtime=runtime or self.config.runtime, host="localhost"
+            device=self.name, python=self.config.python_path, runtime=runtime or self.config.runtime
         )
 
     def _command(self, arguments: list[str]) -> list[str]:
@@ -92,11 +100,16 @@ class LocalProfiler(Profiler):
         try:
             stdout, stderr = process.communicate(timeout=limit_s)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            _kill_group(process.pid)
             stdout, stderr = process.communicate()
             return _protocol.RunnerOutcome(124, stdout, stderr, time.monotonic() - start, limit_s)
         finally:
             if process.poll() is None:  # interrupted (Ctrl-C): do not leave the runner behind
-                os.killpg(process.pid, signal.SIGKILL)
+                _kill_group(process.pid)
                 process.wait()
         return _protocol.RunnerOutcome(process.returncode, stdout, stderr, time.monotonic() - start, limit_s)
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)

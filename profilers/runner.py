@@ -378,10 +378,11 @@ def _watch_stdin() -> None:
     """Exit when stdin closes: the caller (an SSH session, a parent process) is gone, so stop working."""
 
     def watch() -> None:
+        # os.read on the raw descriptor: a buffered read would hold a lock that interpreter shutdown needs.
         try:
-            while sys.stdin.buffer.read(4096):
+            while os.read(0, 4096):
                 pass
-        except (OSError, ValueError):
+        except OSError:
             pass
         os._exit(EXIT_ORPHANED)
 

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 from dac_search.errors import ConfigError
 
 RUN_FORMAT = "dac-search/run@1"
-PLAN_FORMAT = "dac-search/plan@1"
 STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
 OBJECTIVES = ("latency_ms", "flops")
 BUDGET_KINDS = ("latency", "flops", "params")
@@ -127,16 +126,6 @@ class TrialRow:
 
 
 @dataclass(frozen=True)
-class PlanLayer:
-    """One decomposed layer of a plan; layers not in a plan are kept as they are."""
-
-    name: str
-    method: str
-    rank: int
-    variant: str | None
-
-
-@dataclass(frozen=True)
 class RunResults:
     """A loaded run dir. ``pareto`` is None when ``pareto.csv`` was not written (interrupted search)."""
 
@@ -170,30 +159,6 @@ def load_run(run_dir: str | Path) -> RunResults:
     elif not info.partial:
         raise ConfigError(f"{pareto_file} is missing and run.json does not say the run is partial")
     return RunResults(run_dir=root, info=info, trials=trials, pareto=pareto)
-
-
-def load_plan_layers(path: Path) -> tuple[PlanLayer, ...]:
-    """The decomposed layers of a plan JSON file, in file order."""
-    data = _read_json(path)
-    if data.get("format") != PLAN_FORMAT:
-        raise ConfigError(f"{path}: format is {data.get('format')!r}, expected {PLAN_FORMAT!r}")
-    layers = data.get("layers")
-    if not isinstance(layers, dict):
-        raise ConfigError(f"{path}: 'layers' must be an object of layer name -> choice")
-    result = []
-    for name, choice in layers.items():
-        where = f"{path}: layers.{name}"
-        if not isinstance(choice, dict):
-            raise ConfigError(f"{where} must be an object like {{'method': 'dac', 'rank': 3}}")
-        result.append(
-            PlanLayer(
-                name=name,
-                method=_field(choice, "method", str, where),
-                rank=_field(choice, "rank", int, where),
-                variant=_optional(choice, "variant", str, where),
-            )
-        )
-    return tuple(result)
 
 
 def _trial_key(row: TrialRow) -> int:

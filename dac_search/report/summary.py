@@ -10,7 +10,8 @@ import re
 from dataclasses import dataclass
 
 from dac_search.report.pareto import best_row, front_rows, hypervolume, hypervolume_history
-from dac_search.report.results import Budget, PlanLayer, RunResults, TrialRow, UniformPoint, load_plan_layers
+from dac_search.plan import LayerChoice, RankPlan
+from dac_search.report.results import Budget, RunResults, TrialRow, UniformPoint
 
 # Margin above the worst proxy, so the worst completed trial still adds area to the hypervolume.
 PROXY_MARGIN = 1.1
@@ -76,7 +77,7 @@ class LayerGrid:
 
     layers: tuple[str, ...]
     trials: tuple[int, ...]
-    cells: tuple[tuple[PlanLayer | None, ...], ...]
+    cells: tuple[tuple[LayerChoice | None, ...], ...]
     missing: tuple[int, ...]
 
 
@@ -237,15 +238,15 @@ def _natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
 
 
 def _layer_grid(results: RunResults, pareto: tuple[TrialRow, ...]) -> LayerGrid:
-    plans: dict[int, dict[str, PlanLayer]] = {}
+    plans: dict[int, RankPlan] = {}
     missing = []
     for row in pareto:
         path = results.plan_path(row)
         if path is None:
             missing.append(row.trial)
             continue
-        plans[row.trial] = {layer.name: layer for layer in load_plan_layers(path)}
-    names = sorted({name for plan in plans.values() for name in plan}, key=_natural_key)
+        plans[row.trial] = RankPlan.load(path)
+    names = sorted({name for plan in plans.values() for name in plan.layers}, key=_natural_key)
     trials = tuple(row.trial for row in pareto if row.trial in plans)
-    cells = tuple(tuple(plans[t].get(name) for t in trials) for name in names)
+    cells = tuple(tuple(plans[t].layers.get(name) for t in trials) for name in names)
     return LayerGrid(layers=tuple(names), trials=trials, cells=cells, missing=tuple(missing))

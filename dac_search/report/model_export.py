@@ -1,0 +1,120 @@
+"""Export the model of one plan of a finished run: the last step after reading the report.
+
+``pick`` is ``best`` (the most accurate plan within the budget, as the report marks it) or a trial
+number. The model is rebuilt from the run's own record (``run.json``'s model and weights, the trial's
+plan file), so an export needs nothing but the run dir and the original weights.
+
+Formats: ``onnx``, ``torchscript`` (traced), and ``pt``: a ``torch.save`` dict with the plan and the
+decomposed state dict (format ``dac-search/export@1``), read back with ``load_pt_export``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dac_search.decompose import decompose_model
+from dac_search.errors import ConfigError
+from dac_search.export import atomic_path, export_onnx, export_torchscript
+from dac_search.plan import RankPlan
+from dac_search.report.pareto import best_row, front_rows
+from dac_search.report.results import RunResults, TrialRow, load_run
+from dac_search.zoo import load_model
+
+EXPORT_FORMATS = ("onnx", "torchscript", "pt")
+PT_FORMAT = "dac-search/export@1"
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """What was written, for the one line the CLI prints."""
+
+    path: Path
+    fmt: str
+    row: TrialRow
+
+
+def pick_trial(results: RunResults, pick: str) -> TrialRow:
+    """The row ``pick`` names; ``best`` is the report's best plan. Raise ``ConfigError`` if it has no plan."""
+    if pick == "best":
+        rows = results.pareto if results.pareto is not None else front_rows(results.trials, results.info.objective)
+        row = best_row(rows)
+        if row is None:
+            raise ConfigError(
+                f"no plan in {results.run_dir} meets the budget {results.info.budget.text}; "
+                "choose one with --pick TRIAL (see report.md)"
+            )
+    else:
+        try:
+            number = int(pick)
+        except ValueError:
+            raise ConfigError(f"--pick must be 'best' or a trial number, got {pick!r}") from None
+        found = results.trial(number)
+        if found is None:
+            raise ConfigError(f"{results.run_dir} has no trial {number} (trials 0..{len(results.trials) - 1})")
+        if found.state != "COMPLETE":
+            raise ConfigError(f"trial {number} is {found.state}, not COMPLETE; pick another trial")
+        row = found
+    if results.plan_path(row) is None:
+        raise ConfigError(f"the plan file of trial {row.trial} ({row.plan}) is missing in {results.run_dir}")
+    return row
+
+
+def build_model(results: RunResults, row: TrialRow) -> nn.Module:
+    """The decomposed model of ``row``, in eval mode: the run's model and weights with the trial's plan."""
+    info = results.info
+    model = load_model(info.model, weights=info.weights)
+    return decompose_model(model, results.plan_path(row)).eval()  # type: ignore[arg-type]
+
+
+def export_run(run_dir: str | Path, output: str | Path, fmt: str, pick: str = "best") -> ExportedModel:
+    """Write the model of the picked plan to ``output`` atomically (a file is either whole or absent)."""
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    results = load_run(run_dir)
+    row = pick_trial(results, pick)
+    model = build_model(results, row)
+    shape = results.info.input_shape
+    if fmt == "onnx":
+        path = export_onnx(model, output, shape)
+    elif fmt == "torchscript":
+        path = export_torchscript(model, output, shape)
+    else:
+        path = _save_pt(model, results, row, output)
+    return ExportedModel(path=Path(path), fmt=fmt, row=row)
+
+
+def _save_pt(model: nn.Module, results: RunResults, row: TrialRow, output: str | Path) -> Path:
+    info = results.info
+    record = {
+        "format": PT_FORMAT,
+        "model": info.model,
+        "weights": info.weights,
+        "input_shape": list(info.input_shape),
+        "trial": row.trial,
+        "plan": RankPlan.load(results.plan_path(row)).to_dict(),  # type: ignore[arg-type]
+        "state_dict": model.state_dict(),
+    }
+    with atomic_path(output) as tmp:
+        torch.save(record, tmp)
+    return Path(output)
+
+
+def load_pt_export(path: str | os.PathLike[str]) -> nn.Module:
+    """Rebuild a ``pt`` export: the original architecture, decomposed by the saved plan, then its weights.
+
+    Loading the original model only gives the layer shapes; every weight comes from the file.
+    """
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    if not isinstance(record, dict) or record.get("format") != PT_FORMAT:
+        raise ConfigError(f"{path} is not a dac-search pt export ({PT_FORMAT})")
+    model = decompose_model(load_model(record["model"], weights=record["weights"]), record["plan"])
+    model.load_state_dict(record["state_dict"])
+    return model.eval()

@@ -1,0 +1,202 @@
+"""The report's text: tables and key-value lists as strings, shared by the HTML, Markdown and terminal views.
+
+Formatting lives here once so the three views show the same digits; each renderer only adds markup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dac_search.report.results import TrialRow
+from dac_search.report.summary import ReportData
+
+DASH = "–"
+_OBJECTIVE_NAMES = {"latency_ms": "latency", "flops": "FLOPs"}
+
+
+@dataclass(frozen=True)
+class TextTable:
+    """Rows of already formatted cells; ``numeric`` columns are right-aligned, ``strong`` rows emphasised."""
+
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    numeric: tuple[bool, ...]
+    strong: tuple[bool, ...]
+
+
+def fmt_float(value: float | None, digits: int) -> str:
+    return DASH if value is None else f"{value:.{digits}f}"
+
+
+def fmt_flops(value: float | None) -> str:
+    return DASH if value is None else f"{value / 1e6:.2f} M"
+
+
+def fmt_params(value: float | None) -> str:
+    return DASH if value is None else f"{value / 1e3:.1f} K"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return DASH if value is None else f"{value:.2f}×"
+
+
+def _scaled(value: float | None, unit: float, digits: int) -> str:
+    return DASH if value is None else f"{value / unit:.{digits}f}"
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def pareto_table(data: ReportData) -> TextTable:
+    """The original model, then the Pareto points by cost: what a person chooses from."""
+    base = data.results.info.baseline
+    headers = ["Trial", "Proxy", "FLOPs (M)", "FLOPs ×", "Params (K)"]
+    if data.has_latency:
+        headers += ["Latency (ms)", "IQR (ms)", "Speed-up"]
+    if data.has_top1:
+        headers += ["Top-1 (%)"]
+    headers += ["Note"]
+
+    def cells(label: str, row: TrialRow | None, note: str) -> tuple[str, ...]:
+        proxy = base.proxy if row is None else row.proxy
+        flops = base.flops if row is None else row.flops
+        params = base.params if row is None else row.params
+        values = [
+            label,
+            fmt_float(proxy, 4),
+            _scaled(flops, 1e6, 2),
+            fmt_ratio(_ratio(flops, base.flops)),
+            _scaled(params, 1e3, 1),
+        ]
+        if data.has_latency:
+            latency = base.latency_ms if row is None else row.latency_ms
+            iqr = base.latency_iqr_ms if row is None else row.latency_iqr_ms
+            values += [fmt_float(latency, 3), fmt_float(iqr, 3), fmt_ratio(_ratio(base.latency_ms, latency))]
+        if data.has_top1:
+            values += [fmt_float(data.original_top1 if row is None else row.top1, 2)]
+        return (*values, note)
+
+    rows = [cells("original", None, "")]
+    rows += [cells(str(row.trial), row, _note(data, row)) for row in data.pareto]
+    numeric = tuple(h not in ("Trial", "Note") for h in headers)
+    strong = (False, *(row == data.best for row in data.pareto))
+    return TextTable(headers=tuple(headers), rows=tuple(rows), numeric=numeric, strong=strong)
+
+
+def _note(data: ReportData, row: TrialRow) -> str:
+    if row == data.best:
+        return "best"
+    return "" if row.feasible else "over budget"
+
+
+def uniform_table(data: ReportData) -> TextTable:
+    """The paper's uniform-rank baseline, to judge what the search bought."""
+    info = data.results.info
+    headers = ["Rank", "Proxy", "FLOPs (M)", "Params (K)"]
+    if data.has_latency:
+        headers += ["Latency (ms)"]
+    with_top1 = any(u.top1 is not None for u in info.uniform)
+    if with_top1:
+        headers += ["Top-1 (%)"]
+    rows = []
+    for point in info.uniform:
+        values = [str(point.rank), fmt_float(point.proxy, 4), _scaled(point.flops, 1e6, 2), _scaled(point.params, 1e3, 1)]
+        if data.has_latency:
+            values += [fmt_float(point.latency_ms, 3)]
+        if with_top1:
+            values += [fmt_float(point.top1, 2)]
+        rows.append(tuple(values))
+    return TextTable(
+        headers=tuple(headers), rows=tuple(rows), numeric=(True,) * len(headers), strong=(False,) * len(rows)
+    )
+
+
+def summary_items(data: ReportData) -> tuple[tuple[str, str], ...]:
+    """The few lines that answer "what did the night buy": budget, trials, the best plan against the original."""
+    info = data.results.info
+    counts = data.counts
+    budget = info.budget
+    items = [
+        ("Model", info.model + ("" if info.weights is None else f" (weights {info.weights})")),
+        ("Budget", f"{budget.text} {budget.kind} = {_budget_value(budget.value, budget.unit)}"),
+        ("Objectives", f"minimise {_OBJECTIVE_NAMES[info.objective]} and proxy (lower = closer to the original)"),
+        (
+            "Trials",
+            f"{counts.total} of {info.n_trials}: {counts.complete} complete ({counts.feasible} within budget), "
+            f"{counts.failed} failed, {counts.pruned} pruned, {counts.running} running",
+        ),
+        ("Pareto points", f"{len(data.pareto)} (from {data.pareto_source})"),
+        ("Best plan", _best_text(data)),
+        ("Original", _original_text(data)),
+        ("Run", f"started {info.created}, " + (f"finished {info.finished}" if info.finished else "not finished")),
+    ]
+    curve = data.hypervolume
+    if curve.values:
+        line = f"{curve.values[-1]:.4g} (reference {_axis_value(curve.reference[0], curve.axis.key)}, "
+        line += f"proxy {curve.reference[1]:.4g})"
+        if curve.uniform is not None:
+            line += f"; uniform-rank plans within budget: {curve.uniform:.4g}"
+        items.append(("Hypervolume", line))
+    if data.best is not None:
+        items.append(("Export", export_command(data.best)))
+    return tuple(items)
+
+
+def export_command(row: TrialRow) -> str:
+    """A placeholder, not the run dir's path: the same run must render the same bytes wherever it is."""
+    return f"dac-search export RUN_DIR --pick {row.trial} --format onnx -o model.onnx"
+
+
+def _budget_value(value: float, unit: str) -> str:
+    if unit == "ms":
+        return f"{value:.3f} ms"
+    return fmt_flops(value) + " FLOPs" if unit == "flops" else fmt_params(value) + " params"
+
+
+def _axis_value(value: float, key: str) -> str:
+    return f"{value:.3f} ms" if key == "latency_ms" else fmt_flops(value) + " FLOPs"
+
+
+def _best_text(data: ReportData) -> str:
+    best = data.best
+    if best is None:
+        return "none within the budget"
+    info = data.results.info
+    parts = [f"trial {best.trial}", f"proxy {fmt_float(best.proxy, 4)}"]
+    if best.top1 is not None:
+        drop = "" if data.original_top1 is None else f" ({best.top1 - data.original_top1:+.2f} vs original)"
+        parts.append(f"top-1 {best.top1:.2f} %{drop}")
+    if best.latency_ms is not None:
+        speedup = _ratio(info.baseline.latency_ms, best.latency_ms)
+        parts.append(f"latency {best.latency_ms:.3f} ms" + ("" if speedup is None else f" ({speedup:.2f}× faster)"))
+    parts.append(f"FLOPs {fmt_ratio(_ratio(best.flops, info.baseline.flops))} of the original")
+    return ", ".join(parts)
+
+
+def _original_text(data: ReportData) -> str:
+    base = data.results.info.baseline
+    parts = [f"FLOPs {fmt_flops(base.flops)}", f"params {fmt_params(base.params)}"]
+    if base.latency_ms is not None:
+        parts.append(f"latency {base.latency_ms:.3f} ms (IQR {fmt_float(base.latency_iqr_ms, 3)})")
+    if data.original_top1 is not None:
+        parts.append(f"top-1 {data.original_top1:.2f} %")
+    return ", ".join(parts)
+
+
+def condition_items(data: ReportData) -> tuple[tuple[str, str], ...]:
+    """Where and how it was measured, so a latency number can be trusted or questioned."""
+    info = data.results.info
+    items = []
+    if info.device is None:
+        items.append(("Device", "none (cost = FLOPs, no latency measured)"))
+    else:
+        items += [("Device", info.device.name), ("Runtime", info.device.runtime), *info.device.conditions]
+    items += [("Input shape", "×".join(str(n) for n in info.input_shape)), ("Seed", str(info.seed))]
+    if info.eval is not None:
+        items.append(("Eval data", info.eval.data))
+    items.append(("Command", info.command))
+    items += [(f"{name} version", version) for name, version in info.versions]
+    return tuple(items)

@@ -1,0 +1,115 @@
+"""Remote command execution and content-addressed upload over one paramiko connection.
+
+Only transport mechanics live here: no retries, no policy. Connection faults surface as the exceptions in
+``TRANSIENT`` so the caller can reconnect; a command running past its deadline raises ``DeadlineExceeded``.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import select
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+from paramiko.ssh_exception import NoValidConnectionsError
+
+# Faults worth a reconnect and a retry: the connection broke, not the work.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    EOFError,
+    ConnectionError,
+    NoValidConnectionsError,
+    TimeoutError,
+    socket.timeout,
+    paramiko.SSHException,
+)
+_CHUNK = 1 << 16
+_POLL_S = 0.1
+
+
+class DeadlineExceeded(Exception):
+    """The command did not finish before the local deadline (the remote ``timeout`` should have fired first)."""
+
+
+@dataclass(frozen=True)
+class Completed:
+    status: int
+    stdout: str
+    stderr: str
+    elapsed_s: float
+
+
+def run(client: paramiko.SSHClient, command: str, deadline_s: float, *, open_timeout_s: float = 30.0) -> Completed:
+    """Run ``command``; read stdout and stderr together as they come, so neither pipe fills and blocks the
+    remote side, and only then take the exit status. The channel's stdin stays open until we return: the
+    runner treats its EOF as "caller gone"."""
+    transport = client.get_transport()
+    if transport is None or not transport.is_active():
+        raise EOFError("the SSH connection is closed")
+    start = time.monotonic()
+    channel = transport.open_session(timeout=open_timeout_s)
+    try:
+        channel.exec_command(command)
+        out, err = bytearray(), bytearray()
+        fd = channel.fileno()
+        while True:
+            _drain(channel, out, err)
+            if channel.exit_status_ready() and (channel.eof_received or channel.closed):
+                _drain(channel, out, err)
+                break
+            if channel.closed or not transport.is_active():
+                break
+            if time.monotonic() - start > deadline_s:
+                raise DeadlineExceeded(f"no answer within {deadline_s:.0f} s")
+            select.select([fd], [], [], _POLL_S)
+        # paramiko reports -1 when the channel closed without an exit status: the connection broke.
+        status = channel.recv_exit_status() if channel.exit_status_ready() else -1
+        if status == -1:
+            raise EOFError("the connection closed before the command finished")
+        return Completed(status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), time.monotonic() - start)
+    finally:
+        channel.close()
+
+
+def _drain(channel: paramiko.Channel, out: bytearray, err: bytearray) -> None:
+    while channel.recv_ready():
+        out += channel.recv(_CHUNK)
+    while channel.recv_stderr_ready():
+        err += channel.recv_stderr(_CHUNK)
+
+
+def upload(sftp: paramiko.SFTPClient, local: Path, remote: str) -> bool:
+    """Put ``local`` at ``remote`` unless a file of that size is already there (names are content hashes,
+    so size is only a guard against a torn earlier upload). Written under a temporary name and renamed,
+    so a reader never sees half a file. Returns True when bytes were sent."""
+    size = local.stat().st_size
+    try:
+        if sftp.stat(remote).st_size == size:
+            return False
+    except FileNotFoundError:
+        pass
+    partial = f"{remote}.part-{secrets.token_hex(4)}"
+    try:
+        sftp.put(str(local), partial, confirm=True)
+        sftp.chmod(partial, 0o600)
+        sftp.posix_rename(partial, remote)
+    except BaseException:
+        _remove_quietly(sftp, partial)
+        raise
+    return True
+
+
+def write_private(sftp: paramiko.SFTPClient, remote: str, data: bytes) -> None:
+    """Write a small file readable by its owner only."""
+    sftp.putfo(io.BytesIO(data), remote, file_size=len(data), confirm=True)
+    sftp.chmod(remote, 0o600)
+
+
+def _remove_quietly(sftp: paramiko.SFTPClient, remote: str) -> None:
+    try:
+        sftp.remove(remote)
+    except (OSError, *TRANSIENT):
+        pass

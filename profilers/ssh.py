@@ -1,0 +1,377 @@
+"""Measure on a remote device over SSH (paramiko), running the same runner.py as the local profiler.
+
+Security: host keys are verified against known_hosts (unknown hosts refused unless the config says
+``host_key = "accept-new"``); keys or the agent only, never a password; every remote command is built
+with ``shlex`` quoting and wrapped in ``timeout``; job files live in a private ``mktemp -d`` directory that
+is removed when the runner exits, whatever happens to the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import json
+import logging
+import math
+import shlex
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import paramiko
+from paramiko.ssh_exception import NoValidConnectionsError
+
+from dac_search.errors import ConfigError
+from profilers import _protocol, _sshio, errors
+from profilers.base import LatencyResult, MeasureSettings, Profiler
+from profilers.devices import DeviceConfig
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+KEEPALIVE_S = 15
+KILL_AFTER_S = 5  # the runner gets TERM at its limit and KILL this much later
+DEADLINE_GRACE_S = 30.0  # local patience beyond the remote limit before giving up on the channel
+# Run in a private temp dir ($1), removed on exit even when the connection drops (the runner then sees
+# stdin EOF and stops). Arguments stay positional, so nothing is ever spliced into the script.
+_RUN_SCRIPT = 'd="$1"; shift; trap \'rm -rf -- "$d"\' EXIT; cd -- "$d" || exit 90; TMPDIR="$d" "$@"'
+_MKTEMP_SCRIPT = 'umask 077; mktemp -d "${TMPDIR:-/tmp}/dac-search.XXXXXXXXXX"'
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where to connect, after applying ~/.ssh/config to the configured host."""
+
+    alias: str
+    hostname: str
+    port: int
+    user: str
+    key_files: tuple[str, ...]
+
+    @property
+    def known_hosts_name(self) -> str:
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.hostname}:{self.port}"
+
+
+def resolve_target(config: DeviceConfig, host: str, ssh_config: Path | None = None) -> SshTarget:
+    """Explicit config values win over ~/.ssh/config, which wins over the defaults (port 22, local user)."""
+    path = ssh_config or Path("~/.ssh/config").expanduser()
+    entry: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            entry = dict(paramiko.SSHConfig.from_path(str(path)).lookup(host))
+        except (OSError, paramiko.ssh_exception.ConfigParseError) as exc:
+            raise ConfigError(f"{path}: cannot read ssh config: {exc}") from None
+    keys = (str(config.key),) if config.key else tuple(str(Path(k).expanduser()) for k in entry.get("identityfile", ()))
+    return SshTarget(
+        alias=host,
+        hostname=str(entry.get("hostname", host)),
+        port=config.port or int(entry.get("port", 22)),
+        user=config.user or str(entry.get("user") or getpass.getuser()),
+        key_files=keys,
+    )
+
+
+class _UnknownHostKey(Exception):
+    def __init__(self, key: paramiko.PKey) -> None:
+        super().__init__(key.get_name())
+        self.key = key
+
+
+class _RejectUnknown(paramiko.MissingHostKeyPolicy):
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        raise _UnknownHostKey(key)
+
+
+class _AcceptNew(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's ``StrictHostKeyChecking=accept-new``: trust a host seen for the first time and record it;
+    a changed key is still refused (paramiko raises BadHostKeyException before asking a policy)."""
+
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self.known_hosts.open("a", encoding="utf-8") as handle:
+            handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        self.known_hosts.chmod(0o600)
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        log.warning("added the host key of %s (%s) to %s", hostname, key.get_name(), self.known_hosts)
+
+
+class SshProfiler(Profiler):
+    """One device over SSH: one connection, opened lazily, reused, re-opened after a transient fault."""
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        *,
+        host: str | None = None,
+        ssh_config: Path | None = None,
+        backoff_s: float = 1.0,
+    ) -> None:
+        if config.kind != "ssh" or not config.hosts:
+            raise ConfigError(f"device {config.name} is not an ssh device with a host")
+        if host is not None and host not in config.hosts:
+            raise ConfigError(f"host {host!r} is not one of device {config.name}'s hosts: {', '.join(config.hosts)}")
+        self.config = config
+        self.name = config.name
+        self.runtime = config.runtime
+        self.threads = config.threads
+        self.target = resolve_target(config, host or config.hosts[0], ssh_config)
+        self.known_hosts = config.known_hosts or Path("~/.ssh/known_hosts").expanduser()
+        self.backoff_s = backoff_s
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._workdir: str | None = None
+        self._digests: dict[tuple[str, int, int], str] = {}
+
+    # ------------------------------------------------------------------------------------------ interface
+
+    def measure_many(
+        self,
+        artifacts: Sequence[Path],
+        input_shape: Sequence[int],
+        *,
+        runtime: str | None = None,
+        settings: MeasureSettings | None = None,
+    ) -> list[LatencyResult]:
+        if not artifacts:
+            return []
+        paths = [Path(artifact).resolve() for artifact in artifacts]
+        missing = [str(path) for path in paths if not path.is_file()]
+        if missing:
+            raise errors.BadModel(f"no such model file: {missing[0]}")
+        ctx = self._context(runtime)
+        limit = self.config.runner_timeout(len(paths), settings)
+
+        def attempt() -> _protocol.RunnerOutcome:
+            runner = self._stage_runner()
+            remote_models = [self._stage(path, "models") for path in paths]
+            job = _protocol.job(
+                remote_models, input_shape, ctx.runtime, self.config.threads, settings or self.config.measure
+            )
+            tmp = self._mktemp()
+            try:
+                _sshio.write_private(self._sftp_client(), f"{tmp}/job.json", json.dumps(job).encode())
+                return self._run_runner(tmp, [runner, "--job", "job.json", "--watch-stdin"], limit)
+            finally:
+                self._remove(tmp)
+
+        outcome = self._with_retries(attempt)
+        return _protocol.results(_protocol.decode(outcome, ctx), paths, input_shape, ctx)
+
+    def info(self, *, runtime: str | None = None) -> dict[str, Any]:
+        ctx = self._context(runtime)
+        argument = _protocol.info_argument(ctx.runtime, self.config.threads)
+
+        def attempt() -> _protocol.RunnerOutcome:
+            runner = self._stage_runner()
+            tmp = self._mktemp()
+            try:
+                return self._run_runner(tmp, [runner, "--info", argument], self.config.timeout_s)
+            finally:
+                self._remove(tmp)
+
+        document = _protocol.decode(self._with_retries(attempt), ctx)
+        return {"device": self.name, "kind": "ssh", "target": str(self.target), "cpus": list(self.config.cpus), **document}
+
+    def close(self) -> None:
+        sftp, client = self._sftp, self._client
+        self._client = self._sftp = None
+        self._workdir = None
+        with contextlib.suppress(OSError, *_sshio.TRANSIENT):  # closing a broken connection may complain
+            if sftp is not None:
+                sftp.close()
+            if client is not None:
+                client.close()
+
+    # ------------------------------------------------------------------------------------------ connection
+
+    def _with_retries(self, operation: Callable[[], T]) -> T:
+        """Run ``operation`` on a live connection; on a transient fault reconnect and retry with backoff.
+        A measurement timeout is not transient: it propagates at once."""
+        attempts = self.config.retries + 1
+        last: BaseException | None = None
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                self._connection()
+                return operation()
+            except _sshio.DeadlineExceeded:
+                self.close()  # closing the channel's connection makes the runner see EOF and stop
+                raise errors.MeasurementTimeout(
+                    f"{self._where()} did not answer within the measurement limit; connection dropped"
+                ) from None
+            except _sshio.TRANSIENT as exc:
+                log.info("%s: transient fault (%s), attempt %d of %d", self._where(), _describe(exc), attempt + 1, attempts)
+                self.close()
+                last = exc
+        raise errors.DeviceUnreachable(
+            f"{self._where()} is unreachable: {_describe(last)} (gave up after {attempts} attempts)"
+        )
+
+    def _connection(self) -> paramiko.SSHClient:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def _connect(self) -> paramiko.SSHClient:
+        target, timeout = self.target, self.config.connect_timeout_s
+        for key in target.key_files:
+            if not Path(key).is_file():
+                raise ConfigError(f"{self._config_name()}: key: {key} does not exist")
+        client = paramiko.SSHClient()
+        try:
+            if self.known_hosts.is_file():
+                client.get_host_keys().load(str(self.known_hosts))
+            if self.config.host_key == "accept-new":
+                client.set_missing_host_key_policy(_AcceptNew(self.known_hosts))
+            else:
+                client.set_missing_host_key_policy(_RejectUnknown())
+            client.connect(
+                target.hostname,
+                port=target.port,
+                username=target.user,
+                key_filename=list(target.key_files) or None,
+                look_for_keys=not target.key_files,
+                allow_agent=True,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+                channel_timeout=timeout,
+            )
+            transport = client.get_transport()
+            assert transport is not None
+            transport.set_keepalive(KEEPALIVE_S)
+            return client
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise errors.HostKeyMismatch(
+                f"host key of {self._where()} does not match {self.known_hosts} "
+                f"(got {exc.key.get_name()} {exc.key.fingerprint}); if the device was reinstalled, "
+                f"remove the old key with: ssh-keygen -R {shlex.quote(target.known_hosts_name)}"
+            ) from None
+        except _UnknownHostKey as exc:
+            client.close()
+            raise errors.UnknownHost(
+                f"{self._where()} is not in {self.known_hosts} ({exc.key.get_name()} {exc.key.fingerprint}); "
+                f'connect once with ssh, or set host_key = "accept-new" in the device config'
+            ) from None
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            keys = ", ".join(target.key_files) or "default keys and ssh-agent"
+            raise errors.AuthFailed(f"{self._where()} refused authentication with {keys}: {exc}") from None
+        except socket.gaierror as exc:
+            client.close()
+            raise errors.DeviceUnreachable(f"{self._where()}: cannot resolve {target.hostname}: {exc.strerror}") from None
+        except BaseException:
+            client.close()
+            raise
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            self._sftp = self._connection().open_sftp()
+            self._sftp.get_channel().settimeout(self.config.connect_timeout_s * 3)
+        return self._sftp
+
+    # ------------------------------------------------------------------------------------------ remote files
+
+    def _remote_workdir(self) -> str:
+        """The per-device cache dir (absolute), created private on first use of a connection."""
+        if self._workdir is None:
+            sftp = self._sftp_client()
+            home = sftp.normalize(".")
+            workdir = self.config.workdir
+            if workdir == "~" or workdir.startswith("~/"):
+                workdir = home + workdir[1:]
+            elif not workdir.startswith("/"):
+                workdir = f"{home}/{workdir}"
+            completed = self._exec(shlex.join(["mkdir", "-p", "-m", "700", "--", f"{workdir}/models"]), 60.0)
+            if completed.status != 0:
+                raise errors.RunnerFailed(f"{self._where()}: cannot create {workdir}: {completed.stderr.strip()}")
+            self._workdir = workdir
+        return self._workdir
+
+    def _stage_runner(self) -> str:
+        return self._stage(_protocol.RUNNER_PATH, "", name=f"runner-{_protocol.runner_digest()}.py")
+
+    def _stage(self, local: Path, subdir: str, *, name: str | None = None) -> str:
+        """Upload by content hash into the device cache; skipped when the device already has it."""
+        remote_dir = self._remote_workdir() + (f"/{subdir}" if subdir else "")
+        remote = f"{remote_dir}/{name or self._digest(local) + local.suffix}"
+        try:
+            sent = _sshio.upload(self._sftp_client(), local, remote)
+        except PermissionError as exc:
+            raise errors.RunnerFailed(f"{self._where()}: cannot write {remote}: {exc}") from None
+        if sent:
+            log.info("%s: uploaded %s -> %s", self._where(), local.name, remote)
+        return remote
+
+    def _digest(self, path: Path) -> str:
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in self._digests:
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            self._digests[key] = digest.hexdigest()[:32]
+        return self._digests[key]
+
+    def _mktemp(self) -> str:
+        completed = self._exec(shlex.join(["/bin/sh", "-c", _MKTEMP_SCRIPT]), 60.0)
+        path = completed.stdout.strip()
+        if completed.status != 0 or not path.startswith("/"):
+            raise errors.RunnerFailed(f"{self._where()}: mktemp -d failed: {completed.stderr.strip()}")
+        return path
+
+    def _remove(self, tmp: str) -> None:
+        """Best effort: if the connection is gone, the run script's trap removes the dir instead."""
+        try:
+            self._exec(shlex.join(["rm", "-rf", "--", tmp]), 60.0)
+        except (_sshio.DeadlineExceeded, *_sshio.TRANSIENT) as exc:
+            log.info("%s: could not remove %s now (%s)", self._where(), tmp, _describe(exc))
+
+    # ------------------------------------------------------------------------------------------ commands
+
+    def _run_runner(self, tmp: str, arguments: list[str], limit_s: float) -> _protocol.RunnerOutcome:
+        """runner.py under ``timeout`` (TERM to its whole process group, KILL 5 s later) in ``tmp``."""
+        command = ["timeout", "-k", f"{KILL_AFTER_S}s", f"{math.ceil(limit_s)}s"]
+        if self.config.cpus:
+            command += ["taskset", "-c", ",".join(map(str, self.config.cpus))]
+        command += [self.config.python_path, *arguments]
+        completed = self._exec(shlex.join(["/bin/sh", "-c", _RUN_SCRIPT, "sh", tmp, *command]), limit_s + DEADLINE_GRACE_S)
+        return _protocol.RunnerOutcome(completed.status, completed.stdout, completed.stderr, completed.elapsed_s, limit_s)
+
+    def _exec(self, command: str, deadline_s: float) -> _sshio.Completed:
+        return _sshio.run(self._connection(), command, deadline_s, open_timeout_s=self.config.connect_timeout_s * 3)
+
+    def _context(self, runtime: str | None) -> _protocol.Context:
+        return _protocol.Context(
+            device=self.name, python=self.config.python_path, runtime=runtime or self.config.runtime, host=self.target.alias
+        )
+
+    def _where(self) -> str:
+        return f"{self.name} ({self.target.hostname}:{self.target.port})"
+
+    def _config_name(self) -> str:
+        return str(self.config.source) if self.config.source else f"device {self.name}"
+
+
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, NoValidConnectionsError):
+        return "connection refused"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return "connection timed out"
+    if isinstance(exc, EOFError):
+        return str(exc) or "connection closed"
+    return f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"

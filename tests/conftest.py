@@ -1,0 +1,63 @@
+"""Shared fixtures: the real CIFAR-10 assets beside the checkout, and torch.hub's cache seeded from them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ASSETS = Path(os.environ.get("DAC_SEARCH_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))
+CIFAR = ASSETS / "cifar10"
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip with a visible reason on a dev machine; fail in CI, where everything must be present."""
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def cifar_assets() -> Path:
+    require((CIFAR / "cifar10_test_a.npz").exists(), f"CIFAR-10 assets not found at {CIFAR}")
+    return CIFAR
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory: pytest.TempPathFactory, cifar_assets: Path) -> Path:
+    """A TORCH_HOME whose hub cache holds the CIFAR ResNet checkpoints, as a download would leave it."""
+    home = tmp_path_factory.mktemp("torch_home")
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for checkpoint in cifar_assets.glob("*.th"):
+        shutil.copy(checkpoint, checkpoints / checkpoint.name)
+    previous = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("TORCH_HOME", None)
+    else:
+        os.environ["TORCH_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def cifar_test(cifar_assets: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 5,000 real CIFAR-10 test images, normalised as the checkpoints expect, and their labels."""
+    data = np.load(cifar_assets / "cifar10_test_a.npz")
+    x = torch.from_numpy(data["x"]).permute(0, 3, 1, 2).float().div(255)
+    x = (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    return x, torch.from_numpy(data["y"])
+
+
+def top1(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    with torch.no_grad():
+        predictions = torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+    return float((predictions == y).float().mean()) * 100

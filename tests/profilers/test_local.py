@@ -1,0 +1,73 @@
+"""LocalProfiler: the runner in a subprocess, with the same results and errors as over SSH."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from profilers import BadModel, LocalProfiler, MeasurementTimeout, RuntimeMissing, load_device, make_profiler
+
+from .conftest import wait_until_gone, write_device
+
+
+def _local(tmp_path: Path, **keys: object) -> LocalProfiler:
+    profiler = make_profiler(load_device(write_device(tmp_path / "local-test.toml", kind="local", threads=1, **keys)))
+    assert isinstance(profiler, LocalProfiler)
+    return profiler
+
+
+def test_measures_and_describes(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    with _local(tmp_path) as profiler:
+        small, large = profiler.measure_many(list(tiny_models), [1, 3, 16, 16])
+        info = profiler.info()
+    assert small.artifact == "small.onnx" and small.device == "local-test" and small.n == 5
+    assert large.median_ms > 0 and large.input_shape == (1, 3, 16, 16)
+    assert info["python"] == sys.executable and info["runtime"] == "onnxruntime" and info["kind"] == "local"
+
+
+def test_pins_cpus_with_taskset(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    if not hasattr(os, "sched_getaffinity") or 0 not in os.sched_getaffinity(0):
+        pytest.skip("cpu 0 not available")
+    with _local(tmp_path, cpus="0") as profiler:
+        assert profiler._command(["--info", "{}"])[1:3] == ["-c", "0"]
+        assert profiler.measure(tiny_models[0], (1, 3, 16, 16)).n == 5
+
+
+def test_python_without_runtime(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    bare = "/usr/bin/python3"
+    if subprocess.run([bare, "-c", "import onnxruntime"], capture_output=True).returncode == 0:
+        pytest.skip(f"{bare} has onnxruntime")
+    with _local(tmp_path, python=bare) as profiler, pytest.raises(
+        RuntimeMissing, match=f"onnxruntime is not importable by {bare} on local-test"
+    ):
+        profiler.measure(tiny_models[0], (1, 3, 16, 16))
+
+
+def test_missing_python(tmp_path: Path) -> None:
+    with _local(tmp_path, python=str(tmp_path / "nope")) as profiler, pytest.raises(
+        RuntimeMissing, match="is not an executable python"
+    ):
+        profiler.info()
+
+
+def test_missing_model_file(tmp_path: Path) -> None:
+    with _local(tmp_path) as profiler, pytest.raises(BadModel, match="no such model"):
+        profiler.measure(tmp_path / "absent.onnx", (1, 3, 16, 16))
+
+
+def test_hanging_runner_is_killed(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    marker = f"dac-hang-{uuid.uuid4().hex}"
+    python = tmp_path / "hangpython"
+    python.write_text(f'#!/bin/sh\n{sys.executable} -c "import time; time.sleep(600)" {marker} "$@"\n')
+    python.chmod(0o755)  # no exec: the sleeping child is a grandchild, which the group kill must reach
+    start = time.monotonic()
+    with _local(tmp_path, python=str(python), timeout_s=1) as profiler, pytest.raises(MeasurementTimeout):
+        profiler.measure(tiny_models[0], (1, 3, 16, 16))
+    assert time.monotonic() - start < 10
+    assert wait_until_gone(marker, timeout_s=2) == []

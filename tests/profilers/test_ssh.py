@@ -1,0 +1,197 @@
+"""The SSH profiler against a real OpenSSH server on 127.0.0.1 (no mocks), including its failure modes."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from profilers import (
+    DeviceUnreachable,
+    HostKeyMismatch,
+    LatencyResult,
+    MeasurementTimeout,
+    RuntimeMissing,
+    SshProfiler,
+    UnknownHost,
+    AuthFailed,
+    load_device,
+    make_profiler,
+)
+
+from .conftest import SshServer, processes_matching, wait_until_gone
+
+
+def _profiler(sshd: SshServer, tmp_path: Path, **overrides: object) -> SshProfiler:
+    config = load_device(sshd.device_toml(tmp_path / "device.toml", **overrides))
+    return SshProfiler(config, backoff_s=0.1)
+
+
+def _dac_tmp_dirs() -> set[str]:
+    return {path.name for path in Path("/tmp").glob("dac-search.*")}
+
+
+def test_measures_end_to_end(sshd: SshServer, tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    before = _dac_tmp_dirs()
+    with _profiler(sshd, tmp_path) as profiler:
+        small, large = profiler.measure_many(list(tiny_models), (1, 3, 16, 16))
+        info = profiler.info()
+    assert isinstance(small, LatencyResult) and small.artifact == "small.onnx" and large.artifact == "large.onnx"
+    assert small.n == 5 and small.median_ms > 0 and small.conditions.runtime == "onnxruntime"
+    assert small.conditions.runtime_version and small.conditions.threads == 1
+    assert small.device == "loopback-test" and small.conditions.host == "127.0.0.1"
+    assert info["python"] == sys.executable and info["runtime_version"] == small.conditions.runtime_version
+    assert info["machine"] and info["cpu_count"] >= 1
+    assert _dac_tmp_dirs() <= before  # the private temp dirs were removed
+
+
+def test_upload_is_skipped_when_device_has_the_file(
+    sshd: SshServer, tmp_path: Path, tiny_models: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    small = tiny_models[0]
+    caplog.set_level(logging.INFO, logger="profilers.ssh")
+    with _profiler(sshd, tmp_path) as profiler:
+        profiler.measure(small, (1, 3, 16, 16))
+        first = [r.message for r in caplog.records if "uploaded" in r.message]
+        caplog.clear()
+        profiler.close()  # a new connection must still find the cached files
+        profiler.measure(small, (1, 3, 16, 16))
+        second = [r.message for r in caplog.records if "uploaded" in r.message]
+    assert len(first) == 2  # the runner and the model
+    assert second == []
+    cached = list((tmp_path / "device-cache" / "models").iterdir())
+    assert len(cached) == 1 and cached[0].suffix == ".onnx" and (cached[0].stat().st_mode & 0o077) == 0
+
+
+def test_ssh_config_alias_is_honoured(sshd: SshServer, tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(
+        f"Host testbox\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n  IdentityFile {sshd.client_key}\n"
+    )
+    config = load_device(sshd.device_toml(tmp_path / "d.toml", host="testbox", port=None, user=None, key=None))
+    with SshProfiler(config, ssh_config=ssh_config) as profiler:
+        assert str(profiler.target) == f"{sshd.user}@127.0.0.1:{sshd.port}"
+        assert profiler.measure(tiny_models[0], (1, 3, 16, 16)).n == 5
+
+
+def test_wrong_host_key_is_refused(sshd: SshServer, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 {other.with_suffix('.pub').read_text().split()[1]}\n")
+    with _profiler(sshd, tmp_path, known_hosts=str(known_hosts)) as profiler:
+        with pytest.raises(HostKeyMismatch, match="does not match"):
+            profiler.info()
+
+
+def test_unknown_host_refused_by_default_and_accepted_with_accept_new(sshd: SshServer, tmp_path: Path) -> None:
+    known_hosts = tmp_path / "ssh" / "known_hosts"
+    with _profiler(sshd, tmp_path, known_hosts=str(known_hosts)) as profiler:
+        with pytest.raises(UnknownHost, match="accept-new"):
+            profiler.info()
+    assert not known_hosts.exists()
+    with _profiler(sshd, tmp_path, known_hosts=str(known_hosts), host_key="accept-new") as profiler:
+        assert profiler.info()["runtime"] == "onnxruntime"
+    assert known_hosts.read_text().split() == [f"[127.0.0.1]:{sshd.port}", "ssh-ed25519", sshd.host_public_key]
+    with _profiler(sshd, tmp_path, known_hosts=str(known_hosts)) as profiler:  # now known: strict works
+        assert profiler.info()["runtime"] == "onnxruntime"
+
+
+def test_closed_port_is_unreachable(sshd: SshServer, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    start = time.monotonic()
+    with _profiler(sshd, tmp_path, port=closed_port) as profiler:
+        with pytest.raises(DeviceUnreachable, match="connection refused"):
+            profiler.info()
+    assert time.monotonic() - start < 5
+
+
+def test_wrong_key_fails_authentication(sshd: SshServer, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    with _profiler(sshd, tmp_path, key=str(stranger)) as profiler:
+        with pytest.raises(AuthFailed, match="refused authentication"):
+            profiler.info()
+
+
+def test_python_without_runtime(sshd: SshServer, tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    bare = "/usr/bin/python3"
+    if subprocess.run([bare, "-c", "import onnxruntime"], capture_output=True).returncode == 0:
+        pytest.skip(f"{bare} has onnxruntime")
+    with _profiler(sshd, tmp_path, python=bare) as profiler:
+        with pytest.raises(RuntimeMissing, match=f"onnxruntime is not importable by {bare} on loopback-test"):
+            profiler.measure(tiny_models[0], (1, 3, 16, 16))
+
+
+def test_hanging_runner_is_killed_on_the_device(sshd: SshServer, tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    marker = f"dac-hang-{uuid.uuid4().hex}"
+    python = tmp_path / "hangpython"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} -c "import time; time.sleep(600)" {marker} "$@"\n')
+    python.chmod(0o755)
+    start = time.monotonic()
+    with _profiler(sshd, tmp_path, python=str(python), timeout_s=1) as profiler:
+        with pytest.raises(MeasurementTimeout, match="did not finish within"):
+            profiler.measure(tiny_models[0], (1, 3, 16, 16))
+    assert time.monotonic() - start < 15
+    assert wait_until_gone(marker, timeout_s=2) == []
+
+
+def test_sshd_killed_mid_measurement_then_reconnects(
+    sshd: SshServer, tmp_path: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    slow = {"warmup_s": 2.0, "repeat_s": 0.005, "repeats": 5, "max_attempts": 1}
+    profiler = _profiler(sshd, tmp_path, measure=slow)
+    marker = str(tmp_path / "device-cache")  # the runner's path on the device contains it
+    outcome: dict[str, BaseException] = {}
+
+    def measure() -> None:
+        try:
+            profiler.measure(tiny_models[0], (1, 3, 16, 16))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=measure)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not any("--job" in _cmdline(pid) for pid in processes_matching(marker)):
+            assert time.monotonic() < deadline, "the runner never started"
+            time.sleep(0.05)
+        killed_at = time.monotonic()
+        sshd.kill_all()
+        thread.join(timeout=20)
+        assert not thread.is_alive(), "measure hung after sshd died"
+        assert time.monotonic() - killed_at < 10
+        assert isinstance(outcome.get("error"), DeviceUnreachable)
+        assert "loopback-test" in str(outcome["error"])
+        assert wait_until_gone(marker) == []  # the orphaned runner stopped by itself
+    finally:
+        if sshd.process is None:
+            sshd.start()
+    try:
+        assert profiler.measure(tiny_models[0], (1, 3, 16, 16), runtime="onnxruntime").n == 5
+    finally:
+        profiler.close()
+
+
+def test_make_profiler_for_ssh_pool(sshd: SshServer, tmp_path: Path) -> None:
+    config = load_device(sshd.device_toml(tmp_path / "pool.toml", host=None, hosts=["127.0.0.1", "localhost"]))
+    assert config.hosts == ("127.0.0.1", "localhost")
+    profiler = make_profiler(config, host="localhost")
+    assert isinstance(profiler, SshProfiler) and profiler.target.hostname == "localhost"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -1,0 +1,67 @@
+"""Pareto math against hand-computed cases, and the best pick against the fixture."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from dac_search.report.pareto import best_row, dominates, front_rows, hypervolume, hypervolume_history, pareto_indices
+from dac_search.report.results import TrialRow, load_run
+from tests.report.conftest import FIXTURES, PARTIAL
+
+
+def row(trial: int, proxy: float, flops: int, feasible: bool = True, top1: float | None = None) -> TrialRow:
+    return TrialRow(trial, "COMPLETE", feasible, proxy, flops, 1000, None, None, f"plans/trial-{trial}.json", top1)
+
+
+def test_front_of_a_staircase_drops_dominated_points() -> None:
+    points = [(1.0, 5.0), (2.0, 3.0), (2.5, 4.0), (3.0, 1.0), (4.0, 1.0), (0.5, 9.0)]
+    assert pareto_indices(points) == (0, 1, 3, 5)
+
+
+def test_duplicates_of_a_front_point_all_stay_and_ties_in_one_objective_do_not() -> None:
+    assert pareto_indices([(1.0, 2.0), (1.0, 2.0), (1.0, 3.0), (2.0, 2.0)]) == (0, 1)
+    assert pareto_indices([]) == ()
+
+
+def test_front_matches_the_definition_on_random_points() -> None:
+    rng = random.Random(3)
+    points = [(rng.randint(0, 9) * 1.0, rng.randint(0, 9) * 1.0) for _ in range(60)]
+    expected = tuple(i for i, p in enumerate(points) if not any(dominates(q, p) for q in points))
+    assert pareto_indices(points) == expected
+
+
+def test_hypervolume_of_known_fronts() -> None:
+    assert hypervolume([(1.0, 1.0)], (3.0, 3.0)) == pytest.approx(4.0)
+    # Two steps: 2x3 plus 1x(3-1)... the union of [1,4]x[2,4] and [2,4]x[1,4] is 6 + 2 = 8 - overlap.
+    assert hypervolume([(1.0, 2.0), (2.0, 1.0)], (4.0, 4.0)) == pytest.approx(3 * 2 + 2 * 1)
+    # A point beyond the reference and a dominated one add nothing.
+    assert hypervolume([(1.0, 2.0), (2.0, 1.0), (5.0, 0.0), (3.0, 3.0)], (4.0, 4.0)) == pytest.approx(8.0)
+    assert hypervolume([], (1.0, 1.0)) == 0.0
+
+
+def test_history_rises_and_matches_recomputing_from_scratch() -> None:
+    rng = random.Random(5)
+    points = [None if rng.random() < 0.2 else (rng.random(), rng.random()) for _ in range(40)]
+    history = hypervolume_history(points, (1.0, 1.0))
+    assert len(history) == len(points)
+    assert all(a <= b for a, b in itertools.pairwise(history))
+    for n in (1, 10, 25, 40):
+        seen = [p for p in points[:n] if p is not None]
+        assert history[n - 1] == pytest.approx(hypervolume(seen, (1.0, 1.0)))
+
+
+def test_best_prefers_measured_top1_then_proxy_then_cost() -> None:
+    rows = [row(1, 0.10, 500, top1=88.0), row(2, 0.05, 600, top1=87.0), row(3, 0.01, 700, feasible=False)]
+    assert best_row(rows).trial == 1
+    assert best_row([row(1, 0.10, 500), row(2, 0.05, 600), row(3, 0.05, 550)]).trial == 3
+    assert best_row([row(1, 0.1, 500, feasible=False)]) is None
+
+
+def test_front_of_an_interrupted_run_is_computed_from_trials() -> None:
+    results = load_run(FIXTURES / PARTIAL)
+    front = front_rows(results.trials, "latency_ms")
+    assert [r.trial for r in front] == [8, 9]
+    assert best_row(front).trial == 8

@@ -1,0 +1,54 @@
+"""`dac-search decompose` through the real entry point: output written, bad input one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dac_search.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_decompose_writes_onnx_and_prints_the_layer_table(hub_cache, tmp_path) -> None:
+    out = tmp_path / "r20.onnx"
+    result = run_cli("decompose", "--model", "cifar10-resnet20", "--rank", "4", "--exclude", "conv1",
+                     "--variant", "stacked", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    onnx.checker.check_model(onnx.load(str(out)))
+    assert "layer3.2.conv2" in result.stdout and "60% FLOPs" in result.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["r20.onnx"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "cifar10-resnet21", "--rank", "2"], "unknown model"),
+    (["--model", "cifar10-resnet20", "--rank", "12"], "out of range for layer 'conv1'"),
+    (["--model", "cifar10-resnet20", "--rank", "2", "--weights", "/etc/hostname"], "cannot read weights"),
+    (["--model", "cifar10-resnet20", "--plan", "{plan_other}"], "made for model 'cifar10-resnet56'"),
+    (["--model", "cifar10-resnet20", "--plan", "{plan_rank}"], "exceeds the limit"),
+    (["--model", "cifar10-resnet20", "--rank", "2", "--input-shape", "1,x"], "--input-shape"),
+    (["--model", "cifar10-resnet20", "--rank", "x"], "invalid int value"),
+])
+def test_bad_input_is_one_line_and_exit_2(hub_cache, tmp_path, args, message) -> None:
+    (tmp_path / "other.json").write_text(json.dumps({"model": "cifar10-resnet56", "layers": {}}))
+    (tmp_path / "rank.json").write_text(json.dumps({"layers": {"layer1.0.conv1": {"method": "dac", "rank": 10}}}))
+    args = [a.format(plan_other=tmp_path / "other.json", plan_rank=tmp_path / "rank.json") for a in args]
+    out = tmp_path / "out.onnx"
+    result = run_cli("decompose", *args, "-o", str(out))
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_unwritable_output_is_exit_2_and_leaves_nothing(hub_cache, tmp_path) -> None:
+    for target in (tmp_path / "missing-dir" / "m.onnx", tmp_path / "m.bin", tmp_path):
+        result = run_cli("decompose", "--model", "cifar10-resnet20", "--rank", "2", "-o", str(target))
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert list(Path(tmp_path).iterdir()) == []
