@@ -72,6 +72,8 @@ class RankPlan:
     layers: Mapping[str, LayerChoice] = field(default_factory=dict)
     model: str | None = None
     input_shape: tuple[int, ...] | None = None
+    # Data-free correction applied after decomposition (see dac_search.proxies.correction); None = plain DAC.
+    correction: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", MappingProxyType(dict(sorted(self.layers.items()))))
@@ -79,9 +81,12 @@ class RankPlan:
             object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": PLAN_FORMAT, "model": self.model,
-                "input_shape": list(self.input_shape) if self.input_shape else None,
-                "layers": {name: choice.to_dict() for name, choice in self.layers.items()}}
+        out: dict[str, Any] = {"format": PLAN_FORMAT, "model": self.model,
+                               "input_shape": list(self.input_shape) if self.input_shape else None}
+        if self.correction is not None:
+            out["correction"] = self.correction
+        out["layers"] = {name: choice.to_dict() for name, choice in self.layers.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RankPlan:
@@ -97,7 +102,11 @@ class RankPlan:
         if shape is not None and (not isinstance(shape, list) or not all(isinstance(v, int) and v > 0 for v in shape)):
             raise PlanError(f"input_shape must be a list of positive integers, got {shape!r}")
         choices = {str(name): LayerChoice.from_dict(choice, where=f"layer {name!r}") for name, choice in layers.items()}
-        return cls(layers=choices, model=data.get("model"), input_shape=tuple(shape) if shape else None)
+        correction = data.get("correction")
+        if correction is not None and not isinstance(correction, str):
+            raise PlanError(f"correction must be a name or null, got {correction!r}")
+        return cls(layers=choices, model=data.get("model"), input_shape=tuple(shape) if shape else None,
+                   correction=correction)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

@@ -48,12 +48,26 @@ def runner_digest() -> str:
     return hashlib.sha256(RUNNER_PATH.read_bytes()).hexdigest()[:16]
 
 
+def shapes(input_shape: Sequence[int] | Sequence[Sequence[int]], count: int) -> list[tuple[int, ...]]:
+    """One shape per artifact, from one shared shape or a list of them."""
+    if input_shape and all(isinstance(item, Sequence) for item in input_shape):
+        listed = [tuple(int(dim) for dim in item) for item in input_shape]  # type: ignore[union-attr]
+        if len(listed) != count:
+            raise ValueError(f"{len(listed)} input shapes for {count} artifacts")
+        return listed
+    return [tuple(int(dim) for dim in input_shape)] * count  # type: ignore[arg-type]
+
+
 def job(
-    models: Sequence[str], input_shape: Sequence[int], runtime: str, threads: int | None, settings: MeasureSettings
+    models: Sequence[str],
+    input_shapes: Sequence[tuple[int, ...]],
+    runtime: str,
+    threads: int | None,
+    settings: MeasureSettings,
 ) -> dict[str, Any]:
     return {
         "models": list(models),
-        "input_shape": [int(dim) for dim in input_shape],
+        "input_shape": [list(shape) for shape in input_shapes],
         "runtime": runtime,
         "threads": threads,
         "settings": settings.to_dict(),
@@ -93,7 +107,7 @@ def decode(outcome: RunnerOutcome, ctx: Context) -> dict[str, Any]:
 
 
 def results(
-    document: dict[str, Any], artifacts: Sequence[Path], input_shape: Sequence[int], ctx: Context
+    document: dict[str, Any], artifacts: Sequence[Path], input_shapes: Sequence[tuple[int, ...]], ctx: Context
 ) -> list[LatencyResult]:
     """One ``LatencyResult`` per artifact, in order, from a measurement document."""
     cond = Conditions.from_dict(
@@ -112,14 +126,14 @@ def results(
         LatencyResult(
             artifact=Path(artifact).name,
             device=ctx.device,
-            input_shape=tuple(int(dim) for dim in input_shape),
+            input_shape=shape,
             samples_ms=tuple(float(s) for s in row["samples_ms"]),
             conditions=cond,
             number=int(row["number"]),
             attempts=int(row["attempts"]),
             stable=bool(row["stable"]),
         )
-        for artifact, row in zip(artifacts, rows)
+        for artifact, shape, row in zip(artifacts, input_shapes, rows)
     ]
 
 

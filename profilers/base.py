@@ -117,12 +117,13 @@ class Profiler(abc.ABC):
     def measure_many(
         self,
         artifacts: Sequence[Path],
-        input_shape: Sequence[int],
+        input_shape: Sequence[int] | Sequence[Sequence[int]],
         *,
         runtime: str | None = None,
         settings: MeasureSettings | None = None,
     ) -> list[LatencyResult]:
-        """Measure several artifacts interleaved, in one runner call."""
+        """Measure several artifacts interleaved, in one runner call; ``input_shape`` is shared by all or
+        given per artifact (a list of shapes)."""
 
     @abc.abstractmethod
     def info(self, *, runtime: str | None = None) -> dict[str, Any]:

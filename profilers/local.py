@@ -31,7 +31,7 @@ class LocalProfiler(Profiler):
     def measure_many(
         self,
         artifacts: Sequence[Path],
-        input_shape: Sequence[int],
+        input_shape: Sequence[int] | Sequence[Sequence[int]],
         *,
         runtime: str | None = None,
         settings: MeasureSettings | None = None,
@@ -43,14 +43,15 @@ class LocalProfiler(Profiler):
         missing = [str(path) for path in paths if not path.is_file()]
         if missing:
             raise errors.BadModel(f"no such model file: {missing[0]}")
+        shapes = _protocol.shapes(input_shape, len(paths))
         document = _protocol.job(
-            [str(p) for p in paths], input_shape, ctx.runtime, self.config.threads, settings or self.config.measure
+            [str(p) for p in paths], shapes, ctx.runtime, self.config.threads, settings or self.config.measure
         )
         with tempfile.TemporaryDirectory(prefix="dac-search-") as tmp:
             job_path = Path(tmp) / "job.json"
             job_path.write_text(json.dumps(document), encoding="utf-8")
             outcome = self._run(["--job", str(job_path)], self.config.runner_timeout(len(paths), settings), tmp)
-        return _protocol.results(_protocol.decode(outcome, ctx), paths, input_shape, ctx)
+        return _protocol.results(_protocol.decode(outcome, ctx), paths, shapes, ctx)
 
     def info(self, *, runtime: str | None = None) -> dict[str, Any]:
         ctx = self._context(runtime)

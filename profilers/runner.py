@@ -10,7 +10,8 @@ Usage::
 
 Job (JSON)::
 
-    {"runtime": "onnxruntime" | "torch", "threads": 4 | null, "input_shape": [1, 3, 32, 32],
+    {"runtime": "onnxruntime" | "torch", "threads": 4 | null,
+     "input_shape": [1, 3, 32, 32]  (or one shape per model: [[1, 16, 32, 32], [1, 32, 16, 16]]),
      "models": ["/path/a.onnx", "/path/b.onnx"],
      "settings": {"warmup_s": 0.5, "repeat_s": 0.1, "repeats": 10, "max_cov": 0.05,
                   "max_attempts": 3, "cooldown_s": 0.0}}
@@ -289,11 +290,20 @@ def _settings(raw: dict[str, Any]) -> dict[str, float]:
     return merged
 
 
+def _shapes(raw: Any, count: int) -> list[list[int]]:
+    """One input shape for every model, or a list with one shape per model."""
+    if raw and all(isinstance(item, list) for item in raw):
+        if len(raw) != count:
+            raise ValueError(f"{len(raw)} input shapes for {count} models")
+        return [[int(dim) for dim in item] for item in raw]
+    return [[int(dim) for dim in raw]] * count
+
+
 def measure(job: dict[str, Any]) -> dict[str, Any]:
     """Run a job (see the module docstring) and return the result document."""
     try:
         paths = [str(path) for path in job["models"]]
-        shape = [int(dim) for dim in job["input_shape"]]
+        shapes = _shapes(job["input_shape"], len(paths))
         runtime = str(job.get("runtime", "onnxruntime"))
         threads = job.get("threads")
     except (KeyError, TypeError, ValueError) as exc:
@@ -304,7 +314,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     version, make_session = _load_runtime(runtime, int(threads) if threads else None)
 
     before = conditions()
-    models = [_Model(path, make_session(path, shape)) for path in paths]
+    models = [_Model(path, make_session(path, shape)) for path, shape in zip(paths, shapes)]
     for model in models:
         model.warm_up(settings["warmup_s"], settings["repeat_s"])
 

@@ -138,7 +138,7 @@ class SshProfiler(Profiler):
     def measure_many(
         self,
         artifacts: Sequence[Path],
-        input_shape: Sequence[int],
+        input_shape: Sequence[int] | Sequence[Sequence[int]],
         *,
         runtime: str | None = None,
         settings: MeasureSettings | None = None,
@@ -149,6 +149,7 @@ class SshProfiler(Profiler):
         missing = [str(path) for path in paths if not path.is_file()]
         if missing:
             raise errors.BadModel(f"no such model file: {missing[0]}")
+        shapes = _protocol.shapes(input_shape, len(paths))
         ctx = self._context(runtime)
         limit = self.config.runner_timeout(len(paths), settings)
 
@@ -156,7 +157,7 @@ class SshProfiler(Profiler):
             runner = self._stage_runner()
             remote_models = [self._stage(path, "models") for path in paths]
             job = _protocol.job(
-                remote_models, input_shape, ctx.runtime, self.config.threads, settings or self.config.measure
+                remote_models, shapes, ctx.runtime, self.config.threads, settings or self.config.measure
             )
             tmp = self._mktemp()
             try:
@@ -166,7 +167,7 @@ class SshProfiler(Profiler):
                 self._remove(tmp)
 
         outcome = self._with_retries(attempt)
-        return _protocol.results(_protocol.decode(outcome, ctx), paths, input_shape, ctx)
+        return _protocol.results(_protocol.decode(outcome, ctx), paths, shapes, ctx)
 
     def info(self, *, runtime: str | None = None) -> dict[str, Any]:
         ctx = self._context(runtime)

@@ -39,11 +39,10 @@ class ArrayImages:
 
 @dataclass(frozen=True)
 class FolderImages:
-    """Image files read when their batch comes; resized to ``size`` (H, W) when given."""
+    """Image files read as RGB when their batch comes; resized to ``size`` (H, W) when given."""
 
     paths: tuple[Path, ...]
     size: tuple[int, int] | None
-    mode: str
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -61,13 +60,13 @@ class FolderImages:
     def _read(self, path: Path) -> np.ndarray:
         try:
             with Image.open(path) as image:
-                image = image.convert(self.mode)
+                image = image.convert("RGB")
                 if self.size is not None and image.size != (self.size[1], self.size[0]):
                     image = image.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
                 array = np.asarray(image, dtype=np.uint8)
         except (OSError, UnidentifiedImageError) as exc:
             raise ConfigError(f"--eval-data: cannot read image {path}: {exc}") from None
-        return array[:, :, None] if array.ndim == 2 else array
+        return array
 
 
 @dataclass(frozen=True)
@@ -120,7 +119,7 @@ def load_eval_data(
     if not source.exists():
         raise ConfigError(f"--eval-data {source} does not exist")
     if source.is_dir():
-        images, labels = _open_folder(source, size, "L" if len(mean) == 1 else "RGB")
+        images, labels = _open_folder(source, size)
     elif source.suffix.lower() == ".npz":
         images, labels = _open_npz(source, size)
     else:
@@ -130,7 +129,7 @@ def load_eval_data(
             raise ConfigError(f"the eval-data limit must be positive, got {limit}")
         images = _head(images, limit)
         labels = labels[:limit]
-    channels = images.array.shape[3] if isinstance(images, ArrayImages) else (1 if len(mean) == 1 else 3)
+    channels = images.array.shape[3] if isinstance(images, ArrayImages) else 3
     return EvalData(
         source=source,
         images=images,
@@ -185,7 +184,7 @@ def _open_npz(source: Path, size: tuple[int, int] | None) -> tuple[ArrayImages, 
     return ArrayImages(x), y.astype(np.int64)
 
 
-def _open_folder(source: Path, size: tuple[int, int] | None, mode: str) -> tuple[FolderImages, np.ndarray]:
+def _open_folder(source: Path, size: tuple[int, int] | None) -> tuple[FolderImages, np.ndarray]:
     classes = sorted(p for p in source.iterdir() if p.is_dir())
     paths: list[Path] = []
     labels: list[int] = []
@@ -195,13 +194,13 @@ def _open_folder(source: Path, size: tuple[int, int] | None, mode: str) -> tuple
         labels += [label] * len(files)
     if not paths:
         raise ConfigError(f"--eval-data {source} has no class folders with images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return FolderImages(tuple(paths), size, mode), np.asarray(labels, dtype=np.int64)
+    return FolderImages(tuple(paths), size), np.asarray(labels, dtype=np.int64)
 
 
 def _head(images: ArrayImages | FolderImages, limit: int) -> ArrayImages | FolderImages:
     if isinstance(images, ArrayImages):
         return ArrayImages(images.array[:limit])
-    return FolderImages(images.paths[:limit], images.size, images.mode)
+    return FolderImages(images.paths[:limit], images.size)
 
 
 def _per_channel(flag: str, values: Sequence[float], channels: int, positive: bool = False) -> tuple[float, ...]:

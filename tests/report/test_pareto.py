@@ -35,7 +35,7 @@ def test_front_matches_the_definition_on_random_points() -> None:
 
 def test_hypervolume_of_known_fronts() -> None:
     assert hypervolume([(1.0, 1.0)], (3.0, 3.0)) == pytest.approx(4.0)
-    # Two steps: 2x3 plus 1x(3-1)... the union of [1,4]x[2,4] and [2,4]x[1,4] is 6 + 2 = 8 - overlap.
+    # [1,4]x[2,4] and the strip [2,4]x[1,2] below it.
     assert hypervolume([(1.0, 2.0), (2.0, 1.0)], (4.0, 4.0)) == pytest.approx(3 * 2 + 2 * 1)
     # A point beyond the reference and a dominated one add nothing.
     assert hypervolume([(1.0, 2.0), (2.0, 1.0), (5.0, 0.0), (3.0, 3.0)], (4.0, 4.0)) == pytest.approx(8.0)

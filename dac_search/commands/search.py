@@ -1,0 +1,67 @@
+"""``dac-search [search] --model M --device D --budget B``: the overnight search, then its reports."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from dac_search.commands._common import console, parse_shape
+from dac_search.decompose import METHODS
+from dac_search.search.budget import FORMS, parse_budget
+from dac_search.search.config import SearchConfig, parse_duration
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("search", help="search per-layer plans under a budget (the default command)")
+    parser.add_argument("--model", required=True, help="cifar10-resnet20..110, a torchvision name, file.py:fn")
+    parser.add_argument("--weights", help="a state-dict file to load instead of the pretrained weights")
+    parser.add_argument("--input-shape", help="N,C,H,W (default: what the model expects)")
+    parser.add_argument("--device", default="local", help="a name from configs/devices, a .toml path, or none")
+    parser.add_argument("--budget", required=True, help=FORMS)
+    parser.add_argument("--trials", type=int, default=100, help="trials in the study in total (default 100)")
+    parser.add_argument("--timeout", help="stop after this long, e.g. 8h (results are kept)")
+    parser.add_argument("--out", help="run dir (default reports/<model>-<device>-<budget>/)")
+    parser.add_argument("--storage", help="an Optuna storage URL shared by workers (default: SQLite in the run dir)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", default="dac", help=f"comma list of {', '.join(METHODS)} (default dac)")
+    parser.add_argument("--correction", choices=("none", "bias", "refit"), default="none",
+                        help="data-free correction of the factors on distilled inputs")
+    parser.add_argument("--proxy-images", type=int, default=64, help="distilled images the proxy uses")
+    parser.add_argument("--eval-data", help="optional real data (class folders or .npz x/y) to measure top-1")
+    parser.add_argument("--mean", help="normalisation mean for --eval-data, e.g. 0.485,0.456,0.406")
+    parser.add_argument("--std", help="normalisation std for --eval-data, e.g. 0.229,0.224,0.225")
+    parser.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace) -> SearchConfig:
+    from dac_search.report.eval_data import parse_floats
+
+    return SearchConfig(
+        model=args.model, budget=parse_budget(args.budget), device=args.device, weights=args.weights,
+        input_shape=parse_shape(args.input_shape) if args.input_shape else None, trials=args.trials,
+        timeout_s=parse_duration(args.timeout) if args.timeout else None,
+        out=Path(args.out) if args.out else None, storage=args.storage, seed=args.seed,
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        correction=None if args.correction == "none" else args.correction, proxy_images=args.proxy_images,
+        eval_data=args.eval_data, mean=parse_floats(args.mean) if args.mean else None,
+        std=parse_floats(args.std) if args.std else None,
+        command=shlex.join(["dac-search", *sys.argv[1:]]))
+
+
+def run(args: argparse.Namespace) -> int:
+    from dac_search.report import build_report_data, load_run, print_pareto, write_reports
+    from dac_search.search.controller import run_search
+
+    outcome = run_search(config_from_args(args))
+    html, _ = write_reports(outcome.run_dir)
+    out = console()
+    print_pareto(build_report_data(load_run(outcome.run_dir)), out)
+    if outcome.message:
+        sys.stderr.write(f"dac-search: {outcome.message}\n")
+    out.print(f"report: {html}")
+    if outcome.interrupted:
+        sys.stderr.write("dac-search: interrupted; results so far are saved, run the same command to resume\n")
+        return 130
+    return 0

@@ -1,0 +1,64 @@
+"""Settings of one search, grouped in one frozen dataclass (not thirty keywords)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from dac_search.decompose import METHODS
+from dac_search.errors import ConfigError
+from dac_search.search.budget import Budget
+
+_DURATION = re.compile(r"^(?P<num>[0-9]*\.?[0-9]+)(?P<unit>s|m|h|d)?$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    model: str
+    budget: Budget
+    device: str = "local"  # a device name, a path to a TOML file, or "none"
+    weights: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    trials: int = 100
+    timeout_s: float | None = None
+    out: Path | None = None
+    storage: str | None = None
+    seed: int = 0
+    methods: tuple[str, ...] = ("dac",)
+    correction: str | None = None
+    proxy_images: int = 64
+    measure_points: int = 8  # Pareto points measured end to end at the end
+    eval_data: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ConfigError(f"--methods takes a comma list of {', '.join(METHODS)}, got {','.join(self.methods)}")
+        if self.trials < 1:
+            raise ConfigError(f"--trials must be at least 1, got {self.trials}")
+        if self.proxy_images < 2:
+            raise ConfigError(f"--proxy-images must be at least 2, got {self.proxy_images}")
+        if self.budget.kind == "latency" and self.device == "none":
+            raise ConfigError(f"budget {self.budget.text!r} is a latency: it needs a --device, not none")
+
+    @property
+    def has_device(self) -> bool:
+        return self.device != "none"
+
+    def default_out(self, root: Path = Path("reports")) -> Path:
+        device = Path(self.device).stem if self.device.endswith(".toml") else self.device
+        budget = self.budget.text.replace("%", "pct").replace(" ", "")
+        model = Path(self.model.split(":")[0]).stem if ("/" in self.model or ":" in self.model) else self.model
+        return root / f"{model}-{device}-{budget}"
+
+
+def parse_duration(text: str) -> float:
+    match = _DURATION.match(text.strip().lower())
+    if not match or float(match["num"]) <= 0:
+        raise ConfigError(f"cannot read duration {text!r}: use e.g. 90s, 30m, 8h")
+    return float(match["num"]) * _SECONDS[match["unit"]]

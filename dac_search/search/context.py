@@ -1,0 +1,164 @@
+"""Everything a search needs before its first trial: model, costs, device tables, proxy, space.
+
+The expensive parts (latency tables, layer sensitivities) are cached on disk, so a resumed search
+starts in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dac_search.cost import CostModel
+from dac_search.decompose import decomposable_layers, max_rank
+from dac_search.plan import LayerChoice, RankPlan, write_text_atomic
+from dac_search.proxies import ModelProxy, layer_sensitivity, synthetic_inputs
+from dac_search.search.budget import Budget
+from dac_search.search.config import SearchConfig
+from dac_search.search.measure import DevicePool
+from dac_search.search.results import Point
+from dac_search.search.space import LOG_LAMBDA_RANGE, SearchSpace
+from dac_search.zoo import default_input_shape, load_model
+from dac_search.errors import ConfigError
+from profilers.devices import load_device
+from profilers.latency_table import LatencyTable, LatencyTableBuilder, rank_grid
+
+Say = Callable[[str], None]
+RANK_POINTS = 8  # ranks tried per layer for spatial and channel (DAC: every rank)
+
+
+@dataclass
+class SearchContext:
+    config: SearchConfig
+    model: nn.Module
+    input_shape: tuple[int, ...]
+    costs: CostModel
+    budget: Budget  # resolved: absolute
+    proxy: ModelProxy
+    space: SearchSpace
+    pool: DevicePool | None
+    table: LatencyTable | None
+    device_info: dict | None
+
+    def latency(self, plan: RankPlan) -> float | None:
+        return None if self.table is None else self.table.predict(plan)
+
+    def objective_cost(self, plan: RankPlan) -> float:
+        if self.budget.objective == "latency_ms":
+            assert self.table is not None
+            return self.table.predict(plan)
+        return float(self.costs.cost(plan).flops)
+
+    def budget_cost(self, plan: RankPlan) -> float:
+        if self.budget.kind == "latency":
+            return self.objective_cost(plan)
+        cost = self.costs.cost(plan)
+        return float(cost.flops if self.budget.kind == "flops" else cost.params)
+
+    @property
+    def space_range(self) -> tuple[float, float]:
+        return LOG_LAMBDA_RANGE
+
+    @staticmethod
+    def plan_path(trial: int) -> str:
+        return f"plans/trial-{trial}.json"
+
+    def slack_of(self, point: Point) -> float:
+        """How far a point is over the budget, as a share of it (<= 0: within)."""
+        value = {"latency": point.latency_ms, "flops": point.flops, "params": point.params}[self.budget.kind]
+        return float("inf") if value is None else self.budget.slack(value) / self.budget.value
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
+def candidates(model: nn.Module, methods: tuple[str, ...]) -> dict[str, list[LayerChoice]]:
+    """Per decomposable layer, every (method, rank) the search may pick (variants chosen later)."""
+    out = {}
+    for name, conv in decomposable_layers(model).items():
+        choices = []
+        for method in methods:
+            limit = max_rank(conv, method)
+            ranks = range(1, limit + 1) if method == "dac" else rank_grid(limit, RANK_POINTS)
+            choices += [LayerChoice(method, r, "grouped" if method == "dac" else None) for r in ranks]
+        out[name] = choices
+    return out
+
+
+def _sensitivities(proxy: ModelProxy, cands: dict[str, list[LayerChoice]], cache: Path,
+                   say: Say) -> dict[tuple[str, str, int], float]:
+    """KL of every single-layer change; cached in the run dir (the slow part of a cold start)."""
+    if cache.exists():
+        rows = json.loads(cache.read_text())
+        return {(r["layer"], r["method"], r["rank"]): r["kl"] for r in rows}
+    methods = tuple(sorted({c.method for cs in cands.values() for c in cs}))
+    ranks = {(name, c.method): [] for name, cs in cands.items() for c in cs}
+    for name, cs in cands.items():
+        for c in cs:
+            ranks[(name, c.method)].append(c.rank)
+    say(f"measuring the proxy of {sum(len(c) for c in cands.values())} single-layer changes")
+    table = layer_sensitivity(proxy, layers=list(cands), methods=methods,
+                              ranks=lambda name, method: ranks[(name, method)])
+    write_text_atomic(cache, json.dumps([{"layer": k[0], "method": k[1], "rank": k[2], "kl": v}
+                                         for k, v in table.items()]))
+    return table
+
+
+def build_context(config: SearchConfig, run_dir: Path, say: Say, warn: Say) -> SearchContext:
+    model = load_model(config.model, config.weights)
+    shape = config.input_shape or default_input_shape(config.model)
+    if shape is None:
+        raise ConfigError(f"model {config.model!r} needs --input-shape N,C,H,W")
+    shape = tuple(shape)
+    costs = CostModel(model, shape)
+    cands = candidates(model, config.methods)
+    if not cands:
+        raise ConfigError(f"model {config.model!r} has no conv a factorisation can help")
+
+    pool = table = device_info = None
+    if config.has_device:
+        device = load_device(config.device)
+        pool = DevicePool(device, warn)
+        device_info = {"name": device.name, "runtime": device.runtime, **pool.primary.info()}
+        say(f"building the latency table on {device.name}")
+        builder = LatencyTableBuilder(pool.primary)
+        table_cands = {n: [v for c in cs for v in _variants(c)] for n, cs in cands.items()}
+        table = builder.build(model, shape, candidates=lambda name, conv: table_cands[name])
+        cands = {n: [_fastest(table, n, c) for c in cs] for n, cs in cands.items()}
+
+    baselines = {"latency": table.original_ms if table else None,
+                 "flops": costs.baseline.flops, "params": costs.baseline.params}
+    budget = config.budget.resolve(baselines[config.budget.kind])
+
+    torch.manual_seed(config.seed)
+    say(f"making {config.proxy_images} distilled inputs")
+    inputs = synthetic_inputs(model, shape, kind="distilled", n=config.proxy_images, seed=config.seed)
+    proxy = ModelProxy(model, inputs, correction=config.correction)
+    penalties = _sensitivities(proxy, cands, run_dir / "sensitivity.json", say)
+
+    if budget.objective == "latency_ms":
+        def share(name: str, choice: LayerChoice | None) -> float:
+            return table.layer_ms(name, choice) / table.original_ms
+    else:
+        def share(name: str, choice: LayerChoice | None) -> float:
+            return costs.layer(name, choice).flops / costs.baseline.flops
+    space = SearchSpace.build(cands, share, lambda name, c: penalties[(name, c.method, c.rank)],
+                              config.model, shape, config.correction)
+    return SearchContext(config, model, shape, costs, budget, proxy, space, pool, table, device_info)
+
+
+def _variants(choice: LayerChoice) -> list[LayerChoice]:
+    if choice.method != "dac":
+        return [choice]
+    return [LayerChoice("dac", choice.rank, v) for v in ("grouped", "stacked")]
+
+
+def _fastest(table: LatencyTable, name: str, choice: LayerChoice) -> LayerChoice:
+    variant = table.fastest_variant(name, choice.method, choice.rank)
+    return LayerChoice(choice.method, choice.rank, variant)

@@ -1,0 +1,256 @@
+"""The search controller: propose plans, score them data-free, price them, keep the Pareto front.
+
+model -> factors -> plan -> decomposed model -> {proxy, cost, latency} -> study -> results.
+During the search latency comes from per-layer tables; at the end every reported Pareto point is
+measured end to end on the device, and the measured value is the one reported.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from dac_search.decompose import max_rank
+from dac_search.errors import ConfigError
+from dac_search.plan import LayerChoice, RankPlan
+from dac_search.search.config import SearchConfig
+from dac_search.search.context import SearchContext, build_context
+from dac_search.search.live import LiveView
+from dac_search.search.pareto_select import closest_misses, pareto_front
+from dac_search.search.results import Point, read_run, write_pareto, write_run, write_trials
+from dac_search.search.study import WORKER, enqueue_warm_starts, fail_dead_trials, open_study
+
+WARM_START_SHARES = (0.8, 0.6, 0.5, 0.4)
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    run_dir: Path
+    pareto: tuple[Point, ...]
+    feasible: bool
+    interrupted: bool
+    message: str
+
+
+def run_search(config: SearchConfig, view_factory: Callable[..., LiveView] = LiveView) -> SearchOutcome:
+    run_dir = config.out or config.default_out()
+    _check_run_dir(run_dir, config)
+    (run_dir / "plans").mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    view = view_factory(config.trials, _cost_text(config))
+    with view:
+        ctx = build_context(config, run_dir, view.say, view.console.print)
+        try:
+            return _search(ctx, run_dir, view)
+        finally:
+            ctx.close()
+
+
+def _cost_text(config: SearchConfig) -> Callable[[float], str]:
+    if config.budget.objective == "latency_ms":
+        return lambda cost: f"{cost:.2f} ms"
+    return lambda cost: f"{cost / 1e6:.1f} MFLOPs"
+
+
+def _check_run_dir(run_dir: Path, config: SearchConfig) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file")
+    previous = read_run(run_dir) if run_dir.is_dir() else None
+    if previous is None:
+        return
+    for key, value in (("model", config.model), ("budget", config.budget.text), ("device_spec", config.device)):
+        before = previous.get(key, {}).get("text") if key == "budget" else previous.get(key)
+        if before != value:
+            raise ConfigError(f"{run_dir} holds a search with {key} {before!r}, not {value!r}: "
+                              f"pick another --out")
+
+
+def _run_info(ctx: SearchContext, started: str, partial: bool, extra: dict[str, Any]) -> dict[str, Any]:
+    import torch, onnxruntime, dac_search  # versions only
+
+    config = ctx.config
+    return {
+        "command": config.command, "created": started,
+        "finished": None if partial else datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "partial": partial, "model": config.model, "weights": config.weights,
+        "input_shape": list(ctx.input_shape), "device_spec": config.device, "device": ctx.device_info,
+        "budget": {**ctx.budget.to_dict(), "text": config.budget.text}, "objective": ctx.budget.objective,
+        "methods": list(config.methods), "correction": config.correction, "seed": config.seed,
+        "n_trials": config.trials, "proxy": {"kind": "kl", "inputs": "distilled", "n": config.proxy_images},
+        "versions": {"dac_search": dac_search.__version__, "torch": torch.__version__,
+                     "optuna": optuna.__version__, "onnxruntime": onnxruntime.__version__,
+                     "python": platform.python_version()},
+        **extra,
+    }
+
+
+def _search(ctx: SearchContext, run_dir: Path, view: LiveView) -> SearchOutcome:
+    config = ctx.config
+    previous = read_run(run_dir) or {}
+    started = previous.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    baseline = {"flops": ctx.costs.baseline.flops, "params": ctx.costs.baseline.params,
+                "latency_ms": ctx.table.original_ms if ctx.table else None, "latency_iqr_ms": None,
+                "proxy": 0.0, "top1": None}
+    uniform = _uniform_baseline(ctx)
+    write_run(run_dir, _run_info(ctx, started, True, {"baseline": baseline, "uniform": uniform}))
+
+    storage = config.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    study = open_study(storage, config.seed)
+    retried = fail_dead_trials(study)
+    if retried:
+        view.say(f"{retried} trial(s) left running by a killed worker failed and queued again")
+    share = ctx.budget.value / _baseline_cost(ctx)
+    shares = sorted({min(share, 0.99), *(s for s in WARM_START_SHARES if s < 0.99)}, reverse=True)
+    enqueue_warm_starts(study, ctx.space, [ctx.space.log_lambda_for(s, _exact_share(ctx)) for s in shares])
+
+    scores: dict[str, Any] = {}
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        trial.set_user_attr("worker", WORKER)
+        log_lambda = trial.suggest_float("log_lambda", *ctx.space_range)
+        shifts = {layer.name: trial.suggest_int(ctx.space.shift_param(layer.name), -1, 1)
+                  for layer in ctx.space.layers}
+        plan = ctx.space.plan(log_lambda, shifts)
+        key = plan.to_json()
+        if key not in scores:
+            scores[key] = ctx.proxy.score(plan)
+        score = scores[key]
+        cost = ctx.costs.cost(plan)
+        latency = ctx.latency(plan)
+        relative = ctx.plan_path(trial.number)
+        plan.save(run_dir / relative)
+        trial.set_user_attr("plan", relative)
+        trial.set_user_attr("flops", cost.flops)
+        trial.set_user_attr("params", cost.params)
+        trial.set_user_attr("latency_ms", latency)
+        trial.set_user_attr("agreement", score.agreement)
+        trial.set_user_attr("slack", ctx.budget.slack(ctx.budget_cost(plan)) / ctx.budget.value)
+        return score.kl, ctx.objective_cost(plan)
+
+    completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    view.total = config.trials
+    view.done = completed
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.COMPLETE:
+            view.trial_done(trial.values[0], trial.values[1], trial.user_attrs.get("slack", 1) <= 0)
+        write_trials(run_dir, _points(study))
+        if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= config.trials:
+            study.stop()
+
+    interrupted = False
+    if completed < config.trials:
+        view.say(f"searching: {ctx.space.describe()}")
+        try:
+            study.optimize(objective, n_trials=config.trials - completed, timeout=config.timeout_s,
+                           callbacks=[after_trial], catch=(), gc_after_trial=False)
+        except KeyboardInterrupt:
+            interrupted = True
+    points = _points(study)
+    write_trials(run_dir, points)
+    front, feasible = _final_front(ctx, run_dir, points, view, measure=not interrupted)
+    if config.eval_data and not interrupted:
+        front, baseline = _with_top1(ctx, run_dir, front, baseline)
+    write_pareto(run_dir, front)
+    done = len([p for p in points if p.state == "COMPLETE"])
+    write_run(run_dir, _run_info(ctx, started, interrupted or done < config.trials,
+                                 {"baseline": baseline, "uniform": uniform, "trials_complete": done}))
+    message = "" if feasible else _miss_message(ctx, front)
+    return SearchOutcome(run_dir, tuple(front), feasible, interrupted, message)
+
+
+def _baseline_cost(ctx: SearchContext) -> float:
+    kind = ctx.budget.kind
+    if kind == "latency":
+        return ctx.table.original_ms
+    return float(ctx.costs.baseline.flops if kind == "flops" else ctx.costs.baseline.params)
+
+
+def _exact_share(ctx: SearchContext) -> Callable[[RankPlan], float]:
+    base = _baseline_cost(ctx)
+    return lambda plan: ctx.budget_cost(plan) / base
+
+
+def _points(study: optuna.Study) -> list[Point]:
+    points = []
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        done = trial.state == TrialState.COMPLETE
+        points.append(Point(
+            trial=trial.number, state=trial.state.name, feasible=done and attrs.get("slack", 1) <= 0,
+            proxy=trial.values[0] if done else None, agreement=attrs.get("agreement"),
+            flops=attrs.get("flops"), params=attrs.get("params"), latency_ms=attrs.get("latency_ms"),
+            latency_iqr_ms=None, latency_predicted_ms=attrs.get("latency_ms"),
+            plan=attrs.get("plan") if done else None))
+    return points
+
+
+def _final_front(ctx: SearchContext, run_dir: Path, points: list[Point], view: LiveView,
+                 measure: bool) -> tuple[list[Point], bool]:
+    """The Pareto front of the feasible trials, measured end to end on the device when there is one."""
+    complete = [p for p in points if p.state == "COMPLETE"]
+    cost = (lambda p: p.latency_ms) if ctx.budget.objective == "latency_ms" else (lambda p: p.flops)
+    feasible = [p for p in complete if p.feasible]
+    if ctx.pool is None or not measure:
+        front = pareto_front(feasible, cost)
+        return (front, True) if front else (closest_misses(complete, ctx), False)
+    # Predictions err a little: measure the predicted front plus near misses, then decide on measurements.
+    near = [p for p in complete if ctx.slack_of(p) <= 0.1]
+    candidates = pareto_front(near, cost)[: ctx.config.measure_points * 2]
+    view.say(f"measuring {len(candidates)} Pareto candidates end to end on {ctx.pool.config.name}")
+    models = [ctx.proxy.build(RankPlan.load(run_dir / p.plan)) for p in candidates]
+    results = ctx.pool.measure(models, ctx.input_shape)
+    measured = []
+    for point, result in zip(candidates, results):
+        slack = ctx.budget.slack(result.median_ms) if ctx.budget.kind == "latency" else ctx.slack_of(point)
+        measured.append(replace(point, latency_ms=result.median_ms, latency_iqr_ms=result.iqr_ms,
+                                feasible=slack <= 0))
+    front = pareto_front([p for p in measured if p.feasible], cost)
+    if front:
+        return front, True
+    return closest_misses(measured or complete, ctx), False
+
+
+def _uniform_baseline(ctx: SearchContext) -> list[dict[str, Any]]:
+    """The paper's allocation (one DAC rank everywhere) at every rank, for the report to draw."""
+    rows = []
+    limits = {name: max_rank(ctx.model.get_submodule(name), "dac") for name in ctx.costs.geometry}
+    first = next(iter(limits))  # the input conv stays, as in the paper
+    for rank in range(1, max(limits.values()) + 1):
+        choices = {}
+        for name, limit in limits.items():
+            if name == first:
+                continue
+            variant = ctx.table.fastest_variant(name, "dac", min(rank, limit)) if ctx.table else "grouped"
+            choices[name] = LayerChoice("dac", min(rank, limit), variant)
+        plan = RankPlan(choices, ctx.config.model, ctx.input_shape, ctx.config.correction)
+        cost = ctx.costs.cost(plan)
+        score = ctx.proxy.score(plan)
+        rows.append({"rank": rank, "flops": cost.flops, "params": cost.params, "proxy": score.kl,
+                     "latency_ms": ctx.latency(plan), "top1": None})
+    return rows
+
+
+def _with_top1(ctx: SearchContext, run_dir: Path, front: list[Point],
+               baseline: dict[str, Any]) -> tuple[list[Point], dict[str, Any]]:
+    from dac_search.report.eval_data import load_eval_data, top1
+
+    norm = {k: v for k, v in (("mean", ctx.config.mean), ("std", ctx.config.std)) if v is not None}
+    data = load_eval_data(ctx.config.eval_data, size=tuple(ctx.input_shape[2:]), **norm)
+    baseline = {**baseline, "top1": top1(ctx.model, data)}
+    front = [replace(p, top1=top1(ctx.proxy.build(RankPlan.load(run_dir / p.plan)), data)) for p in front]
+    return front, baseline
+
+
+def _miss_message(ctx: SearchContext, closest: list[Point]) -> str:
+    if not closest:
+        return f"no trial finished, so no plan meets the budget {ctx.config.budget.text}"
+    best = min(ctx.slack_of(p) for p in closest)
+    return (f"no plan meets the budget {ctx.config.budget.text}; the closest misses it by {best:.1%} "
+            f"(see pareto.csv)")

@@ -1,0 +1,64 @@
+"""The live view of a running search: trials done, best feasible so far, ETA, each host's state."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+
+class LiveView:
+    """A small rich table on stderr, refreshed after each trial; silent when stderr is not a terminal."""
+
+    def __init__(self, total: int, describe_cost: Callable[[float], str],
+                 hosts: Callable[[], dict[str, str]] | None = None) -> None:
+        self.console = Console(stderr=True)
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+        self.best: tuple[float, float] | None = None
+        self.describe_cost = describe_cost
+        self.hosts = hosts
+        self.message = ""
+        self._live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False) \
+            if self.console.is_terminal else None
+
+    def __enter__(self) -> LiveView:
+        if self._live:
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live:
+            self._live.update(self._render())
+            self._live.__exit__(None, None, None)
+
+    def say(self, message: str) -> None:
+        self.message = message
+        if self._live:
+            self._live.update(self._render())
+        else:
+            self.console.print(f"[dim]{message}[/dim]")
+
+    def trial_done(self, proxy: float, cost: float, feasible: bool) -> None:
+        self.done += 1
+        if feasible and (self.best is None or proxy < self.best[0]):
+            self.best = (proxy, cost)
+        if self._live:
+            self._live.update(self._render())
+
+    def _render(self) -> Table:
+        table = Table.grid(padding=(0, 2))
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
+        table.add_row("trials", f"{self.done}/{self.total}", "ETA", f"{eta:.0f} s" if self.done else "-")
+        best = f"proxy {self.best[0]:.4f} at {self.describe_cost(self.best[1])}" if self.best else "none yet"
+        table.add_row("best feasible", best, "elapsed", f"{elapsed:.0f} s")
+        if self.hosts:
+            table.add_row("device", ", ".join(f"{h}: {s}" for h, s in self.hosts().items()), "", "")
+        if self.message:
+            table.add_row("", self.message, "", "")
+        return table

@@ -1,0 +1,99 @@
+"""End-to-end latency of candidate models on a device or a pool of identical hosts.
+
+Each host gets its own profiler and thread; models are handed out from one queue. A host that fails
+is set aside with a warning naming it, and its model goes back to the queue for the others.
+"""
+
+from __future__ import annotations
+
+import queue
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from torch import nn
+
+from dac_search.export import export_onnx, export_torchscript
+from profilers.base import LatencyResult, Profiler
+from profilers.devices import DeviceConfig, make_profiler
+from profilers.errors import ProfilerError
+
+Warn = Callable[[str], None]
+
+
+def export_for(runtime: str, model: nn.Module, path_stem: Path, input_shape: Sequence[int]) -> Path:
+    if runtime == "torch":
+        return export_torchscript(model, path_stem.with_suffix(".pt"), input_shape)
+    return export_onnx(model, path_stem.with_suffix(".onnx"), input_shape)
+
+
+class DevicePool:
+    """One profiler per host of a device config, opened lazily and kept for the whole search."""
+
+    def __init__(self, config: DeviceConfig, warn: Warn) -> None:
+        self.config = config
+        self.warn = warn
+        hosts = config.hosts or ("local",)
+        self._profilers: dict[str, Profiler] = {
+            host: make_profiler(config, host=None if config.kind == "local" else host) for host in hosts}
+        self.state: dict[str, str] = {host: "idle" for host in hosts}
+
+    @property
+    def primary(self) -> Profiler:
+        """The first healthy host (layer tables and the baseline are measured there)."""
+        for host, profiler in self._profilers.items():
+            if self.state[host] != "failed":
+                return profiler
+        raise ProfilerError(f"every host of device {self.config.name} has failed")
+
+    def measure(self, models: Sequence[nn.Module], input_shape: Sequence[int]) -> list[LatencyResult]:
+        """Measure each model end to end; spread over the healthy hosts, in parallel."""
+        if not models:
+            return []
+        with tempfile.TemporaryDirectory(prefix="dac-search-measure-") as tmp:
+            paths = [export_for(self.config.runtime, m, Path(tmp) / f"model-{i}", input_shape)
+                     for i, m in enumerate(models)]
+            return self._spread(paths, input_shape)
+
+    def _spread(self, paths: list[Path], input_shape: Sequence[int]) -> list[LatencyResult]:
+        todo: queue.Queue[int] = queue.Queue()
+        for index in range(len(paths)):
+            todo.put(index)
+        results: dict[int, LatencyResult] = {}
+        errors: list[ProfilerError] = []
+        lock = threading.Lock()
+
+        def work(host: str, profiler: Profiler) -> None:
+            while True:
+                try:
+                    index = todo.get_nowait()
+                except queue.Empty:
+                    return
+                self.state[host] = "measuring"
+                try:
+                    result = profiler.measure(paths[index], input_shape)
+                except ProfilerError as exc:
+                    with lock:
+                        errors.append(exc)
+                    self.state[host] = "failed"
+                    todo.put(index)
+                    self.warn(f"device {self.config.name} host {host} set aside: {exc}")
+                    return
+                with lock:
+                    results[index] = result
+                self.state[host] = "idle"
+
+        healthy = [(h, p) for h, p in self._profilers.items() if self.state[h] != "failed"]
+        threads = [threading.Thread(target=work, args=item, daemon=True) for item in healthy]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if len(results) < len(paths):
+            raise errors[-1] if errors else ProfilerError(f"device {self.config.name}: no healthy host left")
+        return [results[i] for i in range(len(paths))]
+
+    def close(self) -> None:
+        for profiler in self._profilers.values():
+            profiler.close()

@@ -1,0 +1,113 @@
+"""Render the fixed run dirs and check what a reader relies on: the table, the plots, the banners, the bytes."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from rich.console import Console
+
+from dac_search.report import build_report_data, load_run, print_pareto, write_reports
+from tests.report.conftest import edit_csv, edit_run_json
+
+PARETO_TRIALS = (18, 29, 8, 27, 26, 17, 22)  # cheapest first, as pareto.csv measured them end to end
+PLOT_IDS = ("plot-pareto-latency", "plot-pareto-flops", "plot-hypervolume", "plot-layers")
+
+
+def table_rows(html: str, table_id: str) -> list[list[str]]:
+    body = html.split(f'<table id="{table_id}">', 1)[1].split("</table>", 1)[0]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", tr) for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", body)][1:]
+
+
+def test_html_has_the_pareto_table_with_the_best_plan_marked(run_dir: Path) -> None:
+    html_path, md_path = write_reports(run_dir)
+    assert (html_path, md_path) == (run_dir / "report.html", run_dir / "report.md")
+    html = html_path.read_text(encoding="utf-8")
+    rows = table_rows(html, "pareto-table")
+    assert [r[0] for r in rows] == ["original", *map(str, PARETO_TRIALS)]
+    assert rows[0][1:3] == ["0.0000", "40.62"] and rows[0][5] == "1.184"  # original: proxy, MFLOPs, ms
+    best = rows[-1]
+    assert best == ["22", "0.0959", "22.51", "0.55×", "83.5", "0.811", "0.020", "1.46×", "88.47", "best"]
+    assert '<tr class="strong"><td>22</td>' in html
+    assert "partial-banner" not in html
+    assert "trial 22, proxy 0.0959, top-1 88.47 % (-3.17 vs original)" in html
+    assert "AMD EPYC 7B13" in html and "governor" in html  # run conditions
+
+
+def test_html_embeds_every_plot_as_inline_svg_and_fetches_nothing(run_dir: Path) -> None:
+    html = write_reports(run_dir)[0].read_text(encoding="utf-8")
+    for plot in PLOT_IDS:
+        assert f'<svg id="{plot}"' in html
+    for group in ("pareto", "trials", "original", "uniform", "budget"):
+        assert f'id="plot-pareto-latency-{group}"' in html
+    assert 'id="plot-pareto-flops-budget"' not in html  # the budget is on latency
+    assert 'id="plot-hypervolume-curve"' in html and 'id="plot-layers-cells"' in html
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    assert len(ids) == len(set(ids)), "ids must be unique across the inlined SVGs"
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    assert "<script" not in html and "<link" not in html and "@import" not in html
+
+
+def test_rendering_twice_gives_identical_bytes(run_dir: Path, tmp_path: Path) -> None:
+    first = [p.read_bytes() for p in write_reports(run_dir)]
+    again = [p.read_bytes() for p in write_reports(run_dir)]
+    assert first == again
+    copy = shutil.copytree(run_dir, tmp_path / "elsewhere" / run_dir.name)
+    assert [p.read_bytes() for p in write_reports(copy)] == first  # nothing depends on where it lies
+
+
+def test_markdown_has_the_same_summary_and_table(run_dir: Path) -> None:
+    md = write_reports(run_dir)[1].read_text(encoding="utf-8")
+    assert md.startswith("# dac-search report: cifar10-resnet20\n")
+    assert "| **22** | **0.0959** |" in md
+    for trial in PARETO_TRIALS:
+        assert f"\n| {trial} |" in md or f"\n| **{trial}** |" in md
+    assert "- **Best plan**: trial 22" in md
+    assert "dac-search export RUN_DIR --pick 22 --format onnx -o model.onnx" in md
+    assert "Partial run" not in md
+
+
+def test_partial_run_renders_with_a_banner(partial_dir: Path) -> None:
+    html_path, md_path = write_reports(partial_dir)
+    html = html_path.read_text(encoding="utf-8")
+    assert 'id="partial-banner"' in html and "12 of 30 trials" in html
+    assert "pareto.csv was not written" in html
+    assert [r[0] for r in table_rows(html, "pareto-table")] == ["original", "9", "8"]
+    assert "Top-1" not in html  # no eval data in this run
+    assert "**Partial run**" in md_path.read_text(encoding="utf-8")
+
+
+def test_run_without_device_plots_flops_only(run_dir: Path) -> None:
+    def no_device(run: dict) -> None:
+        flops = run["baseline"]["flops"]
+        run.update(device=None, objective="flops", budget={"text": "0.6x", "kind": "flops", "value": 0.6 * flops,
+                                                           "unit": "flops"})
+        run["baseline"].update(latency_ms=None, latency_iqr_ms=None)
+        for point in run["uniform"]:
+            point["latency_ms"] = None
+
+    edit_run_json(run_dir, no_device)
+    for name in ("trials.csv", "pareto.csv"):
+        edit_csv(run_dir / name, lambda r: r.update(latency_ms="", latency_iqr_ms=""))
+    html = write_reports(run_dir)[0].read_text(encoding="utf-8")
+    assert 'id="plot-pareto-flops-budget"' in html and 'id="plot-pareto-latency"' not in html
+    assert "Latency" not in html.split('<table id="pareto-table">')[1].split("</thead>")[0]
+    assert "none (cost = FLOPs, no latency measured)" in html
+
+
+def test_no_feasible_plan_is_said_plainly(run_dir: Path) -> None:
+    edit_csv(run_dir / "pareto.csv", lambda r: r.update(feasible="False"))
+    html = write_reports(run_dir)[0].read_text(encoding="utf-8")
+    assert "No trial met the budget 0.7x" in html
+    assert "over budget" in html and "none within the budget" in html
+
+
+def test_terminal_table_lists_the_front(run_dir: Path) -> None:
+    console = Console(record=True, width=140)
+    print_pareto(build_report_data(load_run(run_dir)), console)
+    text = console.export_text()
+    assert "Pareto front: cifar10-resnet20, budget 0.7x latency" in text
+    lines = {line.split()[0]: line for line in text.splitlines() if line.strip()[:1].isdigit()}
+    assert set(lines) == {str(t) for t in PARETO_TRIALS}
+    assert "best" in lines["22"] and "88.47" in lines["22"]
