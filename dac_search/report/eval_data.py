@@ -174,13 +174,15 @@ def _open_npz(source: Path, size: tuple[int, int] | None) -> tuple[ArrayImages, 
         except (OSError, ValueError, BadZipFile) as exc:
             raise ConfigError(f"--eval-data {source} is not a readable .npz: {exc}") from None
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] not in (1, 3):
-        raise ConfigError(f"--eval-data {source}: 'x' must be uint8 N×H×W×C with C 1 or 3, got {x.dtype} {x.shape}")
+        raise ConfigError(f"--eval-data {source}: 'x' must be uint8 N×H×W×C, C 1 or 3; got {x.dtype} {x.shape}")
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or len(y) == 0:
         raise ConfigError(f"--eval-data {source}: 'y' must be {len(x)} integer labels, got {y.dtype} {y.shape}")
     if y.min() < 0:
         raise ConfigError(f"--eval-data {source}: labels must not be negative")
     if size is not None and tuple(x.shape[1:3]) != tuple(size):
-        raise ConfigError(f"--eval-data {source}: images are {x.shape[1]}×{x.shape[2]}, the model takes {size[0]}×{size[1]}")
+        raise ConfigError(
+            f"--eval-data {source}: images are {x.shape[1]}×{x.shape[2]}, the model takes {size[0]}×{size[1]}"
+        )
     return ArrayImages(x), y.astype(np.int64)
 
 
@@ -193,7 +195,8 @@ def _open_folder(source: Path, size: tuple[int, int] | None) -> tuple[FolderImag
         paths += files
         labels += [label] * len(files)
     if not paths:
-        raise ConfigError(f"--eval-data {source} has no class folders with images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise ConfigError(f"--eval-data {source} has no class folders with images ({suffixes})")
     return FolderImages(tuple(paths), size), np.asarray(labels, dtype=np.int64)
 
 

@@ -123,4 +123,5 @@ def _table(table: TextTable, table_id: str) -> str:
         rows.append(f'<tr class="strong">{cells}</tr>' if strong else f"<tr>{cells}</tr>")
     if not rows:
         return '<p class="sub">Nothing yet.</p>'
-    return f'<table id="{table_id}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(rows) + "\n</tbody>\n</table>"
+    body = "\n".join(rows)
+    return f'<table id="{table_id}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'

@@ -59,16 +59,22 @@ def pick_trial(results: RunResults, pick: str) -> TrialRow:
         if found.state != "COMPLETE":
             raise ConfigError(f"trial {number} is {found.state}, not COMPLETE; pick another trial")
         row = found
-    if results.plan_path(row) is None:
-        raise ConfigError(f"the plan file of trial {row.trial} ({row.plan}) is missing in {results.run_dir}")
+    plan_file(results, row)
     return row
+
+
+def plan_file(results: RunResults, row: TrialRow) -> Path:
+    path = results.plan_path(row)
+    if path is None:
+        raise ConfigError(f"the plan file of trial {row.trial} ({row.plan}) is missing in {results.run_dir}")
+    return path
 
 
 def build_model(results: RunResults, row: TrialRow) -> nn.Module:
     """The decomposed model of ``row``, in eval mode: the run's model and weights with the trial's plan."""
     info = results.info
     model = load_model(info.model, weights=info.weights)
-    return decompose_model(model, results.plan_path(row)).eval()  # type: ignore[arg-type]
+    return decompose_model(model, plan_file(results, row)).eval()
 
 
 def export_run(run_dir: str | Path, output: str | Path, fmt: str, pick: str = "best") -> ExportedModel:
@@ -96,7 +102,7 @@ def _save_pt(model: nn.Module, results: RunResults, row: TrialRow, output: str |
         "weights": info.weights,
         "input_shape": list(info.input_shape),
         "trial": row.trial,
-        "plan": RankPlan.load(results.plan_path(row)).to_dict(),  # type: ignore[arg-type]
+        "plan": RankPlan.load(plan_file(results, row)).to_dict(),
         "state_dict": model.state_dict(),
     }
     with atomic_path(output) as tmp:

@@ -6,6 +6,7 @@ Pure functions over numbers and rows, no drawing, so the HTML, Markdown and term
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from dac_search.report.results import TrialRow
@@ -62,10 +63,9 @@ def front_rows(rows: Sequence[TrialRow], objective: str) -> tuple[TrialRow, ...]
 
     The search writes ``pareto.csv`` itself; this is the fallback for a run interrupted before it did.
     """
-    measured = [r for r in rows if r.complete and r.cost(objective) is not None]
-    pool = [r for r in measured if r.feasible] or measured
-    points = [(float(r.cost(objective)), float(r.proxy)) for r in pool]  # type: ignore[arg-type]
-    return tuple(pool[i] for i in pareto_indices(points))
+    measured = [(row, point) for row in rows if (point := row.point(objective)) is not None]
+    pool = [(row, point) for row, point in measured if row.feasible] or measured
+    return tuple(pool[i][0] for i in pareto_indices([point for _, point in pool]))
 
 
 def best_row(rows: Sequence[TrialRow]) -> TrialRow | None:
@@ -74,9 +74,14 @@ def best_row(rows: Sequence[TrialRow]) -> TrialRow | None:
     Ties go to the cheaper plan (fewer FLOPs), then the earlier trial, so the pick is stable.
     """
     candidates = [r for r in rows if r.complete and r.feasible]
-    if not candidates:
-        return None
     measured = [r for r in candidates if r.top1 is not None]
     if measured:
-        return min(measured, key=lambda r: (-float(r.top1), float(r.proxy), r.flops, r.trial))  # type: ignore[arg-type]
-    return min(candidates, key=lambda r: (float(r.proxy), r.flops, r.trial))  # type: ignore[arg-type]
+        return min(measured, key=lambda r: _rank_key(r, by_top1=True))
+    return min(candidates, key=lambda r: _rank_key(r, by_top1=False), default=None)
+
+
+def _rank_key(row: TrialRow, by_top1: bool) -> tuple[float, float, int, int]:
+    """Smaller is better: higher top-1 (when ranking by it), lower proxy, fewer FLOPs, earlier trial."""
+    top1 = -row.top1 if by_top1 and row.top1 is not None else 0.0
+    proxy = row.proxy if row.proxy is not None else math.inf
+    return (top1, proxy, row.flops or 0, row.trial)

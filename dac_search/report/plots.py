@@ -111,7 +111,7 @@ def pareto_svg(panel: FrontPanel, name: str) -> str:
                 ax.annotate(str(m.trial), (m.cost / scale, m.proxy), xytext=(4, 4), textcoords="offset points",
                             fontsize=7, color=RED)
         if panel.original is not None:
-            ax.scatter([panel.original.cost / scale], [panel.original.proxy], s=140, marker="*", color=INK,
+            ax.scatter([panel.original[0] / scale], [panel.original[1]], s=140, marker="*", color=INK,
                        zorder=4, label="original", gid="original")
         if panel.budget is not None:
             ax.axvline(panel.budget / scale, ls="--", lw=1.2, color=ORANGE, label="budget", gid="budget")

@@ -124,6 +124,13 @@ class TrialRow:
         value = self.latency_ms if objective == "latency_ms" else self.flops
         return None if value is None else float(value)
 
+    def point(self, objective: str) -> tuple[float, float] | None:
+        """(cost, proxy) of a completed trial, the pair the Pareto math works on; None if not measured."""
+        cost = self.cost(objective)
+        if self.state != "COMPLETE" or cost is None or self.proxy is None:
+            return None
+        return (cost, self.proxy)
+
 
 @dataclass(frozen=True)
 class RunResults:

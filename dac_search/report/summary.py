@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from dac_search.report.pareto import best_row, front_rows, hypervolume, hypervolume_history
 from dac_search.plan import LayerChoice, RankPlan
+from dac_search.report.pareto import best_row, front_rows, hypervolume, hypervolume_history
 from dac_search.report.results import Budget, RunResults, TrialRow, UniformPoint
 
 # Margin above the worst proxy, so the worst completed trial still adds area to the hypervolume.
@@ -54,7 +54,7 @@ class FrontPanel:
     axis: CostAxis
     trials: tuple[Mark, ...]
     pareto: tuple[Mark, ...]
-    original: Mark | None
+    original: tuple[float, float] | None  # (cost, proxy) of the undecomposed model
     uniform: tuple[UniformMark, ...]
     budget: float | None
     is_objective: bool
@@ -162,7 +162,7 @@ def _counts(trials: tuple[TrialRow, ...]) -> TrialCounts:
 
 
 def _mark(row: TrialRow, axis: CostAxis) -> Mark | None:
-    pair = _pair(row, axis)
+    pair = row.point(axis.key)
     return None if pair is None else Mark(trial=row.trial, cost=pair[0], proxy=pair[1], feasible=row.feasible)
 
 
@@ -174,7 +174,7 @@ def _panel(results: RunResults, pareto: tuple[TrialRow, ...], axis: CostAxis, is
         axis=axis,
         trials=tuple(m for m in (_mark(r, axis) for r in results.trials) if m is not None),
         pareto=tuple(sorted((m for m in (_mark(r, axis) for r in pareto) if m is not None), key=_by_cost)),
-        original=None if original_cost is None else Mark(-1, original_cost, info.baseline.proxy, True),
+        original=None if original_cost is None else (original_cost, info.baseline.proxy),
         uniform=tuple(
             UniformMark(u.rank, cost, u.proxy) for u in info.uniform if (cost := _uniform_cost(u, axis)) is not None
         ),
@@ -193,10 +193,10 @@ def _hypervolume(results: RunResults, axis: CostAxis) -> HypervolumeCurve:
     Fixed per run so the curve only rises; falls back to the worst trial cost when the baseline lacks it.
     """
     info = results.info
-    points = [_pair(row, axis) if row.feasible else None for row in results.trials]
+    points = [row.point(axis.key) if row.feasible else None for row in results.trials]
     original = _original_cost(results, axis)
     worst_cost = max((p[0] for p in points if p is not None), default=1.0)
-    worst_proxy = max((float(r.proxy) for r in results.trials if r.complete), default=0.0)  # type: ignore[arg-type]
+    worst_proxy = max((r.proxy for r in results.trials if r.complete and r.proxy is not None), default=0.0)
     reference = (original if original is not None else worst_cost, worst_proxy * PROXY_MARGIN or 1.0)
     uniform = [
         (cost, u.proxy)
@@ -210,11 +210,6 @@ def _hypervolume(results: RunResults, axis: CostAxis) -> HypervolumeCurve:
         reference=reference,
         uniform=hypervolume(uniform, reference) if uniform else None,
     )
-
-
-def _pair(row: TrialRow, axis: CostAxis) -> tuple[float, float] | None:
-    cost = row.cost(axis.key)
-    return None if not row.complete or cost is None else (cost, float(row.proxy))  # type: ignore[arg-type]
 
 
 def _original_cost(results: RunResults, axis: CostAxis) -> float | None:

@@ -103,7 +103,12 @@ def uniform_table(data: ReportData) -> TextTable:
         headers += ["Top-1 (%)"]
     rows = []
     for point in info.uniform:
-        values = [str(point.rank), fmt_float(point.proxy, 4), _scaled(point.flops, 1e6, 2), _scaled(point.params, 1e3, 1)]
+        values = [
+            str(point.rank),
+            fmt_float(point.proxy, 4),
+            _scaled(point.flops, 1e6, 2),
+            _scaled(point.params, 1e3, 1),
+        ]
         if data.has_latency:
             values += [fmt_float(point.latency_ms, 3)]
         if with_top1:

@@ -105,6 +105,7 @@ def _sensitivities(proxy: ModelProxy, cands: dict[str, list[LayerChoice]], cache
     say(f"measuring the proxy of {sum(len(c) for c in cands.values())} single-layer changes")
     table = layer_sensitivity(proxy, layers=list(cands), methods=methods,
                               ranks=lambda name, method: ranks[(name, method)])
+    cache.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(cache, json.dumps([{"layer": k[0], "method": k[1], "rank": k[2], "kl": v}
                                          for k, v in table.items()]))
     return table

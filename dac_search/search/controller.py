@@ -43,12 +43,12 @@ class SearchOutcome:
 def run_search(config: SearchConfig, view_factory: Callable[..., LiveView] = LiveView) -> SearchOutcome:
     run_dir = config.out or config.default_out()
     _check_run_dir(run_dir, config)
-    (run_dir / "plans").mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     view = view_factory(config.trials, _cost_text(config))
     with view:
         ctx = build_context(config, run_dir, view.say, view.console.print)
         try:
+            (run_dir / "plans").mkdir(parents=True, exist_ok=True)
             return _search(ctx, run_dir, view)
         finally:
             ctx.close()
@@ -131,7 +131,9 @@ def _search(ctx: SearchContext, run_dir: Path, view: LiveView) -> SearchOutcome:
         trial.set_user_attr("params", cost.params)
         trial.set_user_attr("latency_ms", latency)
         trial.set_user_attr("agreement", score.agreement)
-        trial.set_user_attr("slack", ctx.budget.slack(ctx.budget_cost(plan)) / ctx.budget.value)
+        slack = ctx.budget.slack(ctx.budget_cost(plan)) / ctx.budget.value
+        trial.set_user_attr("slack", slack)
+        trial.set_constraint("budget", slack)
         return score.kl, ctx.objective_cost(plan)
 
     completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))

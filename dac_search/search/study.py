@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from collections.abc import Sequence
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
-from optuna.trial import FrozenTrial, TrialState
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 
 from dac_search.errors import ConfigError
 from dac_search.search.space import SearchSpace
@@ -17,18 +18,16 @@ STUDY_NAME = "dac-search"
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
-def constraint_of(trial: FrozenTrial) -> Sequence[float]:
-    """Optuna's constraint convention: budget slack as a share of the budget, <= 0 is feasible."""
-    return (float(trial.user_attrs.get("slack", 1.0)),)
-
-
 def open_study(storage_url: str, seed: int) -> optuna.Study:
+    """The study of a run; the budget is a constraint each trial sets (``Trial.set_constraint``)."""
     try:
-        storage = RDBStorage(storage_url, heartbeat_interval=30, grace_period=120,
-                             failed_trial_callback=RetryFailedTrialCallback(max_retry=2))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = RDBStorage(storage_url, heartbeat_interval=30, grace_period=120,
+                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
     except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
         raise ConfigError(f"cannot open the study storage {storage_url}: {type(exc).__name__}") from None
-    sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=constraint_of, n_startup_trials=10)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
     return optuna.create_study(storage=storage, sampler=sampler, study_name=STUDY_NAME,
                                directions=["minimize", "minimize"], load_if_exists=True)
 
@@ -46,7 +45,9 @@ def fail_dead_trials(study: optuna.Study) -> int:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         failed += 1
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     return failed
 
 

@@ -28,6 +28,16 @@ def partial_dir(tmp_path: Path) -> Path:
     return Path(shutil.copytree(FIXTURES / PARTIAL, tmp_path / PARTIAL))
 
 
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The finished run rendered once, for tests that only read report.html and report.md."""
+    from dac_search.report import write_reports
+
+    run = Path(shutil.copytree(FIXTURES / COMPLETE, tmp_path_factory.mktemp("rendered") / COMPLETE))
+    write_reports(run)
+    return run
+
+
 def edit_run_json(run: Path, edit: Callable[[dict[str, Any]], None]) -> None:
     data = json.loads((run / "run.json").read_text())
     edit(data)

@@ -43,10 +43,9 @@ def count_near(image: Image.Image, colour: tuple[int, int, int], tolerance: int 
     )
 
 
-def test_screenshot_shows_the_plots(run_dir: Path, tmp_path: Path) -> None:
-    html = write_reports(run_dir)[0]
+def test_screenshot_shows_the_plots(rendered: Path, tmp_path: Path) -> None:
     shot = tmp_path / "report.png"
-    chromium(tmp_path, f"--screenshot={shot}", f"--window-size={WIDTH},{HEIGHT}", html.as_uri())
+    chromium(tmp_path, f"--screenshot={shot}", f"--window-size={WIDTH},{HEIGHT}", (rendered / "report.html").as_uri())
     with Image.open(shot) as loaded:
         image = loaded.convert("RGB")
     assert image.size == (WIDTH, HEIGHT)
@@ -56,8 +55,8 @@ def test_screenshot_shows_the_plots(run_dir: Path, tmp_path: Path) -> None:
     assert count_near(image, BLUE) > 300, "no uniform-rank line or DAC cells drawn"
 
 
-def test_dom_holds_the_plot_elements(run_dir: Path, tmp_path: Path) -> None:
-    dom = chromium(tmp_path, "--dump-dom", write_reports(run_dir)[0].as_uri())
+def test_dom_holds_the_plot_elements(rendered: Path, tmp_path: Path) -> None:
+    dom = chromium(tmp_path, "--dump-dom", (rendered / "report.html").as_uri())
     for plot in ("plot-pareto-latency", "plot-pareto-flops", "plot-hypervolume", "plot-layers"):
         assert f'<svg id="{plot}"' in dom
     for element in ('id="plot-pareto-latency-pareto"', 'id="plot-pareto-latency-budget"',

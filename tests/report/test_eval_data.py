@@ -36,10 +36,10 @@ def test_npz_batches_are_normalised_nchw(cifar_assets: Path) -> None:
 
 
 def test_real_resnet20_top1_on_real_cifar10(cifar_assets: Path, hub_cache: Path) -> None:
-    data = load_eval_data(cifar_assets / "cifar10_test_a.npz", MEAN, STD, size=(32, 32), limit=1000)
+    data = load_eval_data(cifar_assets / "cifar10_test_a.npz", MEAN, STD, size=(32, 32), limit=500)
     model = load_model("cifar10-resnet20").train()
-    accuracy = top1(model, data, batch_size=500)
-    assert 88.0 < accuracy < 96.0  # 91.7 % published for these weights on the full test set
+    accuracy = top1(model, data, batch_size=250)
+    assert 87.0 < accuracy < 97.0  # 91.7 % published for these weights on the full test set
     assert model.training  # the caller's mode is restored
 
 

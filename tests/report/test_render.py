@@ -20,10 +20,8 @@ def table_rows(html: str, table_id: str) -> list[list[str]]:
     return [re.findall(r"<td[^>]*>(.*?)</td>", tr) for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", body)][1:]
 
 
-def test_html_has_the_pareto_table_with_the_best_plan_marked(run_dir: Path) -> None:
-    html_path, md_path = write_reports(run_dir)
-    assert (html_path, md_path) == (run_dir / "report.html", run_dir / "report.md")
-    html = html_path.read_text(encoding="utf-8")
+def test_html_has_the_pareto_table_with_the_best_plan_marked(rendered: Path) -> None:
+    html = (rendered / "report.html").read_text(encoding="utf-8")
     rows = table_rows(html, "pareto-table")
     assert [r[0] for r in rows] == ["original", *map(str, PARETO_TRIALS)]
     assert rows[0][1:3] == ["0.0000", "40.62"] and rows[0][5] == "1.184"  # original: proxy, MFLOPs, ms
@@ -35,8 +33,8 @@ def test_html_has_the_pareto_table_with_the_best_plan_marked(run_dir: Path) -> N
     assert "AMD EPYC 7B13" in html and "governor" in html  # run conditions
 
 
-def test_html_embeds_every_plot_as_inline_svg_and_fetches_nothing(run_dir: Path) -> None:
-    html = write_reports(run_dir)[0].read_text(encoding="utf-8")
+def test_html_embeds_every_plot_as_inline_svg_and_fetches_nothing(rendered: Path) -> None:
+    html = (rendered / "report.html").read_text(encoding="utf-8")
     for plot in PLOT_IDS:
         assert f'<svg id="{plot}"' in html
     for group in ("pareto", "trials", "original", "uniform", "budget"):
@@ -49,16 +47,16 @@ def test_html_embeds_every_plot_as_inline_svg_and_fetches_nothing(run_dir: Path)
     assert "<script" not in html and "<link" not in html and "@import" not in html
 
 
-def test_rendering_twice_gives_identical_bytes(run_dir: Path, tmp_path: Path) -> None:
-    first = [p.read_bytes() for p in write_reports(run_dir)]
-    again = [p.read_bytes() for p in write_reports(run_dir)]
-    assert first == again
-    copy = shutil.copytree(run_dir, tmp_path / "elsewhere" / run_dir.name)
-    assert [p.read_bytes() for p in write_reports(copy)] == first  # nothing depends on where it lies
+def test_rendering_again_gives_identical_bytes(rendered: Path, tmp_path: Path) -> None:
+    first = [(rendered / name).read_bytes() for name in ("report.html", "report.md")]
+    copy = shutil.copytree(rendered, tmp_path / "elsewhere" / rendered.name)
+    paths = write_reports(copy)
+    assert paths == (copy / "report.html", copy / "report.md")
+    assert [p.read_bytes() for p in paths] == first  # same bytes, in another process's dir and time
 
 
-def test_markdown_has_the_same_summary_and_table(run_dir: Path) -> None:
-    md = write_reports(run_dir)[1].read_text(encoding="utf-8")
+def test_markdown_has_the_same_summary_and_table(rendered: Path) -> None:
+    md = (rendered / "report.md").read_text(encoding="utf-8")
     assert md.startswith("# dac-search report: cifar10-resnet20\n")
     assert "| **22** | **0.0959** |" in md
     for trial in PARETO_TRIALS:
@@ -111,3 +109,12 @@ def test_terminal_table_lists_the_front(run_dir: Path) -> None:
     lines = {line.split()[0]: line for line in text.splitlines() if line.strip()[:1].isdigit()}
     assert set(lines) == {str(t) for t in PARETO_TRIALS}
     assert "best" in lines["22"] and "88.47" in lines["22"]
+
+
+def test_run_interrupted_before_any_trial_still_renders(partial_dir: Path) -> None:
+    trials = partial_dir / "trials.csv"
+    trials.write_text(trials.read_text().splitlines()[0] + "\n")
+    html = write_reports(partial_dir)[0].read_text(encoding="utf-8")
+    assert 'id="partial-banner"' in html and "0 of 30 trials" in html
+    assert "no completed trials yet" in html and "no Pareto plan files yet" in html
+    assert [r[0] for r in table_rows(html, "pareto-table")] == ["original"]

@@ -1,0 +1,64 @@
+"""Search speed: trials per minute and total time, with no device and with the local device.
+
+    .venv/bin/python benchmarks/search_speed.py [--trials 200] [--model torchvision.models:resnet50]
+        [--input-shape 1,3,224,224] [--devices none,local] [--budget 50%flops]
+
+resnet50 is built with random weights (no download): speed does not depend on the values. The
+one-off set-up (distilled inputs, layer sensitivities, latency table) is timed apart from the trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from dac_search.commands._common import parse_shape
+from dac_search.search.budget import parse_budget
+from dac_search.search.config import SearchConfig
+from dac_search.search.controller import run_search
+from dac_search.search.live import LiveView
+
+
+class TimedView(LiveView):
+    """The live view, remembering when the first trial finished (set-up ends there)."""
+
+    first_trial_at: float | None = None
+
+    def trial_done(self, proxy: float, cost: float, feasible: bool) -> None:
+        if self.first_trial_at is None:
+            TimedView.first_trial_at = time.monotonic()
+        super().trial_done(proxy, cost, feasible)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="torchvision.models:resnet50")
+    parser.add_argument("--input-shape", default="1,3,224,224")
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--devices", default="none,local")
+    parser.add_argument("--budget", default="50%flops")
+    parser.add_argument("--proxy-images", type=int, default=16)
+    args = parser.parse_args()
+    print(f"model {args.model} {args.input_shape}, budget {args.budget}, {args.trials} trials, "
+          f"{args.proxy_images} distilled images\n")
+    print("| device | set-up s | trials | trial phase s | trials/min | total s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for device in args.devices.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            TimedView.first_trial_at = None
+            config = SearchConfig(model=args.model, budget=parse_budget(args.budget), device=device,
+                                  input_shape=parse_shape(args.input_shape), trials=args.trials,
+                                  out=Path(tmp) / "run", proxy_images=args.proxy_images)
+            start = time.monotonic()
+            run_search(config, view_factory=TimedView)
+            total = time.monotonic() - start
+            setup = (TimedView.first_trial_at or start) - start
+            phase = total - setup
+            print(f"| {device} | {setup:.1f} | {args.trials} | {phase:.1f} | {args.trials / phase * 60:.0f} "
+                  f"| {total:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Data-free accuracy proxies: synthetic inputs, layer proxies, the model proxy, and corrections."""
+
+from __future__ import annotations
+
+from dac_search.proxies.correction import (
+    CORRECTIONS,
+    RefitSettings,
+    default_inputs,
+    materialize,
+)
+from dac_search.proxies.layer import channel_importance, following_batchnorms, layer_error_table, weight_error, weight_errors
+from dac_search.proxies.model import ModelProxy, ProxyScore, layer_sensitivity
+from dac_search.proxies.synthetic import DistillSettings, bn_statistics_mismatch, synthetic_inputs
+
+__all__ = [
+    "CORRECTIONS", "DistillSettings", "ModelProxy", "ProxyScore", "RefitSettings", "bn_statistics_mismatch",
+    "channel_importance", "default_inputs", "following_batchnorms", "layer_error_table", "layer_sensitivity",
+    "materialize", "synthetic_inputs", "weight_error", "weight_errors",
+]

@@ -1,0 +1,112 @@
+"""The model proxy: how far a decomposed model's outputs move from the original's on synthetic inputs.
+
+It sees through the network, where the layer proxies cannot: an early layer with a small weight error
+can move the logits more than a late one with a large error. The original logits and the per-layer
+correction targets are computed once; each plan then costs one forward pass of the decomposed model,
+the sequential correction included (it is fitted during that same pass, whose logits are the score).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dac_search.decompose import decomposable_layers, max_rank
+from dac_search.errors import ConfigError
+from dac_search.plan import LayerChoice, RankPlan
+from dac_search.proxies._hooks import eval_mode
+from dac_search.proxies.correction import RefitSettings, Reference, apply_plan, check_correction, reference
+from dac_search.proxies.layer import RankChoice, resolve_ranks
+
+
+@dataclass(frozen=True)
+class ProxyScore:
+    """``kl``: mean KL(original softmax || decomposed softmax); ``agreement``: top-1 agreement in [0, 1]."""
+
+    kl: float
+    agreement: float
+
+
+def compare(reference_logits: torch.Tensor, logits: torch.Tensor) -> ProxyScore:
+    """KL and top-1 agreement of two sets of logits for the same inputs."""
+    log_p = F.log_softmax(reference_logits.double(), dim=1)
+    log_q = F.log_softmax(logits.double(), dim=1)
+    kl = F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+    agreement = (reference_logits.argmax(1) == logits.argmax(1)).double().mean()
+    return ProxyScore(max(float(kl), 0.0), float(agreement))
+
+
+class ModelProxy:
+    """Scores plans of one model on fixed synthetic inputs, with an optional data-free correction.
+
+    ``correction``: None, ``"bias"`` or ``"refit"`` (see ``correction.py``). A plan naming a different
+    correction is refused, so what is scored is what ``materialize`` rebuilds. Not thread-safe.
+    """
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, correction: str | None = None, *,
+                 settings: RefitSettings | None = None) -> None:
+        check_correction(correction)
+        self.model = model
+        self.inputs = inputs
+        self.correction = correction
+        self.settings = settings or RefitSettings()
+        if correction is None:
+            with eval_mode(model), torch.no_grad():
+                self._reference = Reference(model(inputs), {})
+        else:
+            self._reference = reference(model, inputs, settings=self.settings)
+
+    @property
+    def reference_logits(self) -> torch.Tensor:
+        return self._reference.logits
+
+    def _plan(self, plan: RankPlan | Mapping[str, Any]) -> RankPlan:
+        plan = RankPlan.coerce(plan)
+        if plan.correction is not None and plan.correction != self.correction:
+            raise ConfigError(f"the plan asks for correction {plan.correction!r} but this proxy applies "
+                              f"{self.correction!r}")
+        return RankPlan(plan.layers, plan.model, plan.input_shape, self.correction)
+
+    def _run(self, plan: RankPlan) -> tuple[nn.Module, torch.Tensor]:
+        model, logits = apply_plan(self.model, plan, self.inputs, self._reference, self.settings)
+        if logits is None:
+            with torch.no_grad():
+                logits = model(self.inputs)
+        return model, logits
+
+    def build(self, plan: RankPlan | Mapping[str, Any]) -> nn.Module:
+        """The decomposed (and corrected) model the score judged, in eval mode."""
+        return self._run(self._plan(plan))[0]
+
+    def score(self, plan: RankPlan | Mapping[str, Any]) -> ProxyScore:
+        """KL and agreement of the plan's model against the original on the synthetic inputs."""
+        plan = self._plan(plan)
+        if not plan.layers:
+            return ProxyScore(0.0, 1.0)
+        return compare(self._reference.logits, self._run(plan)[1])
+
+
+def layer_sensitivity(proxy: ModelProxy, layers: Sequence[str] | None = None, methods: Sequence[str] = ("dac",),
+                      ranks: RankChoice = None) -> dict[tuple[str, str, int], float]:
+    """(layer, method, rank) -> the proxy's KL when only that layer is decomposed (and corrected).
+
+    ``ranks``: None (every rank), a list (clipped to each layer), or ``f(layer, method) -> ranks``.
+    One forward pass per entry: the table a greedy allocator or a search's additive model reads.
+    """
+    convs = decomposable_layers(proxy.model)
+    names = list(convs) if layers is None else list(layers)
+    table: dict[tuple[str, str, int], float] = {}
+    for name in names:
+        conv = convs.get(name)
+        if conv is None:
+            raise ConfigError(f"layer {name!r} is not a decomposable conv of this model")
+        for method in methods:
+            for rank in resolve_ranks(ranks, name, method, max_rank(conv, method)):
+                choice = LayerChoice(method, rank, "grouped" if method == "dac" else None)
+                table[(name, method, rank)] = proxy.score(RankPlan({name: choice})).kl
+    return table

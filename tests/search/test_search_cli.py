@@ -1,0 +1,106 @@
+"""The search end to end through the CLI: results files, resume after kill -9, the infeasible answer, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TIMEOUT = 600
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dac_search.cli", *args]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cli(*args), capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+SEARCH = ("--model", "cifar10-resnet20", "--proxy-images", "16")
+
+
+def test_small_search_writes_every_result_file(hub_cache, tmp_path) -> None:
+    out = tmp_path / "run"
+    result = run_cli(*SEARCH, "--device", "none", "--budget", "60%flops", "--trials", "20", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    trials = rows(out / "trials.csv")
+    assert len(trials) == 20 and {t["state"] for t in trials} == {"COMPLETE"}
+    for trial in trials:
+        plan = json.loads((out / trial["plan"]).read_text())
+        assert plan["format"] == "dac-search/plan@1" and plan["model"] == "cifar10-resnet20"
+    pareto = rows(out / "pareto.csv")
+    assert pareto and all(p["feasible"] == "True" for p in pareto)
+    run = json.loads((out / "run.json").read_text())
+    baseline = run["baseline"]["flops"]
+    assert all(int(p["flops"]) <= 0.6 * baseline for p in pareto)
+    assert all(p["latency_ms"] == "" for p in pareto)
+    assert run["partial"] is False and run["budget"]["kind"] == "flops" and run["uniform"]
+    proxies = [float(p["proxy"]) for p in pareto]
+    assert proxies == sorted(proxies, reverse=True)  # cheaper points pay in proxy
+    assert (out / "report.html").exists() and (out / "report.md").exists() and (out / "study.db").exists()
+    again = run_cli(*SEARCH, "--device", "none", "--budget", "60%flops", "--trials", "20", "--out", str(out))
+    assert again.returncode == 0 and len(rows(out / "trials.csv")) == 20  # nothing to do: already done
+
+
+def test_resume_after_kill_9_loses_nothing_and_duplicates_nothing(hub_cache, tmp_path) -> None:
+    out = tmp_path / "run"
+    args = (*SEARCH, "--device", "none", "--budget", "50%flops", "--trials", "30", "--out", str(out))
+    process = subprocess.Popen(cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if (out / "trials.csv").exists() and len(rows(out / "trials.csv")) >= 8:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = rows(out / "trials.csv")
+    finished_before = {t["trial"] for t in before if t["state"] == "COMPLETE"}
+    assert 0 < len(finished_before) < 30
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    after = rows(out / "trials.csv")
+    numbers = [t["trial"] for t in after]
+    assert len(numbers) == len(set(numbers))
+    complete = [t for t in after if t["state"] == "COMPLETE"]
+    assert len(complete) == 30 and finished_before <= {t["trial"] for t in complete}
+    assert all((out / t["plan"]).exists() for t in complete)
+    assert "RUNNING" not in {t["state"] for t in after}
+
+
+def test_an_impossible_budget_reports_the_closest_plans(hub_cache, tmp_path) -> None:
+    out = tmp_path / "run"
+    result = run_cli(*SEARCH, "--device", "none", "--budget", "0.1%params", "--trials", "8", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "no plan meets the budget 0.1%params" in result.stderr
+    pareto = rows(out / "pareto.csv")
+    assert pareto and all(p["feasible"] == "False" for p in pareto)
+
+
+@pytest.mark.parametrize("budget", ["30", "30xs", "-1ms", "150%flops", "0.5x"])
+def test_malformed_budgets_exit_2_with_one_line(budget, tmp_path) -> None:
+    device = "none" if budget == "0.5x" else "local"
+    result = run_cli("--model", "cifar10-resnet20", "--device", device, f"--budget={budget}", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_search_arguments_exit_2(tmp_path) -> None:
+    for args in (["--trials", "0"], ["--methods", "dac,tucker"], ["--device", "no-such-device"],
+                 ["--timeout", "soon"]):
+        result = run_cli("--model", "cifar10-resnet20", "--budget", "50%flops", "--out", str(tmp_path / "r"), *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
