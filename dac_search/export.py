@@ -5,38 +5,23 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
+import pickle
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from dac_search.atomic import atomic_path
 from dac_search.errors import ConfigError
+from dac_search.plan import RankPlan
 
-FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}
+FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".pt": "pt"}
+EXPORT_FORMATS = ("onnx", "torchscript", "pt")
 ONNX_OPSET = 17
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary path beside ``path``; renamed over it on success, removed on failure."""
-    target = Path(path)
-    if target.is_dir():
-        raise ConfigError(f"output {target} is a directory")
-    if not target.parent.is_dir():
-        raise ConfigError(f"cannot write {target}: directory {target.parent} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+PT_FORMAT = "dac-search/export@1"
 
 
 def format_of(path: str | os.PathLike[str], explicit: str | None = None) -> str:
@@ -64,15 +49,49 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike[str], input_sha
     sample = torch.zeros(tuple(int(v) for v in input_shape))
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.trace(model.eval(), sample), str(tmp))
+        torch.jit.save(torch.jit.trace(model.eval(), sample, check_trace=False), str(tmp))
     return Path(path)
 
 
-def export_model(model: nn.Module, path: str | os.PathLike[str], input_shape: Sequence[int],
-                 fmt: str | None = None) -> Path:
+def export_pt(model: nn.Module, path: str | os.PathLike[str], plan: RankPlan, spec: str,
+              weights: str | None = None, provenance: Mapping[str, Any] | None = None) -> Path:
+    """A ``torch.save`` dict: how to rebuild the architecture (model spec + plan) and the decomposed weights.
+
+    Read back with ``load_pt_export``; needs this package, but no pickled code (``weights_only=True``).
+    """
+    record = {"format": PT_FORMAT, "model": spec, "weights": weights,
+              "input_shape": list(plan.input_shape or ()), "plan": plan.to_dict(), **(provenance or {}), "state_dict": model.state_dict()}
+    with atomic_path(path) as tmp:
+        torch.save(record, tmp)
+    return Path(path)
+
+
+def load_pt_export(path: str | os.PathLike[str]) -> nn.Module:
+    """Rebuild a ``pt`` export: the architecture from its spec and plan, every weight from the file."""
+    from dac_search.decompose import decompose_model
+    from dac_search.zoo import load_model
+
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ConfigError(f"cannot read {path}: {type(exc).__name__}") from None
+    if not isinstance(record, dict) or record.get("format") != PT_FORMAT:
+        raise ConfigError(f"{path} is not a dac-search pt export ({PT_FORMAT})")
+    model = decompose_model(load_model(record["model"], weights=record["weights"]), record["plan"])
+    model.load_state_dict(record["state_dict"])
+    return model.eval()
+
+
+def export_model(model: nn.Module, path: str | os.PathLike[str], plan: RankPlan, spec: str,
+                 weights: str | None = None, fmt: str | None = None,
+                 provenance: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model`` (already decomposed by ``plan``) in the format ``fmt`` or the one ``path`` names."""
     fmt = format_of(path, fmt)
+    shape = plan.input_shape
     if fmt == "onnx":
-        return export_onnx(model, path, input_shape)
+        return export_onnx(model, path, shape)
     if fmt == "torchscript":
-        return export_torchscript(model, path, input_shape)
-    raise ConfigError(f"unknown export format {fmt!r}; choose onnx or torchscript")
+        return export_torchscript(model, path, shape)
+    if fmt == "pt":
+        return export_pt(model, path, plan, spec, weights, provenance)
+    raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from dac_search.atomic import write_text_atomic
 from dac_search.decompose.factors import METHODS
 from dac_search.decompose.layers import LAYERS
 from dac_search.errors import PlanError
@@ -138,16 +138,3 @@ class RankPlan:
             return cls.load(plan)
         raise PlanError(f"cannot read a plan from {type(plan).__name__}")
 
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write to a temporary file beside ``path`` and rename it over: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

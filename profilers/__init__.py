@@ -17,6 +17,7 @@ from profilers.errors import (
     RuntimeMissing,
     UnknownHost,
 )
+from profilers.latency_table import Correction, LatencyTable, LatencyTableBuilder, default_candidates
 from profilers.local import LocalProfiler
 from profilers.ssh import SshProfiler
 
@@ -24,11 +25,14 @@ __all__ = [
     "AuthFailed",
     "BadModel",
     "Conditions",
+    "Correction",
     "DeviceConfig",
     "DeviceOutOfMemory",
     "DeviceUnreachable",
     "HostKeyMismatch",
     "LatencyResult",
+    "LatencyTable",
+    "LatencyTableBuilder",
     "LocalProfiler",
     "MeasureSettings",
     "MeasurementTimeout",
@@ -38,6 +42,7 @@ __all__ = [
     "RuntimeMissing",
     "SshProfiler",
     "UnknownHost",
+    "default_candidates",
     "devices_dir",
     "list_devices",
     "load_device",

@@ -32,14 +32,16 @@ from dac_search.decompose import LAYERS, METHODS, decompose_conv, decompose_mode
 from dac_search.errors import ConfigError, PlanError
 from dac_search.export import export_onnx
 from dac_search.plan import LayerChoice, RankPlan, write_text_atomic
+from profilers import _protocol
 from profilers.base import LatencyResult, MeasureSettings, Profiler
 
 CACHE_ENV = "DAC_SEARCH_LATENCY_CACHE"
 ORIGINAL = "original"
 TABLE_FORMAT = "dac-search/latency-table@1"
-# Layers alone are small and many: shorter warm-up and repeats than a whole model, still interleaved.
-TABLE_SETTINGS = MeasureSettings(warmup_s=0.2, repeat_s=0.05, repeats=10, max_cov=0.05, max_attempts=2)
-MAX_MODELS_PER_CALL = 96  # bounds one runner call's memory and duration
+# Many small layers: fewer retries than a whole model; the runner protocol itself is unchanged.
+TABLE_SETTINGS = MeasureSettings(max_attempts=2)
+MAX_MODELS_PER_CALL = 96  # bounds one runner call's duration
+MAX_BYTES_PER_CALL = 1 << 30  # and its memory: every model of a call is loaded at once
 
 CandidateFn = Callable[[str, nn.Conv2d], Iterable[LayerChoice]]
 
@@ -174,6 +176,11 @@ class LatencyTable:
         if variants == (None,):
             return None
         return min(variants, key=lambda variant: self.layer_ms(layer, LayerChoice(method, rank, variant)))
+
+    def with_original(self, original_ms: float) -> LatencyTable:
+        """Re-anchored on a fresh end-to-end measurement of the original model (say, one taken alongside
+        the plans it will be compared with), keeping the layer timings and the correction."""
+        return replace(self, original_ms=float(original_ms))
 
     def calibrated(self, pairs: Sequence[tuple[RankPlan, float]]) -> LatencyTable:
         """A copy whose correction is fitted on (plan, measured ms) pairs; the original model counts."""
@@ -335,9 +342,8 @@ class LatencyTableBuilder:
                 original = [result.median_ms, result.iqr_ms]
                 cache.models[model_key] = {**cache.models.get(model_key, {}), "original": original}
                 cache.save()
-            items = list(missing.items())
-            for start in range(0, len(items), MAX_MODELS_PER_CALL):
-                self._measure_layers(items[start : start + MAX_MODELS_PER_CALL], batch, Path(tmp), cache)
+            if missing:
+                self._measure_layers(list(missing.items()), batch, Path(tmp), cache)
 
         stored = cache.models[model_key].get("correction")
         return LatencyTable(
@@ -384,17 +390,22 @@ class LatencyTableBuilder:
         directory: Path,
         cache: LatencyCache,
     ) -> None:
-        """One runner call for a batch of layers of any shapes, measured interleaved."""
-        paths, shapes = [], []
-        for i, (_, (geo, conv, choice)) in enumerate(items):
-            module = conv if choice is None else decompose_conv(conv, choice.rank, choice.method, choice.variant)
-            shape = (batch, geo.in_channels, *geo.in_hw)
-            paths.append(export_onnx(module, directory / f"layer-{i}.onnx", shape))
-            shapes.append(shape)
-        results = self._measure(paths, shapes, self.settings)
-        for (key, _), result in zip(items, results):
-            cache.layers[key] = Timing.of(result)
-        cache.save()
+        """Layers of any shapes, many per runner call, interleaved; the cache is saved after each call so
+        an interrupted build keeps what it measured."""
+        for start in range(0, len(items), MAX_MODELS_PER_CALL):
+            chunk = items[start : start + MAX_MODELS_PER_CALL]
+            paths, shapes = [], []
+            for i, (_, (geo, conv, choice)) in enumerate(chunk):
+                module = conv if choice is None else decompose_conv(conv, choice.rank, choice.method, choice.variant)
+                shape = (batch, geo.in_channels, *geo.in_hw)
+                paths.append(export_onnx(module, directory / f"layer-{start + i}.onnx", shape))
+                shapes.append(shape)
+            results = self._measure(paths, shapes, self.settings)
+            for (key, _), result in zip(chunk, results):
+                cache.layers[key] = Timing.of(result)
+            cache.save()
+            for path in paths:
+                path.unlink()
 
     def _measure(
         self,
@@ -403,7 +414,12 @@ class LatencyTableBuilder:
         settings: MeasureSettings | None,
     ) -> list[LatencyResult]:
         start = time.monotonic()
-        results = self.profiler.measure_many(paths, shapes, settings=settings)
+        per_path = _protocol.shapes(shapes, len(paths))
+        results: list[LatencyResult] = []
+        for chunk in _chunks(paths):
+            results += self.profiler.measure_many(
+                [paths[i] for i in chunk], [per_path[i] for i in chunk], settings=settings
+            )
         self.stats.device_s += time.monotonic() - start
         self.stats.measured += len(paths)
         if results and not self._runtime_version:
@@ -419,6 +435,20 @@ class LatencyTableBuilder:
                 self.cache_dir, self.profiler.name, self.profiler.runtime, self._runtime_version, self.profiler.threads
             )
         return self._cache
+
+
+def _chunks(paths: Sequence[Path]) -> list[list[int]]:
+    """Indices of ``paths`` split into runner calls bounded in count and in total bytes."""
+    chunks: list[list[int]] = [[]]
+    size = 0
+    for i, path in enumerate(paths):
+        nbytes = path.stat().st_size
+        if chunks[-1] and (len(chunks[-1]) >= MAX_MODELS_PER_CALL or size + nbytes > MAX_BYTES_PER_CALL):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(i)
+        size += nbytes
+    return chunks
 
 
 def _rows(cache: LatencyCache, geometries: set[str], batch: int) -> dict[str, dict[str, Timing]]:

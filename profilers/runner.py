@@ -16,8 +16,9 @@ Job (JSON)::
      "settings": {"warmup_s": 0.5, "repeat_s": 0.1, "repeats": 10, "max_cov": 0.05,
                   "max_attempts": 3, "cooldown_s": 0.0}}
 
-Protocol: every model is warmed up for ``warmup_s`` and the number of inferences per repeat is calibrated
-so that one repeat lasts at least ``repeat_s``. Then ``repeats`` timed repeats run round-robin over the
+Protocol: the device is warmed up for ``warmup_s`` in all, every model for at least ``repeat_s`` (a single
+model gets the whole ``warmup_s``), and the number of inferences per repeat is calibrated so that one
+repeat lasts at least ``repeat_s``. Then ``repeats`` timed repeats run round-robin over the
 models (interleaved, so slow drifts of the device hit every model alike). Models whose coefficient of
 variation exceeds ``max_cov`` - all models when the device throttled - are measured again, up to
 ``max_attempts`` in all; the steadiest attempt is kept. Samples are milliseconds per inference.
@@ -315,8 +316,11 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
 
     before = conditions()
     models = [_Model(path, make_session(path, shape)) for path, shape in zip(paths, shapes)]
+    # The device warms up for warmup_s in all; each model for at least one repeat's length (enough for
+    # lazy initialisation and to size its repeats), so many small models do not cost 0.5 s each.
+    per_model = max(settings["repeat_s"], settings["warmup_s"] / len(models))
     for model in models:
-        model.warm_up(settings["warmup_s"], settings["repeat_s"])
+        model.warm_up(per_model, settings["repeat_s"])
 
     pending = list(models)
     throttle_events = 0

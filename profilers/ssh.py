@@ -346,7 +346,7 @@ class SshProfiler(Profiler):
 
     def _run_runner(self, tmp: str, arguments: list[str], limit_s: float) -> _protocol.RunnerOutcome:
         """runner.py under ``timeout`` (TERM to its whole process group, KILL 5 s later) in ``tmp``."""
-        command = ["timeout", "-k", f"{KILL_AFTER_S}s", f"{math.ceil(limit_s)}s"]
+        command = ["timeout", "-k", str(KILL_AFTER_S), str(math.ceil(limit_s))]  # plain seconds: busybox too
         if self.config.cpus:
             command += ["taskset", "-c", ",".join(map(str, self.config.cpus))]
         command += [self.config.python_path, *arguments]

@@ -9,10 +9,11 @@ from rich.table import Table
 
 from dac_search.commands._common import add_model_args, console, load_from_args
 from dac_search.cost import CostModel
-from dac_search.decompose import METHODS, DAC_VARIANTS, decomposable_layers, decompose_model, factorize, max_rank
+from dac_search.decompose import DAC_VARIANTS, METHODS, decomposable_layers, factorize, max_rank
 from dac_search.errors import PlanError
 from dac_search.export import FORMATS, export_model, format_of
 from dac_search.plan import LayerChoice, RankPlan
+from dac_search.proxies import materialize
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--variant", choices=DAC_VARIANTS, default="grouped", help="how DAC layers are laid out")
     parser.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                         help="layers to keep with --rank (repeatable), e.g. conv1")
-    parser.add_argument("-o", "--output", required=True, help=f"output file ({', '.join(FORMATS)})")
+    parser.add_argument("-o", "--output", required=True, help="output file: .onnx, .ts (TorchScript) or .pt (state dict + plan)")
     parser.set_defaults(run=run)
 
 
@@ -51,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     if plan is None:
         plan = uniform_plan(decomposable_layers(model), args.rank, args.method, args.variant, loaded.spec,
                             loaded.input_shape, args.exclude)
-    decomposed = decompose_model(model, plan)
-    export_model(decomposed, args.output, loaded.input_shape, fmt)
+    plan = RankPlan(plan.layers, loaded.spec, loaded.input_shape, plan.correction)
+    decomposed = materialize(model, plan)
+    export_model(decomposed, args.output, plan, loaded.spec, args.weights, fmt)
     console().print(layer_table(model, plan, loaded.input_shape, args.output))
     return 0
 

@@ -49,7 +49,7 @@ def _check(name: str, runtime: str | None) -> int:
     table.add_column("value")
     rows = [
         ("kind", info.get("kind")),
-        ("connected to", info.get("target", info.get("hostname"))),
+        ("connected to", info.get("target", "this machine")),
         ("hostname", info.get("hostname")),
         ("system", f"{info.get('system')} {info.get('machine')}"),
         ("cpu", conditions.get("cpu_model")),

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from dac_search.commands._common import console
-from dac_search.report.model_export import EXPORT_FORMATS, export_run
+from dac_search.export import EXPORT_FORMATS
+from dac_search.report.model_export import export_run
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--format", dest="fmt", choices=EXPORT_FORMATS, required=True,
         help="onnx; torchscript (traced); pt: torch.save dict of the plan and the decomposed state dict, "
-             "read back with dac_search.report.model_export.load_pt_export",
+             "read back with dac_search.export.load_pt_export",
     )
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
     parser.set_defaults(run=run)

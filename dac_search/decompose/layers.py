@@ -46,15 +46,22 @@ class FactorizedConv2d(nn.Module):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank: int, variant: str | None = None) -> FactorizedConv2d:
+        return cls.from_factors(conv, factorize(conv, cls.method), rank, variant)
+
+    @classmethod
+    def from_factors(cls, conv: nn.Conv2d, factors: LayerFactors, rank: int,
+                     variant: str | None = None) -> FactorizedConv2d:
+        """Build from given factors of ``conv`` (its cached SVD, or factors a correction refitted)."""
         variant = cls.variants[0] if variant is None else variant
         if variant not in cls.variants:
             allowed = ", ".join(v for v in cls.variants if v) or "none"
             raise DecompositionError(f"method {cls.method!r} has no variant {variant!r} (variants: {allowed})")
-        limit = max_rank(conv, cls.method)
+        if factors.method != cls.method:
+            raise DecompositionError(f"factors of method {factors.method!r} cannot build a {cls.method!r} layer")
+        limit = min(max_rank(conv, cls.method), factors.max_rank)
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= limit:
             raise DecompositionError(
                 f"rank {rank!r} is out of range for method {cls.method!r} on this layer: 1..{limit}")
-        factors = factorize(conv, cls.method)
         return cls._build(conv, factors, rank, variant)
 
     @classmethod

@@ -1,44 +1,45 @@
 """Data-free corrections of a decomposed model, fitted on synthetic inputs (the paper's future work).
 
-Both run in one forward pass of the decomposed model, layer after layer in execution order: each
-decomposed layer is corrected with its input from the *already corrected* decomposed network and its
-target from the *original* network on the same synthetic inputs, so error accumulated upstream is
-fixed too, not only the layer's own.
+Both run in one forward pass, layer after layer in execution order: each decomposed layer is corrected
+with its input from the *already corrected* decomposed network and its target from the *original*
+network on the same synthetic inputs, so the error accumulated upstream is repaired too, not only the
+layer's own.
 
-- ``bias``: shift the last factor's bias so each output channel's mean matches the original's (the
-  expected output shift; Nagel et al. 2019 do it from BatchNorm statistics).
-- ``refit``: least-squares refit of the last factor (DAC's 1x1, the 1 x kw of spatial, the 1x1 of
-  channel) with an intercept, ridge-pulled towards the SVD factor; the first factors keep their SVD.
+- ``bias``: shift the last factor's bias so every output channel's mean matches the original's (the
+  expected output shift of Nagel et al. 2019, measured on synthetic inputs instead of derived from
+  BatchNorm statistics; distilled inputs reproduce those statistics).
+- ``refit``: least-squares refit of the last factor (DAC's 1x1, spatial's 1 x kw, channel's 1x1) and
+  a bias, ridge-pulled towards the SVD factor; the first factor keeps its SVD.
 
-``materialize`` turns a plan file into the model it names, correction included, deterministically
-from the default synthetic inputs (seed 0), so an exported plan is rebuilt from the plan alone.
+The pass runs on a *workbench*, a copy of the original model whose planned convs are swapped for
+dense stand-ins computing the same function as the factorised layers (see ``_factors``), and swapped
+back afterwards. ``materialize`` turns a plan into the model it names, correction included,
+deterministically from the default synthetic inputs (seed 0): an exported plan rebuilds from the plan alone.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from dac_search.decompose import ChannelConv2d, DacConv2d, SpatialConv2d, decomposable_layers, decompose_model
-from dac_search.decompose.layers import FactorizedConv2d
+from dac_search.decompose import LAYERS, decomposable_layers, decompose_model, factorize, validate_plan
+from dac_search.decompose.factors import LayerFactors
 from dac_search.errors import ConfigError
 from dac_search.plan import RankPlan
+from dac_search.proxies import _factors
 from dac_search.proxies._hooks import eval_mode, removing
 from dac_search.proxies.synthetic import synthetic_inputs
 
 CORRECTIONS = ("bias", "refit")
-DEFAULT_INPUTS = {"kind": "distilled", "n": 64, "seed": 0}  # what materialize and the search use
-
-# The factor each method ends with: the one a correction refits (it sees every first-factor output).
-_LAST_FACTOR: Mapping[type[FactorizedConv2d], str] = {DacConv2d: "pointwise", SpatialConv2d: "horizontal",
-                                                        ChannelConv2d: "expand"}
+DEFAULT_INPUTS: Mapping[str, Any] = {"kind": "distilled", "n": 64, "seed": 0}  # materialize's and the search's
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class RefitSettings:
 class LayerTarget:
     """The original conv's output on the synthetic inputs, at sampled positions and on average."""
 
-    index: torch.Tensor  # (P,) flat positions into batch x (out_h * out_w)
+    index: torch.Tensor  # (P,) flat positions into batch x out_h x out_w
+    out_hw: tuple[int, int]
     values: torch.Tensor  # (P, out_channels) original outputs there
     mean: torch.Tensor  # (out_channels,) mean over every position
 
@@ -69,6 +71,22 @@ class Reference:
 
     logits: torch.Tensor
     targets: Mapping[str, LayerTarget]
+
+
+@dataclass(frozen=True)
+class FittedLayer:
+    """A corrected layer: normal-form factors (``_factors``) and the last factor's bias."""
+
+    factors: LayerFactors
+    bias: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """The logits of the (corrected) decomposed model on the inputs, and what each layer became."""
+
+    logits: torch.Tensor
+    layers: Mapping[str, FittedLayer]
 
 
 def check_correction(correction: str | None) -> None:
@@ -84,7 +102,7 @@ def _sample_index(total: int, samples: int, seed: int) -> torch.Tensor:
 
 
 def _at(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) or (N, C, L) -> (P, C): the channel vectors at flat positions of batch x space."""
+    """(N, C, H, W) -> (P, C): the channel vectors at flat positions of batch x height x width."""
     flat = tensor.reshape(tensor.shape[0], tensor.shape[1], -1)
     length = flat.shape[2]
     return flat[index // length, :, index % length]
@@ -105,7 +123,8 @@ def reference(model: nn.Module, inputs: torch.Tensor, layers: Sequence[str] | No
             total = output.shape[0] * output.shape[2] * output.shape[3]
             # seeded by the layer's name, so any subset of layers samples the same positions
             index = _sample_index(total, settings.samples, settings.seed + zlib.crc32(name.encode()))
-            targets[name] = LayerTarget(index, _at(output, index).clone(), output.mean((0, 2, 3)))
+            targets[name] = LayerTarget(index, (int(output.shape[2]), int(output.shape[3])),
+                                        _at(output, index).clone(), output.mean((0, 2, 3)))
         return hook
 
     handles = [convs[name].register_forward_hook(capture(name)) for name in names]
@@ -114,41 +133,9 @@ def reference(model: nn.Module, inputs: torch.Tensor, layers: Sequence[str] | No
     return Reference(logits, targets)
 
 
-def last_factor(layer: nn.Module) -> nn.Conv2d:
-    """The conv a factorised layer ends with."""
-    for cls, attribute in _LAST_FACTOR.items():
-        if isinstance(layer, cls):
-            return getattr(layer, attribute)
-    raise ConfigError(f"no correction is defined for {type(layer).__name__}")
-
-
-def _padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) zero padding of ``conv``, 'same' and 'valid' included."""
-    if conv.padding == "valid":
-        return (0, 0, 0, 0)
-    if conv.padding == "same":
-        pads = []
-        for d, k in zip(reversed(conv.dilation), reversed(conv.kernel_size)):
-            total = d * (k - 1)
-            pads += [total // 2, total - total // 2]
-        return tuple(pads)  # type: ignore[return-value]
-    ph, pw = conv.padding  # type: ignore[misc]
-    return (pw, pw, ph, ph)
-
-
-def _features(conv: nn.Conv2d, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """(P, in_channels * kh * kw): the inputs ``conv`` multiplies at the sampled output positions."""
-    if conv.kernel_size == (1, 1) and conv.stride == (1, 1) and _padding(conv) == (0, 0, 0, 0):
-        return _at(z, index)
-    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-    padded = F.pad(z, _padding(conv), mode=mode)
-    patches = F.unfold(padded, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)
-    return _at(patches, index)
-
-
 def _least_squares(features: torch.Tensor, targets: torch.Tensor, prior: torch.Tensor,
                    ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight (out, f) and bias (out,) minimising ||F W^T + b - Y||^2 / P + ridge' ||W - prior||^2."""
+    """Weight (out, f) and bias (out,) minimising ||F W^T + b - Y||^2 / P + lam ||W - prior||^2."""
     f_mean, y_mean = features.mean(0), targets.mean(0)
     fc, yc = features - f_mean, targets - y_mean
     count = features.shape[0]
@@ -158,74 +145,151 @@ def _least_squares(features: torch.Tensor, targets: torch.Tensor, prior: torch.T
     gram.diagonal().add_(strength)
     weight = torch.linalg.solve(gram, cross + strength * prior.T.double()).T
     bias = y_mean.double() - weight @ f_mean.double()
-    return weight.to(features.dtype), bias.to(features.dtype)
+    return weight, bias
 
 
-def _set_bias(conv: nn.Conv2d, bias: torch.Tensor) -> None:
-    if conv.bias is None:
-        conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=conv.weight.requires_grad)
-    else:
-        conv.bias.data.copy_(bias)
+def refit(conv: nn.Conv2d, factors: LayerFactors, x: torch.Tensor, target: LayerTarget,
+          ridge: float) -> FittedLayer:
+    """Refit the last factor of normal-form ``factors`` so the layer maps ``x`` to the target outputs."""
+    shape, groups = tuple(conv.weight.shape), conv.groups
+    windows = _factors.patches_at(conv, x, target.index, target.out_hw)
+    feats = _factors.features(factors, windows, groups)
+    priors = _factors.last_factor(factors, shape, groups)
+    ng = conv.out_channels // groups
+    weights, biases = [], []
+    for group, (feat, prior) in enumerate(zip(feats, priors)):
+        w, b = _least_squares(feat, target.values[:, group * ng:(group + 1) * ng], prior, ridge)
+        weights.append(w)
+        biases.append(b)
+    fitted = _factors.with_last_factor(factors, weights, shape, groups)
+    return FittedLayer(fitted, torch.cat(biases).to(conv.weight.dtype))
 
 
-def _refit(conv: nn.Conv2d, z: torch.Tensor, target: LayerTarget, ridge: float) -> None:
-    """Replace ``conv``'s weight and bias by the least-squares fit of the target, group by group."""
-    feats = _features(conv, z, target.index)
-    g = conv.groups
-    out_g = conv.out_channels // g
-    in_g = feats.shape[1] // g
-    weight = conv.weight.detach().reshape(conv.out_channels, -1)
-    new_weight = torch.empty_like(weight)
-    new_bias = torch.empty(conv.out_channels, dtype=weight.dtype)
-    for group in range(g):
-        rows = slice(group * out_g, (group + 1) * out_g)
-        w, b = _least_squares(feats[:, group * in_g:(group + 1) * in_g], target.values[:, rows], weight[rows], ridge)
-        new_weight[rows], new_bias[rows] = w, b
-    conv.weight.data.copy_(new_weight.reshape(conv.weight.shape))
-    _set_bias(conv, new_bias)
+def _stand_in(conv: nn.Conv2d, layer: FittedLayer) -> nn.Conv2d:
+    """A conv of ``conv``'s geometry computing the factorised layer densely (same function, faster)."""
+    weight = _factors.dense_weight(layer.factors, tuple(conv.weight.shape), conv.groups)
+    out = nn.utils.skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                             padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                             padding_mode=conv.padding_mode, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        out.bias.copy_(layer.bias if layer.bias is not None else torch.zeros(conv.out_channels))
+    return out
 
 
-def correct(decomposed: nn.Module, plan: RankPlan, inputs: torch.Tensor, ref: Reference, correction: str,
-            settings: RefitSettings | None = None) -> torch.Tensor:
-    """Correct ``decomposed`` in place, in one pass; returns its logits on ``inputs`` (after correction)."""
+def _set_stand_in(stand: nn.Conv2d, conv: nn.Conv2d, layer: FittedLayer) -> None:
+    with torch.no_grad():
+        stand.weight.copy_(_factors.dense_weight(layer.factors, tuple(conv.weight.shape), conv.groups))
+        stand.bias.copy_(layer.bias)
+
+
+@contextmanager
+def _swapped(workbench: nn.Module, modules: Mapping[str, nn.Module]) -> Iterator[None]:
+    """Put ``modules`` into ``workbench`` for the duration, then put its own back."""
+    saved = {name: workbench.get_submodule(name) for name in modules}
+    try:
+        for name, module in modules.items():
+            workbench.set_submodule(name, module)
+        yield
+    finally:
+        for name, module in saved.items():
+            workbench.set_submodule(name, module)
+
+
+def initial_layers(model: nn.Module, plan: RankPlan) -> dict[str, FittedLayer]:
+    """The plain truncated SVD of every planned layer, in normal form, with the conv's own bias."""
+    out = {}
+    for name, choice in plan.layers.items():
+        conv = model.get_submodule(name)
+        factors = _factors.normal_form(factorize(conv, choice.method), choice.rank)
+        bias = None if conv.bias is None else conv.bias.detach().clone()
+        out[name] = FittedLayer(factors, bias)
+    return out
+
+
+def run_plan(model: nn.Module, workbench: nn.Module, plan: RankPlan, inputs: torch.Tensor,
+             ref: Reference | None, correction: str | None, settings: RefitSettings | None = None) -> PassResult:
+    """One forward pass of the plan's model on ``inputs``, fitting ``correction`` layer after layer.
+
+    ``workbench``: a deep copy of ``model`` (reused across calls; left as it was found).
+    """
     check_correction(correction)
+    validate_plan(model, plan)
     settings = settings or RefitSettings()
+    layers = initial_layers(model, plan)
+    if correction is not None and ref is None:
+        raise ConfigError("a correction needs the original model's reference on the inputs")
+    stands = {name: _stand_in(model.get_submodule(name), layer) for name, layer in layers.items()}
     handles = []
-    for name in plan.layers:
-        conv = last_factor(decomposed.get_submodule(name))
-        target = ref.targets[name]
+    for name, stand in stands.items():
+        conv = model.get_submodule(name)
         if correction == "refit":
-            def refit_hook(module: nn.Module, args: tuple[torch.Tensor, ...], target: LayerTarget = target) -> None:
-                _refit(module, args[0], target, settings.ridge)  # type: ignore[arg-type]
-            handles.append(conv.register_forward_pre_hook(refit_hook))
-        else:
-            def bias_hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor,
-                          target: LayerTarget = target) -> torch.Tensor:
-                shift = target.mean - output.mean((0, 2, 3))
-                old = module.bias if module.bias is not None else torch.zeros_like(shift)  # type: ignore[union-attr]
-                _set_bias(module, old.detach() + shift)  # type: ignore[arg-type]
-                return output + shift[None, :, None, None]
-            handles.append(conv.register_forward_hook(bias_hook))
-    with removing(handles), eval_mode(decomposed), torch.no_grad():
-        return decomposed(inputs)
+            handles.append(stand.register_forward_pre_hook(_refit_hook(name, conv, layers, ref, settings)))
+        elif correction == "bias":
+            handles.append(stand.register_forward_hook(_bias_hook(name, layers, ref)))
+    with removing(handles), _swapped(workbench, stands), eval_mode(workbench), torch.no_grad():
+        logits = workbench(inputs)
+    return PassResult(logits, layers)
 
 
-def apply_plan(model: nn.Module, plan: RankPlan, inputs: torch.Tensor | None, ref: Reference | None,
-               settings: RefitSettings | None = None) -> tuple[nn.Module, torch.Tensor | None]:
-    """decompose_model plus ``plan.correction``; the logits on ``inputs`` when a correction ran."""
-    check_correction(plan.correction)
-    decomposed = decompose_model(model, plan).eval()
-    if plan.correction is None or not plan.layers:
-        return decomposed, None
-    if inputs is None or ref is None:
-        raise ConfigError("a correction needs synthetic inputs and the original model's reference on them")
-    return decomposed, correct(decomposed, plan, inputs, ref, plan.correction, settings)
+def _refit_hook(name: str, conv: nn.Conv2d, layers: dict[str, FittedLayer], ref: Reference | None,
+                settings: RefitSettings) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+    done: list[bool] = []
+
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if done or ref is None:  # fitted on the first call only
+            return
+        layers[name] = refit(conv, layers[name].factors, args[0], ref.targets[name], settings.ridge)
+        _set_stand_in(module, conv, layers[name])  # type: ignore[arg-type]
+        done.append(True)
+    return hook
 
 
-def default_inputs(model: nn.Module, input_shape: Sequence[int], cache_dir: str | os.PathLike[str] | None = None
-                   ) -> torch.Tensor:
-    """The synthetic inputs a plan's correction is fitted on unless told otherwise (cached)."""
-    return synthetic_inputs(model, input_shape, cache_dir=cache_dir, **DEFAULT_INPUTS)  # type: ignore[arg-type]
+def _bias_hook(name: str, layers: dict[str, FittedLayer], ref: Reference | None
+               ) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor | None]:
+    done: list[bool] = []
+
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
+        if done or ref is None:
+            return None
+        shift = ref.targets[name].mean - output.mean((0, 2, 3))
+        module.bias.add_(shift)  # type: ignore[union-attr]
+        layers[name] = FittedLayer(layers[name].factors, module.bias.detach().clone())  # type: ignore[union-attr]
+        done.append(True)
+        return output + shift[None, :, None, None]
+    return hook
+
+
+def assemble(model: nn.Module, plan: RankPlan, layers: Mapping[str, FittedLayer]) -> nn.Module:
+    """The factorised model (real DAC / spatial / channel layers, in the plan's variants) from fitted factors."""
+    out = decompose_model(model, plan)
+    if plan.correction is None:
+        return out.eval()
+    for name, choice in plan.layers.items():
+        conv = model.get_submodule(name)
+        layer = LAYERS[choice.method].from_factors(conv, layers[name].factors, choice.rank, choice.variant)
+        if layers[name].bias is not None:
+            last = _last_conv(layer)
+            with torch.no_grad():
+                if last.bias is None:
+                    last.bias = nn.Parameter(layers[name].bias.clone(), requires_grad=last.weight.requires_grad)
+                else:
+                    last.bias.copy_(layers[name].bias)
+        out.set_submodule(name, layer)
+    return out.eval()
+
+
+def _last_conv(layer: nn.Module) -> nn.Conv2d:
+    """The conv a factorised layer ends with (the one that carries the bias; registered last)."""
+    convs = [m for m in layer.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1]
+
+
+def default_inputs(model: nn.Module, input_shape: Sequence[int],
+                   cache_dir: str | os.PathLike[str] | None = None) -> torch.Tensor:
+    """The synthetic inputs a plan's correction is fitted on unless told otherwise (cached on disk)."""
+    return synthetic_inputs(model, input_shape, DEFAULT_INPUTS["kind"], DEFAULT_INPUTS["n"], DEFAULT_INPUTS["seed"],
+                            cache_dir)
 
 
 def materialize(model: nn.Module, plan: RankPlan | Mapping[str, Any] | str | os.PathLike[str],
@@ -244,5 +308,5 @@ def materialize(model: nn.Module, plan: RankPlan | Mapping[str, Any] | str | os.
             raise ConfigError("the plan has a correction but no input_shape to make its synthetic inputs")
         inputs = default_inputs(model, plan.input_shape)
     ref = reference(model, inputs, list(plan.layers), settings)
-    decomposed, _ = apply_plan(model, plan, inputs, ref, settings)
-    return decomposed
+    result = run_plan(model, copy.deepcopy(model), plan, inputs, ref, plan.correction, settings)
+    return assemble(model, plan, result.layers)

@@ -8,6 +8,7 @@ the sequential correction included (it is fitted during that same pass, whose lo
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,15 @@ from dac_search.decompose import decomposable_layers, max_rank
 from dac_search.errors import ConfigError
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies._hooks import eval_mode
-from dac_search.proxies.correction import RefitSettings, Reference, apply_plan, check_correction, reference
+from dac_search.proxies.correction import (
+    PassResult,
+    RefitSettings,
+    Reference,
+    assemble,
+    check_correction,
+    reference,
+    run_plan,
+)
 from dac_search.proxies.layer import RankChoice, resolve_ranks
 
 
@@ -55,6 +64,7 @@ class ModelProxy:
         self.inputs = inputs
         self.correction = correction
         self.settings = settings or RefitSettings()
+        self._workbench = copy.deepcopy(model).eval()  # planned convs are swapped in and out of it
         if correction is None:
             with eval_mode(model), torch.no_grad():
                 self._reference = Reference(model(inputs), {})
@@ -72,23 +82,23 @@ class ModelProxy:
                               f"{self.correction!r}")
         return RankPlan(plan.layers, plan.model, plan.input_shape, self.correction)
 
-    def _run(self, plan: RankPlan) -> tuple[nn.Module, torch.Tensor]:
-        model, logits = apply_plan(self.model, plan, self.inputs, self._reference, self.settings)
-        if logits is None:
-            with torch.no_grad():
-                logits = model(self.inputs)
-        return model, logits
+    def _run(self, plan: RankPlan) -> PassResult:
+        return run_plan(self.model, self._workbench, plan, self.inputs, self._reference, self.correction,
+                        self.settings)
 
     def build(self, plan: RankPlan | Mapping[str, Any]) -> nn.Module:
-        """The decomposed (and corrected) model the score judged, in eval mode."""
-        return self._run(self._plan(plan))[0]
+        """The decomposed (and corrected) model the score judged, with real factorised layers, in eval mode."""
+        plan = self._plan(plan)
+        if plan.correction is None or not plan.layers:
+            return assemble(self.model, plan, {})
+        return assemble(self.model, plan, self._run(plan).layers)
 
     def score(self, plan: RankPlan | Mapping[str, Any]) -> ProxyScore:
         """KL and agreement of the plan's model against the original on the synthetic inputs."""
         plan = self._plan(plan)
         if not plan.layers:
             return ProxyScore(0.0, 1.0)
-        return compare(self._reference.logits, self._run(plan)[1])
+        return compare(self._reference.logits, self._run(plan).logits)
 
 
 def layer_sensitivity(proxy: ModelProxy, layers: Sequence[str] | None = None, methods: Sequence[str] = ("dac",),

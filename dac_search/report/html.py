@@ -10,7 +10,14 @@ from html import escape
 
 from dac_search.report.plots import hypervolume_svg, layers_svg, pareto_svg
 from dac_search.report.summary import LATENCY, ReportData
-from dac_search.report.tables import TextTable, condition_items, pareto_table, summary_items, uniform_table
+from dac_search.report.tables import (
+    TextTable,
+    budget_text,
+    condition_items,
+    pareto_table,
+    summary_items,
+    uniform_table,
+)
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2933; margin: 0;
@@ -53,7 +60,7 @@ def render_html(data: ReportData) -> str:
         "<main>",
         f"<h1>{escape(title)}</h1>",
         f'<p class="sub">run <code>{escape(data.results.run_dir.name)}</code> · budget '
-        f"{escape(info.budget.text)} {escape(info.budget.kind)} · device "
+        f"{escape(budget_text(info.budget))} · device "
         f"{escape(info.device.name if info.device else 'none')}</p>",
         *_banners(data),
         _section("summary", "Summary", _definitions(summary_items(data))),

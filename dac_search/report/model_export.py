@@ -5,28 +5,24 @@ number. The model is rebuilt from the run's own record (``run.json``'s model and
 plan file), so an export needs nothing but the run dir and the original weights.
 
 Formats: ``onnx``, ``torchscript`` (traced), and ``pt``: a ``torch.save`` dict with the plan and the
-decomposed state dict (format ``dac-search/export@1``), read back with ``load_pt_export``.
+decomposed state dict (``dac_search.export.export_pt``), read back with ``load_pt_export``.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from dac_search.decompose import decompose_model
 from dac_search.errors import ConfigError
-from dac_search.export import atomic_path, export_onnx, export_torchscript
+from dac_search.export import EXPORT_FORMATS, export_model
 from dac_search.plan import RankPlan
+from dac_search.proxies import materialize
 from dac_search.report.pareto import best_row, front_rows
 from dac_search.report.results import RunResults, TrialRow, load_run
 from dac_search.zoo import load_model
 
-EXPORT_FORMATS = ("onnx", "torchscript", "pt")
-PT_FORMAT = "dac-search/export@1"
 
 
 @dataclass(frozen=True)
@@ -74,7 +70,7 @@ def build_model(results: RunResults, row: TrialRow) -> nn.Module:
     """The decomposed model of ``row``, in eval mode: the run's model and weights with the trial's plan."""
     info = results.info
     model = load_model(info.model, weights=info.weights)
-    return decompose_model(model, plan_file(results, row)).eval()
+    return materialize(model, plan_file(results, row)).eval()
 
 
 def export_run(run_dir: str | Path, output: str | Path, fmt: str, pick: str = "best") -> ExportedModel:
@@ -84,43 +80,8 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str, pick: str = "b
     results = load_run(run_dir)
     row = pick_trial(results, pick)
     model = build_model(results, row)
-    shape = results.info.input_shape
-    if fmt == "onnx":
-        path = export_onnx(model, output, shape)
-    elif fmt == "torchscript":
-        path = export_torchscript(model, output, shape)
-    else:
-        path = _save_pt(model, results, row, output)
-    return ExportedModel(path=Path(path), fmt=fmt, row=row)
-
-
-def _save_pt(model: nn.Module, results: RunResults, row: TrialRow, output: str | Path) -> Path:
     info = results.info
-    record = {
-        "format": PT_FORMAT,
-        "model": info.model,
-        "weights": info.weights,
-        "input_shape": list(info.input_shape),
-        "trial": row.trial,
-        "plan": RankPlan.load(plan_file(results, row)).to_dict(),
-        "state_dict": model.state_dict(),
-    }
-    with atomic_path(output) as tmp:
-        torch.save(record, tmp)
-    return Path(output)
-
-
-def load_pt_export(path: str | os.PathLike[str]) -> nn.Module:
-    """Rebuild a ``pt`` export: the original architecture, decomposed by the saved plan, then its weights.
-
-    Loading the original model only gives the layer shapes; every weight comes from the file.
-    """
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    if not isinstance(record, dict) or record.get("format") != PT_FORMAT:
-        raise ConfigError(f"{path} is not a dac-search pt export ({PT_FORMAT})")
-    model = decompose_model(load_model(record["model"], weights=record["weights"]), record["plan"])
-    model.load_state_dict(record["state_dict"])
-    return model.eval()
+    plan = RankPlan.load(plan_file(results, row))
+    plan = RankPlan(plan.layers, info.model, tuple(info.input_shape), plan.correction)
+    path = export_model(model, output, plan, info.model, info.weights, fmt, {"trial": row.trial})
+    return ExportedModel(path=Path(path), fmt=fmt, row=row)

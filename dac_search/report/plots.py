@@ -115,7 +115,7 @@ def pareto_svg(panel: FrontPanel, name: str) -> str:
                        zorder=4, label="original", gid="original")
         if panel.budget is not None:
             ax.axvline(panel.budget / scale, ls="--", lw=1.2, color=ORANGE, label="budget", gid="budget")
-        title = f"{panel.axis.label.split(' (')[0]} against proxy"
+        title = f"{panel.axis.name} against proxy"
         ax.set_title(title if panel.is_objective else f"{title} (Pareto points of the search)", loc="left")
         ax.set_xlabel(panel.axis.label)
         ax.set_ylabel("proxy (lower is closer to the original)")
@@ -132,14 +132,14 @@ def hypervolume_svg(curve: HypervolumeCurve, name: str = "plot-hypervolume") -> 
         fig = Figure(figsize=(5.6, 3.0), layout="constrained")
         ax = fig.add_subplot()
         if curve.trials:
-            ax.step(curve.trials, curve.values, where="post", color=RED, lw=1.5, label="search",
+            ax.step(curve.trials, [v / curve.axis.scale for v in curve.values], where="post", color=RED, lw=1.5, label="search",
                     gid="curve")
         if curve.uniform is not None:
-            ax.axhline(curve.uniform, ls="--", lw=1, color=BLUE, label="uniform rank (within budget)",
+            ax.axhline(curve.uniform / curve.axis.scale, ls="--", lw=1, color=BLUE, label="uniform rank (within budget)",
                        gid="uniform")
         ax.set_title("Hypervolume against trials", loc="left")
         ax.set_xlabel("trial")
-        ax.set_ylabel(f"hypervolume ({curve.axis.label.split(' (')[0]} × proxy)")
+        ax.set_ylabel(f"hypervolume ({curve.axis.unit} × proxy)")
         ax.grid(alpha=0.25)
         if not curve.trials:
             ax.text(0.5, 0.5, "no trials yet", transform=ax.transAxes, ha="center", color=GREY)

@@ -19,15 +19,20 @@ PROXY_MARGIN = 1.1
 
 @dataclass(frozen=True)
 class CostAxis:
-    """A cost a trial is plotted against: its column, a label, and the factor shown values are divided by."""
+    """A cost trials are plotted against: its column, and the unit shown (raw value / ``scale``)."""
 
     key: str
-    label: str
+    name: str
+    unit: str
     scale: float
 
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.unit})"
 
-LATENCY = CostAxis(key="latency_ms", label="latency (ms)", scale=1.0)
-FLOPS = CostAxis(key="flops", label="FLOPs (M)", scale=1e6)
+
+LATENCY = CostAxis(key="latency_ms", name="latency", unit="ms", scale=1.0)
+FLOPS = CostAxis(key="flops", name="FLOPs", unit="MFLOPs", scale=1e6)
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,10 @@ class FrontPanel:
 
 @dataclass(frozen=True)
 class HypervolumeCurve:
-    """Hypervolume of the feasible front after each trial, and of the uniform-rank plans for comparison."""
+    """Hypervolume of the feasible front after each trial, and of the uniform-rank plans for comparison.
+
+    In raw units (ms or FLOPs times proxy); divide by ``axis.scale`` to show it.
+    """
 
     axis: CostAxis
     trials: tuple[int, ...]

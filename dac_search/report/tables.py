@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dac_search.report.results import TrialRow
+from dac_search.report.results import Budget, TrialRow
 from dac_search.report.summary import ReportData
 
 DASH = "–"
@@ -126,7 +126,7 @@ def summary_items(data: ReportData) -> tuple[tuple[str, str], ...]:
     budget = info.budget
     items = [
         ("Model", info.model + ("" if info.weights is None else f" (weights {info.weights})")),
-        ("Budget", f"{budget.text} {budget.kind} = {_budget_value(budget.value, budget.unit)}"),
+        ("Budget", budget_text(budget)),
         ("Objectives", f"minimise {_OBJECTIVE_NAMES[info.objective]} and proxy (lower = closer to the original)"),
         (
             "Trials",
@@ -140,10 +140,11 @@ def summary_items(data: ReportData) -> tuple[tuple[str, str], ...]:
     ]
     curve = data.hypervolume
     if curve.values:
-        line = f"{curve.values[-1]:.4g} (reference {_axis_value(curve.reference[0], curve.axis.key)}, "
-        line += f"proxy {curve.reference[1]:.4g})"
+        axis = curve.axis
+        line = f"{curve.values[-1] / axis.scale:.4g} {axis.unit} × proxy (reference: "
+        line += f"{curve.reference[0] / axis.scale:.4g} {axis.unit}, proxy {curve.reference[1]:.4g})"
         if curve.uniform is not None:
-            line += f"; uniform-rank plans within budget: {curve.uniform:.4g}"
+            line += f"; uniform-rank plans within budget: {curve.uniform / axis.scale:.4g}"
         items.append(("Hypervolume", line))
     if data.best is not None:
         items.append(("Export", export_command(data.best)))
@@ -155,14 +156,15 @@ def export_command(row: TrialRow) -> str:
     return f"dac-search export RUN_DIR --pick {row.trial} --format onnx -o model.onnx"
 
 
-def _budget_value(value: float, unit: str) -> str:
-    if unit == "ms":
-        return f"{value:.3f} ms"
-    return fmt_flops(value) + " FLOPs" if unit == "flops" else fmt_params(value) + " params"
-
-
-def _axis_value(value: float, key: str) -> str:
-    return f"{value:.3f} ms" if key == "latency_ms" else fmt_flops(value) + " FLOPs"
+def budget_text(budget: Budget) -> str:
+    """``latency ≤ 0.829 ms (0.7x)``: the absolute limit first, then what the user typed."""
+    if budget.unit == "ms":
+        limit = f"{budget.value:.3f} ms"
+    elif budget.unit == "flops":
+        limit = f"{budget.value / 1e6:.2f} MFLOPs"
+    else:
+        limit = f"{budget.value / 1e3:.1f} K params"
+    return f"{budget.kind} ≤ {limit} ({budget.text})"
 
 
 def _best_text(data: ReportData) -> str:

@@ -7,14 +7,14 @@ from rich.console import Console
 from rich.table import Table
 
 from dac_search.report.summary import ReportData
-from dac_search.report.tables import pareto_table
+from dac_search.report.tables import budget_text, pareto_table
 
 
 def pareto_rich_table(data: ReportData) -> Table:
     info = data.results.info
     text = pareto_table(data)
     table = Table(
-        title=f"Pareto front: {info.model}, budget {info.budget.text} {info.budget.kind}",
+        title=f"Pareto front: {info.model}, budget {budget_text(info.budget)}",
         caption="PARTIAL RUN: interrupted or still running" if info.partial else None,
         caption_style="bold yellow",
         box=box.SIMPLE_HEAD,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dac_search.plan import write_text_atomic
+from dac_search.atomic import write_text_atomic
 from dac_search.report.html import render_html
 from dac_search.report.markdown import render_markdown
 from dac_search.report.results import load_run

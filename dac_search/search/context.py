@@ -16,7 +16,8 @@ from torch import nn
 
 from dac_search.cost import CostModel
 from dac_search.decompose import decomposable_layers, max_rank
-from dac_search.plan import LayerChoice, RankPlan, write_text_atomic
+from dac_search.atomic import write_text_atomic
+from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies import ModelProxy, layer_sensitivity, synthetic_inputs
 from dac_search.search.budget import Budget
 from dac_search.search.config import SearchConfig

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dac_search.plan import write_text_atomic
+from dac_search.atomic import write_text_atomic
 
 RUN_FORMAT = "dac-search/run@1"
 COLUMNS = ("trial", "feasible", "proxy", "agreement", "flops", "params", "latency_ms", "latency_iqr_ms",

@@ -71,3 +71,12 @@ def test_hanging_runner_is_killed(tmp_path: Path, tiny_models: tuple[Path, Path]
         profiler.measure(tiny_models[0], (1, 3, 16, 16))
     assert time.monotonic() - start < 10
     assert wait_until_gone(marker, timeout_s=2) == []
+
+
+def test_one_shape_per_artifact(tmp_path: Path) -> None:
+    from .conftest import tiny_onnx
+
+    models = [tiny_onnx(tmp_path / "a.onnx", 4, hw=8), tiny_onnx(tmp_path / "b.onnx", 4, hw=32)]
+    with _local(tmp_path) as profiler:
+        small, large = profiler.measure_many(models, [(1, 3, 8, 8), (1, 3, 32, 32)])
+    assert small.input_shape == (1, 3, 8, 8) and large.input_shape == (1, 3, 32, 32)

@@ -15,7 +15,7 @@ import torch
 
 from dac_search import decompose_model, load_model
 from dac_search.cli import main
-from dac_search.report.model_export import load_pt_export
+from dac_search.export import load_pt_export
 from tests.report.conftest import COMPLETE, FIXTURES
 
 SAMPLE = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -105,7 +105,7 @@ def test_terminal_table_lists_the_front(run_dir: Path) -> None:
     console = Console(record=True, width=140)
     print_pareto(build_report_data(load_run(run_dir)), console)
     text = console.export_text()
-    assert "Pareto front: cifar10-resnet20, budget 0.7x latency" in text
+    assert "Pareto front: cifar10-resnet20, budget latency ≤ 0.829 ms (0.7x)" in text
     lines = {line.split()[0]: line for line in text.splitlines() if line.strip()[:1].isdigit()}
     assert set(lines) == {str(t) for t in PARETO_TRIALS}
     assert "best" in lines["22"] and "88.47" in lines["22"]

@@ -1,0 +1,158 @@
+"""How well do per-layer latency tables predict whole-plan latency? Prints markdown tables.
+
+For each case (model, batch) on one device: build the table (every decomposable layer alone, original
+and every candidate), then measure random plans end to end and compare with the prediction; the device
+time of the table is set against measuring every plan end to end. Also: run-to-run CoV of one model.
+
+    python benchmarks/latency_table.py                 # 50 plans, resnet56 b1/b32 and resnet50 b1
+    python benchmarks/latency_table.py --plans 10 --cases resnet56-b1
+
+Weights do not change latency, so models are built untrained (no download needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torchvision
+from torch import nn
+
+from dac_search.cost import trace_geometry
+from dac_search.decompose import LAYERS, METHODS, max_rank
+from dac_search.export import export_onnx
+from dac_search.plan import LayerChoice, RankPlan
+from dac_search.zoo.cifar_resnet import CifarResNet
+from profilers import Profiler, load_device, make_profiler
+from profilers.latency_table import LatencyTable, LatencyTableBuilder, default_candidates
+
+CASES = {
+    "resnet56-b1": (lambda: CifarResNet(56), (1, 3, 32, 32)),
+    "resnet56-b32": (lambda: CifarResNet(56), (32, 3, 32, 32)),
+    "resnet50-b1": (lambda: torchvision.models.resnet50(), (1, 3, 224, 224)),
+}
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case: str
+    layers: int
+    table_models: int
+    table_device_s: float
+    plans: int
+    e2e_device_s: float
+    within_raw: float
+    within: float
+    median_error: float
+    worst_error: float
+    correction: str
+    original_ms: float
+
+
+def random_plan(model: nn.Module, layers: Sequence[str], rng: random.Random) -> RankPlan:
+    """A random share of the layers replaced, each by a random method, rank (any in range) and variant."""
+    chosen = {}
+    share = rng.uniform(0.2, 1.0)
+    for name in layers:
+        if rng.random() > share:
+            continue
+        conv = model.get_submodule(name)
+        method = rng.choice(METHODS)
+        chosen[name] = LayerChoice(method, rng.randint(1, max_rank(conv, method)), rng.choice(LAYERS[method].variants))
+    return RankPlan(chosen)
+
+
+def run_case(name: str, profiler: Profiler, args: argparse.Namespace, cache_dir: Path) -> CaseResult:
+    make, shape = CASES[name]
+    model = make().eval()
+    builder = LatencyTableBuilder(profiler, cache_dir=cache_dir)
+    table = builder.build(model, shape, candidates=default_candidates(points=args.points))
+    table_cost = builder.stats
+    rng = random.Random(args.seed)
+    layers = list(trace_geometry(model, shape))
+    calibration = [random_plan(model, layers, rng) for _ in range(args.calibration)]
+    plans = [random_plan(model, layers, rng) for _ in range(args.plans)]
+    # One interleaved session: the original first, so predictions are anchored to the same conditions.
+    measure = LatencyTableBuilder(profiler, cache_dir=cache_dir)
+    start = time.monotonic()
+    measured = measure.measure_plans(model, shape, [RankPlan(), *calibration, *plans])
+    e2e_s = (time.monotonic() - start) * len(plans) / (len(plans) + len(calibration) + 1)
+    original, calibration_ms, plans_ms = measured[0], measured[1 : 1 + len(calibration)], measured[1 + len(calibration) :]
+    anchored = table.with_original(original)
+    calibrated = anchored.calibrated(list(zip(calibration, calibration_ms)))
+    raw_errors = [anchored.predict_raw(p) / m - 1 for p, m in zip(plans, plans_ms)]
+    errors = [calibrated.predict(p) / m - 1 for p, m in zip(plans, plans_ms)]
+    c = calibrated.correction
+    return CaseResult(
+        case=name,
+        layers=len(layers),
+        table_models=table_cost.measured,
+        table_device_s=table_cost.device_s,
+        plans=len(plans),
+        e2e_device_s=e2e_s,
+        within_raw=sum(abs(e) <= 0.10 for e in raw_errors) / len(plans),
+        within=sum(abs(e) <= 0.10 for e in errors) / len(plans),
+        median_error=statistics.median(abs(e) for e in errors),
+        worst_error=max(abs(e) for e in errors),
+        correction=f"{c.scale:.3f}x{c.offset_ms:+.3f} ms",
+        original_ms=original,
+    )
+
+
+def run_to_run_cov(profiler: Profiler, runs: int) -> tuple[float, list[float]]:
+    """The same model measured in ``runs`` separate runner calls: CoV of their medians."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(CifarResNet(56).eval(), Path(tmp) / "resnet56.onnx", (1, 3, 32, 32))
+        medians = [profiler.measure(path, (1, 3, 32, 32)).median_ms for _ in range(runs)]
+    return statistics.stdev(medians) / statistics.fmean(medians), medians
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="local")
+    parser.add_argument("--plans", type=int, default=50)
+    parser.add_argument("--calibration", type=int, default=5, help="plans measured to fit the correction")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    parser.add_argument("--points", type=int, default=10, help="ranks timed per method and layer")
+    parser.add_argument("--cov-runs", type=int, default=10)
+    parser.add_argument("--cache-dir", type=Path, help="reuse layer timings (default: a fresh temporary dir)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    cases = [case for case in args.cases.split(",") if case]
+    unknown = set(cases) - set(CASES)
+    if unknown:
+        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
+
+    with make_profiler(load_device(args.device)) as profiler, tempfile.TemporaryDirectory() as fresh:
+        info = profiler.info()
+        print(f"device `{profiler.name}`: {info['conditions']['cpu_model']}, {info['cpu_count']} cores, "
+              f"{info['runtime']} {info['runtime_version']}, threads {info['threads'] or 'default'}\n")
+        results = []
+        for case in cases:
+            results.append(run_case(case, profiler, args, args.cache_dir or Path(fresh)))
+            print(f"... {case} done", file=sys.stderr, flush=True)
+        cov, medians = run_to_run_cov(profiler, args.cov_runs)
+
+    print("| case | layers | table: models timed | table: device s | plans | end to end: device s | "
+          "within ±10% (raw) | within ±10% (corrected) | median error | worst error | correction | original ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    for r in results:
+        print(f"| {r.case} | {r.layers} | {r.table_models} | {r.table_device_s:.0f} | {r.plans} | {r.e2e_device_s:.0f} | "
+              f"{r.within_raw:.0%} | {r.within:.0%} | {r.median_error:.1%} | {r.worst_error:.1%} | {r.correction} | "
+              f"{r.original_ms:.3f} |")
+    print(f"\n| run-to-run (resnet56, batch 1, {args.cov_runs} runner calls) | value |\n|---|---:|")
+    print(f"| median of medians | {statistics.median(medians):.3f} ms |")
+    print(f"| CoV | {cov:.2%} |")
+    print(f"| min / max | {min(medians):.3f} / {max(medians):.3f} ms |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

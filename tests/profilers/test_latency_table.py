@@ -1,0 +1,102 @@
+"""Latency tables on the local device: prediction close to measurement on a tiny model, cache hits, I/O."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dac_search.plan import LayerChoice, RankPlan
+from profilers import LocalProfiler, MeasureSettings, load_device
+from profilers.latency_table import (
+    Correction,
+    LatencyTable,
+    LatencyTableBuilder,
+    Timing,
+    candidate_key,
+    rank_grid,
+)
+
+from .conftest import write_device
+
+SHAPE = (1, 8, 24, 24)
+FAST = MeasureSettings(warmup_s=0.1, repeat_s=0.02, repeats=7, max_attempts=1, max_cov=1.0)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(8, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+    ).eval()
+
+
+def _candidates(name: str, conv: nn.Conv2d) -> list[LayerChoice]:
+    return [LayerChoice("dac", 1, "grouped"), LayerChoice("dac", 1, "stacked"), LayerChoice("dac", 3, "grouped"),
+            LayerChoice("dac", 3, "stacked"), LayerChoice("channel", 2), LayerChoice("channel", 8)]
+
+
+@pytest.fixture(scope="module")
+def builder(tmp_path_factory: pytest.TempPathFactory) -> LatencyTableBuilder:
+    directory = tmp_path_factory.mktemp("table")
+    profiler = LocalProfiler(load_device(write_device(directory / "tbl.toml", kind="local", threads=1)))
+    return LatencyTableBuilder(profiler, cache_dir=directory / "cache", settings=FAST, model_settings=FAST)
+
+
+def test_prediction_is_close_and_cache_skips_measuring(builder: LatencyTableBuilder) -> None:
+    model = _model()
+    table = builder.build(model, SHAPE, candidates=_candidates)
+    # Layers 1 and 2 share a geometry: 2 geometries x (original + 6 candidates) + the whole model.
+    assert builder.stats.measured == 2 * 7 + 1
+    assert set(table.layers) == {"0", "2", "4"} and table.layers["2"] == table.layers["4"]
+
+    plan = RankPlan({"2": LayerChoice("dac", 1, "grouped"), "4": LayerChoice("channel", 2)})
+    measured = builder.measure_plans(model, SHAPE, [RankPlan(), plan])
+    predicted = table.with_original(measured[0]).predict(plan)
+    assert predicted == pytest.approx(measured[1], rel=0.3)  # tiny models on a shared machine: a loose bound
+
+    before = builder.stats.measured
+    again = builder.build(model, SHAPE, candidates=_candidates)
+    assert builder.stats.measured == before  # everything came from the cache
+    assert again.timings == table.timings and again.original_ms == table.original_ms
+
+    calibrated, _ = builder.calibrate(table, model, [plan])
+    assert calibrated.correction.n == 2
+    assert builder.build(model, SHAPE, candidates=_candidates).correction == calibrated.correction  # stored
+
+
+def _table() -> LatencyTable:
+    row = {"original": Timing(1.0, 0.1), "dac/1/grouped": Timing(0.3, 0.01), "dac/1/stacked": Timing(0.2, 0.01),
+           "channel/2": Timing(0.4, 0.0), "channel/6": Timing(0.8, 0.0)}
+    return LatencyTable(device="d", runtime="onnxruntime", threads=1, input_shape=(1, 3, 8, 8), original_ms=5.0,
+                        layers={"a": "g", "b": "g"}, timings={"g": row})
+
+
+def test_predict_interpolate_and_fastest_variant() -> None:
+    table = _table()
+    assert table.predict(RankPlan()) == 5.0
+    plan = RankPlan({"a": LayerChoice("dac", 1, "stacked"), "b": LayerChoice("channel", 4)})
+    assert table.predict(plan) == pytest.approx(5.0 - 1.0 + 0.2 - 1.0 + 0.6)  # channel/4 between 2 and 6
+    assert table.fastest_variant("a", "dac", 1) == "stacked"
+    assert table.fastest_variant("a", "channel", 2) is None
+    with pytest.raises(Exception, match="not in the latency table"):
+        table.predict(RankPlan({"zzz": LayerChoice("dac", 1, "grouped")}))
+    with pytest.raises(Exception, match="no spatial timings"):
+        table.layer_ms("a", LayerChoice("spatial", 2))
+
+
+def test_correction_fit_and_round_trip(tmp_path: Path) -> None:
+    assert Correction.fit([(10.0, 12.0)]) == Correction(1.2, 0.0, 1)
+    fitted = Correction.fit([(1.0, 3.0), (2.0, 5.0), (3.0, 7.0)])
+    assert fitted.scale == pytest.approx(2.0) and fitted.offset_ms == pytest.approx(1.0)
+    table = _table().calibrated([(RankPlan({"a": LayerChoice("channel", 2)}), 4.4 * 1.1)])
+    assert LatencyTable.load(table.save(tmp_path / "t.json")) == table
+
+
+def test_rank_grid() -> None:
+    assert rank_grid(9) == list(range(1, 10))
+    grid = rank_grid(192)
+    assert grid[0] == 1 and grid[-1] == 192 and len(grid) <= 10 and grid == sorted(set(grid))
+    assert candidate_key(None) == "original" and candidate_key(LayerChoice("dac", 2, "stacked")) == "dac/2/stacked"
