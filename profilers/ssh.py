@@ -216,6 +216,8 @@ class SshProfiler(Profiler):
                 log.info("%s: transient fault (%s), attempt %d of %d", self._where(), _describe(exc), attempt + 1, attempts)
                 self.close()
                 last = exc
+            except OSError as exc:  # not a connection fault: a remote disk full, a file we cannot write
+                raise errors.RunnerFailed(f"{self._where()}: {exc}") from None
         raise errors.DeviceUnreachable(
             f"{self._where()} is unreachable: {_describe(last)} (gave up after {attempts} attempts)"
         )

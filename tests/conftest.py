@@ -25,6 +25,15 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_caches(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic inputs, sensitivities and latency tables cached per test session, never in ~/.cache."""
+    root = tmp_path_factory.mktemp("dac_search_cache")
+    os.environ["DAC_SEARCH_CACHE"] = str(root)
+    os.environ["DAC_SEARCH_LATENCY_CACHE"] = str(root / "latency")
+    return root
+
+
 @pytest.fixture(scope="session")
 def cifar_assets() -> Path:
     require((CIFAR / "cifar10_test_a.npz").exists(), f"CIFAR-10 assets not found at {CIFAR}")

@@ -46,8 +46,8 @@ DEFAULT_INPUTS: Mapping[str, Any] = {"kind": "distilled", "n": 64, "seed": 0}  #
 class RefitSettings:
     """How the least squares is posed; part of what makes a corrected model reproducible."""
 
-    samples: int = 8192  # output positions per layer the fit sees (of batch x height x width)
-    ridge: float = 1e-3  # times the mean feature variance; pulls towards the SVD factor
+    samples: int = 4096  # output positions per layer the fit sees (of batch x height x width)
+    ridge: float = 1e-2  # times the mean feature variance; pulls towards the SVD factor
     seed: int = 0  # which positions are sampled
 
     def __post_init__(self) -> None:

@@ -30,7 +30,7 @@ _FORMAT = "dac-search/synthetic@1"  # bump when the distillation changes, so old
 class DistillSettings:
     """How hard to optimise distilled inputs; part of the cache key."""
 
-    steps: int = 100
+    steps: int = 50
     lr: float = 0.25
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ starts in seconds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from dac_search.decompose import decomposable_layers, max_rank
 from dac_search.atomic import write_text_atomic
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies import ModelProxy, layer_sensitivity, synthetic_inputs
+from dac_search.proxies.synthetic import cache_root, model_fingerprint
 from dac_search.search.budget import Budget
 from dac_search.search.config import SearchConfig
 from dac_search.search.measure import DevicePool
@@ -92,9 +94,19 @@ def candidates(model: nn.Module, methods: tuple[str, ...]) -> dict[str, list[Lay
     return out
 
 
-def _sensitivities(proxy: ModelProxy, cands: dict[str, list[LayerChoice]], cache: Path,
+def _sensitivity_cache(proxy: ModelProxy, cands: dict[str, list[LayerChoice]]) -> Path:
+    """Same weights, same synthetic inputs, same correction and candidates: same table, whatever the budget."""
+    digest = hashlib.sha256()
+    digest.update(model_fingerprint(proxy.model).encode())
+    digest.update(proxy.inputs.detach().contiguous().numpy().tobytes())
+    digest.update(repr((proxy.correction, sorted((n, c.method, c.rank) for n, cs in cands.items() for c in cs))).encode())
+    return cache_root() / "sensitivity" / f"{digest.hexdigest()[:32]}.json"
+
+
+def _sensitivities(proxy: ModelProxy, cands: dict[str, list[LayerChoice]],
                    say: Say) -> dict[tuple[str, str, int], float]:
-    """KL of every single-layer change; cached in the run dir (the slow part of a cold start)."""
+    """KL of every single-layer change (the slow part of a cold start), cached on disk for later runs."""
+    cache = _sensitivity_cache(proxy, cands)
     if cache.exists():
         rows = json.loads(cache.read_text())
         return {(r["layer"], r["method"], r["rank"]): r["kl"] for r in rows}
@@ -106,13 +118,12 @@ def _sensitivities(proxy: ModelProxy, cands: dict[str, list[LayerChoice]], cache
     say(f"measuring the proxy of {sum(len(c) for c in cands.values())} single-layer changes")
     table = layer_sensitivity(proxy, layers=list(cands), methods=methods,
                               ranks=lambda name, method: ranks[(name, method)])
-    cache.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(cache, json.dumps([{"layer": k[0], "method": k[1], "rank": k[2], "kl": v}
                                          for k, v in table.items()]))
     return table
 
 
-def build_context(config: SearchConfig, run_dir: Path, say: Say, warn: Say) -> SearchContext:
+def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
     model = load_model(config.model, config.weights)
     shape = config.input_shape or default_input_shape(config.model)
     if shape is None:
@@ -142,7 +153,7 @@ def build_context(config: SearchConfig, run_dir: Path, say: Say, warn: Say) -> S
     say(f"making {config.proxy_images} distilled inputs")
     inputs = synthetic_inputs(model, shape, kind="distilled", n=config.proxy_images, seed=config.seed)
     proxy = ModelProxy(model, inputs, correction=config.correction)
-    penalties = _sensitivities(proxy, cands, run_dir / "sensitivity.json", say)
+    penalties = _sensitivities(proxy, cands, say)
 
     if budget.objective == "latency_ms":
         def share(name: str, choice: LayerChoice | None) -> float:

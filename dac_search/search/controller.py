@@ -46,7 +46,7 @@ def run_search(config: SearchConfig, view_factory: Callable[..., LiveView] = Liv
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     view = view_factory(config.trials, _cost_text(config))
     with view:
-        ctx = build_context(config, run_dir, view.say, view.console.print)
+        ctx = build_context(config, view.say, view.console.print)
         try:
             (run_dir / "plans").mkdir(parents=True, exist_ok=True)
             return _search(ctx, run_dir, view)
@@ -233,6 +233,8 @@ def _uniform_baseline(ctx: SearchContext) -> list[dict[str, Any]]:
             choices[name] = LayerChoice("dac", min(rank, limit), variant)
         plan = RankPlan(choices, ctx.config.model, ctx.input_shape, ctx.config.correction)
         cost = ctx.costs.cost(plan)
+        if cost.flops >= ctx.costs.baseline.flops:
+            break  # higher ranks only cost more than the original
         score = ctx.proxy.score(plan)
         rows.append({"rank": rank, "flops": cost.flops, "params": cost.params, "proxy": score.kl,
                      "latency_ms": ctx.latency(plan), "top1": None})

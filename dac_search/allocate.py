@@ -1,0 +1,300 @@
+"""Baseline rank allocators (no search), each returning a ``RankPlan``.
+
+- ``uniform``: one rank for every layer (the DAC paper's way); spatial and channel, whose ranks mean
+  different things on layers of different widths, take one share of each layer's maximum rank.
+- ``energy``: per layer, the smallest rank keeping a share of the singular-value energy (Network
+  Decoupling, Guo et al. 2018).
+- ``greedy``: from full rank downwards, always take the step with the smallest proxy increase per
+  FLOP saved, until the FLOPs target is met (it stops within one layer's step of the target).
+
+``method="mixed"`` lets each layer use whichever of dac / spatial / channel is cheapest at the same
+proxy level: the same weight error for uniform, the same kept energy for energy, and any point of the
+layer's combined (FLOPs, proxy) curve for greedy. The first conv (it reads the image) is kept out by
+default, like the paper.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from dac_search.cost import CostModel
+from dac_search.decompose import METHODS, decomposable_layers, max_rank
+from dac_search.errors import ConfigError
+from dac_search.plan import LayerChoice, RankPlan
+from dac_search.proxies.layer import channel_importance, layer_error_table, weight_errors
+from dac_search.proxies.model import ModelProxy, layer_sensitivity
+
+KINDS = ("uniform", "energy", "greedy")
+ALLOCATION_METHODS = (*METHODS, "mixed")
+LAYER_PROXIES = ("weight", "bn-weight")
+FIRST_CONV = "first conv"  # in ``skip``: the first decomposable conv in execution order
+RANK_POINTS = 8  # ranks per layer a model-proxy table measures for spatial and channel (DAC: all)
+
+Table = Mapping[tuple[str, str, int], float]
+ProxyArg = str | ModelProxy | Table | None
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to run a layer (``choice`` None keeps the original) with its FLOPs and proxy penalty."""
+
+    choice: LayerChoice | None
+    flops: int
+    penalty: float
+
+
+def _methods(method: str) -> tuple[str, ...]:
+    if method == "mixed":
+        return METHODS
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(ALLOCATION_METHODS)}")
+    return (method,)
+
+
+def _choice(method: str, rank: int) -> LayerChoice:
+    return LayerChoice(method, rank, "grouped" if method == "dac" else None)
+
+
+def eligible_layers(model: nn.Module, costs: CostModel, skip: Sequence[str]) -> list[str]:
+    """Decomposable layers in execution order, minus ``skip`` (names, or ``FIRST_CONV``)."""
+    decomposable = decomposable_layers(model)
+    order = [name for name in costs.geometry if name in decomposable]
+    skipped = set(skip)
+    if FIRST_CONV in skipped and order:
+        skipped.add(order[0])
+    unknown = skipped - set(order) - {FIRST_CONV}
+    if unknown:
+        raise ConfigError(f"cannot skip {sorted(unknown)}: not decomposable layers of this model")
+    return [name for name in order if name not in skipped]
+
+
+def candidate_ranks(costs: CostModel, name: str, method: str, limit: int, points: int | None = None) -> list[int]:
+    """Ranks worth considering: cheaper than the original conv; all of them, or ``points`` spread evenly."""
+    original = costs.layer(name).flops
+    cheaper = [r for r in range(1, limit + 1) if costs.layer(name, _choice(method, r)).flops < original]
+    if points is None or len(cheaper) <= points:
+        return cheaper
+    picks = {cheaper[round(i * (len(cheaper) - 1) / (points - 1))] for i in range(points)}
+    return sorted(picks)
+
+
+def _plan(input_shape: Sequence[int], choices: Mapping[str, LayerChoice], correction: str | None = None) -> RankPlan:
+    return RankPlan(dict(choices), None, tuple(input_shape), correction)
+
+
+def _cheapest(costs: CostModel, name: str, options: Sequence[LayerChoice]) -> LayerChoice:
+    return min(options, key=lambda c: (costs.layer(name, c).flops, c.method, c.rank))
+
+
+# --- uniform -------------------------------------------------------------------------------------
+
+def _uniform_rank(rank: int | float, limit: int) -> int:
+    """An int is a rank (clipped to the layer); a float in (0, 1] a share of the layer's maximum rank."""
+    if isinstance(rank, float):
+        return max(1, min(limit, math.ceil(rank * limit - 1e-9)))
+    return max(1, min(limit, rank))
+
+
+def allocate_uniform(model: nn.Module, input_shape: Sequence[int], rank: int | float, method: str = "dac", *,
+                     skip: Sequence[str] = (FIRST_CONV,)) -> RankPlan:
+    """The same rank everywhere (an int), or the same share of each layer's maximum rank (a float).
+
+    ``mixed``: per layer, the cheapest method whose relative weight error is at most DAC's at that rank.
+    Every eligible layer is decomposed, even where that rank costs more than the original (as in the paper).
+    """
+    if isinstance(rank, bool) or not isinstance(rank, (int, float)) or rank <= 0 or (isinstance(rank, float)
+                                                                                      and rank > 1):
+        raise ConfigError(f"uniform rank must be a positive int or a share in (0, 1], got {rank!r}")
+    costs = CostModel(model, input_shape)
+    choices: dict[str, LayerChoice] = {}
+    for name in eligible_layers(model, costs, skip):
+        conv = model.get_submodule(name)
+        if method != "mixed":
+            _methods(method)
+            choices[name] = _choice(method, _uniform_rank(rank, max_rank(conv, method)))
+            continue
+        level = float(weight_errors(conv, "dac")[_uniform_rank(rank, max_rank(conv, "dac"))])
+        choices[name] = _cheapest(costs, name, _within(conv, METHODS, lambda errors: errors <= level + 1e-12))
+    return _plan(input_shape, choices)
+
+
+def _within(conv: nn.Conv2d, methods: Sequence[str], ok: Callable[[float], bool]) -> list[LayerChoice]:
+    """For each method, its smallest rank whose relative weight error passes ``ok``."""
+    found = []
+    for method in methods:
+        errors = weight_errors(conv, method)
+        rank = next((r for r in range(1, len(errors)) if ok(float(errors[r]))), len(errors) - 1)
+        found.append(_choice(method, rank))
+    return found
+
+
+# --- energy --------------------------------------------------------------------------------------
+
+def allocate_energy(model: nn.Module, input_shape: Sequence[int], energy: float = 0.9, method: str = "dac", *,
+                    skip: Sequence[str] = (FIRST_CONV,)) -> RankPlan:
+    """Per layer, the smallest rank keeping ``energy`` of the squared singular values (1 - error^2).
+
+    ``mixed``: the cheapest method reaching that energy. A layer whose rank would cost more than the
+    original conv is kept as it is.
+    """
+    if not 0.0 <= energy <= 1.0:
+        raise ConfigError(f"energy must be in [0, 1], got {energy}")
+    costs = CostModel(model, input_shape)
+    threshold = math.sqrt(max(0.0, 1.0 - energy))
+    choices: dict[str, LayerChoice] = {}
+    for name in eligible_layers(model, costs, skip):
+        conv = model.get_submodule(name)
+        best = _cheapest(costs, name, _within(conv, _methods(method), lambda e: e <= threshold + 1e-12))
+        if costs.layer(name, best).flops < costs.layer(name).flops:
+            choices[name] = best
+    return _plan(input_shape, choices)
+
+
+# --- greedy --------------------------------------------------------------------------------------
+
+def proxy_table(model: nn.Module, input_shape: Sequence[int], layers: Sequence[str], methods: Sequence[str],
+                proxy: ProxyArg, costs: CostModel) -> Table:
+    """(layer, method, rank) -> penalty: from a layer proxy by name, a ModelProxy, or a given table."""
+    if proxy is None:
+        proxy = "bn-weight"
+    if isinstance(proxy, str):
+        if proxy not in LAYER_PROXIES:
+            raise ConfigError(f"unknown proxy {proxy!r}; choose one of {', '.join(LAYER_PROXIES)} or a ModelProxy")
+        return layer_error_table(model, input_shape, methods, weighted=proxy == "bn-weight", layers=layers)
+    if isinstance(proxy, ModelProxy):
+        def ranks(name: str, method: str) -> list[int]:
+            limit = max_rank(model.get_submodule(name), method)
+            return candidate_ranks(costs, name, method, limit, None if method == "dac" else RANK_POINTS)
+        return layer_sensitivity(proxy, layers, methods, ranks)
+    return proxy
+
+
+def lower_hull(options: Sequence[Option]) -> list[Option]:
+    """The options a greedy walks through: the lower convex hull of (FLOPs, penalty), dearest first."""
+    ordered = sorted(options, key=lambda o: (-o.flops, o.penalty))
+    hull: list[Option] = []
+    for option in ordered:
+        if hull and option.flops == hull[-1].flops:
+            continue  # same cost, no better: the sort put the better one first
+        while hull and option.penalty <= hull[-1].penalty:
+            hull.pop()  # cheaper and no worse
+        while len(hull) >= 2 and _above(hull[-2], hull[-1], option):
+            hull.pop()
+        hull.append(option)
+    return hull
+
+
+def _above(a: Option, b: Option, c: Option) -> bool:
+    """b lies on or above the segment a-c: walking to lower FLOPs, the slope must keep rising."""
+    return (b.penalty - a.penalty) * (a.flops - c.flops) >= (c.penalty - a.penalty) * (a.flops - b.flops)
+
+
+def layer_hulls(costs: CostModel, layers: Sequence[str], methods: Sequence[str], table: Table) -> dict[str, list[Option]]:
+    """Per layer, keep plus every tabulated cheaper option, reduced to its lower hull."""
+    hulls = {}
+    for name in layers:
+        keep = Option(None, costs.layer(name).flops, 0.0)
+        options = [keep]
+        for (layer, method, rank), penalty in table.items():
+            if layer == name and method in methods:
+                choice = _choice(method, rank)
+                flops = costs.layer(name, choice).flops
+                if flops < keep.flops:
+                    options.append(Option(choice, flops, float(penalty)))
+        hulls[name] = lower_hull(options)
+    return hulls
+
+
+def greedy_walk(hulls: Mapping[str, Sequence[Option]], baseline_flops: int, target_flops: float) -> dict[str, Option]:
+    """Step the layer with the smallest penalty increase per FLOP saved until FLOPs <= target."""
+    position = {name: 0 for name in hulls}
+    total = baseline_flops
+    heap: list[tuple[float, int, str]] = []
+
+    def push(name: str, order: int) -> None:
+        hull, i = hulls[name], position[name]
+        if i + 1 < len(hull):
+            saved = hull[i].flops - hull[i + 1].flops
+            heapq.heappush(heap, ((hull[i + 1].penalty - hull[i].penalty) / saved, order, name))
+
+    for order, name in enumerate(hulls):
+        push(name, order)
+    order = len(hulls)
+    while total > target_flops and heap:
+        _, _, name = heapq.heappop(heap)
+        hull, i = hulls[name], position[name]
+        total -= hull[i].flops - hull[i + 1].flops
+        position[name] = i + 1
+        order += 1
+        push(name, order)
+    return {name: hulls[name][i] for name, i in position.items()}
+
+
+def allocate_greedy(model: nn.Module, input_shape: Sequence[int], flops_fraction: float, method: str = "dac",
+                    proxy: ProxyArg = None, *, skip: Sequence[str] = (FIRST_CONV,)) -> RankPlan:
+    """Greedy to ``flops_fraction`` of the whole model's FLOPs on marginal proxy increase per FLOP saved.
+
+    ``proxy``: ``"weight"`` or ``"bn-weight"`` (layer proxies; default ``"bn-weight"``), a ``ModelProxy``
+    (its single-layer KL table, measured here; the plan then carries its correction), or a ready
+    (layer, method, rank) -> penalty table, e.g. from ``layer_sensitivity``. Penalties add up across
+    layers; walking each layer's lower hull, the result stops within one layer's step of the target.
+    """
+    if not 0.0 < flops_fraction <= 1.0:
+        raise ConfigError(f"flops_fraction must be in (0, 1], got {flops_fraction}")
+    methods = _methods(method)
+    costs = CostModel(model, input_shape)
+    layers = eligible_layers(model, costs, skip)
+    table = proxy_table(model, input_shape, layers, methods, proxy, costs)
+    hulls = layer_hulls(costs, layers, methods, table)
+    picked = greedy_walk(hulls, costs.baseline.flops, flops_fraction * costs.baseline.flops)
+    choices = {name: option.choice for name, option in picked.items() if option.choice is not None}
+    correction = proxy.correction if isinstance(proxy, ModelProxy) else None
+    return _plan(input_shape, choices, correction)
+
+
+# --- one entry point ----------------------------------------------------------------------------
+
+def _bisect(make: Callable[[float], RankPlan], costs: CostModel, target: float, low: float, high: float,
+            steps: int = 40) -> RankPlan:
+    """The plan of the largest setting in [low, high] whose FLOPs stay within ``target`` (FLOPs grow with it)."""
+    best = make(low)
+    for _ in range(steps):
+        middle = (low + high) / 2
+        plan = make(middle)
+        if costs.cost(plan).flops <= target:
+            best, low = plan, middle
+        else:
+            high = middle
+    return best
+
+
+def allocate(kind: str, model: nn.Module, input_shape: Sequence[int], flops_fraction: float, method: str = "dac",
+             proxy: ProxyArg = None, *, skip: Sequence[str] = (FIRST_CONV,)) -> RankPlan:
+    """A plan of ``kind`` (uniform | energy | greedy) keeping at most ``flops_fraction`` of the FLOPs.
+
+    Uniform and energy take the largest rank / energy within the target (uniform DAC ranks are
+    integers, so it may land well under); greedy stops within one layer's step of it.
+    """
+    if not 0.0 < flops_fraction <= 1.0:
+        raise ConfigError(f"flops_fraction must be in (0, 1], got {flops_fraction}")
+    _methods(method)
+    if kind == "greedy":
+        return allocate_greedy(model, input_shape, flops_fraction, method, proxy, skip=skip)
+    costs = CostModel(model, input_shape)
+    target = flops_fraction * costs.baseline.flops
+    if kind == "energy":
+        return _bisect(lambda e: allocate_energy(model, input_shape, e, method, skip=skip), costs, target, 0.0, 1.0)
+    if kind == "uniform":
+        if method in ("dac", "mixed"):  # integer ranks: the largest that fits
+            top = max(max_rank(conv, "dac") for conv in decomposable_layers(model).values())
+            fitting = [plan for plan in (allocate_uniform(model, input_shape, r, method, skip=skip)
+                                         for r in range(1, top + 1)) if costs.cost(plan).flops <= target]
+            return fitting[-1] if fitting else allocate_uniform(model, input_shape, 1, method, skip=skip)
+        return _bisect(lambda s: allocate_uniform(model, input_shape, max(s, 1e-6), method, skip=skip), costs,
+                       target, 1e-6, 1.0)
+    raise ConfigError(f"unknown allocator {kind!r}; choose one of {', '.join(KINDS)}")
