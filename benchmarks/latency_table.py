@@ -31,7 +31,8 @@ from dac_search.export import export_onnx
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.zoo.cifar_resnet import CifarResNet
 from profilers import Profiler, load_device, make_profiler
-from profilers.latency_table import LatencyTableBuilder, default_candidates
+from profilers.latency_table import default_candidates
+from profilers.table_builder import LatencyTableBuilder
 
 CASES = {
     "resnet56-b1": (lambda: CifarResNet(56), (1, 3, 32, 32)),
@@ -84,7 +85,7 @@ def run_case(name: str, profiler: Profiler, args: argparse.Namespace, cache_dir:
     start = time.monotonic()
     measured = measure.measure_plans(model, shape, [RankPlan(), *calibration, *plans])
     e2e_s = (time.monotonic() - start) * len(plans) / (len(plans) + len(calibration) + 1)
-    original, calibration_ms, plans_ms = measured[0], measured[1 : 1 + len(calibration)], measured[1 + len(calibration) :]
+    original, calibration_ms, plans_ms = measured[0], measured[1 : 1 + len(calibration)], measured[1 + len(calibration):]
     anchored = table.with_original(original)
     calibrated = anchored.calibrated(list(zip(calibration, calibration_ms)))
     raw_errors = [anchored.predict_raw(p) / m - 1 for p, m in zip(plans, plans_ms)]
@@ -101,7 +102,7 @@ def run_case(name: str, profiler: Profiler, args: argparse.Namespace, cache_dir:
         within=sum(abs(e) <= 0.10 for e in errors) / len(plans),
         median_error=statistics.median(abs(e) for e in errors),
         worst_error=max(abs(e) for e in errors),
-        correction=f"{c.scale:.3f}x{c.offset_ms:+.3f} ms",
+        correction=f"{c.scale:.2f}",
         original_ms=original,
     )
 
@@ -140,13 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"... {case} done", file=sys.stderr, flush=True)
         cov, medians = run_to_run_cov(profiler, args.cov_runs)
 
-    print("| case | layers | table: models timed | table: device s | plans | end to end: device s | "
-          "within ±10% (raw) | within ±10% (corrected) | median error | worst error | correction | original ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    header = ["case", "layers", "table: models timed", "table: device s", "plans", "end to end: device s",
+              "within ±10% (raw)", "within ±10% (corrected)", "median error", "worst error", "correction scale",
+              "original ms"]
+    print("| " + " | ".join(header) + " |")
+    print("|---|" + "---:|" * (len(header) - 1))
     for r in results:
-        print(f"| {r.case} | {r.layers} | {r.table_models} | {r.table_device_s:.0f} | {r.plans} | {r.e2e_device_s:.0f} | "
-              f"{r.within_raw:.0%} | {r.within:.0%} | {r.median_error:.1%} | {r.worst_error:.1%} | {r.correction} | "
-              f"{r.original_ms:.3f} |")
+        row = [r.case, r.layers, r.table_models, f"{r.table_device_s:.0f}", r.plans, f"{r.e2e_device_s:.0f}",
+               f"{r.within_raw:.0%}", f"{r.within:.0%}", f"{r.median_error:.1%}", f"{r.worst_error:.1%}",
+               r.correction, f"{r.original_ms:.3f}"]
+        print("| " + " | ".join(map(str, row)) + " |")
     print(f"\n| run-to-run (resnet56, batch 1, {args.cov_runs} runner calls) | value |\n|---|---:|")
     print(f"| median of medians | {statistics.median(medians):.3f} ms |")
     print(f"| CoV | {cov:.2%} |")

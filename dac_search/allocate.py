@@ -26,7 +26,7 @@ from dac_search.cost import CostModel
 from dac_search.decompose import METHODS, decomposable_layers, max_rank
 from dac_search.errors import ConfigError
 from dac_search.plan import LayerChoice, RankPlan
-from dac_search.proxies.layer import channel_importance, layer_error_table, weight_errors
+from dac_search.proxies.layer import layer_error_table, weight_errors
 from dac_search.proxies.model import ModelProxy, layer_sensitivity
 
 KINDS = ("uniform", "energy", "greedy")
@@ -107,20 +107,23 @@ def allocate_uniform(model: nn.Module, input_shape: Sequence[int], rank: int | f
     ``mixed``: per layer, the cheapest method whose relative weight error is at most DAC's at that rank.
     Every eligible layer is decomposed, even where that rank costs more than the original (as in the paper).
     """
+    return _uniform(model, CostModel(model, input_shape), rank, method, skip)
+
+
+def _uniform(model: nn.Module, costs: CostModel, rank: int | float, method: str, skip: Sequence[str]) -> RankPlan:
     if isinstance(rank, bool) or not isinstance(rank, (int, float)) or rank <= 0 or (isinstance(rank, float)
                                                                                       and rank > 1):
         raise ConfigError(f"uniform rank must be a positive int or a share in (0, 1], got {rank!r}")
-    costs = CostModel(model, input_shape)
+    methods = _methods(method)
     choices: dict[str, LayerChoice] = {}
     for name in eligible_layers(model, costs, skip):
         conv = model.get_submodule(name)
         if method != "mixed":
-            _methods(method)
             choices[name] = _choice(method, _uniform_rank(rank, max_rank(conv, method)))
             continue
         level = float(weight_errors(conv, "dac")[_uniform_rank(rank, max_rank(conv, "dac"))])
-        choices[name] = _cheapest(costs, name, _within(conv, METHODS, lambda errors: errors <= level + 1e-12))
-    return _plan(input_shape, choices)
+        choices[name] = _cheapest(costs, name, _within(conv, methods, lambda e: e <= level + 1e-12))
+    return _plan(costs.input_shape, choices)
 
 
 def _within(conv: nn.Conv2d, methods: Sequence[str], ok: Callable[[float], bool]) -> list[LayerChoice]:
@@ -142,17 +145,21 @@ def allocate_energy(model: nn.Module, input_shape: Sequence[int], energy: float 
     ``mixed``: the cheapest method reaching that energy. A layer whose rank would cost more than the
     original conv is kept as it is.
     """
+    return _energy(model, CostModel(model, input_shape), energy, method, skip)
+
+
+def _energy(model: nn.Module, costs: CostModel, energy: float, method: str, skip: Sequence[str]) -> RankPlan:
     if not 0.0 <= energy <= 1.0:
         raise ConfigError(f"energy must be in [0, 1], got {energy}")
-    costs = CostModel(model, input_shape)
+    methods = _methods(method)
     threshold = math.sqrt(max(0.0, 1.0 - energy))
     choices: dict[str, LayerChoice] = {}
     for name in eligible_layers(model, costs, skip):
         conv = model.get_submodule(name)
-        best = _cheapest(costs, name, _within(conv, _methods(method), lambda e: e <= threshold + 1e-12))
+        best = _cheapest(costs, name, _within(conv, methods, lambda e: e <= threshold + 1e-12))
         if costs.layer(name, best).flops < costs.layer(name).flops:
             choices[name] = best
-    return _plan(input_shape, choices)
+    return _plan(costs.input_shape, choices)
 
 
 # --- greedy --------------------------------------------------------------------------------------
@@ -235,26 +242,82 @@ def greedy_walk(hulls: Mapping[str, Sequence[Option]], baseline_flops: int, targ
     return {name: hulls[name][i] for name, i in position.items()}
 
 
+def lazy_walk(hulls: Mapping[str, Sequence[Option]], baseline_flops: int, target_flops: float,
+              measure: Callable[[Mapping[str, Option]], float]) -> dict[str, Option]:
+    """``greedy_walk`` with each step's penalty increase re-measured on the whole current plan.
+
+    Lazy greedy (Minoux 1978): a step's stale ratio is a lower bound if increases only grow, so only
+    the step at the top of the heap is re-measured; it is taken once it stays on top while fresh.
+    """
+    position = {name: 0 for name in hulls}
+    total, current, version, order = baseline_flops, 0.0, 0, 0
+    heap: list[tuple[float, int, str, int, float]] = []  # ratio, order, layer, version measured at, penalty
+
+    def push_stale(name: str) -> None:
+        nonlocal order
+        hull, i = hulls[name], position[name]
+        if i + 1 < len(hull):
+            order += 1
+            ratio = (hull[i + 1].penalty - hull[i].penalty) / (hull[i].flops - hull[i + 1].flops)
+            heapq.heappush(heap, (ratio, order, name, -1, 0.0))
+
+    def picked(moved: str | None = None) -> dict[str, Option]:
+        return {n: hulls[n][i + (n == moved)] for n, i in position.items()}
+
+    for name in hulls:
+        push_stale(name)
+    while total > target_flops and heap:
+        _, _, name, measured_at, penalty = heapq.heappop(heap)
+        hull, i = hulls[name], position[name]
+        saved = hull[i].flops - hull[i + 1].flops
+        if measured_at == version:  # fresh and still the best: take it
+            position[name], total, current, version = i + 1, total - saved, penalty, version + 1
+            push_stale(name)
+            continue
+        penalty = measure(picked(name))
+        order += 1
+        heapq.heappush(heap, ((penalty - current) / saved, order, name, version, penalty))
+    return picked()
+
+
 def allocate_greedy(model: nn.Module, input_shape: Sequence[int], flops_fraction: float, method: str = "dac",
-                    proxy: ProxyArg = None, *, skip: Sequence[str] = (FIRST_CONV,)) -> RankPlan:
+                    proxy: ProxyArg = None, *, skip: Sequence[str] = (FIRST_CONV,), lazy: bool = False,
+                    table: Table | None = None) -> RankPlan:
     """Greedy to ``flops_fraction`` of the whole model's FLOPs on marginal proxy increase per FLOP saved.
 
     ``proxy``: ``"weight"`` or ``"bn-weight"`` (layer proxies; default ``"bn-weight"``), a ``ModelProxy``
     (its single-layer KL table, measured here; the plan then carries its correction), or a ready
     (layer, method, rank) -> penalty table, e.g. from ``layer_sensitivity``. Penalties add up across
     layers; walking each layer's lower hull, the result stops within one layer's step of the target.
+    ``lazy`` (ModelProxy only): re-measure steps on the whole plan (interactions, sequential correction
+    included) instead of adding single-layer penalties; a forward pass per measured step. ``table``: a
+    ready single-layer table for the ModelProxy (skips measuring it).
     """
     if not 0.0 < flops_fraction <= 1.0:
         raise ConfigError(f"flops_fraction must be in (0, 1], got {flops_fraction}")
+    if lazy and not isinstance(proxy, ModelProxy):
+        raise ConfigError("a lazy greedy re-measures plans: it needs a ModelProxy")
     methods = _methods(method)
     costs = CostModel(model, input_shape)
     layers = eligible_layers(model, costs, skip)
-    table = proxy_table(model, input_shape, layers, methods, proxy, costs)
+    if table is None:
+        table = proxy_table(model, input_shape, layers, methods, proxy, costs)
     hulls = layer_hulls(costs, layers, methods, table)
-    picked = greedy_walk(hulls, costs.baseline.flops, flops_fraction * costs.baseline.flops)
-    choices = {name: option.choice for name, option in picked.items() if option.choice is not None}
+    target = flops_fraction * costs.baseline.flops
     correction = proxy.correction if isinstance(proxy, ModelProxy) else None
-    return _plan(input_shape, choices, correction)
+    if lazy:
+        assert isinstance(proxy, ModelProxy)
+
+        def measure(options: Mapping[str, Option]) -> float:
+            return proxy.score(_plan(input_shape, _choices(options), correction)).kl
+        picked = lazy_walk(hulls, costs.baseline.flops, target, measure)
+    else:
+        picked = greedy_walk(hulls, costs.baseline.flops, target)
+    return _plan(input_shape, _choices(picked), correction)
+
+
+def _choices(options: Mapping[str, Option]) -> dict[str, LayerChoice]:
+    return {name: option.choice for name, option in options.items() if option.choice is not None}
 
 
 # --- one entry point ----------------------------------------------------------------------------
@@ -274,27 +337,29 @@ def _bisect(make: Callable[[float], RankPlan], costs: CostModel, target: float, 
 
 
 def allocate(kind: str, model: nn.Module, input_shape: Sequence[int], flops_fraction: float, method: str = "dac",
-             proxy: ProxyArg = None, *, skip: Sequence[str] = (FIRST_CONV,)) -> RankPlan:
+             proxy: ProxyArg = None, *, skip: Sequence[str] = (FIRST_CONV,), lazy: bool = False,
+             table: Table | None = None) -> RankPlan:
     """A plan of ``kind`` (uniform | energy | greedy) keeping at most ``flops_fraction`` of the FLOPs.
 
     Uniform and energy take the largest rank / energy within the target (uniform DAC ranks are
-    integers, so it may land well under); greedy stops within one layer's step of it.
+    integers, so it may land well under); greedy stops within one layer's step of it (``proxy``,
+    ``lazy`` and ``table`` as in ``allocate_greedy``; ignored by the others).
     """
     if not 0.0 < flops_fraction <= 1.0:
         raise ConfigError(f"flops_fraction must be in (0, 1], got {flops_fraction}")
     _methods(method)
     if kind == "greedy":
-        return allocate_greedy(model, input_shape, flops_fraction, method, proxy, skip=skip)
+        return allocate_greedy(model, input_shape, flops_fraction, method, proxy, skip=skip, lazy=lazy, table=table)
     costs = CostModel(model, input_shape)
     target = flops_fraction * costs.baseline.flops
     if kind == "energy":
-        return _bisect(lambda e: allocate_energy(model, input_shape, e, method, skip=skip), costs, target, 0.0, 1.0)
+        return _bisect(lambda e: _energy(model, costs, e, method, skip), costs, target, 0.0, 1.0)
     if kind == "uniform":
         if method in ("dac", "mixed"):  # integer ranks: the largest that fits
             top = max(max_rank(conv, "dac") for conv in decomposable_layers(model).values())
-            fitting = [plan for plan in (allocate_uniform(model, input_shape, r, method, skip=skip)
-                                         for r in range(1, top + 1)) if costs.cost(plan).flops <= target]
-            return fitting[-1] if fitting else allocate_uniform(model, input_shape, 1, method, skip=skip)
-        return _bisect(lambda s: allocate_uniform(model, input_shape, max(s, 1e-6), method, skip=skip), costs,
-                       target, 1e-6, 1.0)
+            fitting = [plan for plan in (_uniform(model, costs, r, method, skip) for r in range(1, top + 1))
+                       if costs.cost(plan).flops <= target]
+            return fitting[-1] if fitting else _uniform(model, costs, 1, method, skip)
+        return _bisect(lambda share: _uniform(model, costs, max(share, 1e-6), method, skip), costs, target,
+                       1e-6, 1.0)
     raise ConfigError(f"unknown allocator {kind!r}; choose one of {', '.join(KINDS)}")

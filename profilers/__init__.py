@@ -17,9 +17,10 @@ from profilers.errors import (
     RuntimeMissing,
     UnknownHost,
 )
-from profilers.latency_table import Correction, LatencyTable, LatencyTableBuilder, default_candidates
+from profilers.latency_table import Correction, LatencyTable, default_candidates
 from profilers.local import LocalProfiler
 from profilers.ssh import SshProfiler
+from profilers.table_builder import LatencyTableBuilder
 
 __all__ = [
     "AuthFailed",

@@ -69,7 +69,8 @@ def run(client: paramiko.SSHClient, command: str, deadline_s: float, *, open_tim
         status = channel.recv_exit_status() if channel.exit_status_ready() else -1
         if status == -1:
             raise EOFError("the connection closed before the command finished")
-        return Completed(status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), time.monotonic() - start)
+        stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        return Completed(status, stdout, stderr, time.monotonic() - start)
     finally:
         channel.close()
 

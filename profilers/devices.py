@@ -24,7 +24,9 @@ HOST_KEY_POLICIES = ("strict", "accept-new")
 DEVICES_DIR_ENV = "DAC_SEARCH_DEVICES_DIR"
 
 _COMMON_KEYS = {"name", "kind", "python", "runtime", "threads", "cpus", "timeout_s", "description", "measure"}
-_SSH_KEYS = {"host", "hosts", "port", "user", "key", "known_hosts", "host_key", "workdir", "connect_timeout_s", "retries"}
+_SSH_KEYS = {
+    "host", "hosts", "port", "user", "key", "known_hosts", "host_key", "workdir", "connect_timeout_s", "retries",
+}
 
 
 @dataclass(frozen=True)

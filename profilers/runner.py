@@ -19,9 +19,10 @@ Job (JSON)::
 Protocol: the device is warmed up for ``warmup_s`` in all, every model for at least ``repeat_s`` (a single
 model gets the whole ``warmup_s``), and the number of inferences per repeat is calibrated so that one
 repeat lasts at least ``repeat_s``. Then ``repeats`` timed repeats run round-robin over the
-models (interleaved, so slow drifts of the device hit every model alike). Models whose coefficient of
-variation exceeds ``max_cov`` - all models when the device throttled - are measured again, up to
-``max_attempts`` in all; the steadiest attempt is kept. Samples are milliseconds per inference.
+models (interleaved, so slow drifts of the device hit every model alike). When a model's coefficient of
+variation exceeds ``max_cov`` or the device throttled, all models are measured again, up to
+``max_attempts`` in all, and the steadiest attempt is kept for all of them (so every model's samples
+come from the same stretch of time). Samples are milliseconds per inference.
 
 Exit codes let the caller tell failures apart without parsing text: see the ``EXIT_*`` constants. On a
 failure the last stdout line is still JSON: ``{"ok": false, "error": KIND, "message": ...}``.
@@ -237,13 +238,12 @@ def _classify(exc: BaseException, path: str) -> BaseException:
 
 
 class _Model:
-    """One model being measured: its run function, calibrated repeat size and samples per attempt."""
+    """One model being measured: its run function and calibrated repeat size."""
 
     def __init__(self, path: str, run: Callable[[], Any]) -> None:
         self.path = path
         self.run = run
         self.number = 1
-        self.attempts: list[dict[str, Any]] = []
 
     def warm_up(self, warmup_s: float, repeat_s: float) -> None:
         """Run for ``warmup_s``; size a repeat from the steadier second half of the warm-up runs."""
@@ -274,8 +274,6 @@ class _Model:
         except Exception as exc:  # a model that loads but cannot run at this shape
             raise _classify(exc, self.path) from exc
 
-    def best(self) -> dict[str, Any]:
-        return min(self.attempts, key=lambda attempt: attempt["cov"])
 
 
 def _settings(raw: dict[str, Any]) -> dict[str, float]:
@@ -322,37 +320,34 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     for model in models:
         model.warm_up(per_model, settings["repeat_s"])
 
-    pending = list(models)
-    throttle_events = 0
+    # Every attempt measures every model, and one attempt is kept for all: samples of different models
+    # then always come from the same stretch of time, so comparing them stays fair.
+    attempts: list[dict[str, Any]] = []
     for attempt in range(int(settings["max_attempts"])):
         if settings["cooldown_s"] and attempt > 0:
             time.sleep(settings["cooldown_s"])
         flags_before = _throttled()
-        samples: dict[int, list[float]] = {id(model): [] for model in pending}
+        samples: list[list[float]] = [[] for _ in models]
         for _ in range(int(settings["repeats"])):
-            for model in pending:  # round-robin: interleaved repeats keep the comparison fair
-                samples[id(model)].append(model.repeat())
-        throttled = _is_throttling(flags_before, _throttled())
-        throttle_events += throttled
-        for model in pending:
-            stats = summarize(samples[id(model)])
-            model.attempts.append({"samples_ms": samples[id(model)], "cov": stats["cov"], "throttled": throttled})
-        pending = [m for m in pending if throttled or m.attempts[-1]["cov"] > settings["max_cov"]]
-        if not pending:
+            for model, row in zip(models, samples):  # round-robin: interleaved repeats
+                row.append(model.repeat())
+        covs = [summarize(row)["cov"] for row in samples]
+        attempts.append({"samples": samples, "covs": covs, "throttled": _is_throttling(flags_before, _throttled())})
+        if not attempts[-1]["throttled"] and max(covs) <= settings["max_cov"]:
             break
+    kept = min(attempts, key=lambda a: (a["throttled"], max(a["covs"])))
 
-    results = []
-    for model in models:
-        best = model.best()
-        results.append(
-            {
-                "model": model.path,
-                "samples_ms": best["samples_ms"],
-                "number": model.number,
-                "attempts": len(model.attempts),
-                "stable": best["cov"] <= settings["max_cov"] and not best["throttled"],
-            }
-        )
+    results = [
+        {
+            "model": model.path,
+            "samples_ms": row,
+            "number": model.number,
+            "attempts": len(attempts),
+            "stable": cov <= settings["max_cov"] and not kept["throttled"],
+        }
+        for model, row, cov in zip(models, kept["samples"], kept["covs"])
+    ]
+    throttle_events = sum(a["throttled"] for a in attempts)
     after = conditions()
     return {
         "ok": True,

@@ -182,7 +182,8 @@ class SshProfiler(Profiler):
                 self._remove(tmp)
 
         document = _protocol.decode(self._with_retries(attempt), ctx)
-        return {"device": self.name, "kind": "ssh", "target": str(self.target), "cpus": list(self.config.cpus), **document}
+        described = {"device": self.name, "kind": "ssh", "target": str(self.target), "cpus": list(self.config.cpus)}
+        return {**described, **document}
 
     def close(self) -> None:
         sftp, client = self._sftp, self._client
@@ -213,7 +214,8 @@ class SshProfiler(Profiler):
                     f"{self._where()} did not answer within the measurement limit; connection dropped"
                 ) from None
             except _sshio.TRANSIENT as exc:
-                log.info("%s: transient fault (%s), attempt %d of %d", self._where(), _describe(exc), attempt + 1, attempts)
+                log.info("%s: transient fault (%s), attempt %d of %d", self._where(), _describe(exc), attempt + 1,
+                         attempts)
                 self.close()
                 last = exc
             except OSError as exc:  # not a connection fault: a remote disk full, a file we cannot write
@@ -275,7 +277,9 @@ class SshProfiler(Profiler):
             raise errors.AuthFailed(f"{self._where()} refused authentication with {keys}: {exc}") from None
         except socket.gaierror as exc:
             client.close()
-            raise errors.DeviceUnreachable(f"{self._where()}: cannot resolve {target.hostname}: {exc.strerror}") from None
+            raise errors.DeviceUnreachable(
+                f"{self._where()}: cannot resolve {target.hostname}: {exc.strerror}"
+            ) from None
         except BaseException:
             client.close()
             raise
@@ -352,15 +356,19 @@ class SshProfiler(Profiler):
         if self.config.cpus:
             command += ["taskset", "-c", ",".join(map(str, self.config.cpus))]
         command += [self.config.python_path, *arguments]
-        completed = self._exec(shlex.join(["/bin/sh", "-c", _RUN_SCRIPT, "sh", tmp, *command]), limit_s + DEADLINE_GRACE_S)
-        return _protocol.RunnerOutcome(completed.status, completed.stdout, completed.stderr, completed.elapsed_s, limit_s)
+        script = shlex.join(["/bin/sh", "-c", _RUN_SCRIPT, "sh", tmp, *command])
+        done = self._exec(script, limit_s + DEADLINE_GRACE_S)
+        return _protocol.RunnerOutcome(done.status, done.stdout, done.stderr, done.elapsed_s, limit_s)
 
     def _exec(self, command: str, deadline_s: float) -> _sshio.Completed:
         return _sshio.run(self._connection(), command, deadline_s, open_timeout_s=self.config.connect_timeout_s * 3)
 
     def _context(self, runtime: str | None) -> _protocol.Context:
         return _protocol.Context(
-            device=self.name, python=self.config.python_path, runtime=runtime or self.config.runtime, host=self.target.alias
+            device=self.name,
+            python=self.config.python_path,
+            runtime=runtime or self.config.runtime,
+            host=self.target.alias,
         )
 
     def _where(self) -> str:

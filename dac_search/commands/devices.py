@@ -15,7 +15,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action")
     check = actions.add_parser("check", help="connect to a device and print what it is")
     check.add_argument("device", help="a name from configs/devices or a path to a .toml file")
-    check.add_argument("--runtime", choices=("onnxruntime", "torch"), help="the runtime to check (default: the config's)")
+    check.add_argument("--runtime", choices=("onnxruntime", "torch"),
+                       help="the runtime to check (default: the config's)")
     parser.set_defaults(run=run)
 
 

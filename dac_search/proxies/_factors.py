@@ -61,7 +61,7 @@ def padding_of(conv: nn.Conv2d) -> tuple[int, int, int, int]:
 
 
 def patches_at(conv: nn.Conv2d, x: torch.Tensor, index: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
-    """(P, c, kh, kw): the input window ``conv`` reads for each sampled output position.
+    """(c, P, kh, kw): the input window ``conv`` reads at each sampled output position, channel-major.
 
     ``index`` holds flat positions into batch x out_h x out_w; gathered directly, so no full unfold.
     """
@@ -71,28 +71,30 @@ def patches_at(conv: nn.Conv2d, x: torch.Tensor, index: torch.Tensor, out_hw: tu
         x = F.pad(x, pads, mode=mode)
     (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
     oh, ow = out_hw
+    n, c, height, width = x.shape
     image, pixel = index // (oh * ow), index % (oh * ow)
     rows = (pixel // ow * sh)[:, None] + torch.arange(kh) * dh  # (P, kh)
     cols = (pixel % ow * sw)[:, None] + torch.arange(kw) * dw  # (P, kw)
-    window = x[image[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (P, kh, kw, c)
-    return window.permute(0, 3, 1, 2)
+    flat = (image[:, None, None] * height + rows[:, :, None]) * width + cols[:, None, :]  # (P, kh, kw)
+    channel_major = x.transpose(0, 1).reshape(c, n * height * width)
+    return channel_major.index_select(1, flat.reshape(-1)).reshape(c, len(index), kh, kw)
 
 
-def features(factors: LayerFactors, patches: torch.Tensor, groups: int) -> list[torch.Tensor]:
+def features(factors: LayerFactors, windows: torch.Tensor, groups: int) -> list[torch.Tensor]:
     """Per group, (P, f): what the first factor makes of the sampled windows, in the last factor's order."""
-    p, c, kh, kw = patches.shape
+    c, p, kh, kw = windows.shape
     cg = c // groups
-    dtype = patches.dtype
-    if factors.method == "dac":  # (P, c, r), input-channel major, as the 1x1 reads it per group
-        z = torch.einsum("pik,ijk->pij", patches.reshape(p, c, kh * kw), factors.vh.to(dtype))
-        return [z[:, i * cg:(i + 1) * cg].reshape(p, -1) for i in range(groups)]
+    dtype = windows.dtype
+    if factors.method == "dac":  # (c, P, r) -> per group (P, cg*r), input-channel major as the 1x1 reads it
+        z = torch.bmm(windows.reshape(c, p, kh * kw), factors.vh.to(dtype).transpose(1, 2))
+        return [z[i * cg:(i + 1) * cg].transpose(0, 1).reshape(p, -1) for i in range(groups)]
     if factors.method == "channel":
-        flat = patches.reshape(p, groups, cg * kh * kw)
-        return [flat[:, i] @ factors.vh[i].to(dtype).T for i in range(groups)]
+        flat = windows.reshape(groups, cg, p, kh * kw).permute(0, 2, 1, 3).reshape(groups, p, cg * kh * kw)
+        return [flat[i] @ factors.vh[i].to(dtype).T for i in range(groups)]
     if factors.method == "spatial":  # (P, r, kw): the vertical outputs the 1 x kw conv reads
-        grouped = patches.reshape(p, groups, cg, kh, kw)
+        grouped = windows.reshape(groups, cg, p, kh, kw)
         first = factors.u.to(dtype).reshape(groups, cg, kh, -1)
-        return [torch.einsum("piab,iaj->pjb", grouped[:, i], first[i]).reshape(p, -1) for i in range(groups)]
+        return [torch.einsum("ipab,iaj->pjb", grouped[i], first[i]).reshape(p, -1) for i in range(groups)]
     raise ValueError(f"unknown method {factors.method!r}")
 
 
@@ -131,3 +133,4 @@ def with_last_factor(factors: LayerFactors, matrices: list[torch.Tensor], weight
     else:
         raise ValueError(f"unknown method {factors.method!r}")
     return LayerFactors(factors.method, u, factors.s, vh, factors.weight_norm_sq)
+

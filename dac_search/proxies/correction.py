@@ -279,6 +279,18 @@ def assemble(model: nn.Module, plan: RankPlan, layers: Mapping[str, FittedLayer]
     return out.eval()
 
 
+def assemble_dense(model: nn.Module, layers: Mapping[str, FittedLayer]) -> nn.Module:
+    """A copy of ``model`` whose planned convs are dense convs computing the factorised layers' function.
+
+    Same outputs as ``assemble`` (to float rounding) but at the original model's speed: for measuring
+    accuracy where depthwise convs are slow (PyTorch on CPU), never for deployment.
+    """
+    out = copy.deepcopy(model)
+    for name, layer in layers.items():
+        out.set_submodule(name, _stand_in(model.get_submodule(name), layer))
+    return out.eval()
+
+
 def _last_conv(layer: nn.Module) -> nn.Conv2d:
     """The conv a factorised layer ends with (the one that carries the bias; registered last)."""
     convs = [m for m in layer.modules() if isinstance(m, nn.Conv2d)]
@@ -293,20 +305,23 @@ def default_inputs(model: nn.Module, input_shape: Sequence[int],
 
 
 def materialize(model: nn.Module, plan: RankPlan | Mapping[str, Any] | str | os.PathLike[str],
-                inputs: torch.Tensor | None = None, *, settings: RefitSettings | None = None) -> nn.Module:
+                inputs: torch.Tensor | None = None, *, settings: RefitSettings | None = None,
+                dense: bool = False) -> nn.Module:
     """The model a plan names: decompose_model, then ``plan.correction`` fitted on synthetic inputs.
 
     ``inputs`` default to ``default_inputs`` for the plan's input shape, so the same plan file always
     rebuilds the same model; pass the inputs a ``ModelProxy`` scored with to get exactly what it judged.
+    ``dense``: the same function with dense convs (``assemble_dense``), to measure accuracy fast.
     """
     plan = RankPlan.coerce(plan)
     check_correction(plan.correction)
     if plan.correction is None or not plan.layers:
-        return decompose_model(model, plan).eval()
+        validate_plan(model, plan)
+        return assemble_dense(model, initial_layers(model, plan)) if dense else decompose_model(model, plan).eval()
     if inputs is None:
         if plan.input_shape is None:
             raise ConfigError("the plan has a correction but no input_shape to make its synthetic inputs")
         inputs = default_inputs(model, plan.input_shape)
     ref = reference(model, inputs, list(plan.layers), settings)
     result = run_plan(model, copy.deepcopy(model), plan, inputs, ref, plan.correction, settings)
-    return assemble(model, plan, result.layers)
+    return assemble_dense(model, result.layers) if dense else assemble(model, plan, result.layers)

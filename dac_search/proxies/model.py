@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dac_search.decompose import decomposable_layers, max_rank
+from dac_search.decompose import decomposable_layers, max_rank, validate_plan
 from dac_search.errors import ConfigError
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies._hooks import eval_mode
@@ -26,7 +26,9 @@ from dac_search.proxies.correction import (
     RefitSettings,
     Reference,
     assemble,
+    assemble_dense,
     check_correction,
+    initial_layers,
     reference,
     run_plan,
 )
@@ -86,12 +88,18 @@ class ModelProxy:
         return run_plan(self.model, self._workbench, plan, self.inputs, self._reference, self.correction,
                         self.settings)
 
-    def build(self, plan: RankPlan | Mapping[str, Any]) -> nn.Module:
-        """The decomposed (and corrected) model the score judged, with real factorised layers, in eval mode."""
+    def build(self, plan: RankPlan | Mapping[str, Any], *, dense: bool = False) -> nn.Module:
+        """The decomposed (and corrected) model the score judged, with real factorised layers, in eval mode.
+
+        ``dense``: the same function with dense convs, to measure accuracy fast (never to deploy).
+        """
         plan = self._plan(plan)
         if plan.correction is None or not plan.layers:
-            return assemble(self.model, plan, {})
-        return assemble(self.model, plan, self._run(plan).layers)
+            validate_plan(self.model, plan)
+            layers = initial_layers(self.model, plan)
+        else:
+            layers = self._run(plan).layers
+        return assemble_dense(self.model, layers) if dense else assemble(self.model, plan, layers)
 
     def score(self, plan: RankPlan | Mapping[str, Any]) -> ProxyScore:
         """KL and agreement of the plan's model against the original on the synthetic inputs."""

@@ -101,11 +101,12 @@ def _distill(model: nn.Module, shape: tuple[int, ...], seed: int, settings: Dist
     x = _gaussian(shape, seed).requires_grad_(True)
     optimizer = torch.optim.Adam([x], lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
-    for _ in range(settings.steps):
-        loss = _mismatch_pass(model, x)
-        (x.grad,) = torch.autograd.grad(loss, [x])  # not loss.backward(): the model's .grad stays untouched
-        optimizer.step()
-        schedule.step()
+    with torch.enable_grad():  # callers may have switched gradients off globally
+        for _ in range(settings.steps):
+            loss = _mismatch_pass(model, x)
+            (x.grad,) = torch.autograd.grad(loss, [x])  # not loss.backward(): the model's .grad stays untouched
+            optimizer.step()
+            schedule.step()
     return x.detach()
 
 

@@ -29,7 +29,8 @@ from dac_search.search.space import LOG_LAMBDA_RANGE, SearchSpace
 from dac_search.zoo import default_input_shape, load_model
 from dac_search.errors import ConfigError
 from profilers.devices import load_device
-from profilers.latency_table import LatencyTable, LatencyTableBuilder, rank_grid
+from profilers.latency_table import LatencyTable, rank_grid
+from profilers.table_builder import LatencyTableBuilder
 
 Say = Callable[[str], None]
 RANK_POINTS = 8  # ranks tried per layer for spatial and channel (DAC: every rank)

@@ -1,0 +1,117 @@
+"""Shared by the benchmarks: the real CIFAR-10 test images, real top-1 of a plan, cached proxy tables.
+
+Real images are used here only to *measure*; the proxies, corrections and allocators never see them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dac_search.plan import RankPlan, write_text_atomic
+from dac_search.proxies import ModelProxy, layer_sensitivity, materialize
+from dac_search.proxies.synthetic import cache_root, model_fingerprint
+from dac_search.zoo import load_model
+
+ASSETS = Path(os.environ.get("DAC_SEARCH_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+INPUT_SHAPE = (1, 3, 32, 32)
+Key = tuple[str, str, int]
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", default="cifar10-resnet20,cifar10-resnet56", help="comma list of CIFAR models")
+    parser.add_argument("--limit", type=int, default=None, help="real test images to use (default: all 5000)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is faster than 2 on a shared 2-core machine)")
+
+
+def split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@lru_cache(maxsize=2)
+def cifar_test(limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shared CIFAR-10 test images, normalised as the checkpoints expect, and their labels."""
+    path = ASSETS / "cifar10" / "cifar10_test_a.npz"
+    if not path.exists():
+        raise SystemExit(f"CIFAR-10 test images not found at {path} (set DAC_SEARCH_ASSETS)")
+    data = np.load(path)
+    x = torch.from_numpy(data["x"][:limit]).permute(0, 3, 1, 2).float().div(255)
+    x = (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    return x, torch.from_numpy(data["y"][:limit]).long()
+
+
+def top1(model: nn.Module, limit: int | None = None, batch: int = 100) -> float:
+    """Top-1 accuracy in percent on the shared test images."""
+    x, y = cifar_test(limit)
+    model.eval()
+    with torch.no_grad():
+        predictions = torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+    return float((predictions == y).double().mean()) * 100
+
+
+@lru_cache(maxsize=4)
+def _model(spec: str) -> nn.Module:
+    return load_model(spec)
+
+
+def real_top1(model_spec: str, plan: RankPlan | None, limit: int | None = None, *, dense: bool = True) -> float:
+    """Real top-1 of the model a plan names, rebuilt from the plan alone (its correction included).
+
+    ``dense``: run the factorised layers as the dense convs they equal (PyTorch's depthwise convs are
+    4x slower than the original model on CPU); ``check_dense`` shows it changes nothing.
+    """
+    model = _model(model_spec)
+    return top1(model if plan is None else materialize(model, plan, dense=dense), limit)
+
+
+def check_dense(model_spec: str, plan: RankPlan, images: int = 200) -> float:
+    """Largest logit difference between the factorised model and its dense equivalent on real images."""
+    model = _model(model_spec)
+    x, _ = cifar_test(images)
+    with torch.no_grad():
+        return float((materialize(model, plan)(x) - materialize(model, plan, dense=True)(x)).abs().max())
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What a cached single-layer table was measured with (its file name)."""
+
+    fingerprint: str
+    correction: str | None
+    methods: tuple[str, ...]
+    images: int
+
+    def path(self) -> Path:
+        text = f"{self.fingerprint}|{self.correction}|{','.join(self.methods)}|{self.images}"
+        return cache_root() / "bench" / f"sensitivity-{hashlib.sha256(text.encode()).hexdigest()[:24]}.json"
+
+
+def sensitivity_table(proxy: ModelProxy, layers: Sequence[str], methods: Sequence[str],
+                      ranks: object) -> dict[Key, float]:
+    """``layer_sensitivity`` cached on disk: minutes for ResNet-56, so measured once per proxy setting."""
+    spec = TableSpec(model_fingerprint(proxy.model), proxy.correction, tuple(methods), len(proxy.inputs))
+    path = spec.path()
+    if path.exists():
+        return {(r[0], r[1], int(r[2])): float(r[3]) for r in json.loads(path.read_text())}
+    table = layer_sensitivity(proxy, layers, methods, ranks)  # type: ignore[arg-type]
+    write_text_atomic(path, json.dumps([[k[0], k[1], k[2], v] for k, v in table.items()]))
+    return table
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,308 @@
+"""Builds latency tables on a device: times layers alone, many per runner call, and caches them on disk.
+
+Timings are cached in one JSON file per device, runtime (and its version) and threads, keyed by batch and
+layer geometry, so identical layers (ResNets repeat a few shapes many times) and later runs cost nothing.
+Every runner call also times a fixed reference conv; times are stored scaled by how fast it ran, so
+calls made while the device was busier or hotter still agree with each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from dac_search.cost import ConvGeometry, trace_geometry
+from dac_search.decompose import decompose_conv, decompose_model
+from dac_search.errors import PlanError
+from dac_search.export import export_onnx
+from dac_search.plan import LayerChoice, RankPlan, write_text_atomic
+from profilers.base import LatencyResult, MeasureSettings, Profiler
+from profilers.latency_table import CandidateFn, Correction, LatencyTable, Timing, candidate_key, default_candidates
+
+CACHE_ENV = "DAC_SEARCH_LATENCY_CACHE"
+# Run in every table call to measure the device's speed of the moment (a mid-sized 3x3 conv).
+REFERENCE_CONV = (32, 32, 3)
+REFERENCE_SHAPE = (1, 32, 16, 16)
+# Many small layers: fewer retries than a whole model; the runner protocol itself is unchanged.
+TABLE_SETTINGS = MeasureSettings(max_attempts=2)
+MAX_MODELS_PER_CALL = 96  # bounds one runner call's duration
+MAX_BYTES_PER_CALL = 1 << 30  # and its memory: every model of a call is loaded at once
+_MODEL_PREFIX = "model:"  # a job timing the whole original model, not a layer
+
+
+def default_cache_dir() -> Path:
+    override = os.environ.get(CACHE_ENV)
+    return Path(override).expanduser() if override else Path("~/.cache/dac-search/latency").expanduser()
+
+
+class LatencyCache:
+    """Layer timings and model measurements of one device/runtime/version/threads, in one JSON file."""
+
+    def __init__(self, directory: Path, device: str, runtime: str, runtime_version: str, threads: int | None) -> None:
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{device}-{runtime}-{runtime_version}")
+        self.path = directory / f"{safe}-t{threads or 'auto'}.json"
+        self.reference_ms, self.layers, self.models = self._read()
+
+    def _read(self) -> tuple[float | None, dict[str, Timing], dict[str, dict[str, Any]]]:
+        """(reference ms, layer key -> timing, model key -> {"original": [ms, iqr], "correction": {...}})."""
+        if not self.path.is_file():
+            return None, {}, {}
+        try:
+            data = json.loads(self.path.read_text())
+            layers = {k: Timing(*v) for k, v in data.get("layers", {}).items()}
+            return data.get("reference_ms"), layers, dict(data.get("models", {}))
+        except (OSError, json.JSONDecodeError, TypeError):
+            return None, {}, {}  # a corrupt cache is only a cache: measure again
+
+    def units(self, reference_ms: float) -> float:
+        """Factor turning times measured alongside a reference run of ``reference_ms`` into this cache's
+        units (the first reference run it saw), so sessions at different device speeds agree."""
+        if self.reference_ms is None:
+            self.reference_ms = reference_ms
+        return self.reference_ms / reference_ms
+
+    @staticmethod
+    def layer_key(geometry: str, batch: int, candidate: str) -> str:
+        return f"{geometry}|b{batch}|{candidate}"
+
+    def save(self) -> None:
+        """Merge with what another process may have written meanwhile, then replace the file atomically."""
+        reference, layers, models = self._read()
+        layers.update(self.layers)
+        for key, entry in self.models.items():
+            models[key] = {**models.get(key, {}), **entry}
+        self.layers, self.models = layers, models
+        self.reference_ms = reference or self.reference_ms
+        data = {
+            "reference_ms": self.reference_ms,
+            "layers": {k: [t.median_ms, t.iqr_ms] for k, t in sorted(layers.items())},
+            "models": models,
+        }
+        write_text_atomic(self.path, json.dumps(data, indent=0) + "\n")
+
+
+@dataclass
+class BuildStats:
+    """What building a table cost: models measured and seconds spent in runner calls (device time)."""
+
+    measured: int = 0
+    cached: int = 0
+    device_s: float = 0.0
+
+
+class LatencyTableBuilder:
+    """Builds and calibrates latency tables for one profiler (device), caching layer timings on disk."""
+
+    def __init__(
+        self,
+        profiler: Profiler,
+        *,
+        cache_dir: Path | None = None,
+        settings: MeasureSettings = TABLE_SETTINGS,
+        model_settings: MeasureSettings | None = None,
+    ) -> None:
+        self.profiler = profiler
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.settings = settings
+        self.model_settings = model_settings
+        self.stats = BuildStats()
+        self._cache: LatencyCache | None = None
+        self._runtime_version = ""
+
+    def build(
+        self,
+        model: nn.Module,
+        input_shape: Sequence[int],
+        *,
+        candidates: CandidateFn | None = None,
+        layers: Iterable[str] | None = None,
+    ) -> LatencyTable:
+        """Time the original model end to end and every (unique) layer geometry alone, original and each
+        candidate; only what the cache lacks is measured, in batches of one runner call each."""
+        shape = tuple(int(v) for v in input_shape)
+        batch = shape[0]
+        cache = self._open_cache()
+        geometry = trace_geometry(model, shape)
+        names = list(geometry) if layers is None else list(layers)
+        unknown = [name for name in names if name not in geometry]
+        if unknown:
+            raise PlanError(f"layer {unknown[0]!r} is not a decomposable conv of this model")
+        choose = candidates or default_candidates()
+        model_key = _structure_key(model, shape)
+        jobs: dict[str, tuple[nn.Module | Callable[[], nn.Module], tuple[int, ...]]] = {}
+        if "original" not in cache.models.get(model_key, {}):  # timed in the same calls as its layers
+            jobs[_MODEL_PREFIX + model_key] = (model, shape)
+        seen: set[str] = set()
+        for name in names:
+            geo, conv = geometry[name], model.get_submodule(name)
+            for choice in [None, *choose(name, conv)]:
+                key = cache.layer_key(geo.key(), batch, candidate_key(choice))
+                if key in seen:  # the same geometry again (ResNets repeat a few shapes)
+                    continue
+                seen.add(key)
+                if key in cache.layers:
+                    self.stats.cached += 1
+                else:
+                    jobs[key] = (_layer_factory(conv, choice), (batch, geo.in_channels, *geo.in_hw))
+        if jobs:
+            self._measure_jobs(list(jobs.items()), cache)
+        original = cache.models[model_key]["original"]
+        stored = cache.models[model_key].get("correction")
+        return LatencyTable(
+            device=self.profiler.name,
+            runtime=self.profiler.runtime,
+            runtime_version=self._runtime_version,
+            threads=self.profiler.threads,
+            input_shape=shape,
+            original_ms=float(original[0]),
+            layers={name: geometry[name].key() for name in names},
+            timings=_rows(cache, {geometry[name].key() for name in names}, batch),
+            correction=Correction(**stored) if stored else Correction(),
+        )
+
+    def calibrate(
+        self, table: LatencyTable, model: nn.Module, plans: Sequence[RankPlan]
+    ) -> tuple[LatencyTable, list[float]]:
+        """Measure the original model and ``plans`` end to end in one interleaved session, re-anchor the
+        table on that original, fit the correction, store it with the model's cache entry; returns the
+        calibrated table and the plans' measured milliseconds."""
+        original, *measured = self.measure_plans(model, table.input_shape, [RankPlan(), *plans])
+        calibrated = table.with_original(original).calibrated(list(zip(plans, measured)))
+        cache = self._open_cache()
+        key = _structure_key(model, table.input_shape)
+        correction = {"scale": calibrated.correction.scale, "n": calibrated.correction.n}
+        cache.models[key] = {**cache.models.get(key, {}), "correction": correction}
+        cache.save()
+        return calibrated, measured
+
+    def measure_plans(self, model: nn.Module, input_shape: Sequence[int], plans: Sequence[RankPlan]) -> list[float]:
+        """Median ms of each plan's decomposed model, measured end to end and interleaved (raw device
+        milliseconds of this session; compare them with a table re-anchored by ``with_original``)."""
+        if not plans:
+            return []
+        with tempfile.TemporaryDirectory(prefix="dac-search-plans-") as tmp:
+            paths = [
+                export_onnx(decompose_model(model, plan), Path(tmp) / f"plan-{i}.onnx", input_shape)
+                for i, plan in enumerate(plans)
+            ]
+            shapes = [tuple(int(v) for v in input_shape)] * len(paths)
+            results = [r for chunk in _chunks(paths) for r in self._run(paths, shapes, chunk, self.model_settings)]
+        self.stats.measured += len(paths)
+        return [result.median_ms for result in results]
+
+    def _measure_jobs(
+        self, jobs: list[tuple[str, tuple[nn.Module | Callable[[], nn.Module], tuple[int, ...]]]], cache: LatencyCache
+    ) -> None:
+        """Models and layers of any shapes, many per runner call, interleaved; the cache is saved after each
+        call, so an interrupted build keeps what it measured."""
+        with tempfile.TemporaryDirectory(prefix="dac-search-table-") as tmp:
+            directory = Path(tmp)
+            for start in range(0, len(jobs), MAX_MODELS_PER_CALL):
+                chunk = jobs[start : start + MAX_MODELS_PER_CALL]
+                paths, shapes = [], []
+                for i, (_, (module, shape)) in enumerate(chunk):
+                    built = module if isinstance(module, nn.Module) else module()
+                    paths.append(export_onnx(built, directory / f"m{start + i}.onnx", shape))
+                    shapes.append(shape)
+                for (key, _), timing in zip(chunk, self._timings(paths, shapes, self.settings, directory)):
+                    if key.startswith(_MODEL_PREFIX):
+                        model_key = key.removeprefix(_MODEL_PREFIX)
+                        original = [timing.median_ms, timing.iqr_ms]
+                        cache.models[model_key] = {**cache.models.get(model_key, {}), "original": original}
+                    else:
+                        cache.layers[key] = timing
+                cache.save()
+                for path in paths:
+                    path.unlink()
+
+    def _timings(
+        self,
+        paths: Sequence[Path],
+        shapes: Sequence[tuple[int, ...]],
+        settings: MeasureSettings | None,
+        directory: Path,
+    ) -> list[Timing]:
+        """Timings in the cache's units: every runner call also runs a fixed reference conv, and times are
+        scaled by how fast the reference ran, so calls at different device speeds (load, heat) agree."""
+        cache = self._open_cache()
+        reference = directory / "reference.onnx"
+        if not reference.exists():
+            export_onnx(nn.Conv2d(*REFERENCE_CONV, padding=1), reference, REFERENCE_SHAPE)
+        timings: list[Timing] = []
+        for chunk in _chunks(paths):
+            *results, ref = self._run([*paths, reference], [*shapes, REFERENCE_SHAPE], [*chunk, len(paths)], settings)
+            factor = cache.units(ref.median_ms)
+            timings += [Timing(r.median_ms * factor, r.iqr_ms * factor) for r in results]
+        self.stats.measured += len(paths)
+        return timings
+
+    def _run(
+        self,
+        paths: Sequence[Path],
+        shapes: Sequence[tuple[int, ...]],
+        indices: Sequence[int],
+        settings: MeasureSettings | None,
+    ) -> list[LatencyResult]:
+        """One runner call for ``paths[indices]``, adding to the device time spent."""
+        start = time.monotonic()
+        chosen, chosen_shapes = [paths[i] for i in indices], [shapes[i] for i in indices]
+        results = self.profiler.measure_many(chosen, chosen_shapes, settings=settings)
+        self.stats.device_s += time.monotonic() - start
+        if results and not self._runtime_version:
+            self._runtime_version = results[0].conditions.runtime_version
+        return results
+
+    def _open_cache(self) -> LatencyCache:
+        """The cache file depends on the runtime version, so ask the device once what it runs."""
+        if self._cache is None:
+            info = self.profiler.info()
+            self._runtime_version = str(info.get("runtime_version", ""))
+            self._cache = LatencyCache(
+                self.cache_dir, self.profiler.name, self.profiler.runtime, self._runtime_version, self.profiler.threads
+            )
+        return self._cache
+
+
+def _layer_factory(conv: nn.Conv2d, choice: LayerChoice | None) -> Callable[[], nn.Module]:
+    """Builds the layer to time only when its turn comes (hundreds of candidates, built one chunk at a time)."""
+    if choice is None:
+        return lambda: conv
+    return lambda: decompose_conv(conv, choice.rank, choice.method, choice.variant)
+
+
+def _chunks(paths: Sequence[Path]) -> list[list[int]]:
+    """Indices of ``paths`` split into runner calls bounded in count and in total bytes."""
+    chunks: list[list[int]] = [[]]
+    size = 0
+    for i, path in enumerate(paths):
+        nbytes = path.stat().st_size
+        if chunks[-1] and (len(chunks[-1]) >= MAX_MODELS_PER_CALL or size + nbytes > MAX_BYTES_PER_CALL):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(i)
+        size += nbytes
+    return chunks
+
+
+def _rows(cache: LatencyCache, geometries: set[str], batch: int) -> dict[str, dict[str, Timing]]:
+    rows: dict[str, dict[str, Timing]] = {geometry: {} for geometry in geometries}
+    for key, timing in cache.layers.items():
+        geometry, batch_part, candidate = key.split("|", 2)
+        if geometry in rows and batch_part == f"b{batch}":
+            rows[geometry][candidate] = timing
+    return rows
+
+
+def _structure_key(model: nn.Module, shape: Sequence[int]) -> str:
+    """Identifies a model's architecture (not its weights, which do not change latency) and input shape."""
+    text = f"{type(model).__module__}.{type(model).__qualname__}|{tuple(shape)}|{model!r}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
