@@ -23,19 +23,26 @@ from dac_search.errors import ConfigError
 from dac_search.proxies._hooks import eval_mode, removing
 
 KINDS = ("distilled", "gaussian")
-_FORMAT = "dac-search/synthetic@1"  # bump when the distillation changes, so old caches are not reused
+_FORMAT = "dac-search/synthetic@2"  # bump when the distillation changes, so old caches are not reused
 
 
 @dataclass(frozen=True)
 class DistillSettings:
-    """How hard to optimise distilled inputs; part of the cache key."""
+    """How distilled inputs are optimised; part of the cache key.
+
+    50 steps, not hundreds: a corrected ResNet-20 measured better on real images after 50 steps than
+    after 100 or 200 (closer BatchNorm statistics, less natural images). ``jitter``: each step sees the
+    batch rolled by up to that many pixels and flipped at random (DeepInversion's jitter), which made
+    the refit correction about one point better at 60% FLOPs (3 seeds); 0 turns it off.
+    """
 
     steps: int = 50
     lr: float = 0.25
+    jitter: int = 2
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.lr <= 0:
-            raise ConfigError(f"distillation needs steps >= 1 and lr > 0, got {self.steps}, {self.lr}")
+        if self.steps < 1 or self.lr <= 0 or self.jitter < 0:
+            raise ConfigError(f"distillation needs steps >= 1, lr > 0, jitter >= 0, got {self}")
 
 
 def cache_root() -> Path:
@@ -96,14 +103,24 @@ def _gaussian(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=generator)
 
 
+def _jittered(x: torch.Tensor, jitter: int, generator: torch.Generator) -> torch.Tensor:
+    """The image batch rolled by a random shift of up to ``jitter`` pixels, flipped left-right half the time."""
+    if jitter == 0 or x.dim() != 4:
+        return x
+    dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=generator))
+    out = torch.roll(x, (dy, dx), (2, 3))
+    return out.flip(3) if float(torch.rand((), generator=generator)) < 0.5 else out
+
+
 def _distill(model: nn.Module, shape: tuple[int, ...], seed: int, settings: DistillSettings) -> torch.Tensor:
     """Adam on the pixels, cosine-decayed, from Gaussian noise; gradients reach the inputs only."""
     x = _gaussian(shape, seed).requires_grad_(True)
+    generator = torch.Generator().manual_seed(seed + 1)
     optimizer = torch.optim.Adam([x], lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
     with torch.enable_grad():  # callers may have switched gradients off globally
         for _ in range(settings.steps):
-            loss = _mismatch_pass(model, x)
+            loss = _mismatch_pass(model, _jittered(x, settings.jitter, generator))
             (x.grad,) = torch.autograd.grad(loss, [x])  # not loss.backward(): the model's .grad stays untouched
             optimizer.step()
             schedule.step()

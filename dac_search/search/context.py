@@ -145,6 +145,9 @@ def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
         table_cands = {n: [v for c in cs for v in _variants(c)] for n, cs in cands.items()}
         table = builder.build(model, shape, candidates=lambda name, conv: table_cands[name])
         cands = {n: [_fastest(table, n, c) for c in cs] for n, cs in cands.items()}
+        if table.correction.n == 0:  # layers alone miss fusion and memory traffic: fit on whole models
+            say("calibrating the latency table on whole models")
+            table, _ = builder.calibrate(table, model, _calibration_plans(cands, shape))
 
     baselines = {"latency": table.original_ms if table else None,
                  "flops": costs.baseline.flops, "params": costs.baseline.params}
@@ -165,6 +168,14 @@ def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
     space = SearchSpace.build(cands, share, lambda name, c: penalties[(name, c.method, c.rank)],
                               config.model, shape, config.correction)
     return SearchContext(config, model, shape, costs, budget, proxy, space, pool, table, device_info)
+
+
+def _calibration_plans(cands: dict[str, list[LayerChoice]], shape: tuple[int, ...]) -> list[RankPlan]:
+    """Every layer at its cheapest, middle and dearest candidate: whole models spanning the range."""
+    plans = []
+    for pick in (lambda cs: cs[0], lambda cs: cs[len(cs) // 2], lambda cs: cs[-1]):
+        plans.append(RankPlan({name: pick(cs) for name, cs in cands.items() if cs}, input_shape=shape))
+    return plans
 
 
 def _variants(choice: LayerChoice) -> list[LayerChoice]:

@@ -112,3 +112,11 @@ def test_runner_imports_only_stdlib_and_runtimes() -> None:
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert imported - set(sys.stdlib_module_names) == {"numpy", "onnxruntime", "torch"}
+
+
+def test_job_from_stdin(tmp_path: Path) -> None:
+    model = tiny_onnx(tmp_path / "a.onnx")
+    job = {"models": [str(model)], "input_shape": [1, 3, 16, 16], "settings": FAST_MEASURE}
+    done = subprocess.run([sys.executable, str(RUNNER), "--job", "-"], input=json.dumps(job) + "\n",
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == runner.EXIT_OK and json.loads(done.stdout)["results"][0]["model"] == str(model)
