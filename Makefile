@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/dac-search --model cifar10-resnet20 --device local --budget 0.7x --trials 40
+	$(BIN)/dac-search --model cifar10-resnet20 --device local --budget 0.7x --trials 30
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

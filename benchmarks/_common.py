@@ -89,20 +89,29 @@ def check_dense(model_spec: str, plan: RankPlan, images: int = 200) -> float:
 class TableSpec:
     """What a cached single-layer table was measured with (its file name)."""
 
-    fingerprint: str
+    fingerprint: str  # of the model's weights
+    inputs: str  # of the synthetic inputs
     correction: str | None
+    settings: str  # of the correction
     methods: tuple[str, ...]
-    images: int
 
     def path(self) -> Path:
-        text = f"{self.fingerprint}|{self.correction}|{','.join(self.methods)}|{self.images}"
+        text = f"{self.fingerprint}|{self.inputs}|{self.correction}|{self.settings}|{','.join(self.methods)}"
         return cache_root() / "bench" / f"sensitivity-{hashlib.sha256(text.encode()).hexdigest()[:24]}.json"
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().contiguous().numpy().tobytes()).hexdigest()
 
 
 def sensitivity_table(proxy: ModelProxy, layers: Sequence[str], methods: Sequence[str],
                       ranks: object) -> dict[Key, float]:
-    """``layer_sensitivity`` cached on disk: minutes for ResNet-56, so measured once per proxy setting."""
-    spec = TableSpec(model_fingerprint(proxy.model), proxy.correction, tuple(methods), len(proxy.inputs))
+    """``layer_sensitivity`` cached on disk: minutes for ResNet-56, so measured once per proxy setting.
+
+    The candidate ranks are not part of the key: every benchmark asks for the same ones.
+    """
+    spec = TableSpec(model_fingerprint(proxy.model), tensor_digest(proxy.inputs), proxy.correction,
+                     repr(proxy.settings), tuple(methods))
     path = spec.path()
     if path.exists():
         return {(r[0], r[1], int(r[2])): float(r[3]) for r in json.loads(path.read_text())}

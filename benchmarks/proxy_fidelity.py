@@ -13,6 +13,8 @@ or a KL, plus an agreement) and real top-1: 1 ranks plans perfectly.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import random
 import sys
 import time
@@ -48,8 +50,8 @@ from dac_search.allocate import (  # noqa: E402
 )
 from dac_search.cost import CostModel  # noqa: E402
 from dac_search.decompose import max_rank  # noqa: E402
-from dac_search.plan import LayerChoice, RankPlan  # noqa: E402
-from dac_search.proxies import ModelProxy, default_inputs, layer_error_table, synthetic_inputs  # noqa: E402
+from dac_search.plan import LayerChoice, RankPlan, write_text_atomic  # noqa: E402
+from dac_search.proxies import ModelProxy, ProxyScore, default_inputs, layer_error_table, synthetic_inputs  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402
 
 
@@ -69,10 +71,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--low", type=float, default=0.3)
     parser.add_argument("--high", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", type=Path, help="also write every plan's numbers to this CSV (one file per model)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     for spec in split(args.models):
-        print(run_model(spec, args.plans, args.low, args.high, args.seed, args.limit))
+        save = None if args.save is None else args.save.with_name(f"{args.save.stem}-{spec}{args.save.suffix}")
+        print(run_model(spec, args.plans, args.low, args.high, args.seed, args.limit, save))
         print()
 
 
@@ -163,14 +167,28 @@ def proxies(model: torch.nn.Module, costs: CostModel) -> list[Proxy]:
         noise = ModelProxy(model, gaussian, correction)
         proxy = ModelProxy(model, distilled, correction)
         table = sensitivity_table(proxy, layers, METHODS, ranks)
+        score = memo(proxy)
         out += [Proxy(f"KL, Gaussian inputs{tag}", fixed, lambda p, m=noise: -m.score(p).kl),
-                Proxy(f"KL, distilled inputs{tag}", fixed, lambda p, m=proxy: -m.score(p).kl),
-                Proxy(f"agreement, distilled{tag}", fixed, lambda p, m=proxy: m.score(p).agreement),
+                Proxy(f"KL, distilled inputs{tag}", fixed, lambda p, s=score: -s(p).kl),
+                Proxy(f"agreement, distilled{tag}", fixed, lambda p, s=score: s(p).agreement),
                 Proxy(f"sum of single-layer KL, distilled{tag}", fixed, additive(table))]
     return out
 
 
-def run_model(spec: str, count: int, low: float, high: float, seed: int, limit: int | None) -> str:
+def memo(proxy: ModelProxy) -> Callable[[RankPlan], ProxyScore]:
+    """``proxy.score`` computed once per plan (KL and agreement come from the same pass)."""
+    seen: dict[str, ProxyScore] = {}
+
+    def score(plan: RankPlan) -> ProxyScore:
+        key = plan.to_json()
+        if key not in seen:
+            seen[key] = proxy.score(plan)
+        return seen[key]
+    return score
+
+
+def run_model(spec: str, count: int, low: float, high: float, seed: int, limit: int | None,
+              save: Path | None = None) -> str:
     started = time.perf_counter()
     model = load_model(spec)
     costs = CostModel(model, INPUT_SHAPE)
@@ -190,6 +208,14 @@ def run_model(spec: str, count: int, low: float, high: float, seed: int, limit: 
         tau = stats.kendalltau(scores[judge.name], truth).statistic
         rows.append([judge.name, "refit" if judge.corrected else "none", f"{rho:.3f}", f"{tau:.3f}"])
     kept = [costs.cost(p).flops / costs.baseline.flops for _, p in plans]
+    if save is not None:
+        columns = {"plan": [label for label, _ in plans], "flops_kept": kept, "top1": real[False],
+                   "top1_refit": real[True], **scores}
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(columns)
+        writer.writerows(zip(*columns.values()))
+        write_text_atomic(save, buffer.getvalue())
     drift = check_dense(spec, plans[0][1])
     title = (f"**{spec}**: {len(plans)} plans, {min(kept):.0%}-{max(kept):.0%} FLOPs kept; real top-1 "
              f"{min(real[False]):.1f}-{max(real[False]):.1f}% without correction, {min(real[True]):.1f}-"

@@ -78,6 +78,11 @@ def load_pt_export(path: str | os.PathLike[str]) -> nn.Module:
     if not isinstance(record, dict) or record.get("format") != PT_FORMAT:
         raise ConfigError(f"{path} is not a dac-search pt export ({PT_FORMAT})")
     model = decompose_model(load_model(record["model"], weights=record["weights"]), record["plan"])
+    for key in record["state_dict"]:  # a correction may have given a factor the bias it lacked
+        owner, _, name = key.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        if name == "bias" and isinstance(module, nn.Conv2d) and module.bias is None:
+            module.bias = nn.Parameter(torch.zeros(module.out_channels))
     model.load_state_dict(record["state_dict"])
     return model.eval()
 

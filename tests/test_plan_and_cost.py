@@ -42,13 +42,13 @@ class GroupedNet(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-@pytest.mark.parametrize("make,shape", [(lambda: torchvision.models.resnet18(), (1, 3, 64, 64)),
+@pytest.mark.parametrize("make,shape", [(lambda: torchvision.models.resnet18(), (1, 3, 32, 32)),
                                         (GroupedNet, (1, 3, 20, 24))])
 def test_cost_model_equals_direct_count(make, shape) -> None:
     model = make().eval()
     costs = CostModel(model, shape)
     assert costs.baseline == count_cost(model, shape)
-    for seed in range(4):
+    for seed in range(3):
         plan = random_plan(model, seed)
         assert costs.cost(plan) == count_cost(decompose_model(model, plan), shape)
 

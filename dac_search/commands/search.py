@@ -26,8 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--storage", help="an Optuna storage URL shared by workers (default: SQLite in the run dir)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", default="dac", help=f"comma list of {', '.join(METHODS)} (default dac)")
-    parser.add_argument("--correction", choices=("none", "bias", "refit"), default="none",
-                        help="data-free correction of the factors on distilled inputs")
+    parser.add_argument("--correction", choices=("none", "bias", "refit"), default="refit",
+                        help="data-free correction of the factors on distilled inputs (default refit)")
     parser.add_argument("--proxy-images", type=int, default=64, help="distilled images the proxy uses")
     parser.add_argument("--eval-data", help="optional real data (class folders or .npz x/y) to measure top-1")
     parser.add_argument("--mean", help="normalisation mean for --eval-data, e.g. 0.485,0.456,0.406")

@@ -19,7 +19,7 @@ from dac_search.cost import CostModel
 from dac_search.decompose import decomposable_layers, max_rank
 from dac_search.atomic import write_text_atomic
 from dac_search.plan import LayerChoice, RankPlan
-from dac_search.proxies import ModelProxy, layer_sensitivity, synthetic_inputs
+from dac_search.proxies import ModelProxy, default_inputs, layer_sensitivity, synthetic_inputs
 from dac_search.proxies.synthetic import cache_root, model_fingerprint
 from dac_search.search.budget import Budget
 from dac_search.search.config import SearchConfig
@@ -154,8 +154,12 @@ def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
     budget = config.budget.resolve(baselines[config.budget.kind])
 
     torch.manual_seed(config.seed)
-    say(f"making {config.proxy_images} distilled inputs")
-    inputs = synthetic_inputs(model, shape, kind="distilled", n=config.proxy_images, seed=config.seed)
+    if config.correction:  # the inputs materialize() refits on, so an exported plan rebuilds what was scored
+        say("making the distilled inputs the correction is fitted on")
+        inputs = default_inputs(model, shape)
+    else:
+        say(f"making {config.proxy_images} distilled inputs")
+        inputs = synthetic_inputs(model, shape, kind="distilled", n=config.proxy_images, seed=config.seed)
     proxy = ModelProxy(model, inputs, correction=config.correction)
     penalties = _sensitivities(proxy, cands, say)
 

@@ -29,7 +29,7 @@ def rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-SEARCH = ("--model", "cifar10-resnet20", "--proxy-images", "16")
+SEARCH = ("--model", "cifar10-resnet20", "--proxy-images", "16", "--correction", "none")  # fast: no refit
 
 
 def test_small_search_writes_every_result_file(hub_cache, tmp_path) -> None:
