@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dac_search.plan import RankPlan, write_text_atomic
+from dac_search.atomic import write_text_atomic
+from dac_search.plan import RankPlan
 from dac_search.proxies import ModelProxy, layer_sensitivity, materialize
 from dac_search.proxies.synthetic import cache_root, model_fingerprint
 from dac_search.zoo import load_model

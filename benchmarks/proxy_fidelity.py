@@ -50,7 +50,8 @@ from dac_search.allocate import (  # noqa: E402
 )
 from dac_search.cost import CostModel  # noqa: E402
 from dac_search.decompose import max_rank  # noqa: E402
-from dac_search.plan import LayerChoice, RankPlan, write_text_atomic  # noqa: E402
+from dac_search.atomic import write_text_atomic  # noqa: E402
+from dac_search.plan import LayerChoice, RankPlan  # noqa: E402
 from dac_search.proxies import ModelProxy, ProxyScore, default_inputs, layer_error_table, synthetic_inputs  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dac_search.atomic import atomic_path
 from dac_search.errors import ConfigError
 from dac_search.proxies._hooks import eval_mode, removing
 
@@ -150,14 +150,8 @@ def _load(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
 def _save(path: Path, inputs: torch.Tensor) -> None:
     """Write beside the target and rename over it: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"inputs": inputs}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def synthetic_inputs(model: nn.Module, input_shape: Sequence[int], kind: str = "distilled", n: int = 64,

@@ -27,7 +27,7 @@ class SearchConfig:
     storage: str | None = None
     seed: int = 0
     methods: tuple[str, ...] = ("dac",)
-    correction: str | None = None
+    correction: str | None = "refit"
     proxy_images: int = 64
     measure_points: int = 8  # Pareto points measured end to end at the end
     eval_data: str | None = None

@@ -145,9 +145,10 @@ def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
         table_cands = {n: [v for c in cs for v in _variants(c)] for n, cs in cands.items()}
         table = builder.build(model, shape, candidates=lambda name, conv: table_cands[name])
         cands = {n: [_fastest(table, n, c) for c in cs] for n, cs in cands.items()}
-        if table.correction.n == 0:  # layers alone miss fusion and memory traffic: fit on whole models
-            say("calibrating the latency table on whole models")
-            table, _ = builder.calibrate(table, model, _calibration_plans(cands, shape))
+        # Layers alone miss fusion and memory traffic, and cached timings are from another session:
+        # re-anchor on the original measured now and fit the correction on whole models.
+        say("calibrating the latency table on whole models")
+        table, _ = builder.calibrate(table, model, _calibration_plans(cands, shape))
 
     baselines = {"latency": table.original_ms if table else None,
                  "flops": costs.baseline.flops, "params": costs.baseline.params}

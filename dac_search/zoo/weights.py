@@ -31,6 +31,7 @@ def fetch_checkpoint(url: str, sha256_prefix: str) -> Path:
     """The cached file for ``url``, downloading it when missing; its sha256 must start with the prefix."""
     path = hub_checkpoint_path(os.path.basename(url))
     if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             torch.hub.download_url_to_file(url, str(path), hash_prefix=sha256_prefix, progress=False)
         except (urllib.error.URLError, OSError, TimeoutError) as exc:

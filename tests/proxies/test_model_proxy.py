@@ -66,7 +66,7 @@ def test_correction_raises_real_accuracy_at_a_fixed_plan(resnet20: nn.Module, di
         out = logits(ModelProxy(resnet20, distilled, correction).build(plan))
         accuracy[correction] = float((out.argmax(1) == y).double().mean()) * 100
         divergence[correction] = kl(reference, out)
-    # measured on these 500 images: 10.8 / 36.6 / 81.2 % top-1 without / bias / refit (original 93.0 %)
+    # measured on these 500 images: 10.8 / 60.4 / 74.0 % top-1 without / bias / refit (original 93.0 %)
     assert accuracy["refit"] > accuracy[None] + 25
     assert accuracy["bias"] > accuracy[None] + 5
     assert divergence["refit"] < divergence["bias"] < divergence[None]
