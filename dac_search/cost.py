@@ -7,7 +7,7 @@ multiply-adds of every Conv2d and Linear for one image (batch 1), the convention
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,8 @@ from torch import nn
 
 from dac_search.decompose.surgery import decomposable_layers
 from dac_search.plan import LayerChoice, RankPlan
+
+Hook = Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,15 @@ def conv_cost(geometry: ConvGeometry, choice: LayerChoice | None = None) -> Cost
     raise ValueError(f"unknown method {choice.method!r}")
 
 
-def _single_image(input_shape: Sequence[int]) -> tuple[int, ...]:
-    return (1, *(int(v) for v in input_shape[1:]))
+def _run_once(model: nn.Module, input_shape: Sequence[int], hooks: Mapping[nn.Module, Hook]) -> None:
+    """One forward pass of one image (batch 1) with ``hooks`` attached, removed whatever happens."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros((1, *(int(v) for v in input_shape[1:]))))
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def count_cost(model: nn.Module, input_shape: Sequence[int]) -> Cost:
@@ -108,31 +117,20 @@ def count_cost(model: nn.Module, input_shape: Sequence[int]) -> Cost:
         else:
             flops += output.numel() * module.in_features
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(_single_image(input_shape)))
-    finally:
-        for handle in handles:
-            handle.remove()
+    _run_once(model, input_shape, {m: hook for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))})
     return Cost(flops, sum(p.numel() for p in model.parameters()))
 
 
 def trace_geometry(model: nn.Module, input_shape: Sequence[int]) -> dict[str, ConvGeometry]:
     """Geometry of every decomposable conv of ``model``, in execution order, from one forward pass."""
-    layers = decomposable_layers(model)
     found: dict[str, ConvGeometry] = {}
-    handles = []
-    for name, conv in layers.items():
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor, name: str = name) -> None:
+
+    def recorder(name: str) -> Hook:
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             found.setdefault(name, ConvGeometry.of(name, module, inputs[0].shape[-2:], output.shape[-2:]))
-        handles.append(conv.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(_single_image(input_shape)))
-    finally:
-        for handle in handles:
-            handle.remove()
+        return hook
+
+    _run_once(model, input_shape, {conv: recorder(name) for name, conv in decomposable_layers(model).items()})
     return found
 
 
