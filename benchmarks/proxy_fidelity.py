@@ -52,7 +52,14 @@ from dac_search.cost import CostModel  # noqa: E402
 from dac_search.decompose import max_rank  # noqa: E402
 from dac_search.atomic import write_text_atomic  # noqa: E402
 from dac_search.plan import LayerChoice, RankPlan  # noqa: E402
-from dac_search.proxies import ModelProxy, ProxyScore, default_inputs, layer_error_table, synthetic_inputs  # noqa: E402
+from dac_search.proxies import (  # noqa: E402
+    ModelProxy,
+    ProxyScore,
+    default_inputs,
+    default_proxy,
+    layer_error_table,
+    synthetic_inputs,
+)
 from dac_search.zoo import load_model  # noqa: E402
 
 
@@ -173,6 +180,9 @@ def proxies(model: torch.nn.Module, costs: CostModel) -> list[Proxy]:
                 Proxy(f"KL, distilled inputs{tag}", fixed, lambda p, s=score: -s(p).kl),
                 Proxy(f"agreement, distilled{tag}", fixed, lambda p, s=score: s(p).agreement),
                 Proxy(f"sum of single-layer KL, distilled{tag}", fixed, additive(table))]
+    held = memo(default_proxy(model, INPUT_SHAPE, "refit"))  # fitted on one distilled batch, scored on another
+    out += [Proxy("KL, distilled + refit, scored held out", True, lambda p, s=held: -s(p).kl),
+            Proxy("agreement, distilled + refit, held out", True, lambda p, s=held: s(p).agreement)]
     return out
 
 

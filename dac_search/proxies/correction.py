@@ -232,6 +232,14 @@ def run_plan(model: nn.Module, workbench: nn.Module, plan: RankPlan, inputs: tor
     return PassResult(logits, layers)
 
 
+def evaluate(model: nn.Module, workbench: nn.Module, layers: Mapping[str, FittedLayer],
+             inputs: torch.Tensor) -> torch.Tensor:
+    """Logits of the model made of ``layers`` (already fitted) on other ``inputs``, via dense stand-ins."""
+    stands = {name: _stand_in(model.get_submodule(name), layer) for name, layer in layers.items()}
+    with _swapped(workbench, stands), eval_mode(workbench), torch.no_grad():
+        return workbench(inputs)
+
+
 def _refit_hook(name: str, conv: nn.Conv2d, layers: dict[str, FittedLayer], ref: Reference | None,
                 settings: RefitSettings) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
     done: list[bool] = []

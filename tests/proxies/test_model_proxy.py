@@ -50,6 +50,20 @@ def test_score_judges_exactly_the_model_build_returns(resnet20: nn.Module, disti
     assert isinstance(resnet20.layer1[0].conv1, nn.Conv2d)  # the original is left as it was
 
 
+def test_held_out_scoring_fits_on_one_batch_and_scores_another(resnet20: nn.Module, distilled: torch.Tensor,
+                                                                 mixed_plan: RankPlan) -> None:
+    fit, scored = distilled[:8], distilled[8:]
+    proxy = ModelProxy(resnet20, scored, "refit", fit_inputs=fit)
+    assert proxy.held_out and not ModelProxy(resnet20, scored, "refit").held_out
+    built = proxy.build(mixed_plan)
+    with torch.no_grad():
+        assert proxy.score(mixed_plan).kl == pytest.approx(kl(resnet20(scored), built(scored)), rel=1e-3)
+        rebuilt = materialize(resnet20, RankPlan(mixed_plan.layers, None, SHAPE, "refit"), fit)
+        assert torch.allclose(rebuilt(scored), built(scored), atol=1e-5)  # fitted on ``fit`` only
+    in_sample = ModelProxy(resnet20, fit, "refit").score(mixed_plan).kl
+    assert in_sample < kl(resnet20(fit).detach(), built(fit).detach()) * 1.001  # the pass fits what it scores
+
+
 def test_correction_raises_real_accuracy_at_a_fixed_plan(resnet20: nn.Module, distilled: torch.Tensor,
                                                           cifar_test: tuple[torch.Tensor, torch.Tensor]) -> None:
     """Real images only check the result here; the corrections are fitted on distilled inputs."""
