@@ -111,8 +111,10 @@ def sensitivity_table(proxy: ModelProxy, layers: Sequence[str], methods: Sequenc
 
     The candidate ranks are not part of the key: every benchmark asks for the same ones.
     """
-    spec = TableSpec(model_fingerprint(proxy.model), tensor_digest(proxy.inputs), proxy.correction,
-                     repr(proxy.settings), tuple(methods))
+    inputs = tensor_digest(proxy.inputs)
+    if proxy.held_out:
+        inputs += "/fit=" + tensor_digest(proxy.fit_inputs)
+    spec = TableSpec(model_fingerprint(proxy.model), inputs, proxy.correction, repr(proxy.settings), tuple(methods))
     path = spec.path()
     if path.exists():
         return {(r[0], r[1], int(r[2])): float(r[3]) for r in json.loads(path.read_text())}

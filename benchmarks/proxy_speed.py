@@ -71,13 +71,14 @@ def main(argv: list[str] | None = None) -> None:
         for images in (int(v) for v in split(args.images)):
             x = torch.randn(images, *shape[1:])
             row = [spec, images]
-            for correction in (None, "refit"):
-                proxy = ModelProxy(model, x, correction)
+            for proxy in (ModelProxy(model, x), ModelProxy(model, x, "refit"),
+                          ModelProxy(model, x, "refit", fit_inputs=torch.randn_like(x))):
                 row.append(f"{seconds(lambda: proxy.score(plan), args.repeats):.2f}")
             row.append(f"{seconds(lambda: distill_step(model, x), max(1, args.repeats // 2)):.2f}")
             rows.append(row)
     print(f"{torch.get_num_threads()} torch thread(s); DAC rank {args.rank} on every conv but the first.\n")
-    print(markdown(["model", "images", "score s", "score + refit s", "distillation step s"], rows))
+    print(markdown(["model", "images", "score s", "score + refit s", "score + refit, held out s",
+                    "distillation step s"], rows))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@
 Everything the allocators and corrections see is data-free (distilled inputs, made once per model and
 cached); the shared real test images only measure the result. Every plan is rebuilt from the plan
 alone with ``materialize`` (its correction refitted on the default synthetic inputs), as an export would.
-Greedy reads the single-layer KL table of a ``ModelProxy`` (cached under the dac-search cache dir;
-minutes for ResNet-56 on first use).
+Greedy reads the single-layer KL table of ``default_proxy`` (a correction fitted on the default distilled
+batch, scored on a second one; cached under the dac-search cache dir, minutes for ResNet-56 on first use).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from dac_search.allocate import (  # noqa: E402
 from dac_search.cost import CostModel  # noqa: E402
 from dac_search.decompose import max_rank  # noqa: E402
 from dac_search.plan import RankPlan  # noqa: E402
-from dac_search.proxies import ModelProxy, default_inputs  # noqa: E402
+from dac_search.proxies import ModelProxy, default_proxy  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402
 
 ROWS = ("uniform", "uniform+refit", "energy", "greedy-weight", "greedy", "greedy+bias", "greedy+refit")
@@ -92,14 +92,13 @@ def run_model(spec: str, targets: list[float], rows: list[str], methods: list[st
     started = time.perf_counter()
     model = load_model(spec)
     costs = CostModel(model, INPUT_SHAPE)
-    inputs = default_inputs(model, INPUT_SHAPE)
     layers = eligible_layers(model, costs, (FIRST_CONV,))
     proxies: dict[str | None, ModelProxy] = {}
     tables: dict[str | None, dict] = {}
 
     def table_for(correction: str | None) -> dict:
         if correction not in tables:
-            proxies[correction] = ModelProxy(model, inputs, correction)
+            proxies[correction] = default_proxy(model, INPUT_SHAPE, correction)
 
             def ranks(name: str, method: str) -> list[int]:
                 limit_ = max_rank(model.get_submodule(name), method)

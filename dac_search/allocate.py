@@ -239,7 +239,32 @@ def greedy_walk(hulls: Mapping[str, Sequence[Option]], baseline_flops: int, targ
         position[name] = i + 1
         order += 1
         push(name, order)
+    refill(hulls, position, total, target_flops)
     return {name: hulls[name][i] for name, i in position.items()}
+
+
+def refill(hulls: Mapping[str, Sequence[Option]], position: dict[str, int], total: float, target_flops: float) -> None:
+    """Spend the FLOPs the last step left under the target: undo the steps that fit, best penalty per FLOP first.
+
+    The last step of a walk can overshoot by a whole hull step (a layer jumping from rank 5 to 3);
+    stepping some other layers back up within the slack buys accuracy for free. ``position`` is updated.
+    """
+    while True:
+        best: tuple[float, str] | None = None
+        for name, i in position.items():
+            if i == 0:
+                continue
+            hull = hulls[name]
+            extra = hull[i - 1].flops - hull[i].flops
+            if total + extra <= target_flops:
+                gain = (hull[i].penalty - hull[i - 1].penalty) / extra
+                if best is None or gain > best[0]:
+                    best = (gain, name)
+        if best is None:
+            return
+        name = best[1]
+        total += hulls[name][position[name] - 1].flops - hulls[name][position[name]].flops
+        position[name] -= 1
 
 
 def lazy_walk(hulls: Mapping[str, Sequence[Option]], baseline_flops: int, target_flops: float,

@@ -305,11 +305,14 @@ def _last_conv(layer: nn.Module) -> nn.Conv2d:
     return convs[-1]
 
 
-def default_inputs(model: nn.Module, input_shape: Sequence[int],
-                   cache_dir: str | os.PathLike[str] | None = None) -> torch.Tensor:
-    """The synthetic inputs a plan's correction is fitted on unless told otherwise (cached on disk)."""
-    return synthetic_inputs(model, input_shape, DEFAULT_INPUTS["kind"], DEFAULT_INPUTS["n"], DEFAULT_INPUTS["seed"],
-                            cache_dir)
+def default_inputs(model: nn.Module, input_shape: Sequence[int], cache_dir: str | os.PathLike[str] | None = None,
+                   *, held_out: bool = False) -> torch.Tensor:
+    """The synthetic inputs a plan's correction is fitted on unless told otherwise (cached on disk).
+
+    ``held_out``: a second batch made the same way from the next seed, to score a fit on.
+    """
+    seed = DEFAULT_INPUTS["seed"] + (1 if held_out else 0)
+    return synthetic_inputs(model, input_shape, DEFAULT_INPUTS["kind"], DEFAULT_INPUTS["n"], seed, cache_dir)
 
 
 def materialize(model: nn.Module, plan: RankPlan | Mapping[str, Any] | str | os.PathLike[str],

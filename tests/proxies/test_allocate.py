@@ -13,8 +13,10 @@ from dac_search.allocate import (
     allocate_energy,
     allocate_greedy,
     allocate_uniform,
+    greedy_walk,
     layer_hulls,
     lower_hull,
+    refill,
 )
 from dac_search.cost import CostModel
 from dac_search.decompose import DacConv2d, decompose_model
@@ -105,6 +107,16 @@ def test_energy_keeps_more_ranks_for_more_energy(resnet20: nn.Module, costs: Cos
     low, high = allocate_energy(resnet20, SHAPE, 0.6), allocate_energy(resnet20, SHAPE, 0.9)
     assert costs.cost(low).flops < costs.cost(high).flops
     assert all(low.layers[n].rank <= high.layers[n].rank for n in low.layers if n in high.layers)
+
+
+def test_greedy_walk_spends_the_slack_its_last_step_left() -> None:
+    keep = Option(None, 100, 0.0)
+    big = {"a": [keep, Option(None, 40, 1.0)], "b": [keep, Option(None, 90, 0.5)]}
+    picked = greedy_walk(big, 200, 150.0)  # a's step is the cheaper per FLOP (1/60 < 0.5/10): 140 <= 150
+    assert picked == {"a": big["a"][1], "b": keep}
+    position = {"a": 1, "b": 1}
+    refill(big, position, 130, 150.0)  # 20 FLOPs of slack: b goes back up (10 FLOPs), a cannot (60)
+    assert position == {"a": 1, "b": 0}
 
 
 def test_lower_hull_drops_dominated_and_concave_options() -> None:
