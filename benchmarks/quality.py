@@ -2,12 +2,13 @@
 
     .venv/bin/python benchmarks/quality.py [--models cifar10-resnet20,cifar10-resnet56]
         [--targets 0.6,0.5,0.4] [--rows uniform,energy,greedy,greedy+refit] [--methods dac,spatial,channel,mixed]
-        [--lazy] [--limit 5000] [--threads 1]
+        [--lazy] [--search-trials 100] [--limit 5000] [--threads 1]
 
 Everything the allocators and corrections see is data-free (distilled inputs, made once per model and
 cached); the shared real test images only measure the result. Every plan is rebuilt from the plan
 alone with ``materialize`` (its correction refitted on the default synthetic inputs), as an export would.
-Greedy reads the single-layer KL table of ``default_proxy`` (a correction fitted on the default distilled
+The search row is ``dac-search --device none --budget <target>%flops`` (refit, held-out KL, the
+defaults), reporting its best feasible plan by proxy. Greedy reads the single-layer KL table of ``default_proxy`` (a correction fitted on the default distilled
 batch, scored on a second one; cached under the dac-search cache dir, minutes for ResNet-56 on first use).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,9 @@ from dac_search.cost import CostModel  # noqa: E402
 from dac_search.decompose import max_rank  # noqa: E402
 from dac_search.plan import RankPlan  # noqa: E402
 from dac_search.proxies import ModelProxy, default_proxy  # noqa: E402
+from dac_search.search.budget import parse_budget  # noqa: E402
+from dac_search.search.config import SearchConfig  # noqa: E402
+from dac_search.search.controller import run_search  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402
 
 ROWS = ("uniform", "uniform+refit", "energy", "greedy-weight", "greedy", "greedy+bias", "greedy+refit")
@@ -79,16 +84,18 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"comma list of {', '.join(ROWS)}")
     parser.add_argument("--methods", default="dac,spatial,channel,mixed")
     parser.add_argument("--lazy", action="store_true", help="add lazy greedy + refit (re-measures whole plans)")
+    parser.add_argument("--search-trials", type=int, default=100, help="trials per search row (0: no search)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     targets = [float(t) for t in split(args.targets)]
     for spec in split(args.models):
-        print(run_model(spec, targets, split(args.rows), split(args.methods), args.lazy, args.limit))
+        print(run_model(spec, targets, split(args.rows), split(args.methods), args.lazy, args.limit,
+                        args.search_trials))
         print()
 
 
 def run_model(spec: str, targets: list[float], rows: list[str], methods: list[str], lazy: bool,
-              limit: int | None) -> str:
+              limit: int | None, search_trials: int = 0) -> str:
     started = time.perf_counter()
     model = load_model(spec)
     costs = CostModel(model, INPUT_SHAPE)
@@ -125,6 +132,13 @@ def run_model(spec: str, targets: list[float], rows: list[str], methods: list[st
                 kept = costs.cost(plan).flops / costs.baseline.flops
                 cells.append(f"{real_top1(spec, plan, limit):.2f} ({kept:.0%})")
             body.append(["lazy greedy on KL + refit", method, *cells])
+    for method in methods if search_trials else ():
+        cells = []
+        for target in targets:
+            plan = search_plan(spec, method, target, search_trials)
+            kept = costs.cost(plan).flops / costs.baseline.flops
+            cells.append(f"{real_top1(spec, plan, limit):.2f} ({kept:.0%})")
+        body.append([f"search, {search_trials} trials", method, *cells])
     original = top1(model, limit)
     title = (f"**{spec}**: original top-1 {original:.2f}% on the shared test images; cells: top-1 % "
              f"(FLOPs kept). {time.perf_counter() - started:.0f} s.")
@@ -140,6 +154,19 @@ def _plan(row: Row, model: torch.nn.Module, method: str, target: float, table_fo
     else:
         plan = allocate("greedy", model, INPUT_SHAPE, target, method, table=table_for(row.correction))
     return RankPlan(plan.layers, plan.model, plan.input_shape, row.correction)
+
+
+def search_plan(spec: str, method: str, target: float, trials: int) -> RankPlan:
+    """The search's best feasible plan by proxy (FLOPs budget, no device: the proxy is what differs)."""
+    methods = METHODS if method == "mixed" else (method,)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = SearchConfig(model=spec, budget=parse_budget(f"{target * 100:g}%flops"), device="none",
+                              trials=trials, out=Path(tmp) / "run", methods=methods)
+        outcome = run_search(config)
+        if not outcome.feasible:
+            raise SystemExit(f"search found no plan within {target:.0%} FLOPs for {spec}")
+        best = min(outcome.pareto, key=lambda p: p.proxy)
+        return RankPlan.load(outcome.run_dir / best.plan)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from dac_search.cost import CostModel
 from dac_search.decompose import decomposable_layers, max_rank
 from dac_search.atomic import write_text_atomic
 from dac_search.plan import LayerChoice, RankPlan
-from dac_search.proxies import ModelProxy, default_inputs, layer_sensitivity, synthetic_inputs
+from dac_search.proxies import ModelProxy, default_proxy, layer_sensitivity, synthetic_inputs
 from dac_search.proxies.synthetic import cache_root, model_fingerprint
 from dac_search.search.budget import Budget
 from dac_search.search.config import SearchConfig
@@ -100,6 +100,8 @@ def _sensitivity_cache(proxy: ModelProxy, cands: dict[str, list[LayerChoice]]) -
     digest = hashlib.sha256()
     digest.update(model_fingerprint(proxy.model).encode())
     digest.update(proxy.inputs.detach().contiguous().numpy().tobytes())
+    if proxy.held_out:
+        digest.update(proxy.fit_inputs.detach().contiguous().numpy().tobytes())
     digest.update(repr((proxy.correction, sorted((n, c.method, c.rank) for n, cs in cands.items() for c in cs))).encode())
     return cache_root() / "sensitivity" / f"{digest.hexdigest()[:32]}.json"
 
@@ -155,13 +157,15 @@ def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
     budget = config.budget.resolve(baselines[config.budget.kind])
 
     torch.manual_seed(config.seed)
-    if config.correction:  # the inputs materialize() refits on, so an exported plan rebuilds what was scored
-        say("making the distilled inputs the correction is fitted on")
-        inputs = default_inputs(model, shape)
+    if config.correction:
+        # Fitted on the inputs materialize() refits on (an exported plan rebuilds what was scored), and
+        # scored on a second distilled batch: a refit scored where it was fitted flatters high ranks.
+        say("making the distilled inputs the correction is fitted on and scored on")
+        proxy = default_proxy(model, shape, config.correction)
     else:
         say(f"making {config.proxy_images} distilled inputs")
         inputs = synthetic_inputs(model, shape, kind="distilled", n=config.proxy_images, seed=config.seed)
-    proxy = ModelProxy(model, inputs, correction=config.correction)
+        proxy = ModelProxy(model, inputs)
     penalties = _sensitivities(proxy, cands, say)
 
     if budget.objective == "latency_ms":

@@ -47,6 +47,8 @@ def run_search(config: SearchConfig, view_factory: Callable[..., LiveView] = Liv
     view = view_factory(config.trials, _cost_text(config))
     with view:
         ctx = build_context(config, view.say, view.console.print)
+        if ctx.pool is not None:
+            view.hosts = ctx.pool.status
         try:
             (run_dir / "plans").mkdir(parents=True, exist_ok=True)
             return _search(ctx, run_dir, view)
@@ -84,7 +86,8 @@ def _run_info(ctx: SearchContext, started: str, partial: bool, extra: dict[str, 
         "input_shape": list(ctx.input_shape), "device_spec": config.device, "device": ctx.device_info,
         "budget": {**ctx.budget.to_dict(), "text": config.budget.text}, "objective": ctx.budget.objective,
         "methods": list(config.methods), "correction": config.correction, "seed": config.seed,
-        "n_trials": config.trials, "proxy": {"kind": "kl", "inputs": "distilled", "n": config.proxy_images},
+        "n_trials": config.trials, "proxy": {"kind": "kl", "inputs": "distilled", "n": int(ctx.proxy.inputs.shape[0]),
+                  "held_out": ctx.proxy.held_out},
         "versions": {"dac_search": dac_search.__version__, "torch": torch.__version__,
                      "optuna": optuna.__version__, "onnxruntime": onnxruntime.__version__,
                      "python": platform.python_version()},

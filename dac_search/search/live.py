@@ -23,8 +23,9 @@ class LiveView:
         self.describe_cost = describe_cost
         self.hosts = hosts
         self.message = ""
-        self._live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False) \
-            if self.console.is_terminal else None
+        # get_renderable: redrawn twice a second, so elapsed time and host states move between trials too
+        self._live = Live(console=self.console, refresh_per_second=2, transient=False,
+                          get_renderable=self._render) if self.console.is_terminal else None
 
     def __enter__(self) -> LiveView:
         if self._live:
@@ -33,13 +34,13 @@ class LiveView:
 
     def __exit__(self, *exc: object) -> None:
         if self._live:
-            self._live.update(self._render())
+            self._live.refresh()
             self._live.__exit__(None, None, None)
 
     def say(self, message: str) -> None:
         self.message = message
         if self._live:
-            self._live.update(self._render())
+            self._live.refresh()
         else:
             self.console.print(f"[dim]{message}[/dim]")
 
@@ -48,7 +49,7 @@ class LiveView:
         if feasible and (self.best is None or proxy < self.best[0]):
             self.best = (proxy, cost)
         if self._live:
-            self._live.update(self._render())
+            self._live.refresh()
 
     def _render(self) -> Table:
         table = Table.grid(padding=(0, 2))

@@ -38,6 +38,11 @@ class DevicePool:
         self._profilers: dict[str, Profiler] = {
             host: make_profiler(config, host=None if config.kind == "local" else host) for host in hosts}
         self.state: dict[str, str] = {host: "idle" for host in hosts}
+        self.measured: dict[str, int] = {host: 0 for host in hosts}
+
+    def status(self) -> dict[str, str]:
+        """Each host's state and how many models it measured, for the live view."""
+        return {host: f"{state}, {self.measured[host]} measured" for host, state in self.state.items()}
 
     @property
     def primary(self) -> Profiler:
@@ -82,6 +87,7 @@ class DevicePool:
                     return
                 with lock:
                     results[index] = result
+                    self.measured[host] += 1
                 self.state[host] = "idle"
 
         healthy = [(h, p) for h, p in self._profilers.items() if self.state[h] != "failed"]

@@ -1,0 +1,69 @@
+"""A device pool of several hosts against the real sshd on 127.0.0.1 (reached as 127.0.0.1 and localhost)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from dac_search.search.measure import DevicePool
+from profilers import HostKeyMismatch, UnknownHost, load_device
+from profilers.errors import ProfilerError
+
+from .conftest import SshServer
+
+SHAPE = (1, 3, 8, 8)
+
+
+def _models(count: int) -> list[nn.Module]:
+    return [nn.Sequential(nn.Conv2d(3, 4 + 4 * i, 3, padding=1), nn.ReLU()).eval() for i in range(count)]
+
+
+def _pool(sshd: SshServer, tmp_path: Path, known: tuple[str, ...], warnings: list[str]) -> DevicePool:
+    """Two names for the same server; only the ``known`` ones have its host key on record."""
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("".join(f"[{h}]:{sshd.port} ssh-ed25519 {sshd.host_public_key}\n" for h in known))
+    device = sshd.device_toml(tmp_path / "pool.toml", host=None, hosts=["127.0.0.1", "localhost"],
+                              known_hosts=str(known_hosts), retries=0)
+    return DevicePool(load_device(device), warnings.append)
+
+
+def test_pool_spreads_models_over_every_host(sshd: SshServer, tmp_path: Path) -> None:
+    warnings: list[str] = []
+    pool = _pool(sshd, tmp_path, ("127.0.0.1", "localhost"), warnings)
+    try:
+        results = pool.measure(_models(6), SHAPE)
+    finally:
+        pool.close()
+    assert len(results) == 6 and all(r.median_ms > 0 for r in results)
+    assert {r.conditions.host for r in results} == {"127.0.0.1", "localhost"}
+    assert pool.measured["127.0.0.1"] + pool.measured["localhost"] == 6 and min(pool.measured.values()) >= 1
+    assert warnings == [] and set(pool.status()) == {"127.0.0.1", "localhost"}
+
+
+def test_a_failing_host_is_set_aside_and_the_others_finish(sshd: SshServer, tmp_path: Path) -> None:
+    warnings: list[str] = []
+    pool = _pool(sshd, tmp_path, ("127.0.0.1",), warnings)  # localhost's key is unknown: refused
+    try:
+        results = pool.measure(_models(4), SHAPE)
+        again = pool.measure(_models(1), SHAPE)  # the failed host is not tried again
+    finally:
+        pool.close()
+    assert len(results) == 4 and {r.conditions.host for r in [*results, *again]} == {"127.0.0.1"}
+    assert pool.state["localhost"] == "failed" and pool.measured == {"127.0.0.1": 5, "localhost": 0}
+    assert len(warnings) == 1 and "host localhost set aside" in warnings[0] and "\n" not in warnings[0]
+
+
+def test_a_pool_with_no_healthy_host_names_the_device(sshd: SshServer, tmp_path: Path) -> None:
+    warnings: list[str] = []
+    pool = _pool(sshd, tmp_path, (), warnings)
+    try:
+        with pytest.raises((UnknownHost, HostKeyMismatch, ProfilerError)) as raised:
+            pool.measure(_models(2), SHAPE)
+    finally:
+        pool.close()
+    assert "loopback-test" in str(raised.value) or "127.0.0.1" in str(raised.value)
+    assert len(warnings) == 2
+    with pytest.raises(ProfilerError, match="every host of device loopback-test has failed"):
+        pool.primary
