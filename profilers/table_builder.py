@@ -40,8 +40,11 @@ _MODEL_PREFIX = "model:"  # a job timing the whole original model, not a layer
 
 
 def default_cache_dir() -> Path:
+    """``$DAC_SEARCH_LATENCY_CACHE``, else ``latency/`` under dac-search's cache (``$DAC_SEARCH_CACHE``)."""
     override = os.environ.get(CACHE_ENV)
-    return Path(override).expanduser() if override else Path("~/.cache/dac-search/latency").expanduser()
+    if override:
+        return Path(override).expanduser()
+    return Path(os.environ.get("DAC_SEARCH_CACHE") or "~/.cache/dac-search").expanduser() / "latency"
 
 
 class LatencyCache:

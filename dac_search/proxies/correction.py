@@ -20,6 +20,7 @@ deterministically from the default synthetic inputs (seed 0): an exported plan r
 from __future__ import annotations
 
 import copy
+import math
 import os
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,6 +41,20 @@ from dac_search.proxies.synthetic import synthetic_inputs
 
 CORRECTIONS = ("bias", "refit")
 DEFAULT_INPUTS: Mapping[str, Any] = {"kind": "distilled", "n": 64, "seed": 0}  # materialize's and the search's
+DEFAULT_PIXELS = 64 * 32 * 32  # the default batch holds about this many input pixels per channel...
+MIN_DEFAULT_INPUTS = 8  # ...but never fewer images than this
+
+
+def default_input_count(input_shape: Sequence[int]) -> int:
+    """Images in the default batch: 64 at 32x32, fewer for larger inputs (8 at 224x224).
+
+    A refit needs rows (images x positions), not images: 8 ImageNet-sized images give each layer as
+    many rows as 64 CIFAR ones, at an eighth of the cost of 64. Decided by the shape alone, so
+    ``materialize`` rebuilds from a plan what the search scored.
+    """
+    pixels = math.prod(int(v) for v in input_shape[2:]) or 1
+    wanted = math.ceil(DEFAULT_PIXELS / pixels / MIN_DEFAULT_INPUTS) * MIN_DEFAULT_INPUTS
+    return max(MIN_DEFAULT_INPUTS, min(int(DEFAULT_INPUTS["n"]), wanted))
 
 
 @dataclass(frozen=True)
@@ -312,7 +327,8 @@ def default_inputs(model: nn.Module, input_shape: Sequence[int], cache_dir: str 
     ``held_out``: a second batch made the same way from the next seed, to score a fit on.
     """
     seed = DEFAULT_INPUTS["seed"] + (1 if held_out else 0)
-    return synthetic_inputs(model, input_shape, DEFAULT_INPUTS["kind"], DEFAULT_INPUTS["n"], seed, cache_dir)
+    count = default_input_count(input_shape)
+    return synthetic_inputs(model, input_shape, DEFAULT_INPUTS["kind"], count, seed, cache_dir)
 
 
 def materialize(model: nn.Module, plan: RankPlan | Mapping[str, Any] | str | os.PathLike[str],

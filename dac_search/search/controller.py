@@ -25,10 +25,12 @@ from dac_search.search.config import SearchConfig
 from dac_search.search.context import SearchContext, build_context
 from dac_search.search.live import LiveView
 from dac_search.search.pareto_select import closest_misses, pareto_front
+from dac_search.search.refine import plan_keys, propose
 from dac_search.search.results import Point, read_run, write_pareto, write_run, write_trials
 from dac_search.search.study import WORKER, enqueue_warm_starts, fail_dead_trials, open_study
 
 WARM_START_SHARES = (0.8, 0.6, 0.5, 0.4)
+TPE_EVERY = 4  # one trial in four is TPE's; the others refine the best feasible plan
 
 
 @dataclass(frozen=True)
@@ -142,12 +144,15 @@ def _search(ctx: SearchContext, run_dir: Path, view: LiveView) -> SearchOutcome:
     completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     view.total = config.trials
     view.done = completed
+    refine = Refinement(ctx)
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE:
             view.trial_done(trial.values[0], trial.values[1], trial.user_attrs.get("slack", 1) <= 0)
         write_trials(run_dir, _points(study))
         if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= config.trials:
             study.stop()
+        elif (trial.number + 1) % TPE_EVERY:  # every TPE_EVERY-th trial is left to TPE, to explore the front
+            refine.enqueue_next(study)
 
     interrupted = False
     if completed < config.trials:
@@ -168,6 +173,31 @@ def _search(ctx: SearchContext, run_dir: Path, view: LiveView) -> SearchOutcome:
                                  {"baseline": baseline, "uniform": uniform, "trials_complete": done}))
     message = "" if feasible else _miss_message(ctx, front)
     return SearchOutcome(run_dir, tuple(front), feasible, interrupted, message)
+
+
+class Refinement:
+    """Queues the next exchange move around the best feasible trial (see ``refine``)."""
+
+    def __init__(self, ctx: SearchContext) -> None:
+        self.ctx = ctx
+        self.keys: dict[int, str] = {}  # trial number -> plan, computed once
+
+    def enqueue_next(self, study: optuna.Study) -> None:
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):
+            return  # warm starts or another worker's move come first
+        feasible = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("slack", 1) <= 0]
+        if not feasible:
+            return
+        incumbent = min(feasible, key=lambda t: (t.values[0], t.number))
+        for trial in trials:
+            if trial.number not in self.keys and "log_lambda" in trial.params:
+                self.keys[trial.number] = next(plan_keys(self.ctx.space, [trial.params]))
+        budget = self.ctx.budget
+        params = propose(self.ctx.space, incumbent.params, set(self.keys.values()),
+                         lambda plan: budget.slack(self.ctx.budget_cost(plan)) <= 0)
+        if params is not None:
+            study.enqueue_trial(params, user_attrs={"refined_from": incumbent.number})
 
 
 def _baseline_cost(ctx: SearchContext) -> float:

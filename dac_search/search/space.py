@@ -34,9 +34,13 @@ class LayerOptions:
     name: str
     hull: tuple[Option, ...]  # keep first, then cheaper and cheaper; penalties non-decreasing
 
-    def pick(self, lam: float, shift: int = 0) -> Option:
+    def index(self, lam: float, shift: int = 0) -> int:
+        """Position on the hull: the option minimising ``penalty + lam * cost``, moved ``shift`` steps."""
         best = min(range(len(self.hull)), key=lambda i: (self.hull[i].penalty + lam * self.hull[i].cost, i))
-        return self.hull[min(max(best + shift, 0), len(self.hull) - 1)]
+        return min(max(best + shift, 0), len(self.hull) - 1)
+
+    def pick(self, lam: float, shift: int = 0) -> Option:
+        return self.hull[self.index(lam, shift)]
 
 
 def lower_hull(options: Sequence[Option]) -> tuple[Option, ...]:

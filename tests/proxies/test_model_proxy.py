@@ -138,3 +138,12 @@ def test_plan_and_proxy_must_agree_on_the_correction(resnet20: nn.Module, distil
         ModelProxy(resnet20, distilled[:4], "retrain")
     gaussian = synthetic_inputs(resnet20, SHAPE, "gaussian", n=4)
     assert ModelProxy(resnet20, gaussian, None).score({"layers": {"layer1.0.conv1": {"rank": 3}}}).kl > 0
+
+
+def test_default_batch_keeps_its_pixel_count_as_inputs_grow() -> None:
+    from dac_search.proxies.correction import default_input_count
+
+    assert default_input_count((1, 3, 32, 32)) == 64  # CIFAR: every image the refit was tuned on
+    assert default_input_count((1, 3, 64, 64)) == 16
+    assert default_input_count((1, 3, 224, 224)) == 8  # ImageNet: 8 images hold more pixels than 64 CIFAR ones
+    assert default_input_count((1, 3, 8, 8)) == 64

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from dac_search.errors import ConfigError
 from dac_search.plan import LayerChoice
 from dac_search.search.budget import parse_budget
 from dac_search.search.config import parse_duration
+from dac_search.search.refine import moves, propose
 from dac_search.search.space import LayerOptions, Option, SearchSpace, lower_hull
 
 
@@ -68,3 +71,22 @@ def test_bisection_finds_the_cheapest_share_within_target() -> None:
     log_lambda = space.log_lambda_for(0.6)
     assert space.additive_cost(log_lambda) <= 0.6
     assert space.additive_cost(log_lambda - 0.01) > 0.6
+
+
+def test_refinement_trades_rank_between_layers_within_the_budget() -> None:
+    # "a" loses little per step, "b" much: from b cheap / a dear, the best exchange is b up and a down.
+    a = (Option(None, 0.5, 0.0), Option(_choice(3), 0.3, 0.01), Option(_choice(1), 0.1, 0.02))
+    b = (Option(None, 0.5, 0.0), Option(_choice(3), 0.3, 0.3), Option(_choice(1), 0.1, 1.0))
+    space = SearchSpace([LayerOptions("a", a), LayerOptions("b", b)], "m", (1, 3, 8, 8))
+    lam = math.log10(2.0)  # picks a at rank 1 and b at rank 3; the shifts turn that round
+    start = {"log_lambda": lam, "shift:a": -1, "shift:b": 1}
+    assert {n: c.rank for n, c in space.plan(lam, {"a": -1, "b": 1}).layers.items()} == {"a": 3, "b": 1}
+    found = moves(space, start)
+    assert [s.layer for s in found[0].steps] == ["b"] and found[0].penalty == pytest.approx(-0.7)  # b alone
+    assert {s.layer for s in found[1].steps} == {"a", "b"} and found[1].penalty == pytest.approx(0.01 - 0.7)
+    within = lambda plan: sum(0.3 if c.rank == 3 else 0.1 for c in plan.layers.values()) <= 0.4  # noqa: E731
+    best = propose(space, start, set(), within)  # b alone is over the budget; the exchange is not
+    assert best == {"log_lambda": lam, "shift:a": 0, "shift:b": 0}  # b back to rank 3, a down to rank 1
+    tried = {space.plan(lam, {"a": 0, "b": 0}).to_json()}
+    assert propose(space, start, tried, within) != best  # a move is tried once
+    assert propose(space, start, set(), lambda plan: False) is None  # nothing fits: no proposal

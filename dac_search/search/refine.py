@@ -1,0 +1,85 @@
+"""Local refinement around the best feasible plan: exchange moves, judged by the whole-plan proxy.
+
+TPE spreads its trials over the whole front and over tens of layer dimensions; near the budget what pays
+is trading rank between layers, which the additive single-layer model behind the warm starts gets only
+roughly right. A move takes one layer one hull step dearer and, when the budget needs it, another one
+step cheaper. Moves are tried in order of their additive penalty change, each once; the whole-plan proxy
+decides. Every move is an enqueued trial, so it lives in the study like any other (resumable, shared).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dac_search.plan import RankPlan
+from dac_search.search.space import SearchSpace
+
+MAX_CHECKED = 400  # moves checked against the budget per proposal (cheapest estimates first)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One layer moved one hull step: its new shift and the change of its single-layer penalty and cost."""
+
+    layer: str
+    shift: int
+    penalty: float
+    cost: float
+
+
+@dataclass(frozen=True)
+class Move:
+    steps: tuple[Step, ...]
+
+    @property
+    def penalty(self) -> float:
+        return sum(step.penalty for step in self.steps)
+
+    def apply(self, space: SearchSpace, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {**params, **{space.shift_param(step.layer): step.shift for step in self.steps}}
+
+
+def layer_steps(space: SearchSpace, params: Mapping[str, Any]) -> tuple[list[Step], list[Step]]:
+    """Every layer's one step dearer and one step cheaper that its shift can still express."""
+    lam = 10.0 ** params["log_lambda"]
+    dearer, cheaper = [], []
+    for layer in space.layers:
+        shift = int(params.get(space.shift_param(layer.name), 0))
+        here = layer.index(lam, shift)
+        for new_shift, out in ((shift - 1, dearer), (shift + 1, cheaper)):
+            there = layer.index(lam, new_shift) if -1 <= new_shift <= 1 else here
+            if there != here:
+                a, b = layer.hull[here], layer.hull[there]
+                out.append(Step(layer.name, new_shift, b.penalty - a.penalty, b.cost - a.cost))
+    return dearer, cheaper
+
+
+def moves(space: SearchSpace, params: Mapping[str, Any]) -> list[Move]:
+    """Single dearer steps (spending slack) and dearer/cheaper exchanges, best estimate first."""
+    dearer, cheaper = layer_steps(space, params)
+    found = [Move((up,)) for up in dearer]
+    found += [Move((up, down)) for up in dearer for down in cheaper if up.layer != down.layer]
+    return sorted(found, key=lambda move: (move.penalty, tuple(s.layer for s in move.steps)))
+
+
+def propose(space: SearchSpace, incumbent: Mapping[str, Any], tried: set[str],
+            fits: Callable[[RankPlan], bool]) -> dict[str, Any] | None:
+    """Params of the most promising untried move from ``incumbent`` that fits the budget, if any."""
+    for move in moves(space, incumbent)[:MAX_CHECKED]:
+        params = move.apply(space, incumbent)
+        plan = space.plan(params["log_lambda"], _shifts(space, params))
+        if plan.to_json() not in tried and fits(plan):
+            return params
+    return None
+
+
+def plan_keys(space: SearchSpace, all_params: Iterable[Mapping[str, Any]]) -> Iterator[str]:
+    for params in all_params:
+        if "log_lambda" in params:
+            yield space.plan(params["log_lambda"], _shifts(space, params)).to_json()
+
+
+def _shifts(space: SearchSpace, params: Mapping[str, Any]) -> dict[str, int]:
+    return {layer.name: int(params.get(space.shift_param(layer.name), 0)) for layer in space.layers}
