@@ -90,8 +90,9 @@ def _run_info(ctx: SearchContext, started: str, partial: bool, extra: dict[str, 
         "input_shape": list(ctx.input_shape), "device_spec": config.device, "device": ctx.device_info,
         "budget": {**ctx.budget.to_dict(), "text": config.budget.text}, "objective": ctx.budget.objective,
         "methods": list(config.methods), "correction": config.correction, "seed": config.seed,
-        "n_trials": config.trials, "proxy": {"kind": "kl", "inputs": "distilled", "n": int(ctx.proxy.inputs.shape[0]),
-                  "held_out": ctx.proxy.held_out},
+        "n_trials": config.trials,
+        "proxy": {"kind": "geometric mean of the whole-plan KL and the sum of single-layer KLs",
+                  "inputs": "distilled", "n": int(ctx.proxy.inputs.shape[0]), "held_out": ctx.proxy.held_out},
         "versions": {"dac_search": dac_search.__version__, "torch": torch.__version__,
                      "optuna": optuna.__version__, "onnxruntime": onnxruntime.__version__,
                      "python": platform.python_version()},
@@ -127,7 +128,7 @@ def _search(ctx: SearchContext, run_dir: Path, view: LiveView) -> SearchOutcome:
         plan = ctx.space.plan(log_lambda, shifts)
         key = plan.to_json()
         if key not in scores:
-            scores[key] = ctx.proxy.score(plan)
+            scores[key] = ctx.score(plan)
         score = scores[key]
         cost = ctx.costs.cost(plan)
         latency = ctx.latency(plan)
@@ -138,10 +139,12 @@ def _search(ctx: SearchContext, run_dir: Path, view: LiveView) -> SearchOutcome:
         trial.set_user_attr("params", cost.params)
         trial.set_user_attr("latency_ms", latency)
         trial.set_user_attr("agreement", score.agreement)
+        trial.set_user_attr("kl", score.kl)
+        trial.set_user_attr("kl_additive", score.additive)
         slack = ctx.budget.slack(ctx.budget_cost(plan)) / ctx.budget.value
         trial.set_user_attr("slack", slack)
         trial.set_constraint("budget", slack)
-        return score.kl, ctx.objective_cost(plan)
+        return score.value, ctx.objective_cost(plan)
 
     completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     view.total = config.trials
@@ -299,8 +302,8 @@ def _uniform_baseline(ctx: SearchContext) -> list[dict[str, Any]]:
         cost = ctx.costs.cost(plan)
         if cost.flops >= ctx.costs.baseline.flops:
             break  # higher ranks only cost more than the original
-        score = ctx.proxy.score(plan)
-        rows.append({"rank": rank, "flops": cost.flops, "params": cost.params, "proxy": score.kl,
+        score = ctx.score(plan)
+        rows.append({"rank": rank, "flops": cost.flops, "params": cost.params, "proxy": score.value,
                      "latency_ms": ctx.latency(plan), "top1": None})
     return rows
 
