@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import random
 import sys
 import time
@@ -181,8 +182,11 @@ def proxies(model: torch.nn.Module, costs: CostModel) -> list[Proxy]:
                 Proxy(f"agreement, distilled{tag}", fixed, lambda p, s=score: s(p).agreement),
                 Proxy(f"sum of single-layer KL, distilled{tag}", fixed, additive(table))]
     held = memo(default_proxy(model, INPUT_SHAPE, "refit"))  # fitted on one distilled batch, scored on another
+    summed = additive(table)  # the refit one, from the last pass of the loop
     out += [Proxy("KL, distilled + refit, scored held out", True, lambda p, s=held: -s(p).kl),
-            Proxy("agreement, distilled + refit, held out", True, lambda p, s=held: s(p).agreement)]
+            Proxy("agreement, distilled + refit, held out", True, lambda p, s=held: s(p).agreement),
+            Proxy("geometric mean: held-out KL and sum of single-layer KL, refit (the search's)", True,
+                  lambda p, s=held: -math.sqrt(max(s(p).kl, 0.0) * max(-summed(p), 0.0)))]
     return out
 
 
