@@ -261,10 +261,10 @@ def _final_front(ctx: SearchContext, run_dir: Path, points: list[Point], view: L
             break
         view.say(f"measuring {len(candidates)} Pareto candidates end to end on {ctx.pool.config.name}")
         models = [ctx.proxy.build(RankPlan.load(run_dir / p.plan)) for p in candidates]
-        results = ctx.pool.measure([ctx.model, *models] if relative else models, ctx.input_shape)
-        if relative:
-            originals.append(results.pop(0).median_ms)
-            ctx.budget = ctx.config.budget.resolve(statistics.median(originals))
+        results = ctx.pool.measure([ctx.model, *models, ctx.model] if relative else models, ctx.input_shape)
+        if relative:  # the original before and after the candidates; the fastest timing is the strict one
+            originals += [results.pop(0).median_ms, results.pop().median_ms]
+            ctx.budget = ctx.config.budget.resolve(min(originals))
         measured += [replace(point, latency_ms=result.median_ms, latency_iqr_ms=result.iqr_ms)
                      for point, result in zip(candidates, results)]
         measured = [replace(p, feasible=ctx.slack_of(p) <= 0) for p in measured]
@@ -272,7 +272,7 @@ def _final_front(ctx: SearchContext, run_dir: Path, points: list[Point], view: L
             break
         ratios = [p.latency_ms / p.latency_predicted_ms for p in measured if p.latency_predicted_ms]
         scale = max(scale, statistics.median(ratios)) if ratios else scale
-    original_ms = statistics.median(originals) if originals else None
+    original_ms = min(originals) if originals else None
     front = pareto_front([p for p in measured if p.feasible], cost)
     if front:
         return front, True, original_ms
