@@ -1,9 +1,9 @@
-"""Local refinement around the best feasible plan: exchange moves, judged by the whole-plan proxy.
+"""Local refinement around the best feasible plan: exchange moves, judged by the search's proxy.
 
 TPE spreads its trials over the whole front and over tens of layer dimensions; near the budget what pays
 is trading rank between layers, which the additive single-layer model behind the warm starts gets only
 roughly right. A move takes one layer one hull step dearer and, when the budget needs it, another one
-step cheaper. Moves are tried in order of their additive penalty change, each once; the whole-plan proxy
+step cheaper. Moves are tried in order of their additive penalty change, each once; the search's proxy
 decides. Every move is an enqueued trial, so it lives in the study like any other (resumable, shared).
 """
 
