@@ -26,7 +26,7 @@ from dac_search.search.config import SearchConfig
 from dac_search.search.context import SearchContext, build_context
 from dac_search.search.live import LiveView
 from dac_search.search.pareto_select import closest_misses, pareto_front
-from dac_search.search.refine import plan_keys, propose
+from dac_search.search.refine import plan_of, propose
 from dac_search.search.results import Point, read_run, write_pareto, write_run, write_trials
 from dac_search.search.study import WORKER, enqueue_warm_starts, fail_dead_trials, open_study
 
@@ -199,7 +199,7 @@ class Refinement:
         incumbent = min(feasible, key=lambda t: (t.values[0], t.number))
         for trial in trials:
             if trial.number not in self.keys and "log_lambda" in trial.params:
-                self.keys[trial.number] = next(plan_keys(self.ctx.space, [trial.params]))
+                self.keys[trial.number] = plan_of(self.ctx.space, trial.params).to_json()
         budget = self.ctx.budget
         params = propose(self.ctx.space, incumbent.params, set(self.keys.values()),
                          lambda plan: budget.slack(self.ctx.budget_cost(plan)) <= 0)

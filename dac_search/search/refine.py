@@ -9,7 +9,7 @@ decides. Every move is an enqueued trial, so it lives in the study like any othe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,17 +69,13 @@ def propose(space: SearchSpace, incumbent: Mapping[str, Any], tried: set[str],
     """Params of the most promising untried move from ``incumbent`` that fits the budget, if any."""
     for move in moves(space, incumbent)[:MAX_CHECKED]:
         params = move.apply(space, incumbent)
-        plan = space.plan(params["log_lambda"], _shifts(space, params))
+        plan = plan_of(space, params)
         if plan.to_json() not in tried and fits(plan):
             return params
     return None
 
 
-def plan_keys(space: SearchSpace, all_params: Iterable[Mapping[str, Any]]) -> Iterator[str]:
-    for params in all_params:
-        if "log_lambda" in params:
-            yield space.plan(params["log_lambda"], _shifts(space, params)).to_json()
-
-
-def _shifts(space: SearchSpace, params: Mapping[str, Any]) -> dict[str, int]:
-    return {layer.name: int(params.get(space.shift_param(layer.name), 0)) for layer in space.layers}
+def plan_of(space: SearchSpace, params: Mapping[str, Any]) -> RankPlan:
+    """The plan a trial's params encode (shifts missing from ``params`` count as 0)."""
+    shifts = {layer.name: int(params.get(space.shift_param(layer.name), 0)) for layer in space.layers}
+    return space.plan(params["log_lambda"], shifts)
