@@ -1,0 +1,54 @@
+"""Resume bookkeeping on a real SQLite study: which RUNNING trials a restart fails and retries."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+from optuna.trial import TrialState
+
+from dac_search.search.study import WORKER, fail_dead_trials, open_study
+
+# ask() outside optimize() is how a killed worker leaves its trial; Optuna warns about heartbeats
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+
+
+def _study(tmp_path):
+    return open_study(f"sqlite:///{tmp_path / 'study.db'}", seed=0)
+
+
+def test_a_trial_killed_before_its_worker_claimed_it_is_failed_and_its_fixed_params_retried(tmp_path) -> None:
+    study = _study(tmp_path)
+    study.enqueue_trial({"log_lambda": 1.5}, user_attrs={"refine": True})
+    orphan = study.ask()  # popped from the queue, then the process "dies" before naming itself
+    assert fail_dead_trials(study, claim_within_s=0.2) == 1
+    trials = study.get_trials(deepcopy=False)
+    assert trials[orphan.number].state == TrialState.FAIL
+    retry = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(retry) == 1 and retry[0].system_attrs["fixed_params"] == {"log_lambda": 1.5}
+    assert retry[0].user_attrs["retry_of"] == orphan.number
+
+
+def test_live_workers_keep_their_trials_and_dead_ones_here_lose_them(tmp_path) -> None:
+    study = _study(tmp_path)
+    live = study.ask()
+    live.set_user_attr("worker", WORKER)
+    remote = study.ask()
+    remote.set_user_attr("worker", "another-host:1")
+    dead = study.ask()
+    dead.suggest_float("log_lambda", 0.0, 2.0)
+    dead.set_user_attr("worker", f"{socket.gethostname()}:{_dead_pid()}")
+    assert fail_dead_trials(study, claim_within_s=0.2) == 1
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[live.number] == states[remote.number] == TrialState.RUNNING
+    assert states[dead.number] == TrialState.FAIL
+    assert sum(s == TrialState.WAITING for s in states.values()) == 1
+
+
+def _dead_pid() -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
