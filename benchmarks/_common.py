@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: the real CIFAR-10 test images, real top-1 of a plan, cached proxy tables.
+"""Shared by the benchmarks: the real CIFAR-10 test images, real top-1 of a plan, markdown tables.
 
 Real images are used here only to *measure*; the proxies, corrections and allocators never see them.
 """
@@ -6,11 +6,8 @@ Real images are used here only to *measure*; the proxies, corrections and alloca
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,17 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from dac_search.atomic import write_text_atomic
 from dac_search.plan import RankPlan
-from dac_search.proxies import ModelProxy, layer_sensitivity, materialize
-from dac_search.proxies.synthetic import cache_root, model_fingerprint
+from dac_search.proxies import materialize
 from dac_search.zoo import load_model
 
 ASSETS = Path(os.environ.get("DAC_SEARCH_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 INPUT_SHAPE = (1, 3, 32, 32)
-Key = tuple[str, str, int]
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -84,43 +78,6 @@ def check_dense(model_spec: str, plan: RankPlan, images: int = 200) -> float:
     x, _ = cifar_test(images)
     with torch.no_grad():
         return float((materialize(model, plan)(x) - materialize(model, plan, dense=True)(x)).abs().max())
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    """What a cached single-layer table was measured with (its file name)."""
-
-    fingerprint: str  # of the model's weights
-    inputs: str  # of the synthetic inputs
-    correction: str | None
-    settings: str  # of the correction
-    methods: tuple[str, ...]
-
-    def path(self) -> Path:
-        text = f"{self.fingerprint}|{self.inputs}|{self.correction}|{self.settings}|{','.join(self.methods)}"
-        return cache_root() / "bench" / f"sensitivity-{hashlib.sha256(text.encode()).hexdigest()[:24]}.json"
-
-
-def tensor_digest(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(tensor.detach().contiguous().numpy().tobytes()).hexdigest()
-
-
-def sensitivity_table(proxy: ModelProxy, layers: Sequence[str], methods: Sequence[str],
-                      ranks: object) -> dict[Key, float]:
-    """``layer_sensitivity`` cached on disk: minutes for ResNet-56, so measured once per proxy setting.
-
-    The candidate ranks are not part of the key: every benchmark asks for the same ones.
-    """
-    inputs = tensor_digest(proxy.inputs)
-    if proxy.held_out:
-        inputs += "/fit=" + tensor_digest(proxy.fit_inputs)
-    spec = TableSpec(model_fingerprint(proxy.model), inputs, proxy.correction, repr(proxy.settings), tuple(methods))
-    path = spec.path()
-    if path.exists():
-        return {(r[0], r[1], int(r[2])): float(r[3]) for r in json.loads(path.read_text())}
-    table = layer_sensitivity(proxy, layers, methods, ranks)  # type: ignore[arg-type]
-    write_text_atomic(path, json.dumps([[k[0], k[1], k[2], v] for k, v in table.items()]))
-    return table
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -30,12 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     INPUT_SHAPE,
-    Key,
     add_common_args,
     check_dense,
     markdown,
     real_top1,
-    sensitivity_table,
     split,
     top1,
 )
@@ -53,9 +51,11 @@ from dac_search.cost import CostModel  # noqa: E402
 from dac_search.decompose import max_rank  # noqa: E402
 from dac_search.atomic import write_text_atomic  # noqa: E402
 from dac_search.plan import LayerChoice, RankPlan  # noqa: E402
+from dac_search.proxies.sensitivity import Key  # noqa: E402
 from dac_search.proxies import (  # noqa: E402
     ModelProxy,
     ProxyScore,
+    cached_layer_sensitivity,
     default_inputs,
     default_proxy,
     layer_error_table,
@@ -175,7 +175,7 @@ def proxies(model: torch.nn.Module, costs: CostModel) -> list[Proxy]:
         tag = " + refit" if fixed else ""
         noise = ModelProxy(model, gaussian, correction)
         proxy = ModelProxy(model, distilled, correction)
-        table = sensitivity_table(proxy, layers, METHODS, ranks)
+        table = cached_layer_sensitivity(proxy, layers, METHODS, ranks)
         score = memo(proxy)
         out += [Proxy(f"KL, Gaussian inputs{tag}", fixed, lambda p, m=noise: -m.score(p).kl),
                 Proxy(f"KL, distilled inputs{tag}", fixed, lambda p, s=score: -s(p).kl),

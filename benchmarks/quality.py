@@ -30,7 +30,6 @@ from _common import (  # noqa: E402
     add_common_args,
     markdown,
     real_top1,
-    sensitivity_table,
     split,
     top1,
 )
@@ -46,7 +45,7 @@ from dac_search.allocate import (  # noqa: E402
 from dac_search.cost import CostModel  # noqa: E402
 from dac_search.decompose import max_rank  # noqa: E402
 from dac_search.plan import RankPlan  # noqa: E402
-from dac_search.proxies import ModelProxy, default_proxy  # noqa: E402
+from dac_search.proxies import ModelProxy, cached_layer_sensitivity, default_proxy  # noqa: E402
 from dac_search.search.budget import parse_budget  # noqa: E402
 from dac_search.search.config import SearchConfig  # noqa: E402
 from dac_search.search.controller import run_search  # noqa: E402
@@ -110,7 +109,7 @@ def run_model(spec: str, targets: list[float], rows: list[str], methods: list[st
             def ranks(name: str, method: str) -> list[int]:
                 limit_ = max_rank(model.get_submodule(name), method)
                 return candidate_ranks(costs, name, method, limit_, None if method == "dac" else RANK_POINTS)
-            tables[correction] = sensitivity_table(proxies[correction], layers, METHODS, ranks)
+            tables[correction] = cached_layer_sensitivity(proxies[correction], layers, METHODS, ranks)
         return tables[correction]
 
     body = []

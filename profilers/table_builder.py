@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from dac_search.cost import ConvGeometry, trace_geometry
+from dac_search.cost import trace_geometry
 from dac_search.decompose import decompose_conv, decompose_model
 from dac_search.errors import PlanError
 from dac_search.export import export_onnx

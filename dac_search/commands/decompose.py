@@ -11,7 +11,7 @@ from dac_search.commands._common import add_model_args, console, load_from_args
 from dac_search.cost import CostModel
 from dac_search.decompose import DAC_VARIANTS, METHODS, decomposable_layers, factorize, max_rank
 from dac_search.errors import PlanError
-from dac_search.export import FORMATS, export_model, format_of
+from dac_search.export import export_model, format_of
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies import materialize
 

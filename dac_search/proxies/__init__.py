@@ -10,10 +10,11 @@ from dac_search.proxies.correction import (
 )
 from dac_search.proxies.layer import channel_importance, following_batchnorms, layer_error_table, weight_error, weight_errors
 from dac_search.proxies.model import ModelProxy, ProxyScore, default_proxy, layer_sensitivity
+from dac_search.proxies.sensitivity import cached_layer_sensitivity
 from dac_search.proxies.synthetic import DistillSettings, bn_statistics_mismatch, synthetic_inputs
 
 __all__ = [
     "CORRECTIONS", "DistillSettings", "ModelProxy", "ProxyScore", "RefitSettings", "bn_statistics_mismatch",
-    "channel_importance", "default_inputs", "default_proxy", "following_batchnorms", "layer_error_table",
-    "layer_sensitivity", "materialize", "synthetic_inputs", "weight_error", "weight_errors",
+    "cached_layer_sensitivity", "channel_importance", "default_inputs", "default_proxy", "following_batchnorms",
+    "layer_error_table", "layer_sensitivity", "materialize", "synthetic_inputs", "weight_error", "weight_errors",
 ]

@@ -6,22 +6,16 @@ starts in seconds.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from dac_search.cost import CostModel
 from dac_search.decompose import decomposable_layers, max_rank
-from dac_search.atomic import write_text_atomic
 from dac_search.plan import LayerChoice, RankPlan
-from dac_search.proxies import ModelProxy, default_proxy, layer_sensitivity, synthetic_inputs
-from dac_search.proxies.synthetic import cache_root, model_fingerprint
+from dac_search.proxies import ModelProxy, cached_layer_sensitivity, default_proxy, synthetic_inputs
 from dac_search.search.budget import Budget
 from dac_search.search.config import SearchConfig
 from dac_search.search.measure import DevicePool
@@ -118,35 +112,15 @@ def candidates(model: nn.Module, methods: tuple[str, ...]) -> dict[str, list[Lay
     return out
 
 
-def _sensitivity_cache(proxy: ModelProxy, cands: dict[str, list[LayerChoice]]) -> Path:
-    """Same weights, same synthetic inputs, same correction and candidates: same table, whatever the budget."""
-    digest = hashlib.sha256()
-    digest.update(model_fingerprint(proxy.model).encode())
-    digest.update(proxy.inputs.detach().contiguous().numpy().tobytes())
-    if proxy.held_out:
-        digest.update(proxy.fit_inputs.detach().contiguous().numpy().tobytes())
-    digest.update(repr((proxy.correction, sorted((n, c.method, c.rank) for n, cs in cands.items() for c in cs))).encode())
-    return cache_root() / "sensitivity" / f"{digest.hexdigest()[:32]}.json"
-
-
 def _sensitivities(proxy: ModelProxy, cands: dict[str, list[LayerChoice]],
                    say: Say) -> dict[tuple[str, str, int], float]:
-    """KL of every single-layer change (the slow part of a cold start), cached on disk for later runs."""
-    cache = _sensitivity_cache(proxy, cands)
-    if cache.exists():
-        rows = json.loads(cache.read_text())
-        return {(r["layer"], r["method"], r["rank"]): r["kl"] for r in rows}
+    """KL of every single-layer change the space offers (cached on disk, shared with the benchmarks)."""
     methods = tuple(sorted({c.method for cs in cands.values() for c in cs}))
-    ranks = {(name, c.method): [] for name, cs in cands.items() for c in cs}
+    ranks: dict[tuple[str, str], list[int]] = {(name, m): [] for name in cands for m in methods}
     for name, cs in cands.items():
         for c in cs:
             ranks[(name, c.method)].append(c.rank)
-    say(f"measuring the proxy of {sum(len(c) for c in cands.values())} single-layer changes")
-    table = layer_sensitivity(proxy, layers=list(cands), methods=methods,
-                              ranks=lambda name, method: ranks[(name, method)])
-    write_text_atomic(cache, json.dumps([{"layer": k[0], "method": k[1], "rank": k[2], "kl": v}
-                                         for k, v in table.items()]))
-    return table
+    return cached_layer_sensitivity(proxy, list(cands), methods, lambda name, method: ranks[(name, method)], say)
 
 
 def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:

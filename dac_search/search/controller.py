@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone

@@ -12,7 +12,14 @@ from torch import nn
 from dac_search.decompose import ChannelConv2d, DacConv2d, SpatialConv2d, decomposable_layers
 from dac_search.errors import ConfigError
 from dac_search.plan import LayerChoice, RankPlan
-from dac_search.proxies import ModelProxy, default_proxy, layer_sensitivity, materialize, synthetic_inputs
+from dac_search.proxies import (
+    ModelProxy,
+    cached_layer_sensitivity,
+    default_proxy,
+    layer_sensitivity,
+    materialize,
+    synthetic_inputs,
+)
 
 from .conftest import SHAPE
 
@@ -147,3 +154,21 @@ def test_default_batch_keeps_its_pixel_count_as_inputs_grow() -> None:
     assert default_input_count((1, 3, 64, 64)) == 16
     assert default_input_count((1, 3, 224, 224)) == 8  # ImageNet: 8 images hold more pixels than 64 CIFAR ones
     assert default_input_count((1, 3, 8, 8)) == 64
+
+
+def test_the_cached_table_measures_only_what_it_lacks_and_is_keyed_by_the_proxy(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, resnet20: nn.Module, distilled: torch.Tensor) -> None:
+    monkeypatch.setenv("DAC_SEARCH_CACHE", str(tmp_path))
+    proxy = ModelProxy(resnet20, distilled[:8])
+    said: list[str] = []
+    first = cached_layer_sensitivity(proxy, ["layer3.2.conv2"], ("dac",), [1, 4], said.append)
+    assert first == layer_sensitivity(proxy, ["layer3.2.conv2"], ("dac",), ranks=[1, 4])
+    wider = cached_layer_sensitivity(proxy, ["layer3.2.conv2"], ("dac", "spatial"), [1, 4], said.append)
+    assert said == ["measuring the proxy of 2 single-layer changes"] * 2  # the spatial ones only
+    assert {k: wider[k] for k in first} == first and len(wider) == 4
+    assert cached_layer_sensitivity(proxy, ["layer3.2.conv2"], ("spatial",), [4], said.append) == {
+        ("layer3.2.conv2", "spatial", 4): wider[("layer3.2.conv2", "spatial", 4)]}
+    assert len(said) == 2  # nothing new to measure
+    other = ModelProxy(resnet20, distilled[8:16])  # other inputs: another table
+    cached_layer_sensitivity(other, ["layer3.2.conv2"], ("dac",), [1], said.append)
+    assert said[-1] == "measuring the proxy of 1 single-layer changes"
