@@ -41,14 +41,12 @@ from _common import (  # noqa: E402
 from dac_search.allocate import (  # noqa: E402
     FIRST_CONV,
     METHODS,
-    RANK_POINTS,
     allocate,
     allocate_uniform,
-    candidate_ranks,
     eligible_layers,
+    table_ranks,
 )
 from dac_search.cost import CostModel  # noqa: E402
-from dac_search.decompose import max_rank  # noqa: E402
 from dac_search.atomic import write_text_atomic  # noqa: E402
 from dac_search.plan import LayerChoice, RankPlan  # noqa: E402
 from dac_search.proxies.sensitivity import Key  # noqa: E402
@@ -89,16 +87,10 @@ def main(argv: list[str] | None = None) -> None:
         print()
 
 
-def candidate_ranks_of(model: torch.nn.Module, costs: CostModel, name: str, method: str) -> list[int]:
-    """The ranks the greedy and the search consider: every cheaper DAC rank, a few spatial / channel ones."""
-    limit = max_rank(model.get_submodule(name), method)
-    return candidate_ranks(costs, name, method, limit, None if method == "dac" else RANK_POINTS)
-
-
 def options(model: torch.nn.Module, costs: CostModel, name: str, methods: Sequence[str]) -> list[LayerChoice]:
     """The (method, rank) a plan may give a layer."""
     return [LayerChoice(method, r, "grouped" if method == "dac" else None)
-            for method in methods for r in candidate_ranks_of(model, costs, name, method)]
+            for method in methods for r in table_ranks(model, costs)(name, method)]
 
 
 def random_plan(model: torch.nn.Module, costs: CostModel, layers: Sequence[str], target: float,
@@ -142,7 +134,7 @@ def varied_plans(model: torch.nn.Module, costs: CostModel, count: int, low: floa
             plans.append((f"uniform dac r={rank}", plan))
     for weighted in (False, True):  # on the candidate ranks only, so every plan is in the KL tables
         table = layer_error_table(model, INPUT_SHAPE, METHODS, weighted=weighted, layers=layers,
-                                  ranks=lambda name, method: candidate_ranks_of(model, costs, name, method))
+                                  ranks=table_ranks(model, costs))
         for method in ("dac", "mixed"):
             for target in (high - 0.1, low + 0.15):
                 plan = allocate("greedy", model, INPUT_SHAPE, target, method, table=table)
@@ -161,9 +153,7 @@ def additive(table: Mapping[Key, float]) -> Callable[[RankPlan], float]:
 def proxies(model: torch.nn.Module, costs: CostModel) -> list[Proxy]:
     layers = eligible_layers(model, costs, (FIRST_CONV,))
 
-    def ranks(name: str, method: str) -> list[int]:
-        return candidate_ranks_of(model, costs, name, method)
-
+    ranks = table_ranks(model, costs)
     distilled = default_inputs(model, INPUT_SHAPE)
     gaussian = synthetic_inputs(model, INPUT_SHAPE, "gaussian", n=len(distilled), seed=0)
     weight = layer_error_table(model, INPUT_SHAPE, METHODS, layers=layers)

@@ -37,13 +37,11 @@ from _common import (  # noqa: E402
 from dac_search.allocate import (  # noqa: E402
     FIRST_CONV,
     METHODS,
-    RANK_POINTS,
     allocate,
-    candidate_ranks,
     eligible_layers,
+    table_ranks,
 )
 from dac_search.cost import CostModel  # noqa: E402
-from dac_search.decompose import max_rank  # noqa: E402
 from dac_search.plan import RankPlan  # noqa: E402
 from dac_search.proxies import ModelProxy, cached_layer_sensitivity, default_proxy  # noqa: E402
 from dac_search.search.budget import parse_budget  # noqa: E402
@@ -105,11 +103,8 @@ def run_model(spec: str, targets: list[float], rows: list[str], methods: list[st
     def table_for(correction: str | None) -> dict:
         if correction not in tables:
             proxies[correction] = default_proxy(model, INPUT_SHAPE, correction)
-
-            def ranks(name: str, method: str) -> list[int]:
-                limit_ = max_rank(model.get_submodule(name), method)
-                return candidate_ranks(costs, name, method, limit_, None if method == "dac" else RANK_POINTS)
-            tables[correction] = cached_layer_sensitivity(proxies[correction], layers, METHODS, ranks)
+            tables[correction] = cached_layer_sensitivity(proxies[correction], layers, METHODS,
+                                                          table_ranks(model, costs))
         return tables[correction]
 
     body = []

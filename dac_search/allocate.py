@@ -83,6 +83,15 @@ def candidate_ranks(costs: CostModel, name: str, method: str, limit: int, points
     return sorted(picks)
 
 
+def table_ranks(model: nn.Module, costs: CostModel) -> Callable[[str, str], list[int]]:
+    """The ranks a single-layer table holds, for greedy and the search alike: every cheaper DAC rank,
+    ``RANK_POINTS`` cheaper spatial / channel ones spread evenly."""
+    def ranks(name: str, method: str) -> list[int]:
+        limit = max_rank(model.get_submodule(name), method)
+        return candidate_ranks(costs, name, method, limit, None if method == "dac" else RANK_POINTS)
+    return ranks
+
+
 def _plan(input_shape: Sequence[int], choices: Mapping[str, LayerChoice], correction: str | None = None) -> RankPlan:
     return RankPlan(dict(choices), None, tuple(input_shape), correction)
 
@@ -174,10 +183,7 @@ def proxy_table(model: nn.Module, input_shape: Sequence[int], layers: Sequence[s
             raise ConfigError(f"unknown proxy {proxy!r}; choose one of {', '.join(LAYER_PROXIES)} or a ModelProxy")
         return layer_error_table(model, input_shape, methods, weighted=proxy == "bn-weight", layers=layers)
     if isinstance(proxy, ModelProxy):
-        def ranks(name: str, method: str) -> list[int]:
-            limit = max_rank(model.get_submodule(name), method)
-            return candidate_ranks(costs, name, method, limit, None if method == "dac" else RANK_POINTS)
-        return layer_sensitivity(proxy, layers, methods, ranks)
+        return layer_sensitivity(proxy, layers, methods, table_ranks(model, costs))
     return proxy
 
 

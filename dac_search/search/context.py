@@ -7,13 +7,13 @@ starts in seconds.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dac_search.allocate import FIRST_CONV, eligible_layers, table_ranks
 from dac_search.cost import CostModel
-from dac_search.decompose import decomposable_layers, max_rank
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies import ModelProxy, cached_layer_sensitivity, default_proxy, synthetic_inputs
 from dac_search.search.budget import Budget
@@ -24,11 +24,10 @@ from dac_search.search.space import LOG_LAMBDA_RANGE, SearchSpace
 from dac_search.zoo import default_input_shape, load_model
 from dac_search.errors import ConfigError
 from profilers.devices import load_device
-from profilers.latency_table import LatencyTable, rank_grid
+from profilers.latency_table import LatencyTable
 from profilers.table_builder import LatencyTableBuilder
 
 Say = Callable[[str], None]
-RANK_POINTS = 8  # ranks tried per layer for spatial and channel (DAC: every rank)
 
 
 @dataclass(frozen=True)
@@ -59,12 +58,19 @@ class SearchContext:
     pool: DevicePool | None
     table: LatencyTable | None
     device_info: dict | None
-    penalties: Mapping[tuple[str, str, int], float]  # single-layer KL of every (layer, method, rank)
+    penalties: dict[tuple[str, str, int], float]  # single-layer KL of every (layer, method, rank)
 
     def score(self, plan: RankPlan) -> PlanScore:
         whole = self.proxy.score(plan)
-        additive = sum(self.penalties[(name, c.method, c.rank)] for name, c in plan.layers.items())
+        additive = sum(self.penalty(name, choice) for name, choice in plan.layers.items())
         return PlanScore(math.sqrt(max(whole.kl, 0.0) * max(additive, 0.0)), whole.kl, additive, whole.agreement)
+
+    def penalty(self, name: str, choice: LayerChoice) -> float:
+        """Single-layer KL; measured now for a choice outside the space (the paper's uniform ranks)."""
+        key = (name, choice.method, choice.rank)
+        if key not in self.penalties:
+            self.penalties[key] = self.proxy.score(RankPlan({name: choice}, correction=self.proxy.correction)).kl
+        return self.penalties[key]
 
     def latency(self, plan: RankPlan) -> float | None:
         return None if self.table is None else self.table.predict(plan)
@@ -99,17 +105,13 @@ class SearchContext:
             self.pool.close()
 
 
-def candidates(model: nn.Module, methods: tuple[str, ...]) -> dict[str, list[LayerChoice]]:
-    """Per decomposable layer, every (method, rank) the search may pick (variants chosen later)."""
-    out = {}
-    for name, conv in decomposable_layers(model).items():
-        choices = []
-        for method in methods:
-            limit = max_rank(conv, method)
-            ranks = range(1, limit + 1) if method == "dac" else rank_grid(limit, RANK_POINTS)
-            choices += [LayerChoice(method, r, "grouped" if method == "dac" else None) for r in ranks]
-        out[name] = choices
-    return out
+def candidates(model: nn.Module, costs: CostModel, methods: tuple[str, ...]) -> dict[str, list[LayerChoice]]:
+    """Per layer, every (method, rank) the search may pick (variants chosen later): the options the
+    greedy allocator walks, so the search starts where the best baseline ends. The first conv stays."""
+    ranks = table_ranks(model, costs)
+    return {name: [LayerChoice(method, r, "grouped" if method == "dac" else None)
+                   for method in methods for r in ranks(name, method)]
+            for name in eligible_layers(model, costs, (FIRST_CONV,))}
 
 
 def _sensitivities(proxy: ModelProxy, cands: dict[str, list[LayerChoice]],
@@ -130,7 +132,7 @@ def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
         raise ConfigError(f"model {config.model!r} needs --input-shape N,C,H,W")
     shape = tuple(shape)
     costs = CostModel(model, shape)
-    cands = candidates(model, config.methods)
+    cands = candidates(model, costs, config.methods)
     if not cands:
         raise ConfigError(f"model {config.model!r} has no conv a factorisation can help")
 
