@@ -96,7 +96,10 @@ class SearchContext:
         return f"plans/trial-{trial}.json"
 
     def slack_of(self, point: Point) -> float:
-        """How far a point is over the budget, as a share of it (<= 0: within)."""
+        """How far a point is over the budget, as a share of it (<= 0: within). A relative latency budget
+        judges a measured point by its ratio to the original timed beside it."""
+        if self.budget.kind == "latency" and self.budget.fraction is not None and point.latency_ratio is not None:
+            return point.latency_ratio / self.budget.fraction - 1.0
         value = {"latency": point.latency_ms, "flops": point.flops, "params": point.params}[self.budget.kind]
         return float("inf") if value is None else self.budget.slack(value) / self.budget.value
 

@@ -236,8 +236,8 @@ def _final_front(ctx: SearchContext, run_dir: Path, points: list[Point], view: L
                  measure: bool) -> tuple[list[Point], bool, float | None]:
     """The Pareto front of the feasible trials, measured end to end on the device when there is one.
 
-    Also returns the original's latency when it was measured beside the candidates: a relative budget
-    (``0.6x``) is judged against the original measured in the same round, not hours earlier.
+    Also returns the original's latency (median) when it was timed beside the candidates: a relative
+    budget (``0.6x``) judges each plan against the original timed in its own session, not hours earlier.
     """
     complete = [p for p in points if p.state == "COMPLETE"]
     cost = (lambda p: p.latency_ms) if ctx.budget.objective == "latency_ms" else (lambda p: p.flops)
@@ -247,7 +247,8 @@ def _final_front(ctx: SearchContext, run_dir: Path, points: list[Point], view: L
         return (front, True, None) if front else (closest_misses(complete, ctx), False, None)
     # Predictions err: measure the best predicted plans near the budget; if none is within it when
     # measured, scale the predictions by what the measurements showed and measure the next best ones.
-    relative = ctx.budget.kind == "latency" and ctx.config.budget.value is None
+    # A relative budget (0.6x) is judged on each plan's ratio to the original timed in the same session.
+    relative = ctx.budget.kind == "latency" and ctx.budget.fraction is not None
     limit = ctx.config.measure_points * 2
     measured: list[Point] = []
     originals: list[float] = []
@@ -260,22 +261,33 @@ def _final_front(ctx: SearchContext, run_dir: Path, points: list[Point], view: L
             break
         view.say(f"measuring {len(candidates)} Pareto candidates end to end on {ctx.pool.config.name}")
         models = [ctx.proxy.build(RankPlan.load(run_dir / p.plan)) for p in candidates]
-        results = ctx.pool.measure([ctx.model, *models, ctx.model] if relative else models, ctx.input_shape)
-        if relative:  # the original before and after the candidates; the fastest timing is the strict one
-            originals += [results.pop(0).median_ms, results.pop().median_ms]
-            ctx.budget = ctx.config.budget.resolve(min(originals))
-        measured += [replace(point, latency_ms=result.median_ms, latency_iqr_ms=result.iqr_ms)
-                     for point, result in zip(candidates, results)]
+        if relative:
+            pairs = ctx.pool.measure_beside(ctx.model, models, ctx.input_shape)
+            originals += [pair.reference.median_ms for pair in pairs]
+            ctx.budget = ctx.config.budget.resolve(statistics.median(originals))  # for the report's line
+            measured += [replace(point, latency_ms=pair.result.median_ms, latency_iqr_ms=pair.result.iqr_ms,
+                                 latency_ratio=pair.ratio) for point, pair in zip(candidates, pairs)]
+        else:
+            results = ctx.pool.measure(models, ctx.input_shape)
+            measured += [replace(point, latency_ms=result.median_ms, latency_iqr_ms=result.iqr_ms)
+                         for point, result in zip(candidates, results)]
         measured = [replace(p, feasible=ctx.slack_of(p) <= 0) for p in measured]
         if any(p.feasible for p in measured) or ctx.budget.kind != "latency":
             break
-        ratios = [p.latency_ms / p.latency_predicted_ms for p in measured if p.latency_predicted_ms]
-        scale = max(scale, statistics.median(ratios)) if ratios else scale
-    original_ms = min(originals) if originals else None
+        errors = [_prediction_error(ctx, p) for p in measured if p.latency_predicted_ms]
+        scale = max(scale, statistics.median(errors)) if errors else scale
+    original_ms = statistics.median(originals) if originals else None
     front = pareto_front([p for p in measured if p.feasible], cost)
     if front:
         return front, True, original_ms
     return closest_misses(measured or complete, ctx), False, original_ms
+
+
+def _prediction_error(ctx: SearchContext, point: Point) -> float:
+    """Measured over predicted latency; for a paired measurement, on the scale of the table's original."""
+    if point.latency_ratio is not None and ctx.table is not None:
+        return point.latency_ratio * ctx.table.original_ms / point.latency_predicted_ms
+    return point.latency_ms / point.latency_predicted_ms
 
 
 def _scaled(point: Point, scale: float) -> Point:

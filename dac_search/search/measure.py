@@ -1,6 +1,7 @@
 """End-to-end latency of candidate models on a device or a pool of identical hosts.
 
-Each host gets its own profiler and thread; models are handed out from one queue. A host that fails
+Each host gets its own profiler and thread; batches of models are handed out from one queue, each
+measured in one interleaved session. A host that fails
 is set aside with a warning naming it, and its model goes back to the queue for the others.
 """
 
@@ -10,6 +11,7 @@ import queue
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -26,6 +28,19 @@ def export_for(runtime: str, model: nn.Module, path_stem: Path, input_shape: Seq
     if runtime == "torch":
         return export_torchscript(model, path_stem.with_suffix(".pt"), input_shape)
     return export_onnx(model, path_stem.with_suffix(".onnx"), input_shape)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A model and the reference it was interleaved with, in one session on one host."""
+
+    result: LatencyResult
+    reference: LatencyResult
+    host: str
+
+    @property
+    def ratio(self) -> float:
+        return self.result.median_ms / self.reference.median_ms
 
 
 class DevicePool:
@@ -54,18 +69,43 @@ class DevicePool:
 
     def measure(self, models: Sequence[nn.Module], input_shape: Sequence[int]) -> list[LatencyResult]:
         """Measure each model end to end; spread over the healthy hosts, in parallel."""
+        batches = self._measure([*models], input_shape, [[i] for i in range(len(models))])
+        return [results[0] for _, results in batches]
+
+    def measure_beside(self, reference: nn.Module, models: Sequence[nn.Module],
+                       input_shape: Sequence[int]) -> list[Paired]:
+        """Each model timed in one interleaved session with ``reference`` on the same host.
+
+        Their ratio is what a relative budget (``0.6x``) asks about: a slow spell of a shared machine
+        slows both alike, and in a pool no candidate is compared with another host's original.
+        One session per healthy host, the models dealt round-robin.
+        """
         if not models:
+            return []
+        hosts = max(1, sum(state != "failed" for state in self.state.values()))
+        deals = [list(range(start, len(models), hosts)) for start in range(min(hosts, len(models)))]
+        batches = self._measure([reference, *models], input_shape, [[0, *(i + 1 for i in deal)] for deal in deals])
+        paired: dict[int, Paired] = {}
+        for deal, (host, results) in zip(deals, batches):
+            for index, result in zip(deal, results[1:]):
+                paired[index] = Paired(result, results[0], host)
+        return [paired[i] for i in range(len(models))]
+
+    def _measure(self, models: list[nn.Module], input_shape: Sequence[int],
+                 batches: list[list[int]]) -> list[tuple[str, list[LatencyResult]]]:
+        if not batches:
             return []
         with tempfile.TemporaryDirectory(prefix="dac-search-measure-") as tmp:
             paths = [export_for(self.config.runtime, m, Path(tmp) / f"model-{i}", input_shape)
                      for i, m in enumerate(models)]
-            return self._spread(paths, input_shape)
+            return self._spread([[paths[i] for i in batch] for batch in batches], input_shape)
 
-    def _spread(self, paths: list[Path], input_shape: Sequence[int]) -> list[LatencyResult]:
+    def _spread(self, batches: list[list[Path]], input_shape: Sequence[int]) -> list[tuple[str, list[LatencyResult]]]:
+        """Each batch measured in one interleaved session on whichever healthy host is free."""
         todo: queue.Queue[int] = queue.Queue()
-        for index in range(len(paths)):
+        for index in range(len(batches)):
             todo.put(index)
-        results: dict[int, LatencyResult] = {}
+        results: dict[int, tuple[str, list[LatencyResult]]] = {}
         errors: list[ProfilerError] = []
         lock = threading.Lock()
 
@@ -77,7 +117,7 @@ class DevicePool:
                     return
                 self.state[host] = "measuring"
                 try:
-                    result = profiler.measure(paths[index], input_shape)
+                    measured = profiler.measure_many(batches[index], input_shape)
                 except ProfilerError as exc:
                     with lock:
                         errors.append(exc)
@@ -86,8 +126,8 @@ class DevicePool:
                     self.warn(f"device {self.config.name} host {host} set aside: {exc}")
                     return
                 with lock:
-                    results[index] = result
-                    self.measured[host] += 1
+                    results[index] = (host, measured)
+                    self.measured[host] += len(measured)
                 self.state[host] = "idle"
 
         healthy = [(h, p) for h, p in self._profilers.items() if self.state[h] != "failed"]
@@ -96,9 +136,9 @@ class DevicePool:
             thread.start()
         for thread in threads:
             thread.join()
-        if len(results) < len(paths):
+        if len(results) < len(batches):
             raise errors[-1] if errors else ProfilerError(f"device {self.config.name}: no healthy host left")
-        return [results[i] for i in range(len(paths))]
+        return [results[i] for i in range(len(batches))]
 
     def close(self) -> None:
         for profiler in self._profilers.values():

@@ -18,7 +18,7 @@ from dac_search.atomic import write_text_atomic
 
 RUN_FORMAT = "dac-search/run@1"
 COLUMNS = ("trial", "feasible", "proxy", "agreement", "flops", "params", "latency_ms", "latency_iqr_ms",
-           "latency_predicted_ms", "plan", "top1")
+           "latency_predicted_ms", "latency_ratio", "plan", "top1")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class Point:
     latency_predicted_ms: float | None
     plan: str | None
     top1: float | None = None
+    latency_ratio: float | None = None  # to the original timed in the same interleaved session
+
 
     def row(self, with_state: bool) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in COLUMNS}

@@ -67,3 +67,21 @@ def test_a_pool_with_no_healthy_host_names_the_device(sshd: SshServer, tmp_path:
     assert len(warnings) == 2
     with pytest.raises(ProfilerError, match="every host of device loopback-test has failed"):
         pool.primary
+
+
+def test_paired_measurement_times_each_model_beside_the_reference_on_its_own_host(
+        sshd: SshServer, tmp_path: Path) -> None:
+    warnings: list[str] = []
+    pool = _pool(sshd, tmp_path, ("127.0.0.1", "localhost"), warnings)
+    big = nn.Sequential(*(nn.Conv2d(32, 32, 3, padding=1) for _ in range(6))).eval()
+    small = nn.Sequential(nn.Conv2d(32, 8, 1), nn.Conv2d(8, 32, 1)).eval()
+    try:
+        pairs = pool.measure_beside(big, [small, small, big], (1, 32, 32, 32))
+    finally:
+        pool.close()
+    assert len(pairs) == 3 and {p.host for p in pairs} == {"127.0.0.1", "localhost"}
+    for pair in pairs:  # the reference was timed in the same session, on the same host
+        assert pair.result.conditions.host == pair.reference.conditions.host == pair.host
+    assert pairs[0].ratio < 0.5 and pairs[1].ratio < 0.5  # a few 1x1 convs against six 3x3 ones
+    assert 0.5 < pairs[2].ratio < 2.0  # the reference against itself
+    assert warnings == []
