@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,11 @@ REFERENCE_CONV = (32, 32, 3)
 REFERENCE_SHAPE = (1, 32, 16, 16)
 # Many small layers: fewer retries than a whole model; the runner protocol itself is unchanged.
 TABLE_SETTINGS = MeasureSettings(max_attempts=2)
+
+
+def table_settings(device: MeasureSettings) -> MeasureSettings:
+    """A device's own measurement settings (its cooldown, its repeats), with a table's fewer retries."""
+    return replace(device, max_attempts=min(device.max_attempts, TABLE_SETTINGS.max_attempts))
 MAX_MODELS_PER_CALL = 96  # bounds one runner call's duration
 MAX_BYTES_PER_CALL = 1 << 30  # and its memory: every model of a call is loaded at once
 _MODEL_PREFIX = "model:"  # a job timing the whole original model, not a layer

@@ -25,7 +25,7 @@ from dac_search.zoo import default_input_shape, load_model
 from dac_search.errors import ConfigError
 from profilers.devices import load_device
 from profilers.latency_table import LatencyTable
-from profilers.table_builder import LatencyTableBuilder
+from profilers.table_builder import LatencyTableBuilder, table_settings
 
 Say = Callable[[str], None]
 
@@ -145,9 +145,9 @@ def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
         pool = DevicePool(device, warn)
         device_info = {"name": device.name, "runtime": device.runtime, **pool.primary.info()}
         say(f"building the latency table on {device.name}")
-        builder = LatencyTableBuilder(pool.primary)
+        builder = LatencyTableBuilder(pool.primary, settings=table_settings(device.measure))
         table_cands = {n: [v for c in cs for v in _variants(c)] for n, cs in cands.items()}
-        table = builder.build(model, shape, candidates=lambda name, conv: table_cands[name])
+        table = builder.build(model, shape, candidates=lambda name, conv: table_cands.get(name, []))
         cands = {n: [_fastest(table, n, c) for c in cs] for n, cs in cands.items()}
         # Layers alone miss fusion and memory traffic, and cached timings are from another session:
         # re-anchor on the original measured now and fit the correction on whole models.

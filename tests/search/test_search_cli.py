@@ -54,6 +54,25 @@ def test_small_search_writes_every_result_file(hub_cache, tmp_path) -> None:
     assert again.returncode == 0 and len(rows(out / "trials.csv")) == 20  # nothing to do: already done
 
 
+def test_search_on_the_local_device_judges_each_plan_beside_the_original(hub_cache, tmp_path) -> None:
+    out = tmp_path / "run"
+    device = tmp_path / "quick.toml"  # short timings: this checks the plumbing, not the machine
+    device.write_text('name = "quick"\nkind = "local"\nthreads = 1\n'
+                      '[measure]\nwarmup_s = 0.05\nrepeat_s = 0.02\nrepeats = 7\nmax_attempts = 1\n')
+    result = run_cli(*SEARCH, "--methods", "dac", "--device", str(device), "--budget", "0.7x", "--trials", "12",
+                     "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    run = json.loads((out / "run.json").read_text())
+    original = run["baseline"]["latency_ms"]
+    assert original > 0 and run["budget"]["value"] == pytest.approx(0.7 * original, rel=1e-6)
+    pareto = rows(out / "pareto.csv")
+    assert pareto and all(p["feasible"] == "True" for p in pareto)
+    for point in pareto:  # measured end to end, each against the original timed in the same session
+        assert float(point["latency_ms"]) > 0 and float(point["latency_ratio"]) <= 0.7
+        assert point["latency_predicted_ms"] != point["latency_ms"]
+    assert all(t["latency_ratio"] == "" for t in rows(out / "trials.csv"))  # trials: table predictions only
+
+
 def test_resume_after_kill_9_loses_nothing_and_duplicates_nothing(hub_cache, tmp_path) -> None:
     out = tmp_path / "run"
     args = (*SEARCH, "--device", "none", "--budget", "50%flops", "--trials", "30", "--out", str(out))
