@@ -18,13 +18,13 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from torch import nn
 
 from dac_search.cost import CostModel
 from dac_search.decompose import METHODS, decomposable_layers, max_rank
 from dac_search.errors import ConfigError
+from dac_search.hull import Option, lower_hull
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies.layer import layer_error_table, weight_errors
 from dac_search.proxies.model import ModelProxy, layer_sensitivity
@@ -37,15 +37,6 @@ RANK_POINTS = 8  # ranks per layer a model-proxy table measures for spatial and 
 
 Table = Mapping[tuple[str, str, int], float]
 ProxyArg = str | ModelProxy | Table | None
-
-
-@dataclass(frozen=True)
-class Option:
-    """One way to run a layer (``choice`` None keeps the original) with its FLOPs and proxy penalty."""
-
-    choice: LayerChoice | None
-    flops: int
-    penalty: float
 
 
 def _methods(method: str) -> tuple[str, ...]:
@@ -187,27 +178,7 @@ def proxy_table(model: nn.Module, input_shape: Sequence[int], layers: Sequence[s
     return proxy
 
 
-def lower_hull(options: Sequence[Option]) -> list[Option]:
-    """The options a greedy walks through: the lower convex hull of (FLOPs, penalty), dearest first."""
-    ordered = sorted(options, key=lambda o: (-o.flops, o.penalty))
-    hull: list[Option] = []
-    for option in ordered:
-        if hull and option.flops == hull[-1].flops:
-            continue  # same cost, no better: the sort put the better one first
-        while hull and option.penalty <= hull[-1].penalty:
-            hull.pop()  # cheaper and no worse
-        while len(hull) >= 2 and _above(hull[-2], hull[-1], option):
-            hull.pop()
-        hull.append(option)
-    return hull
-
-
-def _above(a: Option, b: Option, c: Option) -> bool:
-    """b lies on or above the segment a-c: walking to lower FLOPs, the slope must keep rising."""
-    return (b.penalty - a.penalty) * (a.flops - c.flops) >= (c.penalty - a.penalty) * (a.flops - b.flops)
-
-
-def layer_hulls(costs: CostModel, layers: Sequence[str], methods: Sequence[str], table: Table) -> dict[str, list[Option]]:
+def layer_hulls(costs: CostModel, layers: Sequence[str], methods: Sequence[str], table: Table) -> dict[str, tuple[Option, ...]]:
     """Per layer, keep plus every tabulated cheaper option, reduced to its lower hull."""
     hulls = {}
     for name in layers:
@@ -217,7 +188,7 @@ def layer_hulls(costs: CostModel, layers: Sequence[str], methods: Sequence[str],
             if layer == name and method in methods:
                 choice = _choice(method, rank)
                 flops = costs.layer(name, choice).flops
-                if flops < keep.flops:
+                if flops < keep.cost:
                     options.append(Option(choice, flops, float(penalty)))
         hulls[name] = lower_hull(options)
     return hulls
@@ -232,7 +203,7 @@ def greedy_walk(hulls: Mapping[str, Sequence[Option]], baseline_flops: int, targ
     def push(name: str, order: int) -> None:
         hull, i = hulls[name], position[name]
         if i + 1 < len(hull):
-            saved = hull[i].flops - hull[i + 1].flops
+            saved = hull[i].cost - hull[i + 1].cost
             heapq.heappush(heap, ((hull[i + 1].penalty - hull[i].penalty) / saved, order, name))
 
     for order, name in enumerate(hulls):
@@ -241,7 +212,7 @@ def greedy_walk(hulls: Mapping[str, Sequence[Option]], baseline_flops: int, targ
     while total > target_flops and heap:
         _, _, name = heapq.heappop(heap)
         hull, i = hulls[name], position[name]
-        total -= hull[i].flops - hull[i + 1].flops
+        total -= hull[i].cost - hull[i + 1].cost
         position[name] = i + 1
         order += 1
         push(name, order)
@@ -261,7 +232,7 @@ def refill(hulls: Mapping[str, Sequence[Option]], position: dict[str, int], tota
             if i == 0:
                 continue
             hull = hulls[name]
-            extra = hull[i - 1].flops - hull[i].flops
+            extra = hull[i - 1].cost - hull[i].cost
             if total + extra <= target_flops:
                 gain = (hull[i].penalty - hull[i - 1].penalty) / extra
                 if best is None or gain > best[0]:
@@ -269,7 +240,7 @@ def refill(hulls: Mapping[str, Sequence[Option]], position: dict[str, int], tota
         if best is None:
             return
         name = best[1]
-        total += hulls[name][position[name] - 1].flops - hulls[name][position[name]].flops
+        total += hulls[name][position[name] - 1].cost - hulls[name][position[name]].cost
         position[name] -= 1
 
 
@@ -289,7 +260,7 @@ def lazy_walk(hulls: Mapping[str, Sequence[Option]], baseline_flops: int, target
         hull, i = hulls[name], position[name]
         if i + 1 < len(hull):
             order += 1
-            ratio = (hull[i + 1].penalty - hull[i].penalty) / (hull[i].flops - hull[i + 1].flops)
+            ratio = (hull[i + 1].penalty - hull[i].penalty) / (hull[i].cost - hull[i + 1].cost)
             heapq.heappush(heap, (ratio, order, name, -1, 0.0))
 
     def picked(moved: str | None = None) -> dict[str, Option]:
@@ -300,7 +271,7 @@ def lazy_walk(hulls: Mapping[str, Sequence[Option]], baseline_flops: int, target
     while total > target_flops and heap:
         _, _, name, measured_at, penalty = heapq.heappop(heap)
         hull, i = hulls[name], position[name]
-        saved = hull[i].flops - hull[i + 1].flops
+        saved = hull[i].cost - hull[i + 1].cost
         if measured_at == version:  # fresh and still the best: take it
             position[name], total, current, version = i + 1, total - saved, penalty, version + 1
             push_stale(name)

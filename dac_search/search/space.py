@@ -14,19 +14,11 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from dac_search.hull import Option, lower_hull
 from dac_search.plan import LayerChoice, RankPlan
 
 LOG_LAMBDA_RANGE = (-5.0, 3.0)
 SHIFTS = (-1, 0, 1)
-
-
-@dataclass(frozen=True)
-class Option:
-    """One way to run a layer: ``choice`` None keeps the original conv."""
-
-    choice: LayerChoice | None
-    cost: float  # in the search's cost unit, as a share of the whole original model's cost
-    penalty: float  # proxy when only this layer is changed (0 for keep)
 
 
 @dataclass(frozen=True)
@@ -41,24 +33,6 @@ class LayerOptions:
 
     def pick(self, lam: float, shift: int = 0) -> Option:
         return self.hull[self.index(lam, shift)]
-
-
-def lower_hull(options: Sequence[Option]) -> tuple[Option, ...]:
-    """The options some lambda would pick: the lower-left convex hull of (cost, penalty), costly first."""
-    ordered = sorted(options, key=lambda o: (-o.cost, o.penalty))
-    hull: list[Option] = []
-    for option in ordered:
-        while hull and option.penalty <= hull[-1].penalty:  # cheaper and no worse: dominates the last
-            hull.pop()
-        while len(hull) >= 2 and _turns_wrong(hull[-2], hull[-1], option):
-            hull.pop()
-        hull.append(option)
-    return tuple(hull)
-
-
-def _turns_wrong(a: Option, b: Option, c: Option) -> bool:
-    """True when b lies above the segment a-c (walking to lower cost, penalties must rise convexly)."""
-    return (b.penalty - a.penalty) * (a.cost - c.cost) >= (c.penalty - a.penalty) * (a.cost - b.cost)
 
 
 class SearchSpace:

@@ -8,16 +8,15 @@ from torch import nn
 
 from dac_search.allocate import (
     FIRST_CONV,
-    Option,
     allocate,
     allocate_energy,
     allocate_greedy,
     allocate_uniform,
     greedy_walk,
     layer_hulls,
-    lower_hull,
     refill,
 )
+from dac_search.hull import Option, lower_hull
 from dac_search.cost import CostModel
 from dac_search.decompose import DacConv2d, decompose_model
 from dac_search.errors import ConfigError
@@ -40,7 +39,7 @@ def largest_step(costs: CostModel, resnet20: nn.Module, method: str, proxy: str)
     names = [n for n in costs.geometry if n != "conv1"]
     table = layer_error_table(resnet20, SHAPE, methods, weighted=proxy == "bn-weight", layers=names)
     hulls = layer_hulls(costs, names, methods, table)
-    return max(h[i].flops - h[i + 1].flops for h in hulls.values() for i in range(len(h) - 1))
+    return max(h[i].cost - h[i + 1].cost for h in hulls.values() for i in range(len(h) - 1))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -122,7 +121,7 @@ def test_greedy_walk_spends_the_slack_its_last_step_left() -> None:
 def test_lower_hull_drops_dominated_and_concave_options() -> None:
     keep, a, b, c, d = (Option(None, 100, 0.0), Option(None, 80, 1.0), Option(None, 60, 5.0),
                         Option(None, 40, 6.0), Option(None, 50, 9.0))
-    assert lower_hull([keep, a, b, c, d]) == [keep, a, c]  # b lies above a-c; d is dearer and worse than c
+    assert lower_hull([keep, a, b, c, d]) == (keep, a, c)  # b lies above a-c; d is dearer and worse than c
 
 
 def test_bad_requests_are_refused(resnet20: nn.Module) -> None:

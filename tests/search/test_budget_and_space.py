@@ -11,7 +11,8 @@ from dac_search.plan import LayerChoice
 from dac_search.search.budget import parse_budget
 from dac_search.search.config import parse_duration
 from dac_search.search.refine import moves, propose
-from dac_search.search.space import LayerOptions, Option, SearchSpace, lower_hull
+from dac_search.hull import Option, lower_hull
+from dac_search.search.space import LayerOptions, SearchSpace
 
 
 @pytest.mark.parametrize("text,kind,value,fraction", [
