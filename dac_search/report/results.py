@@ -114,6 +114,7 @@ class TrialRow:
     latency_iqr_ms: float | None
     plan: str | None
     top1: float | None = None
+    latency_ratio: float | None = None  # to the original timed in the same session (relative budgets)
 
     @property
     def complete(self) -> bool:
@@ -354,6 +355,7 @@ def _row(record: Mapping[str, str | None], state_column: bool, where: str) -> Tr
         latency_iqr_ms=parse("latency_iqr_ms", _finite, "a finite number"),
         plan=cell("plan") or None,
         top1=parse("top1", _finite, "a finite number"),
+        latency_ratio=parse("latency_ratio", _finite, "a finite number"),
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dac_search.report.results import Budget, TrialRow
+from dac_search.report.results import Baseline, Budget, TrialRow
 from dac_search.report.summary import ReportData
 
 DASH = "–"
@@ -50,6 +50,15 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
+def _speedup(base: Baseline, row: TrialRow | None) -> float | None:
+    """Original over plan latency; for a paired measurement, against the original timed beside it."""
+    if row is None:
+        return 1.0 if base.latency_ms is not None else None
+    if row.latency_ratio:
+        return 1.0 / row.latency_ratio
+    return _ratio(base.latency_ms, row.latency_ms)
+
+
 def pareto_table(data: ReportData) -> TextTable:
     """The original model, then the Pareto points by cost: what a person chooses from."""
     base = data.results.info.baseline
@@ -74,7 +83,7 @@ def pareto_table(data: ReportData) -> TextTable:
         if data.has_latency:
             latency = base.latency_ms if row is None else row.latency_ms
             iqr = base.latency_iqr_ms if row is None else row.latency_iqr_ms
-            values += [fmt_float(latency, 3), fmt_float(iqr, 3), fmt_ratio(_ratio(base.latency_ms, latency))]
+            values += [fmt_float(latency, 3), fmt_float(iqr, 3), fmt_ratio(_speedup(base, row))]
         if data.has_top1:
             values += [fmt_float(data.original_top1 if row is None else row.top1, 2)]
         return (*values, note)
@@ -177,7 +186,7 @@ def _best_text(data: ReportData) -> str:
         drop = "" if data.original_top1 is None else f" ({best.top1 - data.original_top1:+.2f} vs original)"
         parts.append(f"top-1 {best.top1:.2f} %{drop}")
     if best.latency_ms is not None:
-        speedup = _ratio(info.baseline.latency_ms, best.latency_ms)
+        speedup = _speedup(info.baseline, best)
         parts.append(f"latency {best.latency_ms:.3f} ms" + ("" if speedup is None else f" ({speedup:.2f}× faster)"))
     parts.append(f"FLOPs {fmt_ratio(_ratio(best.flops, info.baseline.flops))} of the original")
     return ", ".join(parts)

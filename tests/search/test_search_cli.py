@@ -71,6 +71,8 @@ def test_search_on_the_local_device_judges_each_plan_beside_the_original(hub_cac
         assert float(point["latency_ms"]) > 0 and float(point["latency_ratio"]) <= 0.7
         assert point["latency_predicted_ms"] != point["latency_ms"]
     assert all(t["latency_ratio"] == "" for t in rows(out / "trials.csv"))  # trials: table predictions only
+    report = (out / "report.md").read_text()
+    assert all(f"{1 / float(p['latency_ratio']):.2f}×" in report for p in pareto)  # speed-up of the pair
 
 
 def test_resume_after_kill_9_loses_nothing_and_duplicates_nothing(hub_cache, tmp_path) -> None:
