@@ -3,7 +3,8 @@
 It is the slow part of a cold start (about 10 minutes for ResNet-56 with the refit, more with every
 method) and depends on the proxy alone: weights, scored and fitted inputs, correction and its settings.
 Entries accumulate in one file per proxy, so a search over DAC alone reuses a table measured for every
-method, and only the missing (layer, method, rank) entries are ever measured.
+method, and only the missing (layer, method, rank) entries are ever measured. Writes are atomic; two
+processes filling the same table at once may drop each other's new entries, which are then measured again.
 """
 
 from __future__ import annotations
