@@ -149,14 +149,11 @@ def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
         table_cands = {n: [v for c in cs for v in _variants(c)] for n, cs in cands.items()}
         table = builder.build(model, shape, candidates=lambda name, conv: table_cands.get(name, []))
         cands = {n: [_fastest(table, n, c) for c in cs] for n, cs in cands.items()}
-        # Layers alone miss fusion and memory traffic, and cached timings are from another session:
-        # re-anchor on the original measured now and fit the correction on whole models.
-        say("calibrating the latency table on whole models")
-        table, _ = builder.calibrate(table, model, _calibration_plans(cands, shape))
 
-    baselines = {"latency": table.original_ms if table else None,
-                 "flops": costs.baseline.flops, "params": costs.baseline.params}
-    budget = config.budget.resolve(baselines[config.budget.kind])
+    def baseline_of(kind: str) -> float | None:
+        return {"latency": table.original_ms if table else None,
+                "flops": costs.baseline.flops, "params": costs.baseline.params}[kind]
+    budget = config.budget.resolve(baseline_of(config.budget.kind))  # again once the table is calibrated
 
     torch.manual_seed(config.seed)
     if config.correction:
@@ -178,13 +175,28 @@ def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
             return costs.layer(name, choice).flops / costs.baseline.flops
     space = SearchSpace.build(cands, share, lambda name, c: penalties[(name, c.method, c.rank)],
                               config.model, shape, config.correction)
+    if table is not None:
+        # Layers alone miss fusion and memory traffic, and cached timings are from another session:
+        # re-anchor on the original measured now, and fit the correction on whole models like those the
+        # search will compare (shares are ratios of table timings: the re-anchoring leaves them as they are).
+        def share_of(plan: RankPlan) -> float:
+            if budget.kind == "latency":
+                return table.predict(plan) / table.original_ms
+            cost = costs.cost(plan)
+            return (cost.flops if budget.kind == "flops" else cost.params) / baseline_of(budget.kind)
+        say("calibrating the latency table on whole models")
+        target = budget.value / baseline_of(budget.kind)
+        table, _ = builder.calibrate(table, model, _calibration_plans(space, cands, shape, target, share_of))
+        budget = config.budget.resolve(baseline_of(config.budget.kind))
     return SearchContext(config, model, shape, costs, budget, proxy, space, pool, table, device_info, penalties)
 
 
-def _calibration_plans(cands: dict[str, list[LayerChoice]], shape: tuple[int, ...]) -> list[RankPlan]:
-    """Every layer at its cheapest, middle and dearest candidate: whole models spanning the range."""
-    plans = []
-    for pick in (lambda cs: cs[0], lambda cs: cs[len(cs) // 2], lambda cs: cs[-1]):
+def _calibration_plans(space: SearchSpace, cands: dict[str, list[LayerChoice]], shape: tuple[int, ...],
+                       target: float, share_of: Callable[[RankPlan], float]) -> list[RankPlan]:
+    """The additive optimum at the budget and 15% either side (where the search's plans will be), and
+    every layer at its cheapest and at its dearest candidate, so the fit also spans the whole range."""
+    plans = [space.plan(space.log_lambda_for(target * f, share_of)) for f in (1.15, 1.0, 0.85)]
+    for pick in (lambda cs: cs[0], lambda cs: cs[-1]):
         plans.append(RankPlan({name: pick(cs) for name, cs in cands.items() if cs}, input_shape=shape))
     return plans
 
