@@ -31,6 +31,7 @@ from dac_search.search.study import WORKER, enqueue_warm_starts, fail_dead_trial
 
 WARM_START_SHARES = (0.8, 0.6, 0.5, 0.4)
 MEASURE_ROUNDS = 3  # end-to-end measurement rounds at the end, each with predictions rescaled
+NEAR_BUDGET = 0.1  # plans predicted up to 10% over the budget are worth measuring
 TPE_EVERY = 4  # one trial in four is TPE's; the others refine the best feasible plan
 
 
@@ -168,9 +169,13 @@ def _search(ctx: SearchContext, run_dir: Path, view: LiveView) -> SearchOutcome:
             interrupted = True
     points = _points(study)
     write_trials(run_dir, points)
-    front, feasible, original_ms = _final_front(ctx, run_dir, points, view, measure=not interrupted)
-    if original_ms is not None:
-        baseline["latency_ms"] = original_ms  # measured in the same rounds as the front
+    final = _final_front(ctx, run_dir, points, view, measure=not interrupted)
+    front, feasible = final.points, final.feasible
+    if final.measured:  # end-to-end timings replace the table's predictions in trials.csv too
+        measured = {p.trial: p for p in final.measured}
+        write_trials(run_dir, [measured.get(p.trial, p) for p in points])
+    if final.original_ms is not None:
+        baseline["latency_ms"] = final.original_ms  # measured in the same sessions as the front
     if config.eval_data and not interrupted:
         front, baseline = _with_top1(ctx, run_dir, front, baseline)
     write_pareto(run_dir, front)
@@ -232,22 +237,34 @@ def _points(study: optuna.Study) -> list[Point]:
     return points
 
 
+@dataclass(frozen=True)
+class FinalFront:
+    """What a search reports: ``points`` (the front, or the closest misses when nothing is ``feasible``),
+    every plan ``measured`` end to end, and the original's median latency timed beside them."""
+
+    points: list[Point]
+    feasible: bool
+    measured: list[Point]
+    original_ms: float | None
+
+
 def _final_front(ctx: SearchContext, run_dir: Path, points: list[Point], view: LiveView,
-                 measure: bool) -> tuple[list[Point], bool, float | None]:
+                 measure: bool) -> FinalFront:
     """The Pareto front of the feasible trials, measured end to end on the device when there is one.
 
-    Also returns the original's latency (median) when it was timed beside the candidates: a relative
-    budget (``0.6x``) judges each plan against the original timed in its own session, not hours earlier.
+    A relative budget (``0.6x``) judges each plan against the original timed in its own session, not
+    hours earlier.
     """
     complete = [p for p in points if p.state == "COMPLETE"]
     cost = (lambda p: p.latency_ms) if ctx.budget.objective == "latency_ms" else (lambda p: p.flops)
     feasible = [p for p in complete if p.feasible]
     if ctx.pool is None or not measure:
         front = pareto_front(feasible, cost)
-        return (front, True, None) if front else (closest_misses(complete, ctx), False, None)
-    # Predictions err: measure the best predicted plans near the budget; if none is within it when
-    # measured, scale the predictions by what the measurements showed and measure the next best ones.
-    # A relative budget (0.6x) is judged on each plan's ratio to the original timed in the same session.
+        return FinalFront(front or closest_misses(complete, ctx), bool(front), [], None)
+    # Predictions err: measure the best-proxy plans predicted near the budget, then rescale the predictions
+    # by what was measured and go on while an unmeasured plan that may fit has a better proxy than the best
+    # measured plan that fits. A relative budget (0.6x) is judged on each plan's ratio to the original
+    # timed in the same session.
     relative = ctx.budget.kind == "latency" and ctx.budget.fraction is not None
     limit = ctx.config.measure_points * 2
     measured: list[Point] = []
@@ -255,7 +272,9 @@ def _final_front(ctx: SearchContext, run_dir: Path, points: list[Point], view: L
     scale = 1.0
     for _ in range(MEASURE_ROUNDS):
         done = {p.trial for p in measured}
-        near = [p for p in complete if p.trial not in done and ctx.slack_of(_scaled(p, scale)) <= 0.1]
+        best = min((p.proxy for p in measured if p.feasible), default=float("inf"))
+        near = [p for p in complete if p.trial not in done and p.proxy < best
+                and ctx.slack_of(_scaled(ctx, p, scale)) <= NEAR_BUDGET]
         candidates = pareto_front(near, cost)[-limit:]  # the front is cheapest first: keep the best proxies
         if not candidates:
             break
@@ -272,15 +291,13 @@ def _final_front(ctx: SearchContext, run_dir: Path, points: list[Point], view: L
             measured += [replace(point, latency_ms=result.median_ms, latency_iqr_ms=result.iqr_ms)
                          for point, result in zip(candidates, results)]
         measured = [replace(p, feasible=ctx.slack_of(p) <= 0) for p in measured]
-        if any(p.feasible for p in measured) or ctx.budget.kind != "latency":
-            break
+        if ctx.budget.kind != "latency":
+            break  # FLOPs and parameters are exact: nothing to rescale
         errors = [_prediction_error(ctx, p) for p in measured if p.latency_predicted_ms]
-        scale = max(scale, statistics.median(errors)) if errors else scale
+        scale = statistics.median(errors) if errors else scale
     original_ms = statistics.median(originals) if originals else None
     front = pareto_front([p for p in measured if p.feasible], cost)
-    if front:
-        return front, True, original_ms
-    return closest_misses(measured or complete, ctx), False, original_ms
+    return FinalFront(front or closest_misses(measured or complete, ctx), bool(front), measured, original_ms)
 
 
 def _prediction_error(ctx: SearchContext, point: Point) -> float:
@@ -290,11 +307,14 @@ def _prediction_error(ctx: SearchContext, point: Point) -> float:
     return point.latency_ms / point.latency_predicted_ms
 
 
-def _scaled(point: Point, scale: float) -> Point:
-    """A point whose predicted latency is scaled by what end-to-end measurements showed."""
-    if point.latency_ms is None or scale == 1.0:
+def _scaled(ctx: SearchContext, point: Point, scale: float) -> Point:
+    """A point whose predicted latency is scaled by what end-to-end measurements showed. Under a relative
+    budget, also as a ratio to the table's original: the scale its predictions are on."""
+    if point.latency_ms is None or ctx.table is None:
         return point
-    return replace(point, latency_ms=point.latency_ms * scale)
+    latency = point.latency_ms * scale
+    relative = ctx.budget.kind == "latency" and ctx.budget.fraction is not None
+    return replace(point, latency_ms=latency, latency_ratio=latency / ctx.table.original_ms if relative else None)
 
 
 def _uniform_baseline(ctx: SearchContext) -> list[dict[str, Any]]:
