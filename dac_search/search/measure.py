@@ -1,8 +1,8 @@
 """End-to-end latency of candidate models on a device or a pool of identical hosts.
 
 Each host gets its own profiler and thread; batches of models are handed out from one queue, each
-measured in one interleaved session. A host that fails
-is set aside with a warning naming it, and its model goes back to the queue for the others.
+measured in one interleaved session. A host that fails is set aside with a warning naming it, and its
+batch goes back to the queue for the others.
 """
 
 from __future__ import annotations
