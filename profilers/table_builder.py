@@ -189,7 +189,8 @@ class LatencyTableBuilder:
         calibrated = table.with_original(min(first, last)).calibrated(list(zip(plans, measured)))
         cache = self._open_cache()
         key = _structure_key(model, table.input_shape)
-        correction = {"scale": calibrated.correction.scale, "n": calibrated.correction.n}
+        correction = {"scale": calibrated.correction.scale, "n": calibrated.correction.n,
+                      "offset": calibrated.correction.offset}
         cache.models[key] = {**cache.models.get(key, {}), "correction": correction}
         cache.save()
         return calibrated, measured

@@ -102,6 +102,20 @@ def test_correction_fit_and_round_trip(tmp_path: Path) -> None:
     assert LatencyTable.load(table.save(tmp_path / "t.json")) == table
 
 
+def test_correction_fits_an_offset_for_any_change_when_the_points_allow() -> None:
+    # measured = 1.3 x predicted change + 6% of a 2 ms original, whenever anything changes
+    deltas = [(p, 1.3 * p + 0.12) for p in (-0.2, -0.6, -0.9, -1.2)]
+    fitted = Correction.fit(deltas, original_ms=2.0)
+    assert fitted.scale == pytest.approx(1.3) and fitted.offset == pytest.approx(0.06) and fitted.n == 4
+    assert fitted.apply(2.0, 2.0, changed=False) == 2.0  # the original itself stays the original
+    assert fitted.apply(2.0, 1.5) == pytest.approx(2.0 - 0.65 + 0.12)
+    assert Correction.fit([(-0.5, -0.4), (-0.5, -0.6), (-0.5, -0.5)]).offset == 0.0  # one prediction: scale only
+    assert Correction.fit([(-0.1, 5.0), (-0.2, 5.0), (-0.3, 5.0)]).offset == Correction.OFFSET_LIMIT
+    table = _table().calibrated([(RankPlan({"a": LayerChoice("channel", r)}), ms)
+                                 for r, ms in ((2, 4.7), (6, 4.9), (2, 4.7))])
+    assert table.predict(RankPlan()) == table.original_ms == 5.0
+
+
 def test_rank_grid() -> None:
     assert rank_grid(9) == list(range(1, 10))
     grid = rank_grid(192)
