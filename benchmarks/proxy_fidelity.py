@@ -44,11 +44,12 @@ from dac_search.allocate import (  # noqa: E402
     allocate,
     allocate_uniform,
     eligible_layers,
+    table_choices,
     table_ranks,
 )
 from dac_search.cost import CostModel  # noqa: E402
 from dac_search.atomic import write_text_atomic  # noqa: E402
-from dac_search.plan import LayerChoice, RankPlan  # noqa: E402
+from dac_search.plan import RankPlan  # noqa: E402
 from dac_search.proxies.sensitivity import Key  # noqa: E402
 from dac_search.proxies import (  # noqa: E402
     ModelProxy,
@@ -87,17 +88,11 @@ def main(argv: list[str] | None = None) -> None:
         print()
 
 
-def options(model: torch.nn.Module, costs: CostModel, name: str, methods: Sequence[str]) -> list[LayerChoice]:
-    """The (method, rank) a plan may give a layer."""
-    return [LayerChoice(method, r, "grouped" if method == "dac" else None)
-            for method in methods for r in table_ranks(model, costs)(name, method)]
-
-
 def random_plan(model: torch.nn.Module, costs: CostModel, layers: Sequence[str], target: float,
                 methods: Sequence[str], rng: random.Random) -> RankPlan:
     """Each layer keeps about ``scale * w`` of its FLOPs (w random per layer, method random), scale bisected."""
     weights = {n: rng.lognormvariate(0.0, 0.6) for n in layers}
-    menus = {n: options(model, costs, n, [rng.choice(methods)]) for n in layers}
+    menus = {n: table_choices(model, costs, n, [rng.choice(methods)]) for n in layers}
 
     def plan_at(scale: float) -> RankPlan:
         choices = {}

@@ -83,6 +83,12 @@ def table_ranks(model: nn.Module, costs: CostModel) -> Callable[[str, str], list
     return ranks
 
 
+def table_choices(model: nn.Module, costs: CostModel, name: str, methods: Sequence[str]) -> list[LayerChoice]:
+    """The (method, rank) choices of ``table_ranks`` for one layer, DAC in its grouped layout."""
+    ranks = table_ranks(model, costs)
+    return [_choice(method, rank) for method in methods for rank in ranks(name, method)]
+
+
 def _plan(input_shape: Sequence[int], choices: Mapping[str, LayerChoice], correction: str | None = None) -> RankPlan:
     return RankPlan(dict(choices), None, tuple(input_shape), correction)
 
@@ -178,7 +184,8 @@ def proxy_table(model: nn.Module, input_shape: Sequence[int], layers: Sequence[s
     return proxy
 
 
-def layer_hulls(costs: CostModel, layers: Sequence[str], methods: Sequence[str], table: Table) -> dict[str, tuple[Option, ...]]:
+def layer_hulls(costs: CostModel, layers: Sequence[str], methods: Sequence[str],
+                table: Table) -> dict[str, tuple[Option, ...]]:
     """Per layer, keep plus every tabulated cheaper option, reduced to its lower hull."""
     hulls = {}
     for name in layers:

@@ -92,6 +92,9 @@ class Correction:
     LIMITS: ClassVar[tuple[float, float]] = (0.25, 4.0)
     OFFSET_LIMIT: ClassVar[float] = 0.5
 
+    def to_dict(self) -> dict[str, float]:
+        return {"scale": self.scale, "n": self.n, "offset": self.offset}
+
     def apply(self, original_ms: float, predicted_ms: float, changed: bool = True) -> float:
         shift = self.offset * original_ms if changed else 0.0
         return original_ms + self.scale * (predicted_ms - original_ms) + shift
@@ -220,7 +223,7 @@ class LatencyTable:
             "threads": self.threads,
             "input_shape": list(self.input_shape),
             "original_ms": self.original_ms,
-            "correction": {"scale": self.correction.scale, "n": self.correction.n, "offset": self.correction.offset},
+            "correction": self.correction.to_dict(),
             "layers": dict(self.layers),
             "timings": {g: {k: [t.median_ms, t.iqr_ms] for k, t in row.items()} for g, row in self.timings.items()},
         }

@@ -34,14 +34,14 @@ REFERENCE_CONV = (32, 32, 3)
 REFERENCE_SHAPE = (1, 32, 16, 16)
 # Many small layers: fewer retries than a whole model; the runner protocol itself is unchanged.
 TABLE_SETTINGS = MeasureSettings(max_attempts=2)
+MAX_MODELS_PER_CALL = 96  # bounds one runner call's duration
+MAX_BYTES_PER_CALL = 1 << 30  # and its memory: every model of a call is loaded at once
+_MODEL_PREFIX = "model:"  # a job timing the whole original model, not a layer
 
 
 def table_settings(device: MeasureSettings) -> MeasureSettings:
     """A device's own measurement settings (its cooldown, its repeats), with a table's fewer retries."""
     return replace(device, max_attempts=min(device.max_attempts, TABLE_SETTINGS.max_attempts))
-MAX_MODELS_PER_CALL = 96  # bounds one runner call's duration
-MAX_BYTES_PER_CALL = 1 << 30  # and its memory: every model of a call is loaded at once
-_MODEL_PREFIX = "model:"  # a job timing the whole original model, not a layer
 
 
 def default_cache_dir() -> Path:
@@ -189,9 +189,7 @@ class LatencyTableBuilder:
         calibrated = table.with_original(min(first, last)).calibrated(list(zip(plans, measured)))
         cache = self._open_cache()
         key = _structure_key(model, table.input_shape)
-        correction = {"scale": calibrated.correction.scale, "n": calibrated.correction.n,
-                      "offset": calibrated.correction.offset}
-        cache.models[key] = {**cache.models.get(key, {}), "correction": correction}
+        cache.models[key] = {**cache.models.get(key, {}), "correction": calibrated.correction.to_dict()}
         cache.save()
         return calibrated, measured
 

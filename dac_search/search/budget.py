@@ -38,6 +38,11 @@ class Budget:
         return UNITS[self.kind]
 
     @property
+    def relative_latency(self) -> bool:
+        """A latency budget as a share of the original's (``0.6x``): judged on a plan's ratio to it."""
+        return self.kind == "latency" and self.fraction is not None
+
+    @property
     def objective(self) -> str:
         """The cost the search minimises beside the proxy (parameters are a constraint on a FLOPs search)."""
         return "latency_ms" if self.kind == "latency" else "flops"

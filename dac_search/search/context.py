@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dac_search.allocate import FIRST_CONV, eligible_layers, table_ranks
+from dac_search.allocate import FIRST_CONV, eligible_layers, table_choices, table_ranks
 from dac_search.cost import CostModel
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies import ModelProxy, cached_layer_sensitivity, default_proxy, synthetic_inputs
@@ -67,10 +67,11 @@ class SearchContext:
         return PlanScore(math.sqrt(max(whole.kl, 0.0) * max(additive, 0.0)), whole.kl, additive, whole.agreement)
 
     def penalty(self, name: str, choice: LayerChoice) -> float:
-        """Single-layer KL; measured now for a choice outside the space (the paper's uniform ranks)."""
+        """Single-layer KL; for a choice outside the space (the paper's uniform ranks), from the same disk
+        cache as the rest, so a resumed search does not measure it again."""
         key = (name, choice.method, choice.rank)
         if key not in self.penalties:
-            self.penalties[key] = self.proxy.score(RankPlan({name: choice}, correction=self.proxy.correction)).kl
+            self.penalties.update(cached_layer_sensitivity(self.proxy, [name], [choice.method], [choice.rank]))
         return self.penalties[key]
 
     def latency(self, plan: RankPlan) -> float | None:
@@ -99,7 +100,7 @@ class SearchContext:
     def slack_of(self, point: Point) -> float:
         """How far a point is over the budget, as a share of it (<= 0: within). A relative latency budget
         judges a measured point by its ratio to the original timed beside it."""
-        if self.budget.kind == "latency" and self.budget.fraction is not None and point.latency_ratio is not None:
+        if self.budget.relative_latency and point.latency_ratio is not None:
             return point.latency_ratio / self.budget.fraction - 1.0
         value = {"latency": point.latency_ms, "flops": point.flops, "params": point.params}[self.budget.kind]
         return float("inf") if value is None else self.budget.slack(value) / self.budget.value
@@ -112,21 +113,7 @@ class SearchContext:
 def candidates(model: nn.Module, costs: CostModel, methods: tuple[str, ...]) -> dict[str, list[LayerChoice]]:
     """Per layer, every (method, rank) the search may pick (variants chosen later): the options the
     greedy allocator walks, so the search starts where the best baseline ends. The first conv stays."""
-    ranks = table_ranks(model, costs)
-    return {name: [LayerChoice(method, r, "grouped" if method == "dac" else None)
-                   for method in methods for r in ranks(name, method)]
-            for name in eligible_layers(model, costs, (FIRST_CONV,))}
-
-
-def _sensitivities(proxy: ModelProxy, cands: dict[str, list[LayerChoice]],
-                   say: Say) -> dict[tuple[str, str, int], float]:
-    """KL of every single-layer change the space offers (cached on disk, shared with the benchmarks)."""
-    methods = tuple(sorted({c.method for cs in cands.values() for c in cs}))
-    ranks: dict[tuple[str, str], list[int]] = {(name, m): [] for name in cands for m in methods}
-    for name, cs in cands.items():
-        for c in cs:
-            ranks[(name, c.method)].append(c.rank)
-    return cached_layer_sensitivity(proxy, list(cands), methods, lambda name, method: ranks[(name, method)], say)
+    return {name: table_choices(model, costs, name, methods) for name in eligible_layers(model, costs, (FIRST_CONV,))}
 
 
 def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
@@ -166,7 +153,8 @@ def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
         say(f"making {config.proxy_images} distilled inputs")
         inputs = synthetic_inputs(model, shape, kind="distilled", n=config.proxy_images, seed=config.seed)
         proxy = ModelProxy(model, inputs)
-    penalties = _sensitivities(proxy, cands, say)
+    # KL of every single-layer change the space offers (cached on disk, shared with the benchmarks)
+    penalties = cached_layer_sensitivity(proxy, list(cands), config.methods, table_ranks(model, costs), say)
 
     if budget.objective == "latency_ms":
         def share(name: str, choice: LayerChoice | None) -> float:

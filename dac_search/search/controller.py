@@ -265,7 +265,7 @@ def _final_front(ctx: SearchContext, run_dir: Path, points: list[Point], view: L
     # by what was measured and go on while an unmeasured plan that may fit has a better proxy than the best
     # measured plan that fits. A relative budget (0.6x) is judged on each plan's ratio to the original
     # timed in the same session.
-    relative = ctx.budget.kind == "latency" and ctx.budget.fraction is not None
+    relative = ctx.budget.relative_latency
     limit = ctx.config.measure_points * 2
     measured: list[Point] = []
     originals: list[float] = []
@@ -333,8 +333,8 @@ def _scaled(ctx: SearchContext, point: Point, scale: float) -> Point:
     if point.latency_ms is None or ctx.table is None:
         return point
     latency = point.latency_ms * scale
-    relative = ctx.budget.kind == "latency" and ctx.budget.fraction is not None
-    return replace(point, latency_ms=latency, latency_ratio=latency / ctx.table.original_ms if relative else None)
+    ratio = latency / ctx.table.original_ms if ctx.budget.relative_latency else None
+    return replace(point, latency_ms=latency, latency_ratio=ratio)
 
 
 def _uniform_baseline(ctx: SearchContext) -> list[dict[str, Any]]:

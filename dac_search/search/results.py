@@ -39,7 +39,6 @@ class Point:
     top1: float | None = None
     latency_ratio: float | None = None  # to the original timed in the same interleaved session
 
-
     def row(self, with_state: bool) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in COLUMNS}
         if with_state:
