@@ -4,7 +4,7 @@ runner script, device configs, and per-layer latency tables. Knows nothing of th
 from __future__ import annotations
 
 from profilers.base import Conditions, LatencyResult, MeasureSettings, Profiler
-from profilers.devices import DeviceConfig, devices_dir, list_devices, load_device, make_profiler, parse_device
+from profilers.devices import DeviceConfig, devices_dir, list_devices, load_device, parse_device
 from profilers.errors import (
     AuthFailed,
     BadModel,
@@ -17,6 +17,7 @@ from profilers.errors import (
     RuntimeMissing,
     UnknownHost,
 )
+from profilers.factory import make_profiler
 from profilers.latency_table import Correction, LatencyTable, default_candidates
 from profilers.local import LocalProfiler
 from profilers.ssh import SshProfiler

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dac_search.errors import ConfigError
-from profilers.base import MeasureSettings, Profiler
+from profilers.base import MeasureSettings
 
 KINDS = ("local", "ssh")
 RUNTIMES = ("onnxruntime", "torch")
@@ -105,17 +105,6 @@ def load_device(name_or_path: str | os.PathLike[str]) -> DeviceConfig:
 def parse_device(data: Mapping[str, Any], *, source: Path | None = None) -> DeviceConfig:
     """Validate a device table (as read from TOML) into a ``DeviceConfig``."""
     return _Parser(data, source).parse()
-
-
-def make_profiler(config: DeviceConfig, *, host: str | None = None) -> Profiler:
-    """The profiler for a device; ``host`` picks one of a pool (default: the first)."""
-    if config.kind == "local":
-        from profilers.local import LocalProfiler
-
-        return LocalProfiler(config)
-    from profilers.ssh import SshProfiler
-
-    return SshProfiler(config, host=host)
 
 
 class _Parser:

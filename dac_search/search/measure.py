@@ -18,8 +18,9 @@ from torch import nn
 
 from dac_search.export import export_onnx, export_torchscript
 from profilers.base import LatencyResult, Profiler
-from profilers.devices import DeviceConfig, make_profiler
+from profilers.devices import DeviceConfig
 from profilers.errors import ProfilerError
+from profilers.factory import make_profiler
 
 Warn = Callable[[str], None]
 
