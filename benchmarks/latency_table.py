@@ -31,8 +31,7 @@ from dac_search.export import export_onnx
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.zoo.cifar_resnet import CifarResNet
 from profilers import Profiler, load_device, make_profiler
-from profilers.latency_table import default_candidates
-from profilers.table_builder import LatencyTableBuilder
+from dac_search.latency import LatencyTableBuilder, default_candidates
 
 CASES = {
     "resnet56-b1": (lambda: CifarResNet(56), (1, 3, 32, 32)),

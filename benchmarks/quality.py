@@ -6,7 +6,7 @@
 
 Everything the allocators and corrections see is data-free (distilled inputs, made once per model and
 cached); the shared real test images only measure the result. Every plan is rebuilt from the plan
-alone with ``materialize`` (its correction refitted on the default synthetic inputs), as an export would.
+alone with ``decompose_model`` (its correction refitted on the default synthetic inputs), as an export would.
 The search row is ``dac-search --device none --budget <target>%flops`` (refit, held-out KL, the
 defaults), reporting its best feasible plan by proxy. Greedy reads the single-layer KL table of ``default_proxy`` (a correction fitted on the default distilled
 batch, scored on a second one; cached under the dac-search cache dir, minutes for ResNet-56 on first use).

@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from dac_search.errors import DacSearchError
+from dac_search.errors import EXPECTED
 
 # Sub-command name -> module in dac_search.commands; each module has add_parser() and run().
 COMMANDS = ("search", "decompose", "profile", "devices", "report", "export")
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except DacSearchError as exc:
+    except EXPECTED as exc:
         sys.stderr.write(f"dac-search: {exc}\n")
         return exc.exit_code
     except KeyboardInterrupt:

@@ -1,10 +1,14 @@
 """One exception tree, so the CLI can turn any expected failure into one line and an exit code.
 
 ``ConfigError`` (and its children) is bad input: exit code 2. Everything else under
-``DacSearchError`` is a failure of the device or the environment: exit code 1.
+``DacSearchError`` is a failure of the device or the environment: exit code 1. ``profilers``, which
+imports nothing of this package, has its own two roots (``DeviceConfigError``: exit 2,
+``ProfilerError``: exit 1); ``EXPECTED`` is every root the CLI turns into one line.
 """
 
 from __future__ import annotations
+
+from profilers.errors import DeviceConfigError, ProfilerError
 
 
 class DacSearchError(Exception):
@@ -35,3 +39,6 @@ class WeightsUnavailableError(DacSearchError):
     """Pretrained weights are neither cached nor downloadable (offline machine)."""
 
     exit_code = 1
+
+
+EXPECTED: tuple[type[Exception], ...] = (DacSearchError, DeviceConfigError, ProfilerError)

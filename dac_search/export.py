@@ -68,7 +68,7 @@ def export_pt(model: nn.Module, path: str | os.PathLike[str], plan: RankPlan, sp
 
 def load_pt_export(path: str | os.PathLike[str]) -> nn.Module:
     """Rebuild a ``pt`` export: the architecture from its spec and plan, every weight from the file."""
-    from dac_search.decompose import decompose_model
+    from dac_search.decompose import replace_layers
     from dac_search.zoo import load_model
 
     try:
@@ -77,7 +77,7 @@ def load_pt_export(path: str | os.PathLike[str]) -> nn.Module:
         raise ConfigError(f"cannot read {path}: {type(exc).__name__}") from None
     if not isinstance(record, dict) or record.get("format") != PT_FORMAT:
         raise ConfigError(f"{path} is not a dac-search pt export ({PT_FORMAT})")
-    model = decompose_model(load_model(record["model"], weights=record["weights"]), record["plan"])
+    model = replace_layers(load_model(record["model"], weights=record["weights"]), record["plan"])  # every weight comes from the file
     for key in record["state_dict"]:  # a correction may have given a factor the bias it lacked
         owner, _, name = key.rpartition(".")
         module = model.get_submodule(owner) if owner else model

@@ -17,9 +17,8 @@ from types import MappingProxyType
 from typing import Any
 
 from dac_search.atomic import write_text_atomic
-from dac_search.decompose.factors import METHODS
-from dac_search.decompose.layers import LAYERS
 from dac_search.errors import PlanError
+from dac_search.methods import METHODS, VARIANTS, default_variant
 
 PLAN_FORMAT = "dac-search/plan@1"
 
@@ -37,7 +36,7 @@ class LayerChoice:
             raise PlanError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise PlanError(f"rank must be a positive integer, got {self.rank!r}")
-        variants = LAYERS[self.method].variants
+        variants = VARIANTS[self.method]
         if self.variant not in variants:
             allowed = ", ".join(v for v in variants if v) or "none"
             raise PlanError(f"method {self.method!r} has no variant {self.variant!r} (variants: {allowed})")
@@ -57,8 +56,8 @@ class LayerChoice:
             raise PlanError(f"{where}: unknown keys {sorted(unknown)}")
         method = data.get("method", "dac")
         variant = data.get("variant")
-        if variant is None and method == "dac":
-            variant = "grouped"
+        if variant is None and method in VARIANTS:
+            variant = default_variant(method)
         try:
             return cls(method=method, rank=data.get("rank"), variant=variant)  # type: ignore[arg-type]
         except PlanError as exc:

@@ -1,5 +1,6 @@
 """Latency measurement on real devices: one ``Profiler`` interface, local and SSH backends sharing one
-runner script, device configs, and per-layer latency tables. Knows nothing of the search."""
+runner script, device configs, pools of hosts. Imports nothing of dac_search: the per-layer latency tables,
+which need plans and factorisations, are ``dac_search.latency``."""
 
 from __future__ import annotations
 
@@ -18,23 +19,18 @@ from profilers.errors import (
     UnknownHost,
 )
 from profilers.factory import make_profiler
-from profilers.latency_table import Correction, LatencyTable, default_candidates
 from profilers.local import LocalProfiler
 from profilers.ssh import SshProfiler
-from profilers.table_builder import LatencyTableBuilder
 
 __all__ = [
     "AuthFailed",
     "BadModel",
     "Conditions",
-    "Correction",
     "DeviceConfig",
     "DeviceOutOfMemory",
     "DeviceUnreachable",
     "HostKeyMismatch",
     "LatencyResult",
-    "LatencyTable",
-    "LatencyTableBuilder",
     "LocalProfiler",
     "MeasureSettings",
     "MeasurementTimeout",
@@ -44,7 +40,6 @@ __all__ = [
     "RuntimeMissing",
     "SshProfiler",
     "UnknownHost",
-    "default_candidates",
     "devices_dir",
     "list_devices",
     "load_device",

@@ -1,16 +1,25 @@
-"""Typed profiler failures, each printed by the CLI as one line (exit code 1).
+"""Typed profiler failures, each printed by the CLI as one line with its ``exit_code``.
 
-A bad device config is not here: it is ``dac_search.errors.ConfigError`` (exit code 2). Transient network
-faults never surface as their own type; they are retried, and what remains is ``DeviceUnreachable``.
+``profilers`` imports nothing of ``dac_search``, so it has its own two roots: ``DeviceConfigError`` for
+bad input (a device file, a key path, a host not in the config: exit code 2) and ``ProfilerError`` for
+failures while talking to a device or measuring on it (exit code 1). ``dac_search.errors`` names both
+beside its own tree. Transient network faults never surface as their own type; they are retried, and
+what remains is ``DeviceUnreachable``.
 """
 
 from __future__ import annotations
 
-from dac_search.errors import DacSearchError
+
+class DeviceConfigError(ValueError):
+    """A device config, or a file it names, that cannot be used as given: bad input."""
+
+    exit_code = 2
 
 
-class ProfilerError(DacSearchError):
+class ProfilerError(Exception):
     """Root of every failure while talking to a device or measuring on it."""
+
+    exit_code = 1
 
 
 class DeviceUnreachable(ProfilerError):

@@ -25,10 +25,10 @@ from typing import Any, TypeVar
 import paramiko
 from paramiko.ssh_exception import NoValidConnectionsError
 
-from dac_search.errors import ConfigError
 from profilers import _protocol, _sshio, errors
 from profilers.base import LatencyResult, MeasureSettings, Profiler
 from profilers.devices import DeviceConfig
+from profilers.errors import DeviceConfigError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,7 +68,7 @@ def resolve_target(config: DeviceConfig, host: str, ssh_config: Path | None = No
         try:
             entry = dict(paramiko.SSHConfig.from_path(str(path)).lookup(host))
         except (OSError, paramiko.ssh_exception.ConfigParseError) as exc:
-            raise ConfigError(f"{path}: cannot read ssh config: {exc}") from None
+            raise DeviceConfigError(f"{path}: cannot read ssh config: {exc}") from None
     keys = (str(config.key),) if config.key else tuple(str(Path(k).expanduser()) for k in entry.get("identityfile", ()))
     return SshTarget(
         alias=host,
@@ -118,9 +118,9 @@ class SshProfiler(Profiler):
         backoff_s: float = 1.0,
     ) -> None:
         if config.kind != "ssh" or not config.hosts:
-            raise ConfigError(f"device {config.name} is not an ssh device with a host")
+            raise DeviceConfigError(f"device {config.name} is not an ssh device with a host")
         if host is not None and host not in config.hosts:
-            raise ConfigError(f"host {host!r} is not one of device {config.name}'s hosts: {', '.join(config.hosts)}")
+            raise DeviceConfigError(f"host {host!r} is not one of device {config.name}'s hosts: {', '.join(config.hosts)}")
         self.config = config
         self.name = config.name
         self.runtime = config.runtime
@@ -233,7 +233,7 @@ class SshProfiler(Profiler):
         target, timeout = self.target, self.config.connect_timeout_s
         for key in target.key_files:
             if not Path(key).is_file():
-                raise ConfigError(f"{self._config_name()}: key: {key} does not exist")
+                raise DeviceConfigError(f"{self._config_name()}: key: {key} does not exist")
         client = paramiko.SSHClient()
         try:
             if self.known_hosts.is_file():

@@ -13,7 +13,7 @@ from dac_search.decompose import DAC_VARIANTS, METHODS, decomposable_layers, fac
 from dac_search.errors import PlanError
 from dac_search.export import export_model, format_of
 from dac_search.plan import LayerChoice, RankPlan
-from dac_search.proxies import materialize
+from dac_search.apply import decompose_model
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         plan = uniform_plan(decomposable_layers(model), args.rank, args.method, args.variant, loaded.spec,
                             loaded.input_shape, args.exclude)
     plan = RankPlan(plan.layers, loaded.spec, loaded.input_shape, plan.correction)
-    decomposed = materialize(model, plan)
+    decomposed = decompose_model(model, plan)
     export_model(decomposed, args.output, plan, loaded.spec, args.weights, fmt)
     console().print(layer_table(model, plan, loaded.input_shape, args.output))
     return 0

@@ -22,8 +22,7 @@ import torch
 from torch import nn
 
 from dac_search.errors import DecompositionError
-
-METHODS = ("dac", "spatial", "channel")
+from dac_search.methods import METHODS
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,8 +13,7 @@ from torch import nn
 
 from dac_search.decompose.factors import LayerFactors, factorize, max_rank
 from dac_search.errors import DecompositionError
-
-DAC_VARIANTS = ("grouped", "stacked")
+from dac_search.methods import VARIANTS
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
@@ -88,7 +87,7 @@ class DacConv2d(FactorizedConv2d):
     """
 
     method = "dac"
-    variants = DAC_VARIANTS
+    variants = VARIANTS["dac"]
 
     def __init__(self, depthwise: list[nn.Conv2d], pointwise: nn.Conv2d, rank: int, variant: str,
                  permutation: torch.Tensor | None = None) -> None:

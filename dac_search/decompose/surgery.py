@@ -1,4 +1,5 @@
-"""Apply a rank plan to a model: a deep copy with the planned convs replaced."""
+"""Swap a plan's convs for their factorised layers, in a deep copy. The plan's correction is not applied here:
+``dac_search.apply.decompose_model`` builds the whole model a plan names."""
 
 from __future__ import annotations
 
@@ -54,8 +55,12 @@ def validate_plan(model: nn.Module, plan: RankPlan) -> None:
             raise PlanError(f"layer {name!r}: rank {choice.rank} exceeds the limit {limit} for method {choice.method!r}")
 
 
-def decompose_model(model: nn.Module, plan: RankPlan | Mapping[str, Any] | str | os.PathLike[str]) -> nn.Module:
-    """A decomposed deep copy of ``model``; the original is left untouched (its SVDs stay cached)."""
+def replace_layers(model: nn.Module, plan: RankPlan | Mapping[str, Any] | str | os.PathLike[str]) -> nn.Module:
+    """A deep copy of ``model`` with the planned convs factorised by their SVD factors, uncorrected.
+
+    The architecture of the plan's model (what a latency table times, what a saved state dict loads
+    into); the original is left untouched and its SVDs stay cached.
+    """
     plan = RankPlan.coerce(plan)
     validate_plan(model, plan)
     for name, choice in plan.layers.items():  # factor the originals, so the cache serves later calls

@@ -6,7 +6,6 @@ from dac_search.proxies.correction import (
     CORRECTIONS,
     RefitSettings,
     default_inputs,
-    materialize,
 )
 from dac_search.proxies.layer import channel_importance, following_batchnorms, layer_error_table, weight_error, weight_errors
 from dac_search.proxies.model import ModelProxy, ProxyScore, default_proxy, layer_sensitivity
@@ -16,5 +15,5 @@ from dac_search.proxies.synthetic import DistillSettings, bn_statistics_mismatch
 __all__ = [
     "CORRECTIONS", "DistillSettings", "ModelProxy", "ProxyScore", "RefitSettings", "bn_statistics_mismatch",
     "cached_layer_sensitivity", "channel_importance", "default_inputs", "default_proxy", "following_batchnorms",
-    "layer_error_table", "layer_sensitivity", "materialize", "synthetic_inputs", "weight_error", "weight_errors",
+    "layer_error_table", "layer_sensitivity", "synthetic_inputs", "weight_error", "weight_errors",
 ]

@@ -13,8 +13,8 @@ layer's own.
 
 The pass runs on a *workbench*, a copy of the original model whose planned convs are swapped for
 dense stand-ins computing the same function as the factorised layers (see ``_factors``), and swapped
-back afterwards. ``materialize`` turns a plan into the model it names, correction included,
-deterministically from the default synthetic inputs (seed 0): an exported plan rebuilds from the plan alone.
+back afterwards. ``dac_search.apply.decompose_model`` turns a plan into the model it names, correction
+included, deterministically from the default synthetic inputs (seed 0): a plan file rebuilds from itself alone.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dac_search.decompose import LAYERS, decomposable_layers, decompose_model, factorize, validate_plan
+from dac_search.decompose import LAYERS, decomposable_layers, factorize, replace_layers, validate_plan
 from dac_search.decompose.factors import LayerFactors
 from dac_search.errors import ConfigError
 from dac_search.plan import RankPlan
@@ -40,7 +40,7 @@ from dac_search.proxies._hooks import eval_mode, removing
 from dac_search.proxies.synthetic import synthetic_inputs
 
 CORRECTIONS = ("bias", "refit")
-DEFAULT_INPUTS: Mapping[str, Any] = {"kind": "distilled", "n": 64, "seed": 0}  # materialize's and the search's
+DEFAULT_INPUTS: Mapping[str, Any] = {"kind": "distilled", "n": 64, "seed": 0}  # decompose_model's and the search's
 DEFAULT_PIXELS = 64 * 32 * 32  # the default batch holds about this many input pixels per channel...
 MIN_DEFAULT_INPUTS = 8  # ...but never fewer images than this
 
@@ -50,7 +50,7 @@ def default_input_count(input_shape: Sequence[int]) -> int:
 
     A refit needs rows (images x positions), not images: 8 ImageNet-sized images give each layer as
     many rows as 64 CIFAR ones, at an eighth of the cost of 64. Decided by the shape alone, so
-    ``materialize`` rebuilds from a plan what the search scored.
+    ``decompose_model`` rebuilds from a plan what the search scored.
     """
     pixels = math.prod(int(v) for v in input_shape[2:]) or 1
     wanted = math.ceil(DEFAULT_PIXELS / pixels / MIN_DEFAULT_INPUTS) * MIN_DEFAULT_INPUTS
@@ -285,7 +285,7 @@ def _bias_hook(name: str, layers: dict[str, FittedLayer], ref: Reference | None
 
 def assemble(model: nn.Module, plan: RankPlan, layers: Mapping[str, FittedLayer]) -> nn.Module:
     """The factorised model (real DAC / spatial / channel layers, in the plan's variants) from fitted factors."""
-    out = decompose_model(model, plan)
+    out = replace_layers(model, plan)
     if plan.correction is None:
         return out.eval()
     for name, choice in plan.layers.items():
@@ -329,26 +329,3 @@ def default_inputs(model: nn.Module, input_shape: Sequence[int], cache_dir: str 
     seed = DEFAULT_INPUTS["seed"] + (1 if held_out else 0)
     count = default_input_count(input_shape)
     return synthetic_inputs(model, input_shape, DEFAULT_INPUTS["kind"], count, seed, cache_dir)
-
-
-def materialize(model: nn.Module, plan: RankPlan | Mapping[str, Any] | str | os.PathLike[str],
-                inputs: torch.Tensor | None = None, *, settings: RefitSettings | None = None,
-                dense: bool = False) -> nn.Module:
-    """The model a plan names: decompose_model, then ``plan.correction`` fitted on synthetic inputs.
-
-    ``inputs`` default to ``default_inputs`` for the plan's input shape, so the same plan file always
-    rebuilds the same model; pass the inputs a ``ModelProxy`` scored with to get exactly what it judged.
-    ``dense``: the same function with dense convs (``assemble_dense``), to measure accuracy fast.
-    """
-    plan = RankPlan.coerce(plan)
-    check_correction(plan.correction)
-    if plan.correction is None or not plan.layers:
-        validate_plan(model, plan)
-        return assemble_dense(model, initial_layers(model, plan)) if dense else decompose_model(model, plan).eval()
-    if inputs is None:
-        if plan.input_shape is None:
-            raise ConfigError("the plan has a correction but no input_shape to make its synthetic inputs")
-        inputs = default_inputs(model, plan.input_shape)
-    ref = reference(model, inputs, list(plan.layers), settings)
-    result = run_plan(model, copy.deepcopy(model), plan, inputs, ref, plan.correction, settings)
-    return assemble_dense(model, result.layers) if dense else assemble(model, plan, result.layers)

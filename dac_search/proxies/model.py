@@ -61,7 +61,7 @@ class ModelProxy:
     """Scores plans of one model on fixed synthetic inputs, with an optional data-free correction.
 
     ``correction``: None, ``"bias"`` or ``"refit"`` (see ``correction.py``). A plan naming a different
-    correction is refused, so what is scored is what ``materialize`` rebuilds. ``fit_inputs``: fit the
+    correction is refused, so what is scored is what ``decompose_model`` rebuilds. ``fit_inputs``: fit the
     correction on these and score on ``inputs`` (held out). Scored on the images it was fitted on, a
     refit looks better than it is, and more so the more it can fit: on ResNet-20 held-out scoring
     raised the proxy's Spearman rho against real top-1 from 0.87 to 0.94 (``default_proxy`` does it).
@@ -130,7 +130,7 @@ class ModelProxy:
 
 
 def default_proxy(model: nn.Module, input_shape: Sequence[int], correction: str | None = None) -> ModelProxy:
-    """The proxy a plan file's correction agrees with: fitted on ``default_inputs`` (what ``materialize``
+    """The proxy a plan file's correction agrees with: fitted on ``default_inputs`` (what ``decompose_model``
     refits on), scored on a second distilled batch (next seed) when there is a correction to fit."""
     fit = default_inputs(model, input_shape)
     if correction is None:

@@ -3,7 +3,7 @@
 Distilled inputs (Cai et al., ZeroQ, CVPR 2020) are optimised until the batch statistics at every
 BatchNorm match the running statistics stored in training: the model's own memory of its data. They
 are made once per (model weights, kind, n, seed, shape, settings), reproducible from the seed, and
-cached on disk, so a search, a benchmark and ``materialize`` all see the same images.
+cached on disk, so a search, a benchmark and ``decompose_model`` all see the same images.
 """
 
 from __future__ import annotations

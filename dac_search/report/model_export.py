@@ -18,7 +18,7 @@ from torch import nn
 from dac_search.errors import ConfigError
 from dac_search.export import EXPORT_FORMATS, export_model
 from dac_search.plan import RankPlan
-from dac_search.proxies import materialize
+from dac_search.apply import decompose_model
 from dac_search.report.pareto import best_row, front_rows
 from dac_search.report.results import RunResults, TrialRow, load_run
 from dac_search.zoo import load_model
@@ -70,7 +70,7 @@ def build_model(results: RunResults, row: TrialRow) -> nn.Module:
     """The decomposed model of ``row``, in eval mode: the run's model and weights with the trial's plan."""
     info = results.info
     model = load_model(info.model, weights=info.weights)
-    return materialize(model, plan_file(results, row)).eval()
+    return decompose_model(model, plan_file(results, row))
 
 
 def export_run(run_dir: str | Path, output: str | Path, fmt: str, pick: str = "best") -> ExportedModel:

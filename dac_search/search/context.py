@@ -19,14 +19,13 @@ from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies import ModelProxy, cached_layer_sensitivity, default_proxy, synthetic_inputs
 from dac_search.search.budget import Budget
 from dac_search.search.config import SearchConfig
-from dac_search.search.measure import DevicePool
 from dac_search.search.results import Point
 from dac_search.search.space import LOG_LAMBDA_RANGE, SearchSpace
 from dac_search.zoo import default_input_shape, load_model
 from dac_search.errors import ConfigError
 from profilers.devices import load_device
-from profilers.latency_table import LatencyTable
-from profilers.table_builder import LatencyTableBuilder, table_settings
+from profilers.pool import DevicePool
+from dac_search.latency import LatencyTable, LatencyTableBuilder, table_settings
 
 Say = Callable[[str], None]
 
@@ -145,7 +144,7 @@ def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
 
     torch.manual_seed(config.seed)
     if config.correction:
-        # Fitted on the inputs materialize() refits on (an exported plan rebuilds what was scored), and
+        # Fitted on the inputs decompose_model() refits on (an exported plan rebuilds what was scored), and
         # scored on a second distilled batch: a refit scored where it was fitted flatters high ranks.
         say("making the distilled inputs the correction is fitted on and scored on")
         proxy = default_proxy(model, shape, config.correction)

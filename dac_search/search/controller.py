@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dac_search.decompose import max_rank
 from dac_search.errors import ConfigError
+from dac_search.latency import measure_beside, measure_models
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.search.config import SearchConfig
 from dac_search.search.context import SearchContext, build_context
@@ -305,9 +306,9 @@ def _measure_points(ctx: SearchContext, run_dir: Path, points: list[Point], rela
         return []
     models = [ctx.proxy.build(RankPlan.load(run_dir / p.plan)) for p in points]
     if not relative:
-        results = ctx.pool.measure(models, ctx.input_shape)
+        results = measure_models(ctx.pool, models, ctx.input_shape)
         return [replace(p, latency_ms=r.median_ms, latency_iqr_ms=r.iqr_ms) for p, r in zip(points, results)]
-    pairs = ctx.pool.measure_beside(ctx.model, models, ctx.input_shape)
+    pairs = measure_beside(ctx.pool, ctx.model, models, ctx.input_shape)
     originals += [pair.reference.median_ms for pair in pairs]
     ctx.budget = ctx.config.budget.resolve(statistics.median(originals))
     return [replace(p, latency_ms=pair.result.median_ms, latency_iqr_ms=pair.result.iqr_ms, latency_ratio=pair.ratio)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dac_search.errors import ConfigError
+from profilers.errors import DeviceConfigError
 from profilers import LocalProfiler, SshProfiler, devices_dir, list_devices, load_device, make_profiler
 
 
@@ -59,24 +59,24 @@ def test_relative_key_is_relative_to_the_file(tmp_path: Path) -> None:
 def test_bad_config_is_a_config_error(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(DeviceConfigError) as info:
         load_device(path)
     assert str(path) in str(info.value) and message in str(info.value)
     assert info.value.exit_code == 2
 
 
 def test_unknown_device_name_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown device 'nope'.*pi4"):
+    with pytest.raises(DeviceConfigError, match="unknown device 'nope'.*pi4"):
         load_device("nope")
 
 
 def test_missing_key_file_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "d.toml").write_text(f'kind = "ssh"\nhost = "127.0.0.1"\nkey = "{tmp_path}/absent"\n')
-    with make_profiler(load_device(tmp_path / "d.toml")) as profiler, pytest.raises(ConfigError, match="absent does not exist"):
+    with make_profiler(load_device(tmp_path / "d.toml")) as profiler, pytest.raises(DeviceConfigError, match="absent does not exist"):
         profiler.info()
 
 
 def test_host_not_in_pool(tmp_path: Path) -> None:
     (tmp_path / "d.toml").write_text('kind = "ssh"\nhosts = ["a", "b"]\n')
-    with pytest.raises(ConfigError, match="not one of"):
+    with pytest.raises(DeviceConfigError, match="not one of"):
         make_profiler(load_device(tmp_path / "d.toml"), host="c")

@@ -7,17 +7,18 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from dac_search.search.measure import DevicePool
+from dac_search.latency import measure_beside
 from profilers import HostKeyMismatch, UnknownHost, load_device
 from profilers.errors import ProfilerError
+from profilers.pool import DevicePool
 
-from .conftest import SshServer
+from .conftest import SshServer, tiny_onnx
 
 SHAPE = (1, 3, 8, 8)
 
 
-def _models(count: int) -> list[nn.Module]:
-    return [nn.Sequential(nn.Conv2d(3, 4 + 4 * i, 3, padding=1), nn.ReLU()).eval() for i in range(count)]
+def _models(tmp_path: Path, count: int) -> list[Path]:
+    return [tiny_onnx(tmp_path / f"m{i}.onnx", channels=4 + 4 * i, hw=8) for i in range(count)]
 
 
 def _pool(sshd: SshServer, tmp_path: Path, known: tuple[str, ...], warnings: list[str]) -> DevicePool:
@@ -33,7 +34,7 @@ def test_pool_spreads_models_over_every_host(sshd: SshServer, tmp_path: Path) ->
     warnings: list[str] = []
     pool = _pool(sshd, tmp_path, ("127.0.0.1", "localhost"), warnings)
     try:
-        results = pool.measure(_models(6), SHAPE)
+        results = pool.measure(_models(tmp_path, 6), SHAPE)
     finally:
         pool.close()
     assert len(results) == 6 and all(r.median_ms > 0 for r in results)
@@ -46,8 +47,8 @@ def test_a_failing_host_is_set_aside_and_the_others_finish(sshd: SshServer, tmp_
     warnings: list[str] = []
     pool = _pool(sshd, tmp_path, ("127.0.0.1",), warnings)  # localhost's key is unknown: refused
     try:
-        results = pool.measure(_models(4), SHAPE)
-        again = pool.measure(_models(1), SHAPE)  # the failed host is not tried again
+        results = pool.measure(_models(tmp_path, 4), SHAPE)
+        again = pool.measure(_models(tmp_path, 1), SHAPE)  # the failed host is not tried again
     finally:
         pool.close()
     assert len(results) == 4 and {r.conditions.host for r in [*results, *again]} == {"127.0.0.1"}
@@ -60,7 +61,7 @@ def test_a_pool_with_no_healthy_host_names_the_device(sshd: SshServer, tmp_path:
     pool = _pool(sshd, tmp_path, (), warnings)
     try:
         with pytest.raises((UnknownHost, HostKeyMismatch, ProfilerError)) as raised:
-            pool.measure(_models(2), SHAPE)
+            pool.measure(_models(tmp_path, 2), SHAPE)
     finally:
         pool.close()
     assert "loopback-test" in str(raised.value) or "127.0.0.1" in str(raised.value)
@@ -76,7 +77,7 @@ def test_paired_measurement_times_each_model_beside_the_reference_on_its_own_hos
     big = nn.Sequential(*(nn.Conv2d(32, 32, 3, padding=1) for _ in range(6))).eval()
     small = nn.Sequential(nn.Conv2d(32, 8, 1), nn.Conv2d(8, 32, 1)).eval()
     try:
-        pairs = pool.measure_beside(big, [small, small, big], (1, 32, 32, 32))
+        pairs = measure_beside(pool, big, [small, small, big], (1, 32, 32, 32))
     finally:
         pool.close()
     assert len(pairs) == 3 and {p.host for p in pairs} == {"127.0.0.1", "localhost"}

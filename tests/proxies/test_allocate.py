@@ -18,7 +18,8 @@ from dac_search.allocate import (
 )
 from dac_search.hull import Option, lower_hull
 from dac_search.cost import CostModel
-from dac_search.decompose import DacConv2d, decompose_model
+from dac_search import decompose_model
+from dac_search.decompose import DacConv2d
 from dac_search.errors import ConfigError
 from dac_search.plan import LayerChoice
 from dac_search.proxies import ModelProxy, layer_error_table

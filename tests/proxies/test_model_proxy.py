@@ -1,4 +1,4 @@
-"""The model proxy scores what it builds; corrections help on real images; materialize rebuilds plans."""
+"""The model proxy scores what it builds; corrections help on real images; decompose_model rebuilds plans."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dac_search import decompose_model
 from dac_search.decompose import ChannelConv2d, DacConv2d, SpatialConv2d, decomposable_layers
 from dac_search.errors import ConfigError
 from dac_search.plan import LayerChoice, RankPlan
@@ -17,7 +18,6 @@ from dac_search.proxies import (
     cached_layer_sensitivity,
     default_proxy,
     layer_sensitivity,
-    materialize,
     synthetic_inputs,
 )
 
@@ -65,7 +65,7 @@ def test_held_out_scoring_fits_on_one_batch_and_scores_another(resnet20: nn.Modu
     built = proxy.build(mixed_plan)
     with torch.no_grad():
         assert proxy.score(mixed_plan).kl == pytest.approx(kl(resnet20(scored), built(scored)), rel=1e-3)
-        rebuilt = materialize(resnet20, RankPlan(mixed_plan.layers, None, SHAPE, "refit"), fit)
+        rebuilt = decompose_model(resnet20, RankPlan(mixed_plan.layers, None, SHAPE, "refit"), fit)
         assert torch.allclose(rebuilt(scored), built(scored), atol=1e-5)  # fitted on ``fit`` only
 
 
@@ -91,18 +91,18 @@ def test_correction_raises_real_accuracy_at_a_fixed_plan(resnet20: nn.Module, di
     assert divergence["refit"] < divergence["bias"] < divergence[None]
 
 
-def test_materialize_rebuilds_what_the_proxy_judged(resnet20: nn.Module, distilled: torch.Tensor,
+def test_decompose_model_rebuilds_what_the_proxy_judged(resnet20: nn.Module, distilled: torch.Tensor,
                                                     mixed_plan: RankPlan) -> None:
     proxy = ModelProxy(resnet20, distilled, "refit")
     plan = RankPlan(mixed_plan.layers, mixed_plan.model, SHAPE, "refit")
-    rebuilt = materialize(resnet20, RankPlan.from_dict(plan.to_dict()), distilled)
+    rebuilt = decompose_model(resnet20, RankPlan.from_dict(plan.to_dict()), distilled)
     with torch.no_grad():
         assert torch.allclose(rebuilt(distilled), proxy.build(plan)(distilled), atol=1e-5)
-    plain = materialize(resnet20, RankPlan(mixed_plan.layers))
+    plain = decompose_model(resnet20, RankPlan(mixed_plan.layers))
     assert isinstance(plain.layer3[0].conv1, ChannelConv2d) and plain.layer3[0].conv1.expand.bias is None
 
 
-def test_materialize_makes_its_default_inputs_from_the_plan_alone(monkeypatch: pytest.MonkeyPatch,
+def test_decompose_model_makes_its_default_inputs_from_the_plan_alone(monkeypatch: pytest.MonkeyPatch,
                                                                   tmp_path: Path) -> None:
     """A plan with a correction rebuilds the same model twice: default distilled inputs, cached, seeded."""
     monkeypatch.setenv("DAC_SEARCH_CACHE", str(tmp_path))
@@ -114,12 +114,12 @@ def test_materialize_makes_its_default_inputs_from_the_plan_alone(monkeypatch: p
     plan = RankPlan({"3": LayerChoice("dac", 2, "grouped")}, None, (1, 3, 8, 8), "refit")
     x = torch.randn(5, 3, 8, 8)
     with torch.no_grad():
-        first, second = materialize(model, plan)(x), materialize(model, plan)(x)
+        first, second = decompose_model(model, plan)(x), decompose_model(model, plan)(x)
     assert torch.equal(first, second)
     assert len(list((tmp_path / "synthetic").glob("*.pt"))) == 1
     with pytest.raises(ConfigError, match="no input_shape"):
-        materialize(model, RankPlan(plan.layers, None, None, "refit"))
-    proxy = default_proxy(model, (1, 3, 8, 8), "refit")  # fitted where materialize fits, scored elsewhere
+        decompose_model(model, RankPlan(plan.layers, None, None, "refit"))
+    proxy = default_proxy(model, (1, 3, 8, 8), "refit")  # fitted where decompose_model fits, scored elsewhere
     assert proxy.held_out and len(list((tmp_path / "synthetic").glob("*.pt"))) == 2
     with torch.no_grad():
         assert torch.allclose(proxy.build(plan)(x), first, atol=1e-6)

@@ -8,7 +8,7 @@ many layers per runner call, interleaved. A plan is then priced as
 and a per-device correction - a scale on the predicted change and an offset for any change, fitted from a
 few end-to-end measurements - absorbs what isolated layers miss (fusion, memory traffic between layers).
 
-This module holds the table and its arithmetic; ``profilers.table_builder`` measures and caches it.
+This module holds the table and its arithmetic; ``dac_search.latency.builder`` measures and caches it.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from typing import Any, ClassVar
 from torch import nn
 
 from dac_search.decompose import LAYERS, METHODS, max_rank
+from dac_search.atomic import write_text_atomic
 from dac_search.errors import ConfigError, PlanError
-from dac_search.plan import LayerChoice, RankPlan, write_text_atomic
+from dac_search.plan import LayerChoice, RankPlan
 
 ORIGINAL = "original"
 TABLE_FORMAT = "dac-search/latency-table@1"
@@ -123,7 +124,7 @@ class LatencyTable:
     """Latencies of one model's layers on one device, runtime and input shape, and the predictor.
 
     Times are device milliseconds as of the session that started the cache (later sessions are scaled to
-    it, see ``profilers.table_builder``); ``with_original`` re-anchors them on a fresh measurement.
+    it, see ``dac_search.latency.builder``); ``with_original`` re-anchors them on a fresh measurement.
     """
 
     device: str

@@ -21,12 +21,13 @@ from typing import Any
 from torch import nn
 
 from dac_search.cost import trace_geometry
-from dac_search.decompose import decompose_conv, decompose_model
+from dac_search.decompose import decompose_conv, replace_layers
 from dac_search.errors import PlanError
 from dac_search.export import export_onnx
-from dac_search.plan import LayerChoice, RankPlan, write_text_atomic
+from dac_search.atomic import write_text_atomic
+from dac_search.latency.table import CandidateFn, Correction, LatencyTable, Timing, candidate_key, default_candidates
+from dac_search.plan import LayerChoice, RankPlan
 from profilers.base import LatencyResult, MeasureSettings, Profiler
-from profilers.latency_table import CandidateFn, Correction, LatencyTable, Timing, candidate_key, default_candidates
 
 CACHE_ENV = "DAC_SEARCH_LATENCY_CACHE"
 # Run in every table call to measure the device's speed of the moment (a mid-sized 3x3 conv).
@@ -200,7 +201,7 @@ class LatencyTableBuilder:
             return []
         with tempfile.TemporaryDirectory(prefix="dac-search-plans-") as tmp:
             paths = [
-                export_onnx(decompose_model(model, plan), Path(tmp) / f"plan-{i}.onnx", input_shape)
+                export_onnx(replace_layers(model, plan), Path(tmp) / f"plan-{i}.onnx", input_shape)
                 for i, plan in enumerate(plans)
             ]
             shapes = [tuple(int(v) for v in input_shape)] * len(paths)

@@ -1,6 +1,6 @@
-"""End-to-end latency of candidate models on a device or a pool of identical hosts.
+"""End-to-end latency of model files on a device or a pool of identical hosts.
 
-Each host gets its own profiler and thread; batches of models are handed out from one queue, each
+Each host gets its own profiler and thread; batches of model files are handed out from one queue, each
 measured in one interleaved session. A host that fails is set aside with a warning naming it, and its
 batch goes back to the queue for the others.
 """
@@ -8,27 +8,17 @@ batch goes back to the queue for the others.
 from __future__ import annotations
 
 import queue
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch import nn
-
-from dac_search.export import export_onnx, export_torchscript
 from profilers.base import LatencyResult, Profiler
 from profilers.devices import DeviceConfig
 from profilers.errors import ProfilerError
 from profilers.factory import make_profiler
 
 Warn = Callable[[str], None]
-
-
-def export_for(runtime: str, model: nn.Module, path_stem: Path, input_shape: Sequence[int]) -> Path:
-    if runtime == "torch":
-        return export_torchscript(model, path_stem.with_suffix(".pt"), input_shape)
-    return export_onnx(model, path_stem.with_suffix(".onnx"), input_shape)
 
 
 @dataclass(frozen=True)
@@ -68,13 +58,12 @@ class DevicePool:
                 return profiler
         raise ProfilerError(f"every host of device {self.config.name} has failed")
 
-    def measure(self, models: Sequence[nn.Module], input_shape: Sequence[int]) -> list[LatencyResult]:
-        """Measure each model end to end; spread over the healthy hosts, in parallel."""
-        batches = self._measure([*models], input_shape, [[i] for i in range(len(models))])
+    def measure(self, models: Sequence[Path], input_shape: Sequence[int]) -> list[LatencyResult]:
+        """Measure each model file end to end; spread over the healthy hosts, in parallel."""
+        batches = self._spread([[path] for path in models], input_shape)
         return [results[0] for _, results in batches]
 
-    def measure_beside(self, reference: nn.Module, models: Sequence[nn.Module],
-                       input_shape: Sequence[int]) -> list[Paired]:
+    def measure_beside(self, reference: Path, models: Sequence[Path], input_shape: Sequence[int]) -> list[Paired]:
         """Each model timed in one interleaved session with ``reference`` on the same host.
 
         Their ratio is what a relative budget (``0.6x``) asks about: a slow spell of a shared machine
@@ -85,24 +74,17 @@ class DevicePool:
             return []
         hosts = max(1, sum(state != "failed" for state in self.state.values()))
         deals = [list(range(start, len(models), hosts)) for start in range(min(hosts, len(models)))]
-        batches = self._measure([reference, *models], input_shape, [[0, *(i + 1 for i in deal)] for deal in deals])
+        batches = self._spread([[reference, *(models[i] for i in deal)] for deal in deals], input_shape)
         paired: dict[int, Paired] = {}
         for deal, (host, results) in zip(deals, batches):
             for index, result in zip(deal, results[1:]):
                 paired[index] = Paired(result, results[0], host)
         return [paired[i] for i in range(len(models))]
 
-    def _measure(self, models: list[nn.Module], input_shape: Sequence[int],
-                 batches: list[list[int]]) -> list[tuple[str, list[LatencyResult]]]:
-        if not batches:
-            return []
-        with tempfile.TemporaryDirectory(prefix="dac-search-measure-") as tmp:
-            paths = [export_for(self.config.runtime, m, Path(tmp) / f"model-{i}", input_shape)
-                     for i, m in enumerate(models)]
-            return self._spread([[paths[i] for i in batch] for batch in batches], input_shape)
-
     def _spread(self, batches: list[list[Path]], input_shape: Sequence[int]) -> list[tuple[str, list[LatencyResult]]]:
         """Each batch measured in one interleaved session on whichever healthy host is free."""
+        if not batches:
+            return []
         todo: queue.Queue[int] = queue.Queue()
         for index in range(len(batches)):
             todo.put(index)

@@ -10,10 +10,10 @@ from torch import nn
 
 from dac_search.plan import LayerChoice, RankPlan
 from profilers import LocalProfiler, MeasureSettings, load_device
-from profilers.latency_table import Correction, LatencyTable, Timing, candidate_key, rank_grid
-from profilers.table_builder import LatencyTableBuilder
+from dac_search.latency import Correction, LatencyTable, LatencyTableBuilder
+from dac_search.latency.table import Timing, candidate_key, rank_grid
 
-from .conftest import write_device
+from tests.profilers.conftest import write_device
 
 SHAPE = (1, 8, 32, 32)
 # Short, yet long enough for layers of ~0.1-0.5 ms to be timed steadily on a busy 2-core machine.

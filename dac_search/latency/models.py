@@ -1,0 +1,43 @@
+"""Candidate models written in the device's runtime format and timed end to end on a ``DevicePool``.
+
+The pool measures files (``profilers`` knows nothing of torch modules or plans); the export to the
+runtime's format is this side's job, in a private temporary directory removed afterwards.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import nn
+
+from dac_search.export import export_onnx, export_torchscript
+from profilers.base import LatencyResult
+from profilers.pool import DevicePool, Paired
+
+
+def export_for(runtime: str, model: nn.Module, path_stem: Path, input_shape: Sequence[int]) -> Path:
+    """``model`` in the format ``runtime`` loads: TorchScript for ``torch``, ONNX for the others."""
+    if runtime == "torch":
+        return export_torchscript(model, path_stem.with_suffix(".pt"), input_shape)
+    return export_onnx(model, path_stem.with_suffix(".onnx"), input_shape)
+
+
+def measure_models(pool: DevicePool, models: Sequence[nn.Module], input_shape: Sequence[int]) -> list[LatencyResult]:
+    """Each model timed end to end, spread over the pool's healthy hosts."""
+    with tempfile.TemporaryDirectory(prefix="dac-search-measure-") as tmp:
+        paths = [export_for(pool.config.runtime, m, Path(tmp) / f"model-{i}", input_shape)
+                 for i, m in enumerate(models)]
+        return pool.measure(paths, input_shape)
+
+
+def measure_beside(pool: DevicePool, reference: nn.Module, models: Sequence[nn.Module],
+                   input_shape: Sequence[int]) -> list[Paired]:
+    """Each model timed in one interleaved session with ``reference`` on the same host (``DevicePool.measure_beside``)."""
+    if not models:
+        return []
+    with tempfile.TemporaryDirectory(prefix="dac-search-measure-") as tmp:
+        paths = [export_for(pool.config.runtime, m, Path(tmp) / f"model-{i}", input_shape)
+                 for i, m in enumerate([reference, *models])]
+        return pool.measure_beside(paths[0], paths[1:], input_shape)
