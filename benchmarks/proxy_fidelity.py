@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -187,6 +187,30 @@ def memo(proxy: ModelProxy) -> Callable[[RankPlan], ProxyScore]:
     return score
 
 
+def _ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks from 0, ties sharing the mean of their places (what Spearman's rho needs)."""
+    a = np.asarray(values, dtype=float)
+    places = np.empty(len(a))
+    places[a.argsort(kind="stable")] = np.arange(len(a))
+    _, group, size = np.unique(a, return_inverse=True, return_counts=True)
+    return np.bincount(group, weights=places)[group] / size[group]
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho: Pearson's r of the ranks (nan when either list is constant)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])
+
+
+def kendall(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b: (concordant - discordant pairs) over the pairs untied in x and in y, geometric mean."""
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    i, j = np.triu_indices(len(a), 1)
+    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float((da * db).sum() / np.sqrt(np.count_nonzero(da) * np.count_nonzero(db)))
+
+
 def run_model(spec: str, count: int, low: float, high: float, seed: int, limit: int | None,
               save: Path | None = None) -> str:
     started = time.perf_counter()
@@ -204,8 +228,8 @@ def run_model(spec: str, count: int, low: float, high: float, seed: int, limit: 
     rows = []
     for judge in judges:
         truth = real[judge.corrected]
-        rho = stats.spearmanr(scores[judge.name], truth).statistic
-        tau = stats.kendalltau(scores[judge.name], truth).statistic
+        rho = spearman(scores[judge.name], truth)
+        tau = kendall(scores[judge.name], truth)
         rows.append([judge.name, "refit" if judge.corrected else "none", f"{rho:.3f}", f"{tau:.3f}"])
     kept = [costs.cost(p).flops / costs.baseline.flops for _, p in plans]
     if save is not None:

@@ -1,6 +1,6 @@
 """Device configs: ``configs/devices/*.toml`` parsed into a frozen ``DeviceConfig``, validated once.
 
-Every mistake is a ``ConfigError`` naming the file and the key, raised when the file is loaded, so a
+Every mistake is a ``DeviceConfigError`` naming the file and the key, raised when the file is loaded, so a
 search never starts with a config that fails an hour later. Passwords are refused outright: a device is
 reached with keys or the ssh-agent only.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from dac_search.errors import ConfigError
 from profilers.base import MeasureSettings
+from profilers.errors import DeviceConfigError
 
 KINDS = ("local", "ssh")
 RUNTIMES = ("onnxruntime", "torch")
@@ -67,11 +67,22 @@ class DeviceConfig:
 
 
 def devices_dir() -> Path:
-    """The directory of named device configs (``$DAC_SEARCH_DEVICES_DIR`` or the repo's configs/devices)."""
+    """The directory of named device configs: ``$DAC_SEARCH_DEVICES_DIR``, else the ones shipped with dac-search."""
     override = os.environ.get(DEVICES_DIR_ENV)
     if override:
         return Path(override).expanduser()
-    return Path(__file__).resolve().parent.parent / "configs" / "devices"
+    return bundled_devices_dir()
+
+
+def bundled_devices_dir() -> Path:
+    """The top-level ``configs/devices`` of the project, wherever it is installed.
+
+    A wheel carries it inside this package as ``profilers/configs`` (pyproject.toml maps the package
+    ``profilers.configs`` to the ``configs`` directory); a checkout or an editable install has it beside.
+    """
+    here = Path(__file__).resolve().parent
+    installed = here / "configs" / "devices"
+    return installed if installed.is_dir() else here.parent / "configs" / "devices"
 
 
 def list_devices() -> list[DeviceConfig]:
@@ -90,15 +101,15 @@ def load_device(name_or_path: str | os.PathLike[str]) -> DeviceConfig:
         path = devices_dir() / f"{text}.toml"
         if not path.is_file():
             known = ", ".join(sorted(p.stem for p in devices_dir().glob("*.toml"))) or "none"
-            raise ConfigError(f"unknown device {text!r} (known: {known}; or give a path to a .toml file)")
+            raise DeviceConfigError(f"unknown device {text!r} (known: {known}; or give a path to a .toml file)")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"device config {path} does not exist") from None
+        raise DeviceConfigError(f"device config {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read device config {path}: {exc}") from None
+        raise DeviceConfigError(f"cannot read device config {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise DeviceConfigError(f"{path}: not valid TOML: {exc}") from None
     return parse_device(data, source=path)
 
 
@@ -115,8 +126,8 @@ class _Parser:
         self.source = source
         self.where = str(source) if source else "device config"
 
-    def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.where}: {key}: {message}")
+    def fail(self, key: str, message: str) -> DeviceConfigError:
+        return DeviceConfigError(f"{self.where}: {key}: {message}")
 
     def parse(self) -> DeviceConfig:
         if "password" in self.data:

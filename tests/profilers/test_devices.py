@@ -8,6 +8,7 @@ import pytest
 
 from profilers.errors import DeviceConfigError
 from profilers import LocalProfiler, SshProfiler, devices_dir, list_devices, load_device, make_profiler
+from profilers import devices
 
 
 def test_shipped_devices_load() -> None:
@@ -27,6 +28,17 @@ def test_load_by_path_and_env_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("DAC_SEARCH_DEVICES_DIR", str(tmp_path))
     assert devices_dir() == tmp_path and load_device("box") == config
     assert [d.name for d in list_devices()] == ["box"]
+
+
+def test_shipped_configs_are_found_in_a_checkout_and_in_an_installed_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DAC_SEARCH_DEVICES_DIR", raising=False)
+    assert devices_dir() == Path(__file__).resolve().parents[2] / "configs" / "devices"  # checkout, editable
+    installed = tmp_path / "site-packages" / "profilers"  # a wheel: configs/ is inside the package
+    (installed / "configs" / "devices").mkdir(parents=True)
+    monkeypatch.setattr(devices, "__file__", str(installed / "devices.py"))
+    assert devices_dir() == installed / "configs" / "devices"
 
 
 def test_relative_key_is_relative_to_the_file(tmp_path: Path) -> None:
