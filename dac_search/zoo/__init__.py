@@ -9,13 +9,17 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from dac_search.errors import ModelLoadError
 from dac_search.zoo.cifar_resnet import DEPTHS, CifarResNet
-from dac_search.zoo.weights import apply_state_dict, fetch_checkpoint, read_state_dict
+from dac_search.zoo.weights import apply_state_dict, fetch_checkpoint, read_state_dict, url_hash_prefix, weights_name
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 _CIFAR_URL = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/{}"
 # Checkpoint file names of the upstream repository; the hex is the start of each file's sha256.
@@ -49,7 +53,8 @@ def default_input_shape(spec: str) -> tuple[int, int, int, int] | None:
 def load_model(spec: str, weights: str | os.PathLike[str] | None = None) -> nn.Module:
     """A model in eval mode from a name, a TorchScript file or ``file.py:callable`` / ``module:callable``.
 
-    ``weights``: a state-dict file to load instead of the model's default pretrained weights.
+    ``weights``: a state-dict file to load instead of the model's default pretrained weights, or for a
+    torchvision model one of its weights names (``IMAGENET1K_V1``, ``DEFAULT``), torchvision's convention.
     """
     if spec in CIFAR_MODELS:
         model: nn.Module = _load_cifar(spec, weights)
@@ -71,23 +76,44 @@ def load_model(spec: str, weights: str | os.PathLike[str] | None = None) -> nn.M
 def _load_cifar(spec: str, weights: str | os.PathLike[str] | None) -> nn.Module:
     depth = int(spec.removeprefix("cifar10-resnet"))
     model = CifarResNet(depth)
-    source = weights or fetch_checkpoint(_CIFAR_URL.format(_CIFAR_CHECKPOINTS[depth]),
-                                         _CIFAR_CHECKPOINTS[depth].split("-")[1].split(".")[0])
+    name = weights_name(weights)
+    if name not in (None, "DEFAULT"):
+        raise ModelLoadError(f"{spec} has no weights named {name!r}: give DEFAULT or a state-dict file "
+                             f"(./{name} for a file of that name)")
+    checkpoint = _CIFAR_CHECKPOINTS[depth]
+    source = weights if name is None and weights is not None else fetch_checkpoint(
+        _CIFAR_URL.format(checkpoint), url_hash_prefix(checkpoint), f"the {spec} weights")
     apply_state_dict(model, read_state_dict(source), str(source))
     return model
 
 
 def _load_torchvision(spec: str, weights: str | os.PathLike[str] | None) -> nn.Module:
+    """Named weights go through torchvision's own builder (which sets what they need, e.g. inception's
+    ``transform_input``), once their file is in torch.hub's cache and its hash checked; a file is loaded here."""
     import torchvision
 
-    model = torchvision.models.get_model(spec, weights=None)
-    if weights is None:
-        default = torchvision.models.get_model_weights(spec).DEFAULT
-        filename = os.path.basename(default.url)
-        prefix = filename.rsplit("-", 1)[-1].split(".")[0]
-        weights = fetch_checkpoint(default.url, prefix)
-    apply_state_dict(model, read_state_dict(weights), str(weights))
-    return model
+    if weights is not None and weights_name(weights) is None:
+        model = torchvision.models.get_model(spec, weights=None)
+        apply_state_dict(model, read_state_dict(weights), str(weights))
+        return model
+    chosen = _torchvision_weights(spec, weights_name(weights) or "DEFAULT")
+    fetch_checkpoint(chosen.url, url_hash_prefix(chosen.url), f"the {spec} weights {chosen}")
+    return torchvision.models.get_model(spec, weights=chosen, progress=False)
+
+
+def _torchvision_weights(spec: str, name: str) -> WeightsEnum:
+    """The member of the model's weights enum that ``name`` names, or one line listing the known ones."""
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(spec)
+    member = name.removeprefix(f"{enum.__name__}.")
+    if member in enum.__members__:
+        return enum[member]
+    known = list(enum.__members__)
+    close = difflib.get_close_matches(member, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ModelLoadError(f"{spec} has no weights named {name!r}{hint}; known: {', '.join(known)}, "
+                         f"or a state-dict file")
 
 
 def _load_torchscript(spec: str, weights: str | os.PathLike[str] | None) -> nn.Module:
@@ -99,8 +125,7 @@ def _load_torchscript(spec: str, weights: str | os.PathLike[str] | None) -> nn.M
     except Exception as exc:  # torch.jit raises RuntimeError or its own types for non-TorchScript files
         raise ModelLoadError(f"{spec} is not a TorchScript file ({type(exc).__name__}); pass a state dict "
                              f"with --weights and the model as path/to/file.py:function") from None
-    if weights is not None:
-        apply_state_dict(model, read_state_dict(weights), str(weights))
+    _apply_file(spec, model, weights)
     return model
 
 
@@ -113,8 +138,7 @@ def _load_callable(spec: str, weights: str | os.PathLike[str] | None) -> nn.Modu
         raise ModelLoadError(f"{spec}() failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{spec}() returned {type(model).__name__}, not a torch.nn.Module")
-    if weights is not None:
-        apply_state_dict(model, read_state_dict(weights), str(weights))
+    _apply_file(spec, model, weights)
     return model
 
 
@@ -140,3 +164,14 @@ def _resolve(target: str, attribute: str, spec: str) -> Callable[[], object]:
     if not callable(factory):
         raise ModelLoadError(f"{target} has no callable {attribute!r} (from {spec})")
     return factory
+
+
+def _apply_file(spec: str, model: nn.Module, weights: str | os.PathLike[str] | None) -> None:
+    """A state-dict file onto a model of the user's; weights names belong to torchvision models only."""
+    if weights is None:
+        return
+    name = weights_name(weights)
+    if name is not None:
+        raise ModelLoadError(f"weights {name!r} is a torchvision weights name, and {spec} is not a torchvision "
+                             f"model: pass a state-dict file (./{name} for a file of that name)")
+    apply_state_dict(model, read_state_dict(weights), str(weights))

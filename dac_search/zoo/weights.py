@@ -1,10 +1,15 @@
-"""Pretrained weights: fetched through torch.hub's cache, hash checked, loaded with weights_only=True."""
+"""Pretrained weights: fetched through torch.hub's cache and hash checked; files loaded with weights_only=True.
+
+``--weights`` is a state-dict file or, torchvision's convention, a weights name (``IMAGENET1K_V1``,
+``DEFAULT``, ``ResNet18_Weights.IMAGENET1K_V1``) for torchvision models.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import pickle
+import re
 import urllib.error
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,16 +32,38 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_checkpoint(url: str, sha256_prefix: str) -> Path:
-    """The cached file for ``url``, downloading it when missing; its sha256 must start with the prefix."""
+# A weights name as torchvision spells them: an upper-case member, optionally after its enum's name.
+_WEIGHTS_NAME = re.compile(r"(?:[A-Za-z0-9_]+_Weights\.)?[A-Z][A-Z0-9_]*")
+
+
+def weights_name(weights: str | os.PathLike[str] | None) -> str | None:
+    """``weights`` when it is a weights name rather than a file (a file so named is ``./NAME``)."""
+    if isinstance(weights, str) and _WEIGHTS_NAME.fullmatch(weights):
+        return weights
+    return None
+
+
+def url_hash_prefix(url: str) -> str:
+    """The sha256 prefix in a checkpoint's file name (``resnet18-f37072fd.pth``), or "" when it has none."""
+    stem = os.path.basename(url).split(".")[0]
+    prefix = stem.rsplit("-", 1)[-1] if "-" in stem else ""
+    return prefix if re.fullmatch(r"[0-9a-f]{6,64}", prefix) else ""
+
+
+def fetch_checkpoint(url: str, sha256_prefix: str, what: str = "the weights") -> Path:
+    """The cached file for ``url``, downloading it when missing; its sha256 must start with the prefix.
+
+    Offline, the error names the one file to fetch and where torch.hub's cache expects it.
+    """
     path = hub_checkpoint_path(os.path.basename(url))
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            torch.hub.download_url_to_file(url, str(path), hash_prefix=sha256_prefix, progress=False)
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=sha256_prefix or None, progress=False)
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            reason = " ".join(str(getattr(exc, "reason", exc)).split())
             raise WeightsUnavailableError(
-                f"cannot download {url} ({getattr(exc, 'reason', exc)}); put the file at {path} "
+                f"cannot download {what} ({reason}): put {url} at {path} (torch.hub's checkpoint cache), "
                 f"or pass --weights PATH") from None
     actual = sha256_of(path)
     if not actual.startswith(sha256_prefix):
