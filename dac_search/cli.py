@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
+from dac_search.commands import decompose, devices, export, profile, report, search
 from dac_search.errors import EXPECTED
 
-# Sub-command name -> module in dac_search.commands; each module has add_parser() and run().
-COMMANDS = ("search", "decompose", "profile", "devices", "report", "export")
+# The sub-commands, in the order of the help; each module has add_parser() and run().
+COMMANDS = (search, decompose, profile, devices, report, export)
 DEFAULT_COMMAND = "search"
 
 
@@ -25,13 +25,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dac-search", description="Data-free, hardware-aware DAC rank search.")
     subparsers = parser.add_subparsers(dest="command", parser_class=_Parser)
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"dac_search.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"dac_search.commands.{name}":
-                raise
-            continue  # a sub-command not built yet
+    for module in COMMANDS:
         module.add_parser(subparsers)
     return parser
 

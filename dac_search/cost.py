@@ -44,11 +44,6 @@ class ConvGeometry:
                    padding, tuple(conv.dilation), conv.groups, conv.bias is not None, conv.padding_mode,
                    (int(in_hw[0]), int(in_hw[1])), (int(out_hw[0]), int(out_hw[1])))
 
-    def make_conv(self) -> nn.Conv2d:
-        """A randomly initialised conv of this geometry (for timing a layer alone)."""
-        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         self.dilation, self.groups, self.bias, self.padding_mode)
-
     def key(self) -> str:
         """A stable text key of the geometry (latency caches are keyed by it, not by the name)."""
         return (f"c{self.in_channels}-n{self.out_channels}-k{self.kernel_size[0]}x{self.kernel_size[1]}"
@@ -151,7 +146,3 @@ class CostModel:
         for name, choice in plan.layers.items():
             total = total - self.layer(name) + self.layer(name, choice)
         return total
-
-    def per_layer(self, plan: RankPlan) -> dict[str, tuple[Cost, Cost]]:
-        """Layer name -> (cost before, cost after) for every decomposable layer."""
-        return {name: (self.layer(name), self.layer(name, plan.layers.get(name))) for name in self.geometry}

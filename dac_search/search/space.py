@@ -18,7 +18,6 @@ from dac_search.hull import Option, lower_hull
 from dac_search.plan import LayerChoice, RankPlan
 
 LOG_LAMBDA_RANGE = (-5.0, 3.0)
-SHIFTS = (-1, 0, 1)
 
 
 @dataclass(frozen=True)
