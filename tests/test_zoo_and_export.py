@@ -16,7 +16,8 @@ from dac_search.export import export_onnx, export_torchscript
 from tests.conftest import top1
 
 
-@pytest.mark.parametrize("spec,expected", [("cifar10-resnet20", 92.10), ("cifar10-resnet56", 93.50)])
+@pytest.mark.parametrize("spec,expected", [("cifar10-resnet20", 92.10),
+                                           pytest.param("cifar10-resnet56", 93.50, marks=pytest.mark.slow)])
 def test_cifar_resnets_score_their_published_accuracy(hub_cache, cifar_test, spec, expected) -> None:
     model = load_model(spec)
     assert top1(model, *cifar_test) == pytest.approx(expected, abs=0.005)

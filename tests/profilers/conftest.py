@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -18,6 +19,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+from tests.conftest import require
 
 SSHD = Path("/usr/sbin/sshd")
 # Short settings so each measurement takes a fraction of a second.
@@ -59,6 +62,18 @@ def write_device(path: Path, measure: dict[str, float] | None = None, **keys: ob
     return path
 
 
+def python_without_onnxruntime(directory: Path) -> Path:
+    """This python, but ``import onnxruntime`` fails: a device python without the runtime on any machine
+    (a shadowing package first on PYTHONPATH), so the test never depends on what /usr/bin/python3 has."""
+    shadow = directory / "shadow"
+    (shadow / "onnxruntime").mkdir(parents=True, exist_ok=True)
+    (shadow / "onnxruntime" / "__init__.py").write_text('raise ImportError("No module named \'onnxruntime\'")\n')
+    python = directory / "python-without-onnxruntime"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={shlex.quote(str(shadow))} exec {shlex.quote(sys.executable)} "$@"\n')
+    python.chmod(0o755)
+    return python
+
+
 def processes_matching(marker: str) -> list[int]:
     """Pids whose command line contains ``marker`` (the device is this machine in these tests)."""
     found = []
@@ -79,6 +94,14 @@ def wait_until_gone(marker: str, timeout_s: float = 10.0) -> list[int]:
     while (left := processes_matching(marker)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that starts the real sshd is marked ``ssh`` (deselect with ``-m "not ssh"``)."""
+    for item in items:
+        if "sshd" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ssh)
 
 
 @pytest.fixture(scope="session")
@@ -193,11 +216,8 @@ def _keygen(path: Path) -> str:
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     """OpenSSH's sshd on 127.0.0.1 at a free port, with generated host and client keys."""
-    if not SSHD.exists() or shutil.which("ssh-keygen") is None:
-        reason = f"{SSHD} or ssh-keygen is missing (install the openssh-server package)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require(SSHD.exists() and shutil.which("ssh-keygen") is not None,
+            f"{SSHD} or ssh-keygen is missing (install the openssh-server package)")
     directory = tmp_path_factory.mktemp("sshd")
     host_public = _keygen(directory / "host_ed25519")
     _keygen(directory / "client_ed25519")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -12,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from profilers import BadModel, LocalProfiler, MeasurementTimeout, RuntimeMissing, load_device, make_profiler
+from tests.conftest import require
 
-from .conftest import wait_until_gone, write_device
+from .conftest import python_without_onnxruntime, wait_until_gone, write_device
 
 
 def _local(tmp_path: Path, **keys: object) -> LocalProfiler:
@@ -32,17 +32,15 @@ def test_measures_and_describes(tmp_path: Path, tiny_models: tuple[Path, Path]) 
 
 
 def test_pins_cpus_with_taskset(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
-    if not hasattr(os, "sched_getaffinity") or 0 not in os.sched_getaffinity(0):
-        pytest.skip("cpu 0 not available")
+    require(hasattr(os, "sched_getaffinity") and 0 in os.sched_getaffinity(0),
+            "cpu 0 is not in this process's affinity mask")
     with _local(tmp_path, cpus="0") as profiler:
         assert profiler._command(["--info", "{}"])[1:3] == ["-c", "0"]
         assert profiler.measure(tiny_models[0], (1, 3, 16, 16)).n == 5
 
 
 def test_python_without_runtime(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
-    bare = "/usr/bin/python3"
-    if subprocess.run([bare, "-c", "import onnxruntime"], capture_output=True).returncode == 0:
-        pytest.skip(f"{bare} has onnxruntime")
+    bare = python_without_onnxruntime(tmp_path)
     with _local(tmp_path, python=bare) as profiler, pytest.raises(
         RuntimeMissing, match=f"onnxruntime is not importable by {bare} on local-test"
     ):

@@ -13,7 +13,7 @@ import pytest
 
 from profilers import runner
 
-from .conftest import FAST_MEASURE, tiny_onnx
+from .conftest import FAST_MEASURE, python_without_onnxruntime, tiny_onnx
 
 RUNNER = Path(runner.__file__)
 
@@ -60,7 +60,7 @@ def test_measures_models_interleaved_in_order(tmp_path: Path) -> None:
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script is deprecated upstream
 def test_torch_runtime(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch  # a dependency of dac-search; the runner itself imports it only for this runtime
     path = tmp_path / "conv.pt"
     torch.jit.script(torch.nn.Conv2d(3, 8, 3, padding=1)).save(str(path))
     code, doc = _run({"models": [str(path)], "input_shape": [1, 3, 16, 16], "runtime": "torch", "threads": 1,
@@ -91,10 +91,8 @@ def test_bad_job(tmp_path: Path) -> None:
 
 
 def test_runtime_missing(tmp_path: Path) -> None:
-    bare = "/usr/bin/python3"
-    if not Path(bare).exists() or subprocess.run([bare, "-c", "import onnxruntime"], capture_output=True).returncode == 0:
-        pytest.skip(f"no python without onnxruntime at {bare}")
-    code, doc = _run({"models": ["x.onnx"], "input_shape": [1, 3, 16, 16]}, tmp_path, python=bare)
+    bare = python_without_onnxruntime(tmp_path)
+    code, doc = _run({"models": ["x.onnx"], "input_shape": [1, 3, 16, 16]}, tmp_path, python=str(bare))
     assert code == runner.EXIT_RUNTIME_MISSING and doc["error"] == "runtime_missing"
 
 

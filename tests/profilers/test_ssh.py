@@ -26,7 +26,7 @@ from profilers import (
     make_profiler,
 )
 
-from .conftest import SshServer, processes_matching, wait_until_gone
+from .conftest import SshServer, processes_matching, python_without_onnxruntime, wait_until_gone
 
 
 def _profiler(sshd: SshServer, tmp_path: Path, **overrides: object) -> SshProfiler:
@@ -124,10 +124,8 @@ def test_wrong_key_fails_authentication(sshd: SshServer, tmp_path: Path) -> None
 
 
 def test_python_without_runtime(sshd: SshServer, tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
-    bare = "/usr/bin/python3"
-    if subprocess.run([bare, "-c", "import onnxruntime"], capture_output=True).returncode == 0:
-        pytest.skip(f"{bare} has onnxruntime")
-    with _profiler(sshd, tmp_path, python=bare) as profiler:
+    bare = python_without_onnxruntime(tmp_path)
+    with _profiler(sshd, tmp_path, python=str(bare)) as profiler:
         with pytest.raises(RuntimeMissing, match=f"onnxruntime is not importable by {bare} on loopback-test"):
             profiler.measure(tiny_models[0], (1, 3, 16, 16))
 

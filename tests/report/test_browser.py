@@ -10,10 +10,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 from PIL import Image, ImageStat
 
 from dac_search.report import write_reports
 from tests.conftest import require
+
+pytestmark = pytest.mark.browser
 
 WIDTH, HEIGHT = 1280, 2000
 RED = (0xC8, 0x37, 0x4A)  # the Pareto points and the hypervolume curve (plots.RED)

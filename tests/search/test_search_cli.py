@@ -31,6 +31,7 @@ def rows(path: Path) -> list[dict[str, str]]:
 SEARCH = ("--model", "cifar10-resnet20", "--proxy-images", "16", "--correction", "none")  # fast: no refit
 
 
+@pytest.mark.slow  # over 10 s here
 def test_small_search_writes_every_result_file(hub_cache, tmp_path) -> None:
     out = tmp_path / "run"
     result = run_cli(*SEARCH, "--device", "none", "--budget", "60%flops", "--trials", "20", "--out", str(out))
@@ -54,6 +55,7 @@ def test_small_search_writes_every_result_file(hub_cache, tmp_path) -> None:
     assert again.returncode == 0 and len(rows(out / "trials.csv")) == 20  # nothing to do: already done
 
 
+@pytest.mark.slow  # over 10 s here
 def test_search_on_the_local_device_judges_each_plan_beside_the_original(hub_cache, tmp_path) -> None:
     out = tmp_path / "run"
     device = tmp_path / "quick.toml"  # short timings: this checks the plumbing, not the machine
@@ -78,6 +80,7 @@ def test_search_on_the_local_device_judges_each_plan_beside_the_original(hub_cac
     assert all(f"{1 / float(p['latency_ratio']):.2f}×" in report for p in pareto)  # speed-up of the pair
 
 
+@pytest.mark.slow  # over 10 s here
 def test_resume_after_kill_9_loses_nothing_and_duplicates_nothing(hub_cache, tmp_path) -> None:
     out = tmp_path / "run"
     args = (*SEARCH, "--device", "none", "--budget", "50%flops", "--trials", "30", "--out", str(out))
