@@ -8,13 +8,15 @@ from rich.table import Table
 
 from dac_search.commands._common import console
 from profilers import devices_dir, list_devices, load_device, make_profiler
+from profilers.devices import DEVICES_DIR_ENV
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("devices", help="list the configured devices, or check one (devices check NAME)")
     actions = parser.add_subparsers(dest="action")
     check = actions.add_parser("check", help="connect to a device and print what it is")
-    check.add_argument("device", help="a name from configs/devices or a path to a .toml file")
+    check.add_argument("device", help=f"a device name (from the list, or from ${DEVICES_DIR_ENV} when set) "
+                                      f"or a path to a .toml file")
     check.add_argument("--runtime", choices=("onnxruntime", "torch"),
                        help="the runtime to check (default: the config's)")
     parser.set_defaults(run=run)
@@ -36,7 +38,8 @@ def _list() -> int:
                       str(device.threads or "auto"), device.python_path, device.description)
     console().print(table)
     if not devices:
-        console().print("no device configs found; add a .toml file there or pass --device path/to/device.toml")
+        console().print(f"no device configs found; set {DEVICES_DIR_ENV} to a directory of .toml files "
+                        f"or pass --device path/to/device.toml")
     return 0
 
 
