@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,14 +35,20 @@ class Paired:
 
 
 class DevicePool:
-    """One profiler per host of a device config, opened lazily and kept for the whole search."""
+    """One profiler per host of a device config, opened lazily and kept for the whole search.
 
-    def __init__(self, config: DeviceConfig, warn: Warn) -> None:
+    ``profilers``: host -> profiler, to run the pool on other backends (an in-memory one in tests);
+    by default one per host of ``config``, made by ``make_profiler``.
+    """
+
+    def __init__(self, config: DeviceConfig, warn: Warn, profilers: Mapping[str, Profiler] | None = None) -> None:
         self.config = config
         self.warn = warn
-        hosts = config.hosts or ("local",)
-        self._profilers: dict[str, Profiler] = {
-            host: make_profiler(config, host=None if config.kind == "local" else host) for host in hosts}
+        if profilers is None:
+            profilers = {host: make_profiler(config, host=None if config.kind == "local" else host)
+                         for host in config.hosts or ("local",)}
+        self._profilers: dict[str, Profiler] = dict(profilers)
+        hosts = tuple(self._profilers)
         self.state: dict[str, str] = {host: "idle" for host in hosts}
         self.measured: dict[str, int] = {host: 0 for host in hosts}
 
