@@ -7,6 +7,7 @@ from dac_search.apply import decompose_model
 from dac_search.decompose import decompose_conv, factorize, max_rank
 from dac_search.errors import ConfigError, DacSearchError, DecompositionError, ModelLoadError, PlanError
 from dac_search.plan import LayerChoice, RankPlan
+from dac_search.rundir import read_run
 from dac_search.zoo import load_model
 
 __version__ = "0.1.0"
@@ -14,5 +15,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError", "Cost", "CostModel", "DacSearchError", "DecompositionError", "LayerChoice", "ModelLoadError",
     "PlanError", "RankPlan", "count_cost", "decompose_conv", "decompose_model", "factorize", "load_model",
-    "max_rank",
+    "max_rank", "read_run",
 ]

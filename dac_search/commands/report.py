@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from dac_search.commands._common import console
-from dac_search.report import build_report_data, load_run, print_pareto, write_reports
+from dac_search.report import build_report_data, print_pareto, write_reports
+from dac_search.rundir import load_run
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -51,7 +51,8 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dac_search.report import build_report_data, load_run, print_pareto, write_reports
+    from dac_search.report import build_report_data, print_pareto, write_reports
+    from dac_search.rundir import load_run
     from dac_search.search.controller import run_search
 
     outcome = run_search(config_from_args(args))

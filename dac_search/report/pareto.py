@@ -1,17 +1,21 @@
-"""Pareto math on (cost, proxy) pairs, both minimised: the front, 2-D hypervolume, and the best pick.
+"""Pareto math on (cost, proxy), both minimised: the front, 2-D hypervolume, and the best pick.
 
-Pure functions over numbers and rows, no drawing, so the HTML, Markdown and terminal renderers and
-``export --pick best`` all agree on which plans are on the front and which one is "best".
+Pure functions over numbers and rows, no drawing. ``pareto_front`` is the one front of the project: the
+search picks pareto.csv with it, and the report (its fallback for an interrupted run, the hypervolume)
+and ``export --pick best`` use it too, so they cannot disagree about which plans are on the front.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import attrgetter, itemgetter
+from typing import TypeVar
 
-from dac_search.report.results import TrialRow
+from dac_search.rundir import TrialRow
 
 Pair = tuple[float, float]
+T = TypeVar("T")
 
 
 def dominates(a: Pair, b: Pair) -> bool:
@@ -19,27 +23,38 @@ def dominates(a: Pair, b: Pair) -> bool:
     return a[0] <= b[0] and a[1] <= b[1] and a != b
 
 
-def pareto_indices(points: Sequence[Pair]) -> tuple[int, ...]:
-    """Indices of the non-dominated points, in input order; duplicates of a front point all stay."""
-    order = sorted(range(len(points)), key=lambda i: (points[i], i))
-    front: list[int] = []
-    best_proxy = float("inf")
-    last: Pair | None = None
-    for i in order:
-        if points[i] == last or points[i][1] < best_proxy:
-            front.append(i)
-            best_proxy = min(best_proxy, points[i][1])
-            last = points[i]
-    return tuple(sorted(front))
+def pareto_front(
+    items: Sequence[T],
+    cost: Callable[[T], float | None],
+    proxy: Callable[[T], float | None] = attrgetter("proxy"),
+) -> list[T]:
+    """The items no other item dominates on (cost, proxy), cheapest first; items lacking either are left out.
+
+    Tie rule: of items equal in both objectives only the first (in input order: the earliest trial) stays,
+    so one plan evaluated twice is reported once; items equal in one objective only are not ties, the
+    worse one is dominated.
+    """
+    scored = [(c, p, i) for i, item in enumerate(items)
+              if (c := cost(item)) is not None and (p := proxy(item)) is not None]
+    front: list[T] = []
+    best = math.inf
+    for _, value, i in sorted(scored):
+        if value < best:
+            front.append(items[i])
+            best = value
+    return front
+
+
+def _pairs_front(points: Sequence[Pair]) -> list[Pair]:
+    return pareto_front(points, itemgetter(0), itemgetter(1))
 
 
 def hypervolume(points: Sequence[Pair], reference: Pair) -> float:
     """Area dominated by ``points`` and bounded by ``reference``; points not better than it add nothing."""
     inside = [p for p in points if p[0] < reference[0] and p[1] < reference[1]]
-    front = sorted({inside[i] for i in pareto_indices(inside)})
     area = 0.0
     ceiling = reference[1]
-    for cost, proxy in front:  # cost ascending, so proxy descending along the front
+    for cost, proxy in _pairs_front(inside):  # cost ascending, so proxy descending along the front
         area += (reference[0] - cost) * (ceiling - proxy)
         ceiling = proxy
     return area
@@ -51,21 +66,21 @@ def hypervolume_history(points: Sequence[Pair | None], reference: Pair) -> tuple
     values = []
     current = 0.0
     for point in points:
-        if point is not None and not any(p == point or dominates(p, point) for p in front):
-            front = [p for p in front if not dominates(point, p)] + [point]
+        if point is not None:
+            front = _pairs_front([*front, point])
             current = hypervolume(front, reference)
         values.append(current)
     return tuple(values)
 
 
 def front_rows(rows: Sequence[TrialRow], objective: str) -> tuple[TrialRow, ...]:
-    """The Pareto front of completed trials on (objective, proxy): feasible ones, else all as the closest.
+    """The front of completed trials on (objective, proxy): of the feasible ones, else of all as the closest.
 
-    The search writes ``pareto.csv`` itself; this is the fallback for a run interrupted before it did.
+    The search writes pareto.csv itself; this is the fallback for a run interrupted before it did.
     """
-    measured = [(row, point) for row in rows if (point := row.point(objective)) is not None]
-    pool = [(row, point) for row, point in measured if row.feasible] or measured
-    return tuple(pool[i][0] for i in pareto_indices([point for _, point in pool]))
+    measured = [row for row in rows if row.point(objective) is not None]
+    pool = [row for row in measured if row.feasible] or measured
+    return tuple(pareto_front(pool, lambda row: row.cost(objective)))
 
 
 def best_row(rows: Sequence[TrialRow]) -> TrialRow | None:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.report.pareto import best_row, front_rows, hypervolume, hypervolume_history
-from dac_search.report.results import Budget, RunResults, TrialRow, UniformPoint
+from dac_search.rundir import RunResults, TrialRow, UniformPoint
+from dac_search.search.budget import Budget
 
 # Margin above the worst proxy, so the worst completed trial still adds area to the hypervolume.
 PROXY_MARGIN = 1.1
@@ -115,13 +116,6 @@ class ReportData:
     has_top1: bool
     notes: tuple[str, ...]
 
-    @property
-    def original_top1(self) -> float | None:
-        info = self.results.info
-        if info.baseline.top1 is not None:
-            return info.baseline.top1
-        return None if info.eval is None else info.eval.top1_original
-
 
 def build_report_data(results: RunResults) -> ReportData:
     """Compute everything the report shows from a loaded run, measuring nothing."""
@@ -153,7 +147,7 @@ def build_report_data(results: RunResults) -> ReportData:
         hypervolume=_hypervolume(results, objective),
         layers=_layer_grid(results, pareto),
         has_latency=has_latency,
-        has_top1=any(r.top1 is not None for r in pareto) or info.eval is not None,
+        has_top1=any(r.top1 is not None for r in pareto) or info.baseline.top1 is not None,
         notes=tuple(notes),
     )
 

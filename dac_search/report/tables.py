@@ -5,9 +5,12 @@ Formatting lives here once so the three views show the same digits; each rendere
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
-from dac_search.report.results import Baseline, Budget, TrialRow
+from dac_search.rundir import Baseline, TrialRow
+from dac_search.search.budget import Budget
 from dac_search.report.summary import ReportData
 
 DASH = "–"
@@ -85,7 +88,7 @@ def pareto_table(data: ReportData) -> TextTable:
             iqr = base.latency_iqr_ms if row is None else row.latency_iqr_ms
             values += [fmt_float(latency, 3), fmt_float(iqr, 3), fmt_ratio(_speedup(base, row))]
         if data.has_top1:
-            values += [fmt_float(data.original_top1 if row is None else row.top1, 2)]
+            values += [fmt_float(base.top1 if row is None else row.top1, 2)]
         return (*values, note)
 
     rows = [cells("original", None, "")]
@@ -183,7 +186,8 @@ def _best_text(data: ReportData) -> str:
     info = data.results.info
     parts = [f"trial {best.trial}", f"proxy {fmt_float(best.proxy, 4)}"]
     if best.top1 is not None:
-        drop = "" if data.original_top1 is None else f" ({best.top1 - data.original_top1:+.2f} vs original)"
+        original = info.baseline.top1
+        drop = "" if original is None else f" ({best.top1 - original:+.2f} vs original)"
         parts.append(f"top-1 {best.top1:.2f} %{drop}")
     if best.latency_ms is not None:
         speedup = _speedup(info.baseline, best)
@@ -197,8 +201,8 @@ def _original_text(data: ReportData) -> str:
     parts = [f"FLOPs {fmt_flops(base.flops)}", f"params {fmt_params(base.params)}"]
     if base.latency_ms is not None:
         parts.append(f"latency {base.latency_ms:.3f} ms (IQR {fmt_float(base.latency_iqr_ms, 3)})")
-    if data.original_top1 is not None:
-        parts.append(f"top-1 {data.original_top1:.2f} %")
+    if base.top1 is not None:
+        parts.append(f"top-1 {base.top1:.2f} %")
     return ", ".join(parts)
 
 
@@ -209,10 +213,14 @@ def condition_items(data: ReportData) -> tuple[tuple[str, str], ...]:
     if info.device is None:
         items.append(("Device", "none (cost = FLOPs, no latency measured)"))
     else:
-        items += [("Device", info.device.name), ("Runtime", info.device.runtime), *info.device.conditions]
+        items += [("Device", info.device.name), ("Runtime", info.device.runtime)]
+        items += [(key, _detail_text(value)) for key, value in info.device.details if value is not None]
     items += [("Input shape", "×".join(str(n) for n in info.input_shape)), ("Seed", str(info.seed))]
-    if info.eval is not None:
-        items.append(("Eval data", info.eval.data))
     items.append(("Command", info.command))
     items += [(f"{name} version", version) for name, version in info.versions]
     return tuple(items)
+
+
+def _detail_text(value: Any) -> str:
+    """A device detail as shown: nested values (the runner's conditions) as compact JSON."""
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)

@@ -7,8 +7,8 @@ from pathlib import Path
 from dac_search.atomic import write_text_atomic
 from dac_search.report.html import render_html
 from dac_search.report.markdown import render_markdown
-from dac_search.report.results import load_run
 from dac_search.report.summary import build_report_data
+from dac_search.rundir import load_run
 
 HTML_NAME = "report.html"
 MARKDOWN_NAME = "report.md"

@@ -19,7 +19,7 @@ from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies import ModelProxy, cached_layer_sensitivity, default_proxy, synthetic_inputs
 from dac_search.search.budget import Budget
 from dac_search.search.config import SearchConfig
-from dac_search.search.results import Point
+from dac_search.rundir import TrialRow as Point
 from dac_search.search.space import LOG_LAMBDA_RANGE, SearchSpace
 from dac_search.zoo import default_input_shape, load_model
 from dac_search.errors import ConfigError

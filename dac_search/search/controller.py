@@ -25,9 +25,11 @@ from dac_search.plan import LayerChoice, RankPlan
 from dac_search.search.config import SearchConfig
 from dac_search.search.context import SearchContext, build_context
 from dac_search.search.live import LiveView
-from dac_search.search.pareto_select import closest_misses, pareto_front
+from dac_search.report.pareto import pareto_front
+from dac_search.rundir import RunInfo, read_run_json, write_pareto, write_run, write_trials
+from dac_search.rundir import TrialRow as Point
+from dac_search.search.pareto_select import closest_misses
 from dac_search.search.refine import plan_of, propose
-from dac_search.search.results import Point, read_run, write_pareto, write_run, write_trials
 from dac_search.search.study import WORKER, enqueue_warm_starts, fail_dead_trials, open_study
 
 WARM_START_SHARES = (0.8, 0.6, 0.5, 0.4)
@@ -70,7 +72,7 @@ def _cost_text(config: SearchConfig) -> Callable[[float], str]:
 def _check_run_dir(run_dir: Path, config: SearchConfig) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file")
-    previous = read_run(run_dir) if run_dir.is_dir() else None
+    previous = read_run_json(run_dir) if run_dir.is_dir() else None
     if previous is None:
         return
     for key, value in (("model", config.model), ("budget", config.budget.text), ("device_spec", config.device)):
@@ -103,13 +105,13 @@ def _run_info(ctx: SearchContext, started: str, partial: bool, extra: dict[str, 
 
 def _search(ctx: SearchContext, run_dir: Path, view: LiveView) -> SearchOutcome:
     config = ctx.config
-    previous = read_run(run_dir) or {}
+    previous = read_run_json(run_dir) or {}
     started = previous.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds")
     baseline = {"flops": ctx.costs.baseline.flops, "params": ctx.costs.baseline.params,
                 "latency_ms": ctx.table.original_ms if ctx.table else None, "latency_iqr_ms": None,
                 "proxy": 0.0, "top1": None}
     uniform = _uniform_baseline(ctx)
-    write_run(run_dir, _run_info(ctx, started, True, {"baseline": baseline, "uniform": uniform}))
+    write_run(run_dir, RunInfo.from_dict(_run_info(ctx, started, True, {"baseline": baseline, "uniform": uniform})))
 
     storage = config.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
     study = open_study(storage, config.seed)
@@ -181,8 +183,9 @@ def _search(ctx: SearchContext, run_dir: Path, view: LiveView) -> SearchOutcome:
         front, baseline = _with_top1(ctx, run_dir, front, baseline)
     write_pareto(run_dir, front)
     done = len([p for p in points if p.state == "COMPLETE"])
-    write_run(run_dir, _run_info(ctx, started, interrupted or done < config.trials,
-                                 {"baseline": baseline, "uniform": uniform, "trials_complete": done}))
+    write_run(run_dir, RunInfo.from_dict(_run_info(
+        ctx, started, interrupted or done < config.trials,
+        {"baseline": baseline, "uniform": uniform, "trials_complete": done})))
     message = "" if feasible else _miss_message(ctx, front)
     return SearchOutcome(run_dir, tuple(front), feasible, interrupted, message)
 

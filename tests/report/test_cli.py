@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from dac_search.cli import main
+from tests.report.conftest import SEARCHED
 
 ROOT = Path(__file__).resolve().parents[2]
+FAILED = next(t for t, s in SEARCHED.items() if s[0] == "FAIL")
 
 
 def test_report_rerenders_the_same_bytes(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -51,7 +53,8 @@ def test_report_on_a_broken_run_json_is_exit_2(run_dir: Path, capsys: pytest.Cap
 
 @pytest.mark.parametrize(
     ("pick", "message"),
-    [("7", "trial 7 is FAIL"), ("99", "has no trial 99"), ("first", "--pick must be 'best' or a trial number")],
+    [(str(FAILED), f"trial {FAILED} is FAIL"), ("99", "has no trial 99"),
+     ("first", "--pick must be 'best' or a trial number")],
 )
 def test_export_with_a_bad_pick_is_exit_2(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], pick: str, message: str

@@ -1,7 +1,7 @@
 """``dac-search export`` writes a model whose outputs match ``decompose_model`` with the picked plan.
 
-Uses the real cifar10-resnet20 weights (torch.hub's cache seeded from the shared assets) and the real
-plans of the fixture run. Trial 22 is the run's best plan (highest measured top-1 within the budget).
+Uses the real cifar10-resnet20 weights (torch.hub's cache seeded from the shared assets) and the recorded
+plans of the fixture run; BEST is its best plan (highest measured top-1 within the budget).
 """
 
 from __future__ import annotations
@@ -16,18 +16,17 @@ import torch
 from dac_search import decompose_model, load_model
 from dac_search.cli import main
 from dac_search.export import load_pt_export
-from tests.report.conftest import COMPLETE, FIXTURES
+from tests.report.conftest import PARETO, TOP1, plan_of
 
 SAMPLE = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-BEST = 22
+BEST = max(PARETO, key=TOP1.__getitem__)
 
 
 @pytest.fixture(scope="module")
 def expected(hub_cache: Path) -> torch.Tensor:
     """The outputs of decompose_model with the best plan: what every export must reproduce."""
-    plan = FIXTURES / COMPLETE / "plans" / f"trial-{BEST}.json"
     with torch.no_grad():
-        return decompose_model(load_model("cifar10-resnet20"), plan).eval()(SAMPLE)
+        return decompose_model(load_model("cifar10-resnet20"), plan_of(BEST)).eval()(SAMPLE)
 
 
 def export(run_dir: Path, output: Path, *args: str) -> Path:
@@ -57,6 +56,6 @@ def test_export_pt_reloads_to_the_same_model(run_dir: Path, tmp_path: Path, expe
     output = export(run_dir, tmp_path / "out" / "model.pt", "--pick", str(BEST), "--format", "pt")
     record = torch.load(output, weights_only=True)
     assert record["format"] == "dac-search/export@1" and record["trial"] == BEST
-    assert record["plan"]["layers"]["layer3.2.conv2"] == {"method": "dac", "rank": 1, "variant": "stacked"}
+    assert record["plan"]["layers"] == plan_of(BEST).to_dict()["layers"]
     with torch.no_grad():
         torch.testing.assert_close(load_pt_export(output)(SAMPLE), expected, rtol=0, atol=0)

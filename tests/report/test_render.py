@@ -8,10 +8,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from dac_search.report import build_report_data, load_run, print_pareto, write_reports
-from tests.report.conftest import edit_csv, edit_run_json
+from dac_search.report import build_report_data, print_pareto, write_reports
+from dac_search.rundir import load_run
+from tests.report.conftest import (
+    BUDGET_MS, PARETO, TOP1, edit_csv, edit_run_json, final_row, front_by_definition, partial_fits, run_info,
+)
 
-PARETO_TRIALS = (18, 29, 8, 27, 26, 17, 22)  # cheapest first, as pareto.csv measured them end to end
+BEST = max(PARETO, key=TOP1.__getitem__)  # the most accurate plan within the budget
+BASELINE = run_info(partial=False).baseline
 PLOT_IDS = ("plot-pareto-latency", "plot-pareto-flops", "plot-hypervolume", "plot-layers")
 
 
@@ -23,13 +27,19 @@ def table_rows(html: str, table_id: str) -> list[list[str]]:
 def test_html_has_the_pareto_table_with_the_best_plan_marked(rendered: Path) -> None:
     html = (rendered / "report.html").read_text(encoding="utf-8")
     rows = table_rows(html, "pareto-table")
-    assert [r[0] for r in rows] == ["original", *map(str, PARETO_TRIALS)]
-    assert rows[0][1:3] == ["0.0000", "40.62"] and rows[0][5] == "1.184"  # original: proxy, MFLOPs, ms
-    best = rows[-1]
-    assert best == ["22", "0.0959", "22.51", "0.55×", "83.5", "0.811", "0.020", "1.46×", "88.47", "best"]
-    assert '<tr class="strong"><td>22</td>' in html
+    assert [r[0] for r in rows] == ["original", *map(str, PARETO)]
+    # the original: proxy, MFLOPs, ms
+    assert rows[0][1:3] == ["0.0000", f"{BASELINE.flops / 1e6:.2f}"] and rows[0][5] == f"{BASELINE.latency_ms:.3f}"
+    best = final_row(BEST)
+    assert rows[1 + PARETO.index(BEST)] == [
+        str(BEST), f"{best.proxy:.4f}", f"{best.flops / 1e6:.2f}", f"{best.flops / BASELINE.flops:.2f}×",
+        f"{best.params / 1e3:.1f}", f"{best.latency_ms:.3f}", f"{best.latency_iqr_ms:.3f}",
+        f"{1 / best.latency_ratio:.2f}×", f"{TOP1[BEST]:.2f}", "best",
+    ]
+    assert f'<tr class="strong"><td>{BEST}</td>' in html
     assert "partial-banner" not in html
-    assert "trial 22, proxy 0.0959, top-1 88.47 % (-3.17 vs original)" in html
+    drop = TOP1[BEST] - BASELINE.top1
+    assert f"trial {BEST}, proxy {best.proxy:.4f}, top-1 {TOP1[BEST]:.2f} % ({drop:+.2f} vs original)" in html
     assert "AMD EPYC 7B13" in html and "governor" in html  # run conditions
 
 
@@ -58,11 +68,11 @@ def test_rendering_again_gives_identical_bytes(rendered: Path, tmp_path: Path) -
 def test_markdown_has_the_same_summary_and_table(rendered: Path) -> None:
     md = (rendered / "report.md").read_text(encoding="utf-8")
     assert md.startswith("# dac-search report: cifar10-resnet20\n")
-    assert "| **22** | **0.0959** |" in md
-    for trial in PARETO_TRIALS:
+    assert f"| **{BEST}** | **{final_row(BEST).proxy:.4f}** |" in md
+    for trial in PARETO:
         assert f"\n| {trial} |" in md or f"\n| **{trial}** |" in md
-    assert "- **Best plan**: trial 22" in md
-    assert "dac-search export RUN_DIR --pick 22 --format onnx -o model.onnx" in md
+    assert f"- **Best plan**: trial {BEST}," in md
+    assert f"dac-search export RUN_DIR --pick {BEST} --format onnx -o model.onnx" in md
     assert "Partial run" not in md
 
 
@@ -71,7 +81,8 @@ def test_partial_run_renders_with_a_banner(partial_dir: Path) -> None:
     html = html_path.read_text(encoding="utf-8")
     assert 'id="partial-banner"' in html and "12 of 30 trials" in html
     assert "pareto.csv was not written" in html
-    assert [r[0] for r in table_rows(html, "pareto-table")] == ["original", "9", "8"]
+    front = front_by_definition(partial_fits())
+    assert [r[0] for r in table_rows(html, "pareto-table")] == ["original", *map(str, front)]
     assert "Top-1" not in html  # no eval data in this run
     assert "**Partial run**" in md_path.read_text(encoding="utf-8")
 
@@ -87,7 +98,8 @@ def test_run_without_device_plots_flops_only(run_dir: Path) -> None:
 
     edit_run_json(run_dir, no_device)
     for name in ("trials.csv", "pareto.csv"):
-        edit_csv(run_dir / name, lambda r: r.update(latency_ms="", latency_iqr_ms=""))
+        edit_csv(run_dir / name, lambda r: r.update(latency_ms="", latency_iqr_ms="", latency_predicted_ms="",
+                                                    latency_ratio=""))
     html = write_reports(run_dir)[0].read_text(encoding="utf-8")
     assert 'id="plot-pareto-flops-budget"' in html and 'id="plot-pareto-latency"' not in html
     assert "Latency" not in html.split('<table id="pareto-table">')[1].split("</thead>")[0]
@@ -105,10 +117,10 @@ def test_terminal_table_lists_the_front(run_dir: Path) -> None:
     console = Console(record=True, width=140)
     print_pareto(build_report_data(load_run(run_dir)), console)
     text = console.export_text()
-    assert "Pareto front: cifar10-resnet20, budget latency ≤ 0.829 ms (0.7x)" in text
+    assert f"Pareto front: cifar10-resnet20, budget latency ≤ {BUDGET_MS:.3f} ms (0.7x)" in text
     lines = {line.split()[0]: line for line in text.splitlines() if line.strip()[:1].isdigit()}
-    assert set(lines) == {str(t) for t in PARETO_TRIALS}
-    assert "best" in lines["22"] and "88.47" in lines["22"]
+    assert set(lines) == {str(t) for t in PARETO}
+    assert "best" in lines[str(BEST)] and f"{TOP1[BEST]:.2f}" in lines[str(BEST)]
 
 
 def test_run_interrupted_before_any_trial_still_renders(partial_dir: Path) -> None:
