@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dac_search.commands._common import console
 from dac_search.export import EXPORT_FORMATS
-from dac_search.report.model_export import export_run
+from dac_search.export.run import export_run
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

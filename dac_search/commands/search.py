@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dac_search.commands._common import console, parse_shape
 from dac_search.decompose import METHODS
-from dac_search.search.budget import FORMS, parse_budget
+from dac_search.budget import FORMS, parse_budget
 from dac_search.search.config import SearchConfig, parse_duration
 
 
@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> SearchConfig:
-    from dac_search.report.eval_data import parse_floats
+    from dac_search.eval_data import parse_floats
 
     return SearchConfig(
         model=args.model, budget=parse_budget(args.budget), device=args.device, weights=args.weights,

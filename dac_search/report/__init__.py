@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dac_search.report.pareto import best_row, hypervolume, hypervolume_history, pareto_front
+from dac_search.pareto import best_row, hypervolume, hypervolume_history, pareto_front
 from dac_search.report.summary import ReportData, build_report_data
 from dac_search.report.terminal import print_pareto
 from dac_search.report.write import write_reports

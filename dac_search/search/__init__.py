@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dac_search.search.budget import Budget, parse_budget
+from dac_search.budget import Budget, parse_budget
 from dac_search.search.config import SearchConfig
 
 __all__ = ["Budget", "SearchConfig", "parse_budget", "run_search"]

@@ -8,24 +8,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from dac_search.allocate import FIRST_CONV, eligible_layers, table_choices, table_ranks
+from dac_search.budget import Budget
 from dac_search.cost import CostModel
+from dac_search.errors import ConfigError
+from dac_search.latency import LatencyTable, LatencyTableBuilder, table_settings
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies import ModelProxy, cached_layer_sensitivity, default_proxy, synthetic_inputs
-from dac_search.search.budget import Budget
 from dac_search.search.config import SearchConfig
-from dac_search.rundir import TrialRow as Point
+from dac_search.search.final import Judge
 from dac_search.search.space import LOG_LAMBDA_RANGE, SearchSpace
 from dac_search.zoo import default_input_shape, load_model
-from dac_search.errors import ConfigError
 from profilers.devices import load_device
 from profilers.pool import DevicePool
-from dac_search.latency import LatencyTable, LatencyTableBuilder, table_settings
 
 Say = Callable[[str], None]
 
@@ -46,8 +46,13 @@ class PlanScore:
     agreement: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchContext:
+    """Everything the trials share, fixed once set up: the budget is resolved on the table's original.
+
+    ``penalties`` is a cache that grows (single-layer KLs of choices outside the space), not state.
+    """
+
     config: SearchConfig
     model: nn.Module
     input_shape: tuple[int, ...]
@@ -88,21 +93,28 @@ class SearchContext:
         cost = self.costs.cost(plan)
         return float(cost.flops if self.budget.kind == "flops" else cost.params)
 
+    def fits(self, plan: RankPlan) -> bool:
+        """The plan meets the budget as the tables price it (exact for FLOPs, predicted for latency)."""
+        return self.budget.slack(self.budget_cost(plan)) <= 0
+
+    def baseline_cost(self) -> float:
+        """The original's cost in the budget's unit."""
+        if self.budget.kind == "latency":
+            assert self.table is not None
+            return self.table.original_ms
+        return float(self.costs.baseline.flops if self.budget.kind == "flops" else self.costs.baseline.params)
+
+    def share(self, plan: RankPlan) -> float:
+        """The plan's cost as a share of the original's, in the budget's unit."""
+        return self.budget_cost(plan) / self.baseline_cost()
+
+    @property
+    def judge(self) -> Judge:
+        return Judge(self.budget, self.table.original_ms if self.table is not None else None)
+
     @property
     def space_range(self) -> tuple[float, float]:
         return LOG_LAMBDA_RANGE
-
-    @staticmethod
-    def plan_path(trial: int) -> str:
-        return f"plans/trial-{trial}.json"
-
-    def slack_of(self, point: Point) -> float:
-        """How far a point is over the budget, as a share of it (<= 0: within). A relative latency budget
-        judges a measured point by its ratio to the original timed beside it."""
-        if self.budget.relative_latency and point.latency_ratio is not None:
-            return point.latency_ratio / self.budget.fraction - 1.0
-        value = {"latency": point.latency_ms, "flops": point.flops, "params": point.params}[self.budget.kind]
-        return float("inf") if value is None else self.budget.slack(value) / self.budget.value
 
     def close(self) -> None:
         if self.pool is not None:
@@ -115,7 +127,19 @@ def candidates(model: nn.Module, costs: CostModel, methods: tuple[str, ...]) -> 
     return {name: table_choices(model, costs, name, methods) for name in eligible_layers(model, costs, (FIRST_CONV,))}
 
 
+@dataclass(frozen=True)
+class DeviceSetup:
+    """A device's pool, its per-layer table (measured or from the cache) and what it reported of itself."""
+
+    pool: DevicePool
+    builder: LatencyTableBuilder
+    table: LatencyTable
+    info: dict
+
+
 def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
+    """Model, costs, device table, proxy, space and the resolved budget: the search's set-up, in that order
+    (the device first, so a bad or unreachable one fails before minutes of distillation)."""
     model = load_model(config.model, config.weights)
     shape = config.input_shape or default_input_shape(config.model)
     if shape is None:
@@ -125,58 +149,68 @@ def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
     cands = candidates(model, costs, config.methods)
     if not cands:
         raise ConfigError(f"model {config.model!r} has no conv a factorisation can help")
+    device = _device_setup(config, model, shape, cands, say, warn) if config.has_device else None
+    if device is not None:
+        cands = {n: [_fastest(device.table, n, c) for c in cs] for n, cs in cands.items()}
+    table = device.table if device else None
+    budget = config.budget.resolve(_baseline(config.budget.kind, costs, table))
 
-    pool = table = device_info = None
-    if config.has_device:
-        device = load_device(config.device)
-        pool = DevicePool(device, warn)
-        device_info = {"name": device.name, "runtime": device.runtime, **pool.primary.info()}
-        say(f"building the latency table on {device.name}")
-        builder = LatencyTableBuilder(pool.primary, settings=table_settings(device.measure))
-        table_cands = {n: [v for c in cs for v in _variants(c)] for n, cs in cands.items()}
-        table = builder.build(model, shape, candidates=lambda name, conv: table_cands.get(name, []))
-        cands = {n: [_fastest(table, n, c) for c in cs] for n, cs in cands.items()}
+    proxy = _proxy(config, model, shape, say)
+    # KL of every single-layer change the space offers (cached on disk, shared with the benchmarks)
+    penalties = cached_layer_sensitivity(proxy, list(cands), config.methods, table_ranks(model, costs), say)
+    space = SearchSpace.build(cands, _layer_share(budget, costs, table),
+                              lambda name, c: penalties[(name, c.method, c.rank)], config.model, shape,
+                              config.correction)
+    ctx = SearchContext(config, model, shape, costs, budget, proxy, space, device and device.pool, table,
+                        device and device.info, penalties)
+    if device is None:
+        return ctx
+    # Layers alone miss fusion and memory traffic, and cached timings are from another session: re-anchor
+    # on the original measured now, and fit the correction on whole models like those the search will
+    # compare (shares are ratios of table timings: the re-anchoring leaves them as they are).
+    say("calibrating the latency table on whole models")
+    plans = _calibration_plans(space, cands, shape, budget.value / ctx.baseline_cost(), ctx.share)
+    table, _ = device.builder.calibrate(table, model, plans)
+    return replace(ctx, table=table, budget=config.budget.resolve(_baseline(config.budget.kind, costs, table)))
 
-    def baseline_of(kind: str) -> float | None:
-        return {"latency": table.original_ms if table else None,
-                "flops": costs.baseline.flops, "params": costs.baseline.params}[kind]
-    budget = config.budget.resolve(baseline_of(config.budget.kind))  # again once the table is calibrated
 
+def _baseline(kind: str, costs: CostModel, table: LatencyTable | None) -> float | None:
+    """The original's cost in a budget's unit (its latency only with a table)."""
+    return {"latency": table.original_ms if table else None,
+            "flops": costs.baseline.flops, "params": costs.baseline.params}[kind]
+
+
+def _device_setup(config: SearchConfig, model: nn.Module, shape: tuple[int, ...],
+                  cands: dict[str, list[LayerChoice]], say: Say, warn: Say) -> DeviceSetup:
+    device = load_device(config.device)
+    pool = DevicePool(device, warn)
+    info = {"name": device.name, "runtime": device.runtime, **pool.primary.info()}
+    say(f"building the latency table on {device.name}")
+    builder = LatencyTableBuilder(pool.primary, settings=table_settings(device.measure))
+    table_cands = {n: [v for c in cs for v in _variants(c)] for n, cs in cands.items()}
+    table = builder.build(model, shape, candidates=lambda name, conv: table_cands.get(name, []))
+    return DeviceSetup(pool, builder, table, info)
+
+
+def _proxy(config: SearchConfig, model: nn.Module, shape: tuple[int, ...], say: Say) -> ModelProxy:
     torch.manual_seed(config.seed)
     if config.correction:
         # Fitted on the inputs decompose_model() refits on (an exported plan rebuilds what was scored), and
         # scored on a second distilled batch: a refit scored where it was fitted flatters high ranks.
         say("making the distilled inputs the correction is fitted on and scored on")
-        proxy = default_proxy(model, shape, config.correction)
-    else:
-        say(f"making {config.proxy_images} distilled inputs")
-        inputs = synthetic_inputs(model, shape, kind="distilled", n=config.proxy_images, seed=config.seed)
-        proxy = ModelProxy(model, inputs)
-    # KL of every single-layer change the space offers (cached on disk, shared with the benchmarks)
-    penalties = cached_layer_sensitivity(proxy, list(cands), config.methods, table_ranks(model, costs), say)
+        return default_proxy(model, shape, config.correction)
+    say(f"making {config.proxy_images} distilled inputs")
+    inputs = synthetic_inputs(model, shape, kind="distilled", n=config.proxy_images, seed=config.seed)
+    return ModelProxy(model, inputs)
 
+
+def _layer_share(budget: Budget, costs: CostModel,
+                 table: LatencyTable | None) -> Callable[[str, LayerChoice | None], float]:
+    """A layer's cost under a choice as a share of the original model's, in the search's objective."""
     if budget.objective == "latency_ms":
-        def share(name: str, choice: LayerChoice | None) -> float:
-            return table.layer_ms(name, choice) / table.original_ms
-    else:
-        def share(name: str, choice: LayerChoice | None) -> float:
-            return costs.layer(name, choice).flops / costs.baseline.flops
-    space = SearchSpace.build(cands, share, lambda name, c: penalties[(name, c.method, c.rank)],
-                              config.model, shape, config.correction)
-    if table is not None:
-        # Layers alone miss fusion and memory traffic, and cached timings are from another session:
-        # re-anchor on the original measured now, and fit the correction on whole models like those the
-        # search will compare (shares are ratios of table timings: the re-anchoring leaves them as they are).
-        def share_of(plan: RankPlan) -> float:
-            if budget.kind == "latency":
-                return table.predict(plan) / table.original_ms
-            cost = costs.cost(plan)
-            return (cost.flops if budget.kind == "flops" else cost.params) / baseline_of(budget.kind)
-        say("calibrating the latency table on whole models")
-        target = budget.value / baseline_of(budget.kind)
-        table, _ = builder.calibrate(table, model, _calibration_plans(space, cands, shape, target, share_of))
-        budget = config.budget.resolve(baseline_of(config.budget.kind))
-    return SearchContext(config, model, shape, costs, budget, proxy, space, pool, table, device_info, penalties)
+        assert table is not None
+        return lambda name, choice: table.layer_ms(name, choice) / table.original_ms
+    return lambda name, choice: costs.layer(name, choice).flops / costs.baseline.flops
 
 
 def _calibration_plans(space: SearchSpace, cands: dict[str, list[LayerChoice]], shape: tuple[int, ...],

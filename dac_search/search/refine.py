@@ -13,6 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
+from optuna.trial import TrialState
+
 from dac_search.plan import RankPlan
 from dac_search.search.space import SearchSpace
 
@@ -79,3 +82,30 @@ def plan_of(space: SearchSpace, params: Mapping[str, Any]) -> RankPlan:
     """The plan a trial's params encode (shifts missing from ``params`` count as 0)."""
     shifts = {layer.name: int(params.get(space.shift_param(layer.name), 0)) for layer in space.layers}
     return space.plan(params["log_lambda"], shifts)
+
+
+class Refinement:
+    """Queues the next exchange move around the best feasible trial of a study (an Optuna callback's job).
+
+    ``fits``: whether a plan meets the budget (from the tables: exact for FLOPs, predicted for latency).
+    """
+
+    def __init__(self, space: SearchSpace, fits: Callable[[RankPlan], bool]) -> None:
+        self.space = space
+        self.fits = fits
+        self.keys: dict[int, str] = {}  # trial number -> plan, computed once
+
+    def enqueue_next(self, study: optuna.Study) -> None:
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):
+            return  # warm starts or another worker's move come first
+        feasible = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("slack", 1) <= 0]
+        if not feasible:
+            return
+        incumbent = min(feasible, key=lambda t: (t.values[0], t.number))
+        for trial in trials:
+            if trial.number not in self.keys and "log_lambda" in trial.params:
+                self.keys[trial.number] = plan_of(self.space, trial.params).to_json()
+        params = propose(self.space, incumbent.params, set(self.keys.values()), self.fits)
+        if params is not None:
+            study.enqueue_trial(params, user_attrs={"refined_from": incumbent.number})

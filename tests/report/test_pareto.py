@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dac_search.report.pareto import best_row, dominates, front_rows, hypervolume, hypervolume_history, pareto_front
+from dac_search.pareto import best_row, dominates, front_rows, hypervolume, hypervolume_history, pareto_front
 from dac_search.rundir import TrialRow, load_run
 from tests.report.conftest import front_by_definition, partial_fits
 

@@ -8,7 +8,7 @@ import pytest
 
 from dac_search.errors import ConfigError
 from dac_search.plan import LayerChoice
-from dac_search.search.budget import parse_budget
+from dac_search.budget import parse_budget
 from dac_search.search.config import parse_duration
 from dac_search.search.refine import moves, propose
 from dac_search.hull import Option, lower_hull

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from dac_search.errors import ConfigError
-from dac_search.report.eval_data import load_eval_data, parse_floats, top1
+from dac_search.eval_data import load_eval_data, parse_floats, top1
 from dac_search.zoo import load_model
 from tests.conftest import MEAN, STD
 

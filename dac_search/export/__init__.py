@@ -1,0 +1,21 @@
+"""Models written for deployment: the formats (``formats``) and the export of a finished run's plan (``run``)."""
+
+from __future__ import annotations
+
+from dac_search.export.formats import (
+    EXPORT_FORMATS,
+    FORMATS,
+    ONNX_OPSET,
+    PT_FORMAT,
+    export_model,
+    export_onnx,
+    export_pt,
+    export_torchscript,
+    format_of,
+    load_pt_export,
+)
+
+__all__ = [
+    "EXPORT_FORMATS", "FORMATS", "ONNX_OPSET", "PT_FORMAT", "export_model", "export_onnx", "export_pt",
+    "export_torchscript", "format_of", "load_pt_export",
+]

@@ -1,0 +1,91 @@
+"""What one trial does (``Objective``) and what happens after each (``AfterTrial``), as Optuna callables.
+
+A trial is a point of the search space (a global trade-off and a shift per layer): its plan is scored
+by the proxy once per distinct plan, priced in FLOPs, parameters and predicted latency, saved under
+``plans/``, and judged against the budget as an Optuna constraint (``slack`` <= 0 fits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from dac_search.rundir import TrialRow, write_trials
+from dac_search.search.context import PlanScore, SearchContext
+from dac_search.search.refine import Refinement
+from dac_search.search.study import WORKER
+
+TPE_EVERY = 4  # one trial in four is TPE's; the others refine the best feasible plan
+
+
+def plan_path(trial: int) -> str:
+    """Where trial ``trial``'s plan is saved, relative to the run dir."""
+    return f"plans/trial-{trial}.json"
+
+
+class Objective:
+    """Optuna's objective: (proxy score, objective cost) of the trial's plan, both minimised."""
+
+    def __init__(self, ctx: SearchContext, run_dir: Path) -> None:
+        self.ctx = ctx
+        self.run_dir = run_dir
+        self.scores: dict[str, PlanScore] = {}  # plan JSON -> score: TPE and refinement repeat plans
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        ctx = self.ctx
+        trial.set_user_attr("worker", WORKER)
+        log_lambda = trial.suggest_float("log_lambda", *ctx.space_range)
+        shifts = {layer.name: trial.suggest_int(ctx.space.shift_param(layer.name), -1, 1) for layer in ctx.space.layers}
+        plan = ctx.space.plan(log_lambda, shifts)
+        key = plan.to_json()
+        if key not in self.scores:
+            self.scores[key] = ctx.score(plan)
+        score = self.scores[key]
+        cost = ctx.costs.cost(plan)
+        relative = plan_path(trial.number)
+        plan.save(self.run_dir / relative)
+        slack = ctx.budget.slack(ctx.budget_cost(plan)) / ctx.budget.value
+        for name, value in (("plan", relative), ("flops", cost.flops), ("params", cost.params),
+                            ("latency_ms", ctx.latency(plan)), ("agreement", score.agreement), ("kl", score.kl),
+                            ("kl_additive", score.additive), ("slack", slack)):
+            trial.set_user_attr(name, value)
+        trial.set_constraint("budget", slack)
+        return score.value, ctx.objective_cost(plan)
+
+
+class AfterTrial:
+    """Optuna's callback: the live view, trials.csv rewritten (a run cut off anywhere stays valid), the
+    stop once ``total`` trials are complete, and the next refinement move queued."""
+
+    def __init__(self, ctx: SearchContext, run_dir: Path, total: int,
+                 shown: Callable[[float, float, bool], None]) -> None:
+        self.run_dir = run_dir
+        self.total = total
+        self.shown = shown
+        self.refinement = Refinement(ctx.space, ctx.fits)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.COMPLETE:
+            self.shown(trial.values[0], trial.values[1], trial.user_attrs.get("slack", 1) <= 0)
+        write_trials(self.run_dir, rows_of(study))
+        if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= self.total:
+            study.stop()
+        elif (trial.number + 1) % TPE_EVERY:  # every TPE_EVERY-th trial is left to TPE, to explore the front
+            self.refinement.enqueue_next(study)
+
+
+def rows_of(study: optuna.Study) -> list[TrialRow]:
+    """Every trial of the study as a row of trials.csv (latency as the tables predict it)."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        done = trial.state == TrialState.COMPLETE
+        rows.append(TrialRow(
+            trial=trial.number, state=trial.state.name, feasible=done and attrs.get("slack", 1) <= 0,
+            proxy=trial.values[0] if done else None, agreement=attrs.get("agreement"),
+            flops=attrs.get("flops"), params=attrs.get("params"), latency_ms=attrs.get("latency_ms"),
+            latency_predicted_ms=attrs.get("latency_ms"), plan=attrs.get("plan") if done else None))
+    return rows

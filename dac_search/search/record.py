@@ -1,0 +1,44 @@
+"""What a search writes about itself in run.json: settings, versions, device, baseline, uniform baseline."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from dac_search.rundir import Baseline, DeviceInfo, ProxyInfo, RunInfo, UniformPoint
+from dac_search.budget import Budget
+from dac_search.search.context import SearchContext
+
+PROXY_KIND = "geometric mean of the whole-plan KL and the sum of single-layer KLs"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> tuple[tuple[str, str], ...]:
+    import onnxruntime
+    import optuna
+    import torch
+
+    import dac_search
+
+    return (("dac_search", dac_search.__version__), ("torch", torch.__version__), ("optuna", optuna.__version__),
+            ("onnxruntime", onnxruntime.__version__), ("python", platform.python_version()))
+
+
+def run_info(ctx: SearchContext, started: str, *, partial: bool, baseline: Baseline,
+             uniform: Sequence[UniformPoint], budget: Budget | None = None,
+             trials_complete: int | None = None) -> RunInfo:
+    """run.json of the search of ``ctx``; ``budget``: resolved on the original timed beside the front,
+    when it was (else the context's)."""
+    config = ctx.config
+    device = None if ctx.device_info is None else DeviceInfo.from_dict(ctx.device_info)
+    return RunInfo(
+        command=config.command, created=started, finished=None if partial else now(), partial=partial,
+        model=config.model, weights=config.weights, input_shape=tuple(ctx.input_shape), device_spec=config.device,
+        device=device, budget=budget or ctx.budget, objective=ctx.budget.objective, methods=tuple(config.methods),
+        correction=config.correction, seed=config.seed, n_trials=config.trials,
+        proxy=ProxyInfo(PROXY_KIND, "distilled", int(ctx.proxy.inputs.shape[0]), ctx.proxy.held_out),
+        versions=versions(), baseline=baseline, uniform=tuple(uniform), trials_complete=trials_complete)
