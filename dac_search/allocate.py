@@ -10,7 +10,8 @@
 ``method="mixed"`` lets each layer use whichever of dac / spatial / channel is cheapest at the same
 proxy level: the same weight error for uniform, the same kept energy for energy, and any point of the
 layer's combined (FLOPs, proxy) curve for greedy. The first conv (it reads the image) is kept out by
-default, like the paper.
+default, like the paper. A layer is eligible when one of the methods can take it: with ``channel`` (or
+``mixed``) that includes 1x1 convs, which only ``channel`` factorises (at the ranks cheaper than the conv).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from torch import nn
 
 from dac_search.cost import CostModel
-from dac_search.decompose import METHODS, decomposable_layers, max_rank
+from dac_search.decompose import METHODS, can_decompose, decomposable_layers, max_rank
 from dac_search.errors import ConfigError
 from dac_search.hull import Option, lower_hull
 from dac_search.plan import LayerChoice, RankPlan
@@ -51,17 +52,19 @@ def _choice(method: str, rank: int) -> LayerChoice:
     return LayerChoice(method, rank, "grouped" if method == "dac" else None)
 
 
-def eligible_layers(model: nn.Module, costs: CostModel, skip: Sequence[str]) -> list[str]:
-    """Decomposable layers in execution order, minus ``skip`` (names, or ``FIRST_CONV``)."""
-    decomposable = decomposable_layers(model)
-    order = [name for name in costs.geometry if name in decomposable]
+def eligible_layers(model: nn.Module, costs: CostModel, skip: Sequence[str],
+                    methods: Sequence[str] = ("dac",)) -> list[str]:
+    """Layers one of ``methods`` can take, in execution order, minus ``skip`` (names, or ``FIRST_CONV``:
+    the first conv any method can take, whichever methods are asked for)."""
+    order = list(costs.traced)
     skipped = set(skip)
     if FIRST_CONV in skipped and order:
         skipped.add(order[0])
     unknown = skipped - set(order) - {FIRST_CONV}
     if unknown:
         raise ConfigError(f"cannot skip {sorted(unknown)}: not decomposable layers of this model")
-    return [name for name in order if name not in skipped]
+    wanted = decomposable_layers(model, methods)
+    return [name for name in order if name in wanted and name not in skipped]
 
 
 def candidate_ranks(costs: CostModel, name: str, method: str, limit: int, points: int | None = None) -> list[int]:
@@ -76,7 +79,8 @@ def candidate_ranks(costs: CostModel, name: str, method: str, limit: int, points
 
 def table_ranks(model: nn.Module, costs: CostModel) -> Callable[[str, str], list[int]]:
     """The ranks a single-layer table holds, for greedy and the search alike: every cheaper DAC rank,
-    ``RANK_POINTS`` cheaper spatial / channel ones spread evenly."""
+    ``RANK_POINTS`` cheaper spatial / channel ones spread evenly; none for a method that cannot take
+    the layer (``max_rank`` 0: DAC on a 1x1)."""
     def ranks(name: str, method: str) -> list[int]:
         limit = max_rank(model.get_submodule(name), method)
         return candidate_ranks(costs, name, method, limit, None if method == "dac" else RANK_POINTS)
@@ -110,7 +114,8 @@ def allocate_uniform(model: nn.Module, input_shape: Sequence[int], rank: int | f
                      skip: Sequence[str] = (FIRST_CONV,)) -> RankPlan:
     """The same rank everywhere (an int), or the same share of each layer's maximum rank (a float).
 
-    ``mixed``: per layer, the cheapest method whose relative weight error is at most DAC's at that rank.
+    ``mixed``: per layer DAC can take, the cheapest method whose relative weight error is at most DAC's
+    at that rank.
     Every eligible layer is decomposed, even where that rank costs more than the original (as in the paper).
     """
     return _uniform(model, CostModel(model, input_shape), rank, method, skip)
@@ -122,7 +127,8 @@ def _uniform(model: nn.Module, costs: CostModel, rank: int | float, method: str,
         raise ConfigError(f"uniform rank must be a positive int or a share in (0, 1], got {rank!r}")
     methods = _methods(method)
     choices: dict[str, LayerChoice] = {}
-    for name in eligible_layers(model, costs, skip):
+    # mixed matches DAC's weight error at the rank: a layer DAC cannot take has no level to match
+    for name in eligible_layers(model, costs, skip, ("dac",) if method == "mixed" else methods):
         conv = model.get_submodule(name)
         if method != "mixed":
             choices[name] = _choice(method, _uniform_rank(rank, max_rank(conv, method)))
@@ -133,9 +139,9 @@ def _uniform(model: nn.Module, costs: CostModel, rank: int | float, method: str,
 
 
 def _within(conv: nn.Conv2d, methods: Sequence[str], ok: Callable[[float], bool]) -> list[LayerChoice]:
-    """For each method, its smallest rank whose relative weight error passes ``ok``."""
+    """For each method that can take ``conv``, its smallest rank whose relative weight error passes ``ok``."""
     found = []
-    for method in methods:
+    for method in (m for m in methods if can_decompose(conv, m)):
         errors = weight_errors(conv, method)
         rank = next((r for r in range(1, len(errors)) if ok(float(errors[r]))), len(errors) - 1)
         found.append(_choice(method, rank))
@@ -160,7 +166,7 @@ def _energy(model: nn.Module, costs: CostModel, energy: float, method: str, skip
     methods = _methods(method)
     threshold = math.sqrt(max(0.0, 1.0 - energy))
     choices: dict[str, LayerChoice] = {}
-    for name in eligible_layers(model, costs, skip):
+    for name in eligible_layers(model, costs, skip, methods):
         conv = model.get_submodule(name)
         best = _cheapest(costs, name, _within(conv, methods, lambda e: e <= threshold + 1e-12))
         if costs.layer(name, best).flops < costs.layer(name).flops:
@@ -308,7 +314,7 @@ def allocate_greedy(model: nn.Module, input_shape: Sequence[int], flops_fraction
         raise ConfigError("a lazy greedy re-measures plans: it needs a ModelProxy")
     methods = _methods(method)
     costs = CostModel(model, input_shape)
-    layers = eligible_layers(model, costs, skip)
+    layers = eligible_layers(model, costs, skip, methods)
     if table is None:
         table = proxy_table(model, input_shape, layers, methods, proxy, costs)
     hulls = layer_hulls(costs, layers, methods, table)
@@ -365,7 +371,7 @@ def allocate(kind: str, model: nn.Module, input_shape: Sequence[int], flops_frac
         return _bisect(lambda e: _energy(model, costs, e, method, skip), costs, target, 0.0, 1.0)
     if kind == "uniform":
         if method in ("dac", "mixed"):  # integer ranks: the largest that fits
-            top = max(max_rank(conv, "dac") for conv in decomposable_layers(model).values())
+            top = max(max_rank(conv, "dac") for conv in decomposable_layers(model, ("dac",)).values())
             fitting = [plan for plan in (_uniform(model, costs, r, method, skip) for r in range(1, top + 1))
                        if costs.cost(plan).flops <= target]
             return fitting[-1] if fitting else _uniform(model, costs, 1, method, skip)

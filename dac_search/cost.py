@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dac_search.decompose.surgery import decomposable_layers
+from dac_search.methods import METHODS
 from dac_search.plan import LayerChoice, RankPlan
 
 Hook = Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]
@@ -116,8 +117,9 @@ def count_cost(model: nn.Module, input_shape: Sequence[int]) -> Cost:
     return Cost(flops, sum(p.numel() for p in model.parameters()))
 
 
-def trace_geometry(model: nn.Module, input_shape: Sequence[int]) -> dict[str, ConvGeometry]:
-    """Geometry of every decomposable conv of ``model``, in execution order, from one forward pass."""
+def trace_geometry(model: nn.Module, input_shape: Sequence[int],
+                   methods: Sequence[str] = ("dac",)) -> dict[str, ConvGeometry]:
+    """Geometry of every conv one of ``methods`` can take, in execution order, from one forward pass."""
     found: dict[str, ConvGeometry] = {}
 
     def recorder(name: str) -> Hook:
@@ -125,20 +127,27 @@ def trace_geometry(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Co
             found.setdefault(name, ConvGeometry.of(name, module, inputs[0].shape[-2:], output.shape[-2:]))
         return hook
 
-    _run_once(model, input_shape, {conv: recorder(name) for name, conv in decomposable_layers(model).items()})
+    _run_once(model, input_shape,
+              {conv: recorder(name) for name, conv in decomposable_layers(model, methods).items()})
     return found
 
 
 class CostModel:
-    """Prices any plan of one model from shapes traced once."""
+    """Prices any plan of one model from shapes traced once.
 
-    def __init__(self, model: nn.Module, input_shape: Sequence[int]) -> None:
+    ``traced``: every conv some method can take (1x1 convs included), so any valid plan is priced.
+    ``geometry``: those ``methods`` can take (default DAC's: the convs with a spatial kernel).
+    """
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], methods: Sequence[str] = ("dac",)) -> None:
         self.input_shape = tuple(int(v) for v in input_shape)
-        self.geometry = trace_geometry(model, input_shape)
+        self.traced = trace_geometry(model, input_shape, METHODS)
+        wanted = decomposable_layers(model, methods)
+        self.geometry = {name: geometry for name, geometry in self.traced.items() if name in wanted}
         self.baseline = count_cost(model, input_shape)
 
     def layer(self, name: str, choice: LayerChoice | None = None) -> Cost:
-        return conv_cost(self.geometry[name], choice)
+        return conv_cost(self.traced[name], choice)
 
     def cost(self, plan: RankPlan | Mapping[str, Any]) -> Cost:
         plan = RankPlan.coerce(plan)

@@ -11,16 +11,17 @@ import torchvision
 from torch import nn
 
 from dac_search import CostModel, LayerChoice, PlanError, RankPlan, count_cost, decompose_model, max_rank
-from dac_search.decompose import decomposable_layers
+from dac_search.decompose import can_decompose, decomposable_layers
 
 
 def random_plan(model: nn.Module, seed: int, methods: tuple[str, ...] = ("dac", "spatial", "channel")) -> RankPlan:
+    """A random method (of those that can take the layer: channel alone on a 1x1) and rank per layer."""
     rng = random.Random(seed)
     layers = {}
-    for name, conv in decomposable_layers(model).items():
+    for name, conv in decomposable_layers(model, methods).items():
         if rng.random() < 0.2:
             continue
-        method = rng.choice(methods)
+        method = rng.choice([m for m in methods if can_decompose(conv, m)])
         variant = rng.choice(["grouped", "stacked"]) if method == "dac" else None
         layers[name] = LayerChoice(method, rng.randint(1, max_rank(conv, method)), variant)
     return RankPlan(layers)

@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_from_args(args, plan)
     model = loaded.module
     if plan is None:
-        plan = uniform_plan(decomposable_layers(model), args.rank, args.method, args.variant, loaded.spec,
-                            loaded.input_shape, args.exclude)
+        layers = decomposable_layers(model, (args.method,))  # 1x1 convs too with channel
+        plan = uniform_plan(layers, args.rank, args.method, args.variant, loaded.spec, loaded.input_shape, args.exclude)
     plan = RankPlan(plan.layers, loaded.spec, loaded.input_shape, plan.correction)
     decomposed = decompose_model(model, plan)
     export_model(decomposed, args.output, plan, loaded.spec, args.weights, fmt)
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def layer_table(model, plan: RankPlan, input_shape: tuple[int, ...], output: str) -> Table:
-    costs = CostModel(model, input_shape)
+    costs = CostModel(model, input_shape, METHODS)  # a row for every conv some method can take
     total = costs.cost(plan)
     table = Table(title=f"{plan.model or 'model'} -> {output}", show_footer=True,
                   caption=f"parameters {costs.baseline.params:,} -> {total.params:,} "

@@ -10,7 +10,12 @@ Every method reshapes the weight into a batch of matrices ``M[b] = U[b] diag(S[b
 - ``spatial``: one matrix per group, (c_in*kh) x (c_out*kw) (Jaderberg et al. 2014 in the closed
   form of Tai et al. 2016); rank r gives a kh x 1 conv to r channels then a 1 x kw conv.
 - ``channel``: one matrix per group, c_out x (c_in*kh*kw); rank r gives a k x k conv to r channels
-  then a 1x1 conv.
+  then a 1x1 conv. The only method that can help a 1x1 conv: its two 1x1 convs of r channels per group
+  cost ``r * (cg + ng)`` against ``cg * ng``, cheaper below ``r = cg * ng / (cg + ng)``.
+
+Which method can take which conv is decided per method (``refusal``): depthwise convs are refused by
+all, 1x1 convs by ``dac`` (its depthwise factors would be 1x1 scalings and its 1x1 as dear as the conv)
+and ``spatial`` (no kernel to separate).
 """
 
 from __future__ import annotations
@@ -58,17 +63,38 @@ class LayerFactors:
         return (tail / self.weight_norm_sq).clamp_min(0).sqrt()
 
 
-def check_decomposable(conv: nn.Module) -> None:
-    """Refuse, with a reason, the convs a low-rank factorisation cannot help."""
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise DecompositionError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def refusal(conv: nn.Module, method: str) -> str | None:
+    """Why ``method`` cannot help ``conv``, or None when it can."""
+    _check_method(method)
     if not isinstance(conv, nn.Conv2d):
-        raise DecompositionError(f"only nn.Conv2d layers can be decomposed, not {type(conv).__name__}")
-    kh, kw = conv.kernel_size
-    if kh * kw == 1:
-        raise DecompositionError("a 1x1 conv has no spatial kernel to factorise")
-    if conv.groups > 1 and conv.groups == conv.in_channels:
-        raise DecompositionError("a depthwise conv is already as cheap as its DAC factors")
+        return f"only nn.Conv2d layers can be decomposed, not {type(conv).__name__}"
     if conv.transposed:
-        raise DecompositionError("transposed convs are not supported")
+        return "transposed convs are not supported"
+    if conv.groups > 1 and conv.groups == conv.in_channels:
+        return "a depthwise conv is already as cheap as its factors"
+    kh, kw = conv.kernel_size
+    if kh * kw == 1 and method == "dac":
+        return ("method 'dac' cannot help a 1x1 conv: its depthwise factors would be 1x1 scalings and its 1x1 "
+                "as dear as the conv; use method 'channel'")
+    if kh * kw == 1 and method == "spatial":
+        return "method 'spatial' cannot help a 1x1 conv: it has no kernel to separate; use method 'channel'"
+    return None
+
+
+def can_decompose(conv: nn.Module, method: str) -> bool:
+    return refusal(conv, method) is None
+
+
+def check_decomposable(conv: nn.Module, method: str = "dac") -> None:
+    """Refuse, with a reason, a conv ``method`` cannot help."""
+    reason = refusal(conv, method)
+    if reason is not None:
+        raise DecompositionError(reason)
 
 
 def _weight_matrices(weight: torch.Tensor, groups: int, method: str) -> torch.Tensor:
@@ -87,7 +113,7 @@ def _weight_matrices(weight: torch.Tensor, groups: int, method: str) -> torch.Te
 
 def compute_factors(conv: nn.Conv2d, method: str) -> LayerFactors:
     """One batched SVD, in float64 so full-rank reconstructions are exact to 1e-12."""
-    check_decomposable(conv)
+    check_decomposable(conv, method)
     matrices = _weight_matrices(conv.weight, conv.groups, method).double()
     u, s, vh = torch.linalg.svd(matrices, full_matrices=False)
     return LayerFactors(method, u, s, vh, float(matrices.pow(2).sum()))
@@ -110,9 +136,7 @@ def _entries(weight: torch.Tensor) -> dict[str, tuple[int, LayerFactors]]:
 
 def factorize(conv: nn.Conv2d, method: str = "dac") -> LayerFactors:
     """Factors of ``conv`` for ``method``, computed once per weight and reused for every rank."""
-    if method not in METHODS:
-        raise DecompositionError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    check_decomposable(conv)
+    check_decomposable(conv, method)
     weight = conv.weight
     entries = _entries(weight)
     cached = entries.get(method)
@@ -124,14 +148,20 @@ def factorize(conv: nn.Conv2d, method: str = "dac") -> LayerFactors:
 
 
 def max_rank(conv: nn.Conv2d, method: str = "dac") -> int:
-    """Largest meaningful rank: the full rank of the matrices the method factorises."""
-    check_decomposable(conv)
+    """Largest meaningful rank: the full rank of the matrices the method factorises.
+
+    0 where ``method`` cannot take this conv (a 1x1 for ``dac``, any depthwise conv), so a loop over
+    ranks 1..max_rank offers nothing there; not a conv at all is an error.
+    """
+    reason = refusal(conv, method)
+    if not isinstance(conv, nn.Conv2d):
+        raise DecompositionError(reason)
+    if reason is not None:
+        return 0
     n, cg, kh, kw = conv.weight.shape
     ng = n // conv.groups
     if method == "dac":
         return min(ng, kh * kw)
     if method == "spatial":
         return min(cg * kh, ng * kw)
-    if method == "channel":
-        return min(ng, cg * kh * kw)
-    raise DecompositionError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    return min(ng, cg * kh * kw)  # channel

@@ -11,7 +11,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from dac_search.decompose.factors import LayerFactors, factorize, max_rank
+from dac_search.decompose.factors import LayerFactors, check_decomposable, factorize, max_rank
 from dac_search.errors import DecompositionError
 from dac_search.methods import VARIANTS
 
@@ -51,6 +51,7 @@ class FactorizedConv2d(nn.Module):
     def from_factors(cls, conv: nn.Conv2d, factors: LayerFactors, rank: int,
                      variant: str | None = None) -> FactorizedConv2d:
         """Build from given factors of ``conv`` (its cached SVD, or factors a correction refitted)."""
+        check_decomposable(conv, cls.method)
         variant = cls.variants[0] if variant is None else variant
         if variant not in cls.variants:
             allowed = ", ".join(v for v in cls.variants if v) or "none"
@@ -174,7 +175,10 @@ class SpatialConv2d(FactorizedConv2d):
 
 
 class ChannelConv2d(FactorizedConv2d):
-    """Channel SVD of the weight matrix: a k x k conv to r channels per group, then a 1x1 conv."""
+    """Channel SVD of the weight matrix: a k x k conv to r channels per group, then a 1x1 conv.
+
+    On a 1x1 conv both are 1x1 (the first keeps the stride and padding): cheaper than the conv for
+    ``r < cg * ng / (cg + ng)``."""
 
     method = "channel"
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
-from dac_search.decompose.factors import check_decomposable, factorize, max_rank
+from dac_search.decompose.factors import can_decompose, check_decomposable, factorize, max_rank
 from dac_search.decompose.layers import LAYERS, FactorizedConv2d
 from dac_search.errors import DecompositionError, PlanError
+from dac_search.methods import METHODS
 from dac_search.plan import RankPlan
 
 
@@ -25,17 +26,13 @@ def decompose_conv(conv: nn.Conv2d, rank: int, method: str = "dac", variant: str
     return layer_cls.from_conv(conv, rank, variant)
 
 
-def decomposable_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
-    """Every conv of ``model`` that a factorisation can help, by qualified name, in model order."""
-    found = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            try:
-                check_decomposable(module)
-            except DecompositionError:
-                continue
-            found[name] = module
-    return found
+def decomposable_layers(model: nn.Module, methods: Sequence[str] = METHODS) -> dict[str, nn.Conv2d]:
+    """Every conv of ``model`` that one of ``methods`` can help, by qualified name, in model order.
+
+    By default any method: a 1x1 conv is listed (``channel`` takes it), a depthwise one never.
+    """
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, nn.Conv2d) and any(can_decompose(module, method) for method in methods)}
 
 
 def validate_plan(model: nn.Module, plan: RankPlan) -> None:
@@ -48,9 +45,10 @@ def validate_plan(model: nn.Module, plan: RankPlan) -> None:
         if not isinstance(module, nn.Conv2d):
             raise PlanError(f"layer {name!r} is a {type(module).__name__}, not a Conv2d")
         try:
-            limit = max_rank(module, choice.method)
+            check_decomposable(module, choice.method)
         except DecompositionError as exc:
             raise PlanError(f"layer {name!r}: {exc}") from None
+        limit = max_rank(module, choice.method)
         if choice.rank > limit:
             raise PlanError(f"layer {name!r}: rank {choice.rank} exceeds the limit {limit} for method {choice.method!r}")
 

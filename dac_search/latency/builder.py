@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from dac_search.cost import trace_geometry
-from dac_search.decompose import decompose_conv, replace_layers
+from dac_search.decompose import METHODS, can_decompose, decompose_conv, replace_layers
 from dac_search.errors import PlanError
 from dac_search.export import export_onnx
 from dac_search.atomic import write_text_atomic
@@ -136,16 +136,24 @@ class LatencyTableBuilder:
         layers: Iterable[str] | None = None,
     ) -> LatencyTable:
         """Time the original model end to end and every (unique) layer geometry alone, original and each
-        candidate; only what the cache lacks is measured, in batches of one runner call each."""
+        candidate; only what the cache lacks is measured, in batches of one runner call each.
+
+        ``layers``: by default every conv DAC can take (timed even with no candidate: a plan may still
+        name it) and every other conv a candidate replaces (a 1x1 by ``channel``).
+        """
         shape = tuple(int(v) for v in input_shape)
         batch = shape[0]
         cache = self._open_cache()
-        geometry = trace_geometry(model, shape)
-        names = list(geometry) if layers is None else list(layers)
+        geometry = trace_geometry(model, shape, METHODS)
+        choose = candidates or default_candidates()
+        offered = {name: list(choose(name, model.get_submodule(name))) for name in geometry}
+        if layers is None:
+            names = [name for name in geometry if offered[name] or can_decompose(model.get_submodule(name), "dac")]
+        else:
+            names = list(layers)
         unknown = [name for name in names if name not in geometry]
         if unknown:
             raise PlanError(f"layer {unknown[0]!r} is not a decomposable conv of this model")
-        choose = candidates or default_candidates()
         model_key = _structure_key(model, shape)
         jobs: dict[str, tuple[nn.Module | Callable[[], nn.Module], tuple[int, ...]]] = {}
         if "original" not in cache.models.get(model_key, {}):  # timed in the same calls as its layers
@@ -153,7 +161,7 @@ class LatencyTableBuilder:
         seen: set[str] = set()
         for name in names:
             geo, conv = geometry[name], model.get_submodule(name)
-            for choice in [None, *choose(name, conv)]:
+            for choice in [None, *offered[name]]:
                 key = cache.layer_key(geo.key(), batch, candidate_key(choice))
                 if key in seen:  # the same geometry again (ResNets repeat a few shapes)
                     continue

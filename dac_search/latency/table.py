@@ -54,7 +54,7 @@ def rank_grid(limit: int, points: int = 10) -> list[int]:
 
 
 def default_candidates(methods: Sequence[str] = METHODS, points: int = 10) -> CandidateFn:
-    """Every method and variant, at the ranks of ``rank_grid``."""
+    """Every method and variant that can take the conv (``channel`` alone on a 1x1), at the ranks of ``rank_grid``."""
 
     def candidates(name: str, conv: nn.Conv2d) -> list[LayerChoice]:
         return [

@@ -120,15 +120,19 @@ def resolve_ranks(ranks: RankChoice, name: str, method: str, limit: int) -> list
 def layer_error_table(model: nn.Module, input_shape: Sequence[int], methods: Sequence[str] = ("dac",), *,
                       weighted: bool = False, layers: Sequence[str] | None = None,
                       ranks: RankChoice = None) -> dict[tuple[str, str, int], float]:
-    """(layer, method, rank) -> relative weight error (BatchNorm-weighted if ``weighted``), no layer built."""
-    convs = decomposable_layers(model)
+    """(layer, method, rank) -> relative weight error (BatchNorm-weighted if ``weighted``), no layer built;
+    nothing for a (layer, method) the method cannot take."""
+    convs = decomposable_layers(model, methods)
     names = list(convs) if layers is None else list(layers)
     importance: Mapping[str, torch.Tensor] = channel_importance(model, input_shape) if weighted else {}
     table: dict[tuple[str, str, int], float] = {}
     for name in names:
         conv = convs[name]
         for method in methods:
+            limit = max_rank(conv, method)  # 0: the method cannot take this conv (DAC on a 1x1)
+            if not limit:
+                continue
             errors = weight_errors(conv, method, importance.get(name))
-            for rank in resolve_ranks(ranks, name, method, max_rank(conv, method)):
+            for rank in resolve_ranks(ranks, name, method, limit):
                 table[(name, method, rank)] = float(errors[rank])
     return table
