@@ -25,7 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", help="run dir (default reports/<model>-<device>-<budget>/)")
     parser.add_argument("--storage", help="an Optuna storage URL shared by workers (default: SQLite in the run dir)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", default="dac", help=f"comma list of {', '.join(METHODS)} (default dac)")
+    parser.add_argument("--methods", help=f"comma list of {', '.join(METHODS)} "
+                        "(default: all of them under a latency budget, dac under a FLOPs or parameter budget)")
     parser.add_argument("--correction", choices=("none", "bias", "refit"), default="refit",
                         help="data-free correction of the factors on distilled inputs (default refit)")
     parser.add_argument("--proxy-images", type=int, default=64, help="distilled images the proxy uses")
@@ -43,7 +44,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         input_shape=parse_shape(args.input_shape) if args.input_shape else None, trials=args.trials,
         timeout_s=parse_duration(args.timeout) if args.timeout else None,
         out=Path(args.out) if args.out else None, storage=args.storage, seed=args.seed,
-        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        methods=None if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
         correction=None if args.correction == "none" else args.correction, proxy_images=args.proxy_images,
         eval_data=args.eval_data, mean=parse_floats(args.mean) if args.mean else None,
         std=parse_floats(args.std) if args.std else None,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dac_search.rundir import Baseline, TrialRow
-from dac_search.search.budget import Budget
+from dac_search.budget import Budget
 from dac_search.report.summary import ReportData
 
 DASH = "–"

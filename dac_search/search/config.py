@@ -26,7 +26,9 @@ class SearchConfig:
     out: Path | None = None
     storage: str | None = None
     seed: int = 0
-    methods: tuple[str, ...] = ("dac",)
+    # None: every method under a latency budget (the device's table prices each layer's options, and
+    # a factorisation that adds fewer operators often runs faster than DAC's), DAC alone otherwise.
+    methods: tuple[str, ...] | None = None
     correction: str | None = "refit"
     proxy_images: int = 64
     measure_points: int = 8  # Pareto points measured end to end at the end
@@ -36,6 +38,8 @@ class SearchConfig:
     command: str = ""
 
     def __post_init__(self) -> None:
+        if self.methods is None:
+            object.__setattr__(self, "methods", METHODS if self.budget.kind == "latency" else ("dac",))
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ConfigError(f"--methods takes a comma list of {', '.join(METHODS)}, got {','.join(self.methods)}")

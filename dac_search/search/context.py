@@ -124,7 +124,8 @@ class SearchContext:
 def candidates(model: nn.Module, costs: CostModel, methods: tuple[str, ...]) -> dict[str, list[LayerChoice]]:
     """Per layer, every (method, rank) the search may pick (variants chosen later): the options the
     greedy allocator walks, so the search starts where the best baseline ends. The first conv stays."""
-    return {name: table_choices(model, costs, name, methods) for name in eligible_layers(model, costs, (FIRST_CONV,))}
+    layers = eligible_layers(model, costs, (FIRST_CONV,), methods)  # 1x1 convs too where channel is offered
+    return {name: table_choices(model, costs, name, methods) for name in layers}
 
 
 @dataclass(frozen=True)

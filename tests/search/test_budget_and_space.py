@@ -9,7 +9,8 @@ import pytest
 from dac_search.errors import ConfigError
 from dac_search.plan import LayerChoice
 from dac_search.budget import parse_budget
-from dac_search.search.config import parse_duration
+from dac_search.methods import METHODS
+from dac_search.search.config import SearchConfig, parse_duration
 from dac_search.search.refine import moves, propose
 from dac_search.hull import Option, lower_hull
 from dac_search.search.space import LayerOptions, SearchSpace
@@ -91,3 +92,9 @@ def test_refinement_trades_rank_between_layers_within_the_budget() -> None:
     tried = {space.plan(lam, {"a": 0, "b": 0}).to_json()}
     assert propose(space, start, tried, within) != best  # a move is tried once
     assert propose(space, start, set(), lambda plan: False) is None  # nothing fits: no proposal
+
+
+def test_every_method_is_a_candidate_by_default_under_a_latency_budget_only() -> None:
+    assert SearchConfig("cifar10-resnet20", parse_budget("0.6x")).methods == METHODS
+    assert SearchConfig("cifar10-resnet20", parse_budget("50%flops"), device="none").methods == ("dac",)
+    assert SearchConfig("cifar10-resnet20", parse_budget("0.6x"), methods=("dac",)).methods == ("dac",)

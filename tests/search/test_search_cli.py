@@ -56,15 +56,19 @@ def test_small_search_writes_every_result_file(hub_cache, tmp_path) -> None:
 
 
 @pytest.mark.slow  # over 10 s here
-def test_search_on_the_local_device_judges_each_plan_beside_the_original(hub_cache, tmp_path) -> None:
+def test_search_on_the_local_device_picks_among_every_method_and_judges_each_plan_beside_the_original(
+        hub_cache, tmp_path) -> None:
     out = tmp_path / "run"
     device = tmp_path / "quick.toml"  # short timings: this checks the plumbing, not the machine
     device.write_text('name = "quick"\nkind = "local"\nthreads = 1\n'
                       '[measure]\nwarmup_s = 0.05\nrepeat_s = 0.02\nrepeats = 7\nmax_attempts = 1\n')
-    result = run_cli(*SEARCH, "--methods", "dac", "--device", str(device), "--budget", "0.7x", "--trials", "12",
-                     "--out", str(out))
+    result = run_cli(*SEARCH, "--device", str(device), "--budget", "0.7x", "--trials", "12", "--out", str(out))
     assert result.returncode == 0, result.stderr
     run = json.loads((out / "run.json").read_text())
+    assert run["methods"] == ["dac", "spatial", "channel"]  # a latency budget offers every method by default
+    methods = {c["method"] for t in rows(out / "trials.csv")
+               for c in json.loads((out / t["plan"]).read_text())["layers"].values()}
+    assert methods - {"dac"}, methods
     original = run["baseline"]["latency_ms"]
     assert original > 0 and run["budget"]["value"] == pytest.approx(0.7 * original, rel=1e-6)
     pareto = rows(out / "pareto.csv")
