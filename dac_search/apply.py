@@ -1,29 +1,44 @@
-"""A plan applied to a model: the factorised layers, then the plan's correction. One plan, one model.
+"""A plan applied to a model: pruning, the factorised layers, then the plan's correction. One plan, one model.
 
 ``decompose_model`` is what the search scored, what ``dac-search export`` writes and what a Python user
 gets from the same plan file: the correction (``refit``, ``bias``) is fitted on the default synthetic
 inputs of the plan's input shape, made deterministically (seed 0), so the plan alone rebuilds the model.
+
+Pruning (``dac_search.decompose.prune``) comes first: the factorised layers and their correction work on
+the pruned network. Under ``refit`` a pruned producer's consumer conv is refitted too (weight and bias,
+ridge least squares over its whole window, as ThiNet / He et al. 2017 do with data, here on the
+synthetic inputs), but only where it lost input channels, so a prune that keeps every channel stays the
+identity. Every fitted layer, refitted consumer or factorised layer, is fitted in one forward pass in
+execution order: its input from the already corrected pruned network, its target always the *original*
+model's output at that layer (for a consumer that is itself pruned, at the channels it keeps). A
+consumer that is also factorised is refitted through its factorisation's last factor (the SVD is of the
+sliced consumer), like any other factorised layer. ``bias`` leaves pruned layers as sliced: it corrects
+factorised layers only. A refitted consumer's bias is folded into the BatchNorm after it (its running
+mean) where there is one, so the architecture, and the cost, stay those of the uncorrected plan.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from dac_search.decompose import replace_layers, validate_plan
+from dac_search.decompose import Pruning, check_plan, replace_layers
 from dac_search.errors import ConfigError
 from dac_search.plan import RankPlan
+from dac_search.proxies._hooks import removing
 from dac_search.proxies.correction import (
+    LayerTarget,
     RefitSettings,
     assemble,
     assemble_dense,
     check_correction,
     default_inputs,
+    fit_conv,
     initial_layers,
     reference,
     run_plan,
@@ -44,14 +59,55 @@ def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | Non
     """
     plan = RankPlan.coerce(plan)
     check_correction(plan.correction)
+    pruning = check_plan(model, plan)
+    base = pruning.apply(model) if pruning.keep else model
+    _, factorised = plan.split()
     if plan.correction is None or not plan.layers:
-        validate_plan(model, plan)
-        return assemble_dense(model, initial_layers(model, plan)) if dense else replace_layers(model, plan).eval()
+        return assemble_dense(base, initial_layers(base, factorised)) if dense else replace_layers(base, factorised).eval()
     if inputs is None:
         if plan.input_shape is None:
             raise ConfigError(f"the plan asks for the {plan.correction!r} correction but has no input_shape "
                               "to make the synthetic inputs it is fitted on; add \"input_shape\" to the plan")
         inputs = default_inputs(model, plan.input_shape)
-    ref = reference(model, inputs, list(plan.layers), settings)
-    result = run_plan(model, copy.deepcopy(model), plan, inputs, ref, plan.correction, settings)
-    return assemble_dense(model, result.layers) if dense else assemble(model, plan, result.layers)
+    consumers = refitted_consumers(model, pruning, factorised) if plan.correction == "refit" else {}
+    ref = reference(model, inputs, [*factorised.layers, *consumers], settings)
+    workbench = copy.deepcopy(base)
+    handles = [workbench.get_submodule(name).register_forward_pre_hook(
+        _consumer_refit(workbench, name, ref.targets[name], channels, pruning, settings or RefitSettings()))
+        for name, channels in consumers.items()]
+    with removing(handles):
+        result = run_plan(base, workbench, factorised, inputs, ref, plan.correction, settings)
+    fitted = workbench if pruning.keep else model  # the pruned network with its consumers refitted
+    return assemble_dense(fitted, result.layers) if dense else assemble(fitted, factorised, result.layers)
+
+
+def refitted_consumers(model: nn.Module, pruning: Pruning, factorised: RankPlan) -> dict[str, torch.Tensor | None]:
+    """Consumer -> its output channels kept (None: all), for every dense consumer that lost input channels."""
+    out: dict[str, torch.Tensor | None] = {}
+    for producer, site in pruning.sites.items():
+        lost = len(pruning.keep[producer]) < model.get_submodule(producer).out_channels
+        if lost and site.consumer not in factorised.layers:
+            out[site.consumer] = pruning.keep.get(site.consumer)
+    return out
+
+
+def _consumer_refit(workbench: nn.Module, name: str, target: LayerTarget, channels: torch.Tensor | None,
+                    pruning: Pruning, settings: RefitSettings) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+    """A pre-hook refitting consumer ``name`` on its first input, in place; its bias folded into the next BN."""
+    site = next(site for site in pruning.sites.values() if site.consumer == name)
+    done: list[bool] = []
+
+    def hook(conv: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if done:
+            return
+        weight, bias = fit_conv(conv, args[0], target, settings.ridge, channels)  # type: ignore[arg-type]
+        with torch.no_grad():
+            conv.weight.copy_(weight)
+            if conv.bias is not None:
+                conv.bias.copy_(bias)
+            elif site.consumer_norm is not None:  # BN(Wx + b) is BN with running mean - b applied to Wx
+                workbench.get_submodule(site.consumer_norm).running_mean.sub_(bias)
+            else:
+                conv.bias = nn.Parameter(bias, requires_grad=conv.weight.requires_grad)
+        done.append(True)
+    return hook

@@ -3,17 +3,22 @@
 Shapes are traced once with a sample input; after that the cost of a plan is arithmetic, so the
 search can price thousands of plans without building a single layer. FLOPs count the
 multiply-adds of every Conv2d and Linear for one image (batch 1), the convention of the DAC paper.
+
+A pruned producer is priced at its kept output channels, its consumer at as many input channels (and
+factorised at that width if the plan says so), its BatchNorm without the removed channels' affine
+parameters: exactly what ``count_cost`` finds on the built model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from dac_search.decompose.prune import PruneSite, check_site, check_width, prune_sites
 from dac_search.decompose.surgery import decomposable_layers
 from dac_search.methods import METHODS
 from dac_search.plan import LayerChoice, RankPlan
@@ -145,13 +150,43 @@ class CostModel:
         wanted = decomposable_layers(model, methods)
         self.geometry = {name: geometry for name, geometry in self.traced.items() if name in wanted}
         self.baseline = count_cost(model, input_shape)
+        self._model = model  # read again only for a plan that prunes
+        self._sites: dict[str, PruneSite | str] | None = None
 
     def layer(self, name: str, choice: LayerChoice | None = None) -> Cost:
         return conv_cost(self.traced[name], choice)
 
     def cost(self, plan: RankPlan | Mapping[str, Any]) -> Cost:
         plan = RankPlan.coerce(plan)
-        total = self.baseline
-        for name, choice in plan.layers.items():
-            total = total - self.layer(name) + self.layer(name, choice)
+        pruned, factorised = plan.split()
+        geometry, total = self._pruned(pruned, factorised, plan.correction)
+        for name in {*factorised.layers, *geometry}:
+            total = total - self.layer(name) + conv_cost(geometry.get(name, self.traced[name]),
+                                                         factorised.layers.get(name))
         return total
+
+    def _pruned(self, pruned: Mapping[str, int], factorised: RankPlan,
+                correction: str | None) -> tuple[dict[str, ConvGeometry], Cost]:
+        """The geometries a pruning changes, and the baseline less the BatchNorm parameters it removes."""
+        total, geometry = self.baseline, {}
+        if not pruned:
+            return geometry, total
+        if self._sites is None:
+            self._sites = prune_sites(self._model)
+        sites = {name: check_site(self._sites, name) for name in pruned}
+        for name, rank in pruned.items():
+            site, width = sites[name], self.traced[name].out_channels
+            check_width(name, rank, width)
+            geometry[name] = replace(geometry.get(name, self.traced[name]), out_channels=rank)
+            geometry[site.consumer] = replace(geometry.get(site.consumer, self.traced[site.consumer]),
+                                              in_channels=rank)
+            norm = self._model.get_submodule(site.norm) if site.norm else None
+            if norm is not None and norm.affine:
+                total = total - Cost(0, 2 * (width - rank))
+        for name, site in sites.items():  # a refitted consumer with no bias and no BatchNorm to fold it into
+            refitted = (correction == "refit" and pruned[name] < self.traced[name].out_channels
+                        and site.consumer not in factorised.layers)
+            consumer = geometry[site.consumer]
+            if refitted and not consumer.bias and site.consumer_norm is None:
+                total = total + Cost(0, consumer.out_channels)
+        return geometry, total

@@ -4,6 +4,10 @@ JSON form (layers not listed are kept as they are)::
 
     {"format": "dac-search/plan@1", "model": "cifar10-resnet56", "input_shape": [1, 3, 32, 32],
      "layers": {"layer1.0.conv1": {"method": "dac", "rank": 3, "variant": "stacked"}}}
+
+``{"method": "prune", "rank": r}`` on a producer conv keeps r of its output channels (see
+``dac_search.decompose.prune``); its consumer may be factorised in the same plan. One name, one choice:
+a plan file that lists a layer twice is refused rather than read as whichever came last.
 """
 
 from __future__ import annotations
@@ -18,28 +22,36 @@ from typing import Any
 
 from dac_search.atomic import write_text_atomic
 from dac_search.errors import PlanError
-from dac_search.methods import METHODS, VARIANTS, default_variant
+from dac_search.methods import PLAN_METHODS, STRUCTURAL, default_variant, variants_of
 
 PLAN_FORMAT = "dac-search/plan@1"
 
 
 @dataclass(frozen=True)
 class LayerChoice:
-    """How one layer is replaced: ``method`` at ``rank``, run by ``variant`` (DAC only)."""
+    """How one layer is replaced: ``method`` at ``rank``, run by ``variant`` (DAC only).
+
+    For ``prune`` the rank is the number of output channels kept.
+    """
 
     method: str
     rank: int
     variant: str | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise PlanError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.method not in PLAN_METHODS:
+            raise PlanError(f"unknown method {self.method!r}; choose one of {', '.join(PLAN_METHODS)}")
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise PlanError(f"rank must be a positive integer, got {self.rank!r}")
-        variants = VARIANTS[self.method]
+        variants = variants_of(self.method)
         if self.variant not in variants:
             allowed = ", ".join(v for v in variants if v) or "none"
             raise PlanError(f"method {self.method!r} has no variant {self.variant!r} (variants: {allowed})")
+
+    @property
+    def structural(self) -> bool:
+        """True for a choice that changes widths (prune) rather than factorising the layer."""
+        return self.method in STRUCTURAL
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method, "rank": self.rank}
@@ -56,7 +68,7 @@ class LayerChoice:
             raise PlanError(f"{where}: unknown keys {sorted(unknown)}")
         method = data.get("method", "dac")
         variant = data.get("variant")
-        if variant is None and method in VARIANTS:
+        if variant is None and method in PLAN_METHODS:
             variant = default_variant(method)
         try:
             return cls(method=method, rank=data.get("rank"), variant=variant)  # type: ignore[arg-type]
@@ -117,7 +129,7 @@ class RankPlan:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> RankPlan:
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_text(), object_pairs_hook=_unique_keys)
         except FileNotFoundError:
             raise PlanError(f"plan file not found: {path}") from None
         except (OSError, UnicodeDecodeError) as exc:
@@ -125,6 +137,12 @@ class RankPlan:
         except json.JSONDecodeError as exc:
             raise PlanError(f"plan {path} is not valid JSON: {exc}") from None
         return cls.from_dict(data)
+
+    def split(self) -> tuple[dict[str, int], RankPlan]:
+        """(producer -> output channels kept, the plan of the factorised layers alone): pruning comes first."""
+        pruned = {name: choice.rank for name, choice in self.layers.items() if choice.structural}
+        factorised = {name: choice for name, choice in self.layers.items() if not choice.structural}
+        return pruned, RankPlan(factorised, self.model, self.input_shape, self.correction)
 
     @classmethod
     def coerce(cls, plan: RankPlan | Mapping[str, Any] | str | os.PathLike[str]) -> RankPlan:
@@ -137,3 +155,17 @@ class RankPlan:
             return cls.load(plan)
         raise PlanError(f"cannot read a plan from {type(plan).__name__}")
 
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different; a layer listed twice is an error, not the last one wins."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            methods = {item.get("method") for item in (out[key], value) if isinstance(item, Mapping)}
+            if len(methods) == 2 and methods & set(STRUCTURAL):
+                raise PlanError(f"layer {key!r} is both pruned and factorised: a plan may prune a producer conv "
+                                "or factorise it, not both (factorise its consumer instead)")
+            raise PlanError(f"key {key!r} appears twice in the plan")
+        out[key] = value
+    return out

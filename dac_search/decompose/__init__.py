@@ -1,4 +1,4 @@
-"""DAC and the baseline factorisations: cached factors, factorised layers, model surgery.
+"""DAC and the baseline factorisations: cached factors, factorised layers, model surgery; inner-width pruning.
 
 ``replace_layers`` swaps the planned convs only; ``dac_search.decompose_model`` (``dac_search.apply``)
 is the whole model a plan names, its correction included.
@@ -10,11 +10,15 @@ from dac_search.decompose.factors import (
     LayerFactors, can_decompose, check_decomposable, factorize, max_rank, refusal,
 )
 from dac_search.decompose.layers import LAYERS, ChannelConv2d, DacConv2d, FactorizedConv2d, SpatialConv2d
-from dac_search.decompose.surgery import decomposable_layers, decompose_conv, replace_layers, validate_plan
-from dac_search.methods import DAC_VARIANTS, METHODS
+from dac_search.decompose.prune import PruneSite, Pruning, plan_pruning, prune_model, prune_sites
+from dac_search.decompose.surgery import (
+    check_plan, decomposable_layers, decompose_conv, replace_layers, validate_plan,
+)
+from dac_search.methods import DAC_VARIANTS, METHODS, PLAN_METHODS, STRUCTURAL
 
 __all__ = [
-    "DAC_VARIANTS", "LAYERS", "METHODS", "ChannelConv2d", "DacConv2d", "FactorizedConv2d", "LayerFactors",
-    "SpatialConv2d", "can_decompose", "check_decomposable", "decomposable_layers", "decompose_conv", "factorize",
-    "max_rank", "refusal", "replace_layers", "validate_plan",
+    "DAC_VARIANTS", "LAYERS", "METHODS", "PLAN_METHODS", "STRUCTURAL", "ChannelConv2d", "DacConv2d",
+    "FactorizedConv2d", "LayerFactors", "PruneSite", "Pruning", "SpatialConv2d", "can_decompose",
+    "check_decomposable", "check_plan", "decomposable_layers", "decompose_conv", "factorize", "max_rank",
+    "plan_pruning", "prune_model", "prune_sites", "refusal", "replace_layers", "validate_plan",
 ]

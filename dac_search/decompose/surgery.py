@@ -1,5 +1,9 @@
 """Swap a plan's convs for their factorised layers, in a deep copy. The plan's correction is not applied here:
-``dac_search.apply.decompose_model`` builds the whole model a plan names."""
+``dac_search.apply.decompose_model`` builds the whole model a plan names.
+
+A plan's prunings (``dac_search.decompose.prune``) are applied first, then its factorisations, so a
+pruned producer's consumer is factorised at its new, smaller input width.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from torch import nn
 
 from dac_search.decompose.factors import can_decompose, check_decomposable, factorize, max_rank
 from dac_search.decompose.layers import LAYERS, FactorizedConv2d
+from dac_search.decompose.prune import Pruning, plan_pruning
 from dac_search.errors import DecompositionError, PlanError
 from dac_search.methods import METHODS
 from dac_search.plan import RankPlan
@@ -36,34 +41,56 @@ def decomposable_layers(model: nn.Module, methods: Sequence[str] = METHODS) -> d
 
 
 def validate_plan(model: nn.Module, plan: RankPlan) -> None:
-    """Every planned layer exists, is a decomposable conv, and its rank is in range for its method."""
-    for name, choice in plan.layers.items():
+    """Every planned layer exists, is a decomposable (or prunable) conv, and its rank is in range for its method."""
+    check_plan(model, plan)
+
+
+def check_plan(model: nn.Module, plan: RankPlan) -> Pruning:
+    """``validate_plan``, returning the plan's checked pruning (empty when it prunes nothing).
+
+    A factorised consumer of a pruned producer is checked at its pruned input width.
+    """
+    seen: dict[int, str] = {}
+    for name in plan.layers:
         try:
             module = model.get_submodule(name)
         except AttributeError:
             raise PlanError(f"the plan names layer {name!r}, which this model does not have") from None
         if not isinstance(module, nn.Conv2d):
             raise PlanError(f"layer {name!r} is a {type(module).__name__}, not a Conv2d")
+        first = seen.setdefault(id(module), name)
+        if first != name:
+            raise PlanError(f"layers {first!r} and {name!r} are the same conv; a plan names each conv once")
+    pruned, factorised = plan.split()
+    pruning = plan_pruning(model, pruned)
+    sliced = pruning.modules(model) if pruning.keep else {}
+    for name, choice in factorised.layers.items():
+        module = sliced.get(name, model.get_submodule(name))
         try:
             check_decomposable(module, choice.method)
         except DecompositionError as exc:
             raise PlanError(f"layer {name!r}: {exc}") from None
         limit = max_rank(module, choice.method)
         if choice.rank > limit:
-            raise PlanError(f"layer {name!r}: rank {choice.rank} exceeds the limit {limit} for method {choice.method!r}")
+            after = f" at its pruned input width {module.in_channels}" if name in sliced else ""
+            raise PlanError(f"layer {name!r}: rank {choice.rank} exceeds the limit {limit} for method "
+                            f"{choice.method!r}{after}")
+    return pruning
 
 
 def replace_layers(model: nn.Module, plan: RankPlan | Mapping[str, Any] | str | os.PathLike[str]) -> nn.Module:
-    """A deep copy of ``model`` with the planned convs factorised by their SVD factors, uncorrected.
+    """A deep copy of ``model`` with the planned convs pruned, then factorised by their SVD factors, uncorrected.
 
     The architecture of the plan's model (what a latency table times, what a saved state dict loads
     into); the original is left untouched and its SVDs stay cached.
     """
     plan = RankPlan.coerce(plan)
-    validate_plan(model, plan)
-    for name, choice in plan.layers.items():  # factor the originals, so the cache serves later calls
-        factorize(model.get_submodule(name), choice.method)
-    out = copy.deepcopy(model)
-    for name, choice in plan.layers.items():
-        out.set_submodule(name, decompose_conv(model.get_submodule(name), choice.rank, choice.method, choice.variant))
+    pruning = check_plan(model, plan)
+    base = pruning.apply(model) if pruning.keep else model
+    _, factorised = plan.split()
+    for name, choice in factorised.layers.items():  # factor the originals, so the cache serves later calls
+        factorize(base.get_submodule(name), choice.method)
+    out = copy.deepcopy(base) if base is model else base
+    for name, choice in factorised.layers.items():
+        out.set_submodule(name, decompose_conv(base.get_submodule(name), choice.rank, choice.method, choice.variant))
     return out

@@ -180,6 +180,22 @@ def refit(conv: nn.Conv2d, factors: LayerFactors, x: torch.Tensor, target: Layer
     return FittedLayer(fitted, torch.cat(biases).to(conv.weight.dtype))
 
 
+def fit_conv(conv: nn.Conv2d, x: torch.Tensor, target: LayerTarget, ridge: float,
+             channels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of a dense conv (groups == 1) refitted so it maps ``x`` to the target outputs.
+
+    The same ridge least squares as ``refit``, over the whole k x k window, pulled towards ``conv``'s own
+    weight; ``channels``: the target's output channels the conv still has (a pruned producer's kept ones).
+    """
+    windows = _factors.patches_at(conv, x, target.index, target.out_hw)  # (c, P, kh, kw)
+    c, p, kh, kw = windows.shape
+    features = windows.permute(1, 0, 2, 3).reshape(p, c * kh * kw)
+    values = target.values if channels is None else target.values[:, channels]
+    prior = conv.weight.detach().reshape(conv.out_channels, -1)
+    weight, bias = _least_squares(features, values, prior, ridge)
+    return weight.reshape(conv.weight.shape).to(conv.weight.dtype), bias.to(conv.weight.dtype)
+
+
 def _stand_in(conv: nn.Conv2d, layer: FittedLayer) -> nn.Conv2d:
     """A conv of ``conv``'s geometry computing the factorised layer densely (same function, faster)."""
     weight = _factors.dense_weight(layer.factors, tuple(conv.weight.shape), conv.groups)

@@ -1,0 +1,240 @@
+"""Inner-width pruning as a plan method: structure found by tracing, identity at full width, clear refusals,
+prune-then-factorise, exact cost, and the refit measured on the real ResNet-20 with real test images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from dac_search import CostModel, LayerChoice, PlanError, RankPlan, count_cost, decompose_model, load_model
+from dac_search.decompose import DacConv2d, prune_model, prune_sites, replace_layers
+from dac_search.decompose.layers import ChannelConv2d
+from dac_search.export.formats import export_onnx
+from dac_search.methods import METHODS, PLAN_METHODS, STRUCTURAL
+from dac_search.zoo.cifar_resnet import CifarResNet
+from tests.conftest import top1
+
+CIFAR = (1, 3, 32, 32)
+SMALL = (1, 3, 64, 64)
+
+
+def _random_resnet20() -> nn.Module:
+    """Random weights with BatchNorm statistics that differ per channel, so slicing a wrong channel shows."""
+    torch.manual_seed(0)
+    model = CifarResNet(20)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            with torch.no_grad():
+                module.weight.uniform_(0.2, 1.5)
+                module.bias.normal_(0, 0.2)
+                module.running_mean.normal_(0, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _producers(model: nn.Module) -> list[str]:
+    return [name for name, site in prune_sites(model).items() if not isinstance(site, str)]
+
+
+def _prune_plan(model: nn.Module, fraction: float, names: list[str] | None = None, **extra: object) -> dict:
+    names = _producers(model) if names is None else names
+    layers = {name: {"method": "prune", "rank": max(1, round(model.get_submodule(name).out_channels * fraction))}
+              for name in names}
+    return {"input_shape": list(extra.pop("input_shape", CIFAR)), "layers": layers, **extra}
+
+
+def _max_diff(a: nn.Module, b: nn.Module, shape: tuple[int, ...]) -> float:
+    torch.manual_seed(1)
+    x = torch.randn(2, *shape[1:])
+    with torch.no_grad():
+        return float((a(x) - b(x)).abs().max())
+
+
+def test_prune_is_a_plan_method_but_not_a_factorisation() -> None:
+    assert "prune" in STRUCTURAL and "prune" in PLAN_METHODS and "prune" not in METHODS
+    assert LayerChoice("prune", 3).to_dict() == {"method": "prune", "rank": 3}
+    with pytest.raises(PlanError, match="no variant"):
+        LayerChoice("prune", 3, "stacked")
+
+
+def test_the_producers_are_the_inner_convs_of_every_block() -> None:
+    assert _producers(CifarResNet(20)) == [f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)]
+    bottleneck = _producers(torchvision.models.resnet50())
+    assert bottleneck[:2] == ["layer1.0.conv1", "layer1.0.conv2"] and len(bottleneck) == 2 * 16
+
+
+@pytest.mark.parametrize("name, shape", [("cifar-resnet20", CIFAR), ("resnet18", SMALL), ("resnet50", SMALL)])
+def test_full_width_is_the_identity(name: str, shape: tuple[int, ...]) -> None:
+    model = _random_resnet20() if name.startswith("cifar") else torchvision.models.get_model(name, weights=None).eval()
+    pruned = decompose_model(model, _prune_plan(model, 1.0, input_shape=shape))
+    assert _max_diff(model, pruned, shape) < 1e-5
+
+
+def test_a_pruned_block_keeps_the_shapes_the_next_layer_expects_and_the_most_important_channels() -> None:
+    model = _random_resnet20()
+    with torch.no_grad():  # make channels 3, 7, 9, 12 the clear winners of |gamma| * ||W2[:, j]||
+        model.layer1[0].bn1.weight.fill_(0.01)
+        model.layer1[0].bn1.weight[[12, 3, 9, 7]] = torch.tensor([2.0, 3.0, 4.0, 5.0])
+    pruned = prune_model(model, {"layer1.0.conv1": 4})
+    block, original = pruned.layer1[0], model.layer1[0]
+    assert type(block.conv1) is nn.Conv2d and type(block.bn1) is nn.BatchNorm2d and type(block.conv2) is nn.Conv2d
+    assert (block.conv1.out_channels, block.bn1.num_features, block.conv2.in_channels) == (4, 4, 4)
+    assert block.conv2.out_channels == 16 and pruned.layer1[1].conv1.in_channels == 16
+    keep = [3, 7, 9, 12]
+    assert torch.equal(block.conv1.weight, original.conv1.weight[keep])
+    assert torch.equal(block.bn1.running_var, original.bn1.running_var[keep])
+    assert torch.equal(block.conv2.weight, original.conv2.weight[:, keep])
+    assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_bottleneck_pruned_twice_slices_its_middle_conv_both_ways() -> None:
+    model = torchvision.models.resnet50().eval()
+    pruned = prune_model(model, {"layer1.0.conv1": 16, "layer1.0.conv2": 24})
+    block = pruned.layer1[0]
+    assert (block.conv1.out_channels, block.conv2.in_channels, block.conv2.out_channels) == (16, 16, 24)
+    assert (block.bn2.num_features, block.conv3.in_channels, block.conv3.out_channels) == (24, 24, 256)
+    assert pruned(torch.randn(1, *SMALL[1:])).shape == (1, 1000)
+
+
+def test_a_conv_feeding_a_residual_add_is_refused_in_one_line() -> None:
+    with pytest.raises(PlanError) as info:
+        decompose_model(CifarResNet(20), _prune_plan(CifarResNet(20), 0.5, ["layer1.0.conv2"]))
+    message = str(info.value)
+    assert "\n" not in message and "'layer1.0.conv2' cannot be pruned" in message and "residual add" in message
+
+
+@pytest.mark.parametrize("layers, match", [
+    ({"conv1": {"method": "prune", "rank": 8}}, "read by 2 operations"),  # the stem feeds a block and its shortcut
+    ({"layer1.0.conv1": {"method": "prune", "rank": 17}}, r"keeps 1\.\.16 output channels, got 17"),
+    ({"layer1.0.conv1": {"method": "prune", "rank": 8}, "layer1.0.conv2": {"method": "spatial", "rank": 30}},
+     "exceeds the limit 24 .*at its pruned input width 8"),  # 48 at the full width
+])
+def test_bad_prunings_are_refused(layers: dict, match: str) -> None:
+    with pytest.raises(PlanError, match=match):
+        replace_layers(CifarResNet(20), {"layers": layers})
+
+
+def test_pruning_and_factorising_the_same_conv_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "plan.json"
+    path.write_text('{"layers": {"layer1.0.conv1": {"method": "prune", "rank": 8},'
+                    ' "layer1.0.conv1": {"method": "dac", "rank": 2}}}')
+    with pytest.raises(PlanError, match="'layer1.0.conv1' is both pruned and factorised"):
+        RankPlan.load(path)
+
+
+def test_an_untraceable_model_is_refused_with_the_reason() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.a(x)
+            return self.b(y) if y.sum() > 0 else y
+
+    with pytest.raises(PlanError, match="torch.fx cannot trace this model") as info:
+        replace_layers(Branchy(), {"layers": {"a": {"method": "prune", "rank": 4}}})
+    assert "\n" not in str(info.value)
+
+
+def test_the_consumer_of_a_pruned_producer_is_factorised_at_its_pruned_width() -> None:
+    model = _random_resnet20()
+    plan = {"input_shape": list(CIFAR), "layers": {"layer1.0.conv1": {"method": "prune", "rank": 8},
+                                                   "layer1.0.conv2": {"method": "dac", "rank": 2}}}
+    built = decompose_model(model, plan)
+    assert isinstance(built.layer1[0].conv2, DacConv2d) and built.layer1[0].conv2.depthwise[0].in_channels == 8
+    by_hand = prune_model(model, {"layer1.0.conv1": 8})
+    by_hand.layer1[0].conv2 = DacConv2d.from_conv(by_hand.layer1[0].conv2, 2, "grouped")
+    assert _max_diff(built, by_hand.eval(), CIFAR) < 1e-5
+
+
+def test_a_plan_with_prune_round_trips_through_json_and_applies_from_its_file(tmp_path: Path) -> None:
+    model = _random_resnet20()
+    plan = RankPlan.from_dict({**_prune_plan(model, 0.5), "model": "cifar10-resnet20"})
+    plan = RankPlan({**plan.layers, "layer2.0.conv2": LayerChoice("spatial", 4)}, plan.model, plan.input_shape)
+    path = plan.save(tmp_path / "plan.json")
+    assert RankPlan.load(path) == plan
+    assert json.loads(path.read_text())["layers"]["layer1.0.conv1"] == {"method": "prune", "rank": 8}
+    from_file = decompose_model(model, path)
+    assert from_file.layer1[0].conv1.out_channels == 8 and from_file.layer3[2].conv2.in_channels == 32
+    assert _max_diff(from_file, decompose_model(model, plan.to_dict()), CIFAR) == 0.0
+
+
+def test_the_pruned_model_exports_to_onnx_as_ordinary_convs(tmp_path: Path) -> None:
+    model = _random_resnet20()
+    graphs = {kind: onnx.load(str(export_onnx(net, tmp_path / f"{kind}.onnx", CIFAR))).graph
+              for kind, net in (("dense", model), ("pruned", decompose_model(model, _prune_plan(model, 0.5))))}
+    ops = {kind: sorted(node.op_type for node in graph.node) for kind, graph in graphs.items()}
+    assert ops["pruned"] == ops["dense"]  # the same operators, no new ones: only narrower convs
+    widths = {tuple(init.dims) for init in graphs["pruned"].initializer}
+    assert (8, 16, 3, 3) in widths and (16, 8, 3, 3) in widths
+
+
+@pytest.mark.parametrize("case", ["cifar-prune", "cifar-prune+factorise", "resnet50-bottleneck", "no-bn-refit"])
+def test_the_cost_model_prices_a_pruned_plan_exactly(case: str) -> None:
+    if case.startswith("cifar"):
+        model, shape = _random_resnet20(), CIFAR
+        plan = _prune_plan(model, 0.75)
+        if case.endswith("factorise"):
+            plan["layers"].update({"layer1.0.conv2": {"method": "dac", "rank": 2},  # consumers, at pruned width
+                                   "layer3.1.conv2": {"method": "channel", "rank": 5},
+                                   "layer2.2.conv1": {"method": "spatial", "rank": 3}})  # factorised, not pruned
+    elif case.startswith("resnet50"):
+        model, shape = torchvision.models.resnet50().eval(), SMALL
+        plan = _prune_plan(model, 0.5, ["layer1.0.conv1", "layer1.0.conv2", "layer4.2.conv1"], input_shape=shape)
+        plan["layers"]["layer1.0.conv3"] = {"method": "channel", "rank": 7}  # a 1x1 consumer, at width 32
+    else:  # the consumer has no bias and no BatchNorm after it: a refit adds a bias, which is priced too
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3, bias=False),
+                              nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)).eval()
+        shape = (1, 3, 12, 12)
+        plan = _prune_plan(model, 0.5, ["0"], input_shape=shape, correction="refit")
+    inputs = torch.randn(8, *shape[1:])
+    built = decompose_model(model, plan, inputs)
+    assert CostModel(model, shape).cost(plan) == count_cost(built, shape)
+    if case == "no-bn-refit":
+        assert built[3].bias is not None
+
+
+def test_refit_repairs_the_pruned_consumers_on_the_inputs_it_fits() -> None:
+    model = _random_resnet20()
+    torch.manual_seed(2)
+    inputs = torch.randn(8, 3, 32, 32)  # 8192 positions: more than the 4096 a refit samples
+    plan = _prune_plan(model, 0.5)
+    plain = decompose_model(model, plan, inputs)
+    refit = decompose_model(model, {**plan, "correction": "refit"}, inputs)
+    with torch.no_grad():
+        want = model(inputs)
+        assert float((refit(inputs) - want).pow(2).mean()) < 0.5 * float((plain(inputs) - want).pow(2).mean())
+    assert count_cost(refit, CIFAR) == count_cost(plain, CIFAR)  # the bias went into the next BatchNorm
+    full = decompose_model(model, {**_prune_plan(model, 1.0), "correction": "refit"}, inputs)
+    assert _max_diff(model, full, CIFAR) < 1e-5  # nothing lost, nothing refitted
+
+
+def test_refit_runs_through_a_factorised_consumer_and_dense_matches() -> None:
+    model = _random_resnet20()
+    torch.manual_seed(3)
+    inputs = torch.randn(8, 3, 32, 32)
+    plan = {**_prune_plan(model, 0.5), "correction": "refit"}
+    plan["layers"]["layer1.1.conv2"] = {"method": "channel", "rank": 4}
+    built = decompose_model(model, plan, inputs)
+    assert isinstance(built.layer1[1].conv2, ChannelConv2d) and built.layer1[1].conv2.reduce.in_channels == 8
+    assert _max_diff(built, decompose_model(model, plan, inputs, dense=True), CIFAR) < 1e-4
+
+
+@pytest.mark.slow
+def test_refit_beats_plain_pruning_on_the_real_resnet20(hub_cache: Path,
+                                                        cifar_test: tuple[torch.Tensor, torch.Tensor]) -> None:
+    model = load_model("cifar10-resnet20").eval()
+    x, y = cifar_test
+    plan = _prune_plan(model, 0.75, [name for name in _producers(model) if name.endswith("conv1")])
+    plain = top1(decompose_model(model, plan), x, y)
+    refit = top1(decompose_model(model, {**plan, "correction": "refit"}), x, y)
+    assert refit > plain, f"top-1 on {len(y)} real images at 75% of every block's conv1: refit {refit:.2f}%, plain {plain:.2f}%"
+    print(f"75% conv1 channels: plain {plain:.2f}%, refit {refit:.2f}%")
