@@ -106,6 +106,17 @@ def _plain(value: Any) -> Any:
 # ------------------------------------------------------------------------------------------------ run.json
 
 
+class _Record:
+    """A run.json record that maps to JSON by its fields' type hints (see ``_to_dict`` / ``_from_dict``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls: type[R], data: Mapping[str, Any], where: str | None = None) -> R:
+        return _from_dict(cls, data, where or cls.__name__)
+
+
 @dataclass(frozen=True)
 class DeviceInfo:
     """Where latency was measured: ``name`` and ``runtime``, and ``details`` as the device reported them
@@ -126,7 +137,7 @@ class DeviceInfo:
 
 
 @dataclass(frozen=True)
-class Baseline:
+class Baseline(_Record):
     """The original, undecomposed model; ``top1`` when measured with ``--eval-data``."""
 
     flops: int
@@ -136,16 +147,9 @@ class Baseline:
     proxy: float
     top1: float | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "baseline") -> Baseline:
-        return _from_dict(cls, data, where)
-
 
 @dataclass(frozen=True)
-class UniformPoint:
+class UniformPoint(_Record):
     """The paper's baseline: every layer decomposed at the same rank."""
 
     rank: int
@@ -155,29 +159,15 @@ class UniformPoint:
     latency_ms: float | None
     top1: float | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "uniform") -> UniformPoint:
-        return _from_dict(cls, data, where)
-
 
 @dataclass(frozen=True)
-class ProxyInfo:
+class ProxyInfo(_Record):
     """What the proxy measured: ``n`` inputs of ``inputs`` (distilled), scored ``held_out`` from the fit."""
 
     kind: str
     inputs: str
     n: int
     held_out: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "proxy") -> ProxyInfo:
-        return _from_dict(cls, data, where)
 
 
 @dataclass(frozen=True)
