@@ -63,7 +63,9 @@ def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | Non
     base = pruning.apply(model) if pruning.keep else model
     _, factorised = plan.split()
     if plan.correction is None or not plan.layers:
-        return assemble_dense(base, initial_layers(base, factorised)) if dense else replace_layers(base, factorised).eval()
+        if dense:
+            return assemble_dense(base, initial_layers(base, factorised))
+        return replace_layers(base, factorised).eval()
     if inputs is None:
         if plan.input_shape is None:
             raise ConfigError(f"the plan asks for the {plan.correction!r} correction but has no input_shape "

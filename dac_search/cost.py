@@ -82,6 +82,8 @@ def conv_cost(geometry: ConvGeometry, choice: LayerChoice | None = None) -> Cost
     if choice is None:
         weights = n * cg * kh * kw
         return Cost(out_pixels * weights, weights + bias)
+    if choice.method == "prune":  # the producer alone, at its kept outputs (CostModel.cost adds its consumer)
+        return conv_cost(replace(geometry, out_channels=choice.rank))
     r = choice.rank
     if choice.method == "dac":
         depthwise, pointwise = c * r * kh * kw, n * cg * r

@@ -191,13 +191,17 @@ def test_the_cost_model_prices_a_pruned_plan_exactly(case: str) -> None:
         plan["layers"]["layer1.0.conv3"] = {"method": "channel", "rank": 7}  # a 1x1 consumer, at width 32
     else:  # the consumer has no bias and no BatchNorm after it: a refit adds a bias, which is priced too
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3, bias=False),
-                              nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)).eval()
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                              nn.Conv2d(8, 6, 3, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)).eval()
         shape = (1, 3, 12, 12)
         plan = _prune_plan(model, 0.5, ["0"], input_shape=shape, correction="refit")
     inputs = torch.randn(8, *shape[1:])
     built = decompose_model(model, plan, inputs)
-    assert CostModel(model, shape).cost(plan) == count_cost(built, shape)
+    costs = CostModel(model, shape)
+    assert costs.cost(plan) == count_cost(built, shape)
+    name, choice = next(iter(RankPlan.coerce(plan).layers.items()))
+    producer = built.get_submodule(name)
+    assert costs.layer(name, choice).params == producer.weight.numel() + (0 if producer.bias is None else choice.rank)
     if case == "no-bn-refit":
         assert built[3].bias is not None
 
@@ -236,5 +240,6 @@ def test_refit_beats_plain_pruning_on_the_real_resnet20(hub_cache: Path,
     plan = _prune_plan(model, 0.75, [name for name in _producers(model) if name.endswith("conv1")])
     plain = top1(decompose_model(model, plan), x, y)
     refit = top1(decompose_model(model, {**plan, "correction": "refit"}), x, y)
-    assert refit > plain, f"top-1 on {len(y)} real images at 75% of every block's conv1: refit {refit:.2f}%, plain {plain:.2f}%"
+    assert refit > plain, (f"top-1 on {len(y)} real images at 75% of every block's conv1: "
+                           f"refit {refit:.2f}%, plain {plain:.2f}%")
     print(f"75% conv1 channels: plain {plain:.2f}%, refit {refit:.2f}%")
