@@ -156,7 +156,6 @@ class RankPlan:
         raise PlanError(f"cannot read a plan from {type(plan).__name__}")
 
 
-
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object whose keys are all different; a layer listed twice is an error, not the last one wins."""
     out: dict[str, Any] = {}

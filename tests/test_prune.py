@@ -219,6 +219,8 @@ def test_refit_repairs_the_pruned_consumers_on_the_inputs_it_fits() -> None:
     assert count_cost(refit, CIFAR) == count_cost(plain, CIFAR)  # the bias went into the next BatchNorm
     full = decompose_model(model, {**_prune_plan(model, 1.0), "correction": "refit"}, inputs)
     assert _max_diff(model, full, CIFAR) < 1e-5  # nothing lost, nothing refitted
+    biased = decompose_model(model, {**plan, "correction": "bias"}, inputs)
+    assert _max_diff(plain, biased, CIFAR) == 0.0  # bias corrects factorised layers only: pruned ones stay sliced
 
 
 def test_refit_runs_through_a_factorised_consumer_and_dense_matches() -> None:
