@@ -27,6 +27,20 @@ def test_decompose_writes_onnx_and_prints_the_layer_table(hub_cache, tmp_path) -
     assert [p.name for p in tmp_path.iterdir()] == ["r20.onnx"]
 
 
+def test_decompose_applies_a_plan_that_prunes_and_factorises(hub_cache, tmp_path) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"format": "dac-search/plan@1", "model": "cifar10-resnet20", "input_shape": [1, 3, 32, 32],
+                                "layers": {"layer1.0.conv1": {"method": "prune", "rank": 12},
+                                           "layer3.1.conv2": {"method": "dac", "rank": 2}}}))
+    out = tmp_path / "r20.onnx"
+    result = run_cli("decompose", "--model", "cifar10-resnet20", "--plan", str(plan), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    graph = onnx.load(str(out)).graph
+    widths = {init.name: list(init.dims) for init in graph.initializer}
+    assert [12, 16, 3, 3] in widths.values() and [16, 12, 3, 3] in widths.values()  # producer and consumer
+    assert "inputs pruned" in result.stdout
+
+
 @pytest.mark.parametrize("args,message", [
     (["--model", "cifar10-resnet21", "--rank", "2"], "unknown model"),
     (["--model", "cifar10-resnet20", "--rank", "12"], "out of range for layer 'conv1'"),

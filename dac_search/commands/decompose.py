@@ -7,13 +7,14 @@ import fnmatch
 
 from rich.table import Table
 
+from dac_search.apply import decompose_model
 from dac_search.commands._common import add_model_args, console, load_from_args
 from dac_search.cost import CostModel
-from dac_search.decompose import DAC_VARIANTS, METHODS, decomposable_layers, factorize, max_rank
+from dac_search.decompose import DAC_VARIANTS, METHODS, PruneSite, decomposable_layers, factorize, max_rank, prune_sites
 from dac_search.errors import PlanError
 from dac_search.export import export_model, format_of
+from dac_search.methods import STRUCTURAL
 from dac_search.plan import LayerChoice, RankPlan
-from dac_search.apply import decompose_model
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -73,16 +74,25 @@ def layer_table(model, plan: RankPlan, input_shape: tuple[int, ...], output: str
     table.add_column("MFLOPs after", justify="right", footer=f"{total.flops / 1e6:.2f}")
     table.add_column("weight error", justify="right",
                      footer=f"{total.flops / costs.baseline.flops:.0%} FLOPs")
+    pruned = {n for n, c in plan.layers.items() if c.method == "prune"}
+    narrowed = {site.consumer for name, site in prune_sites(model).items()
+                if name in pruned and isinstance(site, PruneSite)}
     for name, geometry in costs.geometry.items():
         choice = plan.layers.get(name)
         kh, kw = geometry.kernel_size
         shape = f"{geometry.in_channels}->{geometry.out_channels} {kh}x{kw} @{geometry.in_hw[0]}x{geometry.in_hw[1]}"
         before, after = costs.layer(name), costs.layer(name, choice)
+        if name in narrowed:  # its cost depends on the producer's width: counted in the total only
+            method = "keep" if choice is None else choice.method
+            table.add_row(name, shape, f"{method} (inputs pruned)", str(choice.rank) if choice else "",
+                          f"{before.flops / 1e6:.2f}", "-", "")
+            continue
         if choice is None:
             table.add_row(name, shape, "keep", "", f"{before.flops / 1e6:.2f}", f"{after.flops / 1e6:.2f}", "")
             continue
         method = choice.method + (f" ({choice.variant})" if choice.variant else "")
-        error = factorize(model.get_submodule(name), choice.method).relative_error(choice.rank)
+        error = "" if choice.method in STRUCTURAL else \
+            f"{factorize(model.get_submodule(name), choice.method).relative_error(choice.rank):.3f}"
         table.add_row(name, shape, method, str(choice.rank), f"{before.flops / 1e6:.2f}",
-                      f"{after.flops / 1e6:.2f}", f"{error:.3f}")
+                      f"{after.flops / 1e6:.2f}", error)
     return table
