@@ -22,6 +22,8 @@ from dac_search.cli import main
 from dac_search.decompose import replace_layers
 from dac_search.export import load_pt_export
 
+pytestmark = pytest.mark.slow  # a real search first (about a minute)
+
 SAMPLE = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 TOLERANCE = 1e-4
 

@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--storage", help="an Optuna storage URL shared by workers (default: SQLite in the run dir)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", help=f"comma list of {', '.join(METHODS)} "
-                        "(default: all of them under a latency budget, dac under a FLOPs or parameter budget)")
+                        "(default: all of them)")
     parser.add_argument("--correction", choices=("none", "bias", "refit"), default="refit",
                         help="data-free correction of the factors on distilled inputs (default refit)")
     parser.add_argument("--proxy-images", type=int, default=64, help="distilled images the proxy uses")

@@ -26,8 +26,9 @@ class SearchConfig:
     out: Path | None = None
     storage: str | None = None
     seed: int = 0
-    # None: every method under a latency budget (the device's table prices each layer's options, and
-    # a factorisation that adds fewer operators often runs faster than DAC's), DAC alone otherwise.
+    # None: every factorisation. Under a latency budget the device's table prices each layer's options (one
+    # that adds fewer operators often runs faster than DAC's); under a FLOPs budget every method beat or
+    # tied DAC alone in all six search cells of benchmarks/quality.py (README).
     methods: tuple[str, ...] | None = None
     correction: str | None = "refit"
     proxy_images: int = 64
@@ -39,7 +40,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         if self.methods is None:
-            object.__setattr__(self, "methods", METHODS if self.budget.kind == "latency" else ("dac",))
+            object.__setattr__(self, "methods", METHODS)
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ConfigError(f"--methods takes a comma list of {', '.join(METHODS)}, got {','.join(self.methods)}")
