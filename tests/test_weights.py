@@ -120,3 +120,21 @@ def test_cli_refuses_a_wrong_weights_name_in_one_line(tmp_path: Path, capsys: py
     assert capsys.readouterr().err.strip().splitlines() == [
         "dac-search: mobilenet_v2 has no weights named 'IMAGENET1K_V3' (did you mean IMAGENET1K_V2?); "
         "known: IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT, or a state-dict file"]
+
+
+class _Payload:
+    """Any object a pickle may hold: weights_only=True refuses it, as it would refuse code."""
+
+
+def test_torchvision_weights_are_read_with_weights_only(tmp_path: Path) -> None:
+    import pickle
+
+    from torchvision.models import _api
+
+    from dac_search.zoo import _weights_only_loads
+
+    torch.save({"w": torch.zeros(1), "payload": _Payload()}, tmp_path / "evil.pth")
+    url = "https://example.invalid/evil.pth"  # already in model_dir: nothing is downloaded
+    with _weights_only_loads(), pytest.raises(pickle.UnpicklingError):
+        _api.load_state_dict_from_url(url, model_dir=str(tmp_path))
+    assert "payload" in _api.load_state_dict_from_url(url, model_dir=str(tmp_path), weights_only=False)

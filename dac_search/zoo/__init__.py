@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -98,7 +100,23 @@ def _load_torchvision(spec: str, weights: str | os.PathLike[str] | None) -> nn.M
         return model
     chosen = _torchvision_weights(spec, weights_name(weights) or "DEFAULT")
     fetch_checkpoint(chosen.url, url_hash_prefix(chosen.url), f"the {spec} weights {chosen}")
-    return torchvision.models.get_model(spec, weights=chosen, progress=False)
+    with _weights_only_loads():
+        return torchvision.models.get_model(spec, weights=chosen, progress=False)
+
+
+@contextlib.contextmanager
+def _weights_only_loads() -> Iterator[None]:
+    """torchvision's weights API reads its file with ``torch.hub.load_state_dict_from_url``, whose default
+    is ``weights_only=False`` (a pickle can run code); its builder is kept (it sets what the weights need),
+    and only that one load is made ``weights_only=True`` while the model is built."""
+    from torchvision.models import _api
+
+    original = _api.load_state_dict_from_url
+    _api.load_state_dict_from_url = functools.partial(original, weights_only=True)
+    try:
+        yield
+    finally:
+        _api.load_state_dict_from_url = original
 
 
 def _torchvision_weights(spec: str, name: str) -> WeightsEnum:
