@@ -2,6 +2,11 @@
 
     .venv/bin/python benchmarks/prune_quality.py [--model cifar10-resnet56] [--weights PATH]
         [--eval-data cifar10_test_a.npz] [--fractions 1,0.75,0.5] [--limit 5000] [--threads 1]
+        [--device local]
+
+With ``--device``, every plan and the shallower CIFAR ResNets (random weights: latency only; their top-1
+is the upstream figure on the full test set) are timed in one interleaved session beside the original,
+and the table gains that paired ratio: what a user could do instead, measured on the same footing.
 
 Each plan keeps the same fraction of the hidden channels of every block (``layerX.Y.conv1``, the convs
 whose output goes only through BatchNorm and ReLU into the block's second conv) and is rebuilt from the
@@ -27,10 +32,16 @@ from dac_search.apply import decompose_model  # noqa: E402
 from dac_search.cost import CostModel  # noqa: E402
 from dac_search.decompose import prune_sites  # noqa: E402
 from dac_search.eval_data import load_eval_data, top1  # noqa: E402
+from dac_search.latency import measure_beside  # noqa: E402
 from dac_search.plan import LayerChoice, RankPlan  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402
+from dac_search.zoo.cifar_resnet import CifarResNet  # noqa: E402
+from profilers import load_device  # noqa: E402
+from profilers.pool import DevicePool  # noqa: E402
 
 CORRECTIONS = (None, "refit")
+# Upstream top-1 on the full CIFAR-10 test set (github.com/akamaster/pytorch_resnet_cifar10 README).
+UPSTREAM_TOP1 = {20: 91.73, 32: 92.63, 44: 93.10, 56: 93.39, 110: 93.68}
 
 
 def block_conv1_plan(model: torch.nn.Module, fraction: float, correction: str | None, spec: str) -> RankPlan:
@@ -61,12 +72,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="hidden channels kept, as fractions (default 1,0.75,0.5)")
     parser.add_argument("--limit", type=int, default=None, help="images to use (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--device", default=None, help="also time every plan beside the original on this device")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model(args.model, args.weights).eval()
     data = load_eval_data(args.eval_data, size=INPUT_SHAPE[2:], limit=args.limit)
     costs = CostModel(model, INPUT_SHAPE)
     rows: list[list[object]] = [["original", "-", "-", "100.0%", f"{top1(model, data):.2f}", "-"]]
+    timed: list[torch.nn.Module] = [model]
     for fraction in args.fractions:
         for correction in CORRECTIONS:
             plan = block_conv1_plan(model, fraction, correction, args.model)
@@ -76,8 +89,30 @@ def main(argv: list[str] | None = None) -> None:
             flops = costs.cost(plan).flops / costs.baseline.flops
             rows.append([f"{fraction:.0%} of conv1's channels", correction or "none", len(plan.layers),
                          f"{flops:.1%}", f"{top1(pruned, data):.2f}", f"{seconds:.1f}"])
+            timed.append(pruned)
+    columns = ["plan", "correction", "layers pruned", "FLOPs kept", "top-1 %", "build s"]
+    if args.device:
+        depth = len(model.layer1) * 6 + 2
+        siblings = [d for d in UPSTREAM_TOP1 if d < depth]
+        for sibling in siblings:
+            flops = CostModel(CifarResNet(sibling), INPUT_SHAPE).baseline.flops / costs.baseline.flops
+            rows.append([f"ResNet-{sibling}, trained (upstream)", "-", "-", f"{flops:.1%}",
+                         f"{UPSTREAM_TOP1[sibling]:.2f}", "-"])
+            timed.append(CifarResNet(sibling).eval())
+        ratios = _paired_ratios(args.device, timed)
+        rows = [[*row, f"{ratio:.3f}x"] for row, ratio in zip(rows, ratios)]
+        columns.append(f"latency vs original ({args.device}, paired)")
     print(f"### {args.model}: inner-width pruning of every block's conv1 ({len(data)} images of {args.eval_data})\n")
-    print(markdown(["plan", "correction", "layers pruned", "FLOPs kept", "top-1 %", "build s"], rows))
+    print(markdown(columns, rows))
+
+
+def _paired_ratios(device: str, models: list[torch.nn.Module]) -> list[float]:
+    """Each model's median latency over the original's (``models[0]``), timed in one interleaved session."""
+    pool = DevicePool(load_device(device), lambda message: print(message, file=sys.stderr))
+    try:
+        return [1.0, *(pair.ratio for pair in measure_beside(pool, models[0], models[1:], INPUT_SHAPE))]
+    finally:
+        pool.close()
 
 
 if __name__ == "__main__":
