@@ -28,10 +28,10 @@ from torch import nn
 from dac_search.cost import trace_geometry
 from dac_search.decompose import LAYERS, METHODS, max_rank
 from dac_search.export import export_onnx
+from dac_search.latency import LatencyTableBuilder, default_candidates
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.zoo.cifar_resnet import CifarResNet
 from profilers import Profiler, load_device, make_profiler
-from dac_search.latency import LatencyTableBuilder, default_candidates
 
 CASES = {
     "resnet56-b1": (lambda: CifarResNet(56), (1, 3, 32, 32)),

@@ -47,10 +47,9 @@ from dac_search.allocate import (  # noqa: E402
     table_choices,
     table_ranks,
 )
-from dac_search.cost import CostModel  # noqa: E402
 from dac_search.atomic import write_text_atomic  # noqa: E402
+from dac_search.cost import CostModel  # noqa: E402
 from dac_search.plan import RankPlan  # noqa: E402
-from dac_search.proxies.sensitivity import Key  # noqa: E402
 from dac_search.proxies import (  # noqa: E402
     ModelProxy,
     ProxyScore,
@@ -60,6 +59,7 @@ from dac_search.proxies import (  # noqa: E402
     layer_error_table,
     synthetic_inputs,
 )
+from dac_search.proxies.sensitivity import Key  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402
 
 

@@ -41,10 +41,10 @@ from dac_search.allocate import (  # noqa: E402
     eligible_layers,
     table_ranks,
 )
+from dac_search.budget import parse_budget  # noqa: E402
 from dac_search.cost import CostModel  # noqa: E402
 from dac_search.plan import RankPlan  # noqa: E402
 from dac_search.proxies import ModelProxy, cached_layer_sensitivity, default_proxy  # noqa: E402
-from dac_search.budget import parse_budget  # noqa: E402
 from dac_search.search.config import SearchConfig  # noqa: E402
 from dac_search.search.controller import run_search  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402

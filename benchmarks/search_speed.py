@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from dac_search.budget import parse_budget
 from dac_search.commands._common import parse_shape
 from dac_search.proxies.correction import default_input_count
-from dac_search.budget import parse_budget
 from dac_search.search.config import SearchConfig
 from dac_search.search.controller import run_search
 from dac_search.search.live import LiveView

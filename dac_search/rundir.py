@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from dac_search.atomic import write_text_atomic
-from dac_search.errors import ConfigError
 from dac_search.budget import UNITS, Budget
+from dac_search.errors import ConfigError
 
 RUN_FORMAT = "dac-search/run@1"
 RUN_JSON, TRIALS_CSV, PARETO_CSV, PLANS_DIR = "run.json", "trials.csv", "pareto.csv", "plans"

@@ -16,7 +16,12 @@ from torch import nn
 
 from dac_search import CostModel, DecompositionError, LayerChoice, RankPlan, count_cost, decompose_conv, decompose_model
 from dac_search.allocate import (
-    FIRST_CONV, allocate_greedy, candidate_ranks, eligible_layers, table_choices, table_ranks,
+    FIRST_CONV,
+    allocate_greedy,
+    candidate_ranks,
+    eligible_layers,
+    table_choices,
+    table_ranks,
 )
 from dac_search.decompose import ChannelConv2d, check_decomposable, decomposable_layers, factorize, max_rank
 from dac_search.latency import LatencyTableBuilder

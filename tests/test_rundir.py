@@ -11,7 +11,15 @@ import pytest
 import dac_search
 from dac_search.errors import ConfigError
 from dac_search.rundir import (
-    PARETO_COLUMNS, TRIAL_COLUMNS, RunInfo, TrialRow, load_run, read_run, write_pareto, write_run, write_trials,
+    PARETO_COLUMNS,
+    TRIAL_COLUMNS,
+    RunInfo,
+    TrialRow,
+    load_run,
+    read_run,
+    write_pareto,
+    write_run,
+    write_trials,
 )
 from tests.report.conftest import final_row, pareto_rows, run_info
 

@@ -7,12 +7,21 @@ is the whole model a plan names, its correction included.
 from __future__ import annotations
 
 from dac_search.decompose.factors import (
-    LayerFactors, can_decompose, check_decomposable, factorize, max_rank, refusal,
+    LayerFactors,
+    can_decompose,
+    check_decomposable,
+    factorize,
+    max_rank,
+    refusal,
 )
 from dac_search.decompose.layers import LAYERS, ChannelConv2d, DacConv2d, FactorizedConv2d, SpatialConv2d
 from dac_search.decompose.prune import PruneSite, Pruning, plan_pruning, prune_model, prune_sites
 from dac_search.decompose.surgery import (
-    check_plan, decomposable_layers, decompose_conv, replace_layers, validate_plan,
+    check_plan,
+    decomposable_layers,
+    decompose_conv,
+    replace_layers,
+    validate_plan,
 )
 from dac_search.methods import DAC_VARIANTS, METHODS, PLAN_METHODS, STRUCTURAL
 

@@ -20,11 +20,11 @@ from typing import Any
 
 from torch import nn
 
+from dac_search.atomic import write_text_atomic
 from dac_search.cost import trace_geometry
 from dac_search.decompose import METHODS, can_decompose, decompose_conv, replace_layers
 from dac_search.errors import PlanError
 from dac_search.export import export_onnx
-from dac_search.atomic import write_text_atomic
 from dac_search.latency.table import CandidateFn, Correction, LatencyTable, Timing, candidate_key, default_candidates
 from dac_search.plan import LayerChoice, RankPlan
 from profilers.base import LatencyResult, MeasureSettings, Profiler

@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from dac_search.decompose import LAYERS, METHODS, max_rank
 from dac_search.atomic import write_text_atomic
+from dac_search.decompose import LAYERS, METHODS, max_rank
 from dac_search.errors import ConfigError, PlanError
 from dac_search.plan import LayerChoice, RankPlan
 

@@ -7,7 +7,13 @@ from dac_search.proxies.correction import (
     RefitSettings,
     default_inputs,
 )
-from dac_search.proxies.layer import channel_importance, following_batchnorms, layer_error_table, weight_error, weight_errors
+from dac_search.proxies.layer import (
+    channel_importance,
+    following_batchnorms,
+    layer_error_table,
+    weight_error,
+    weight_errors,
+)
 from dac_search.proxies.model import ModelProxy, ProxyScore, default_proxy, layer_sensitivity
 from dac_search.proxies.sensitivity import cached_layer_sensitivity
 from dac_search.proxies.synthetic import DistillSettings, bn_statistics_mismatch, synthetic_inputs

@@ -26,8 +26,8 @@ from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies._hooks import eval_mode
 from dac_search.proxies.correction import (
     PassResult,
-    RefitSettings,
     Reference,
+    RefitSettings,
     assemble,
     assemble_dense,
     check_correction,

@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from dac_search.plan import LayerChoice, RankPlan
-from dac_search.pareto import best_row, front_rows, hypervolume, hypervolume_history
-from dac_search.rundir import RunResults, TrialRow, UniformPoint
 from dac_search.budget import Budget
+from dac_search.pareto import best_row, front_rows, hypervolume, hypervolume_history
+from dac_search.plan import LayerChoice, RankPlan
+from dac_search.rundir import RunResults, TrialRow, UniformPoint
 
 # Margin above the worst proxy, so the worst completed trial still adds area to the hypervolume.
 PROXY_MARGIN = 1.1

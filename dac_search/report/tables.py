@@ -9,9 +9,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from dac_search.rundir import Baseline, TrialRow
 from dac_search.budget import Budget
 from dac_search.report.summary import ReportData
+from dac_search.rundir import Baseline, TrialRow
 
 DASH = "–"
 _OBJECTIVE_NAMES = {"latency_ms": "latency", "flops": "FLOPs"}

@@ -24,10 +24,10 @@ from typing import Protocol
 
 from torch import nn
 
-from dac_search.latency import measure_beside, measure_models
-from dac_search.rundir import TrialRow
 from dac_search.budget import Budget
+from dac_search.latency import measure_beside, measure_models
 from dac_search.pareto import pareto_front
+from dac_search.rundir import TrialRow
 from profilers.pool import DevicePool
 
 MEASURE_ROUNDS = 3

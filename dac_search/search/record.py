@@ -6,8 +6,8 @@ import platform
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from dac_search.rundir import Baseline, DeviceInfo, ProxyInfo, RunInfo, UniformPoint
 from dac_search.budget import Budget
+from dac_search.rundir import Baseline, DeviceInfo, ProxyInfo, RunInfo, UniformPoint
 from dac_search.search.context import SearchContext
 
 PROXY_KIND = "geometric mean of the whole-plan KL and the sum of single-layer KLs"

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from profilers import LocalProfiler, SshProfiler, devices, devices_dir, list_devices, load_device, make_profiler
 from profilers.errors import DeviceConfigError
-from profilers import LocalProfiler, SshProfiler, devices_dir, list_devices, load_device, make_profiler
-from profilers import devices
 
 
 def test_shipped_devices_load() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from profilers import (
+    AuthFailed,
     DeviceUnreachable,
     HostKeyMismatch,
     LatencyResult,
@@ -21,7 +22,6 @@ from profilers import (
     RuntimeMissing,
     SshProfiler,
     UnknownHost,
-    AuthFailed,
     load_device,
     make_profiler,
 )

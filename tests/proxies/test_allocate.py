@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from dac_search import decompose_model
 from dac_search.allocate import (
     FIRST_CONV,
     allocate,
@@ -16,11 +17,10 @@ from dac_search.allocate import (
     layer_hulls,
     refill,
 )
-from dac_search.hull import Option, lower_hull
 from dac_search.cost import CostModel
-from dac_search import decompose_model
 from dac_search.decompose import DacConv2d
 from dac_search.errors import ConfigError
+from dac_search.hull import Option, lower_hull
 from dac_search.plan import LayerChoice
 from dac_search.proxies import ModelProxy, layer_error_table
 

@@ -11,7 +11,15 @@ from rich.console import Console
 from dac_search.report import build_report_data, print_pareto, write_reports
 from dac_search.rundir import load_run
 from tests.report.conftest import (
-    BUDGET_MS, PARETO, TOP1, edit_csv, edit_run_json, final_row, front_by_definition, partial_fits, run_info,
+    BUDGET_MS,
+    PARETO,
+    TOP1,
+    edit_csv,
+    edit_run_json,
+    final_row,
+    front_by_definition,
+    partial_fits,
+    run_info,
 )
 
 BEST = max(PARETO, key=TOP1.__getitem__)  # the most accurate plan within the budget

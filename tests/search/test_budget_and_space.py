@@ -6,13 +6,13 @@ import math
 
 import pytest
 
-from dac_search.errors import ConfigError
-from dac_search.plan import LayerChoice
 from dac_search.budget import parse_budget
+from dac_search.errors import ConfigError
+from dac_search.hull import Option, lower_hull
 from dac_search.methods import METHODS
+from dac_search.plan import LayerChoice
 from dac_search.search.config import SearchConfig, parse_duration
 from dac_search.search.refine import moves, propose
-from dac_search.hull import Option, lower_hull
 from dac_search.search.space import LayerOptions, SearchSpace
 
 

@@ -17,8 +17,8 @@ import pytest
 from onnx import numpy_helper
 from torch import nn
 
-from dac_search.rundir import TrialRow
 from dac_search.budget import parse_budget
+from dac_search.rundir import TrialRow
 from dac_search.search.final import DeviceTimer, Judge, measured_front, unmeasured_front
 from profilers import Conditions, LatencyResult, Profiler, load_device
 from profilers.pool import DevicePool
