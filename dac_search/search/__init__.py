@@ -1,4 +1,4 @@
-"""The search: budgets, the plan encoding, the Optuna study, the controller, the results it writes."""
+"""The search: the space of plans, the Optuna study, set-up, trials, refinement and the final measurement."""
 
 from __future__ import annotations
 
