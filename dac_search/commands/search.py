@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
 from dac_search.budget import FORMS, parse_budget
 from dac_search.commands._common import console, parse_shape
+from dac_search.redact import mask_command
 from dac_search.decompose import METHODS
 from dac_search.search.config import SearchConfig, parse_duration
 
@@ -48,7 +48,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         correction=None if args.correction == "none" else args.correction, proxy_images=args.proxy_images,
         eval_data=args.eval_data, mean=parse_floats(args.mean) if args.mean else None,
         std=parse_floats(args.std) if args.std else None,
-        command=shlex.join(["dac-search", *sys.argv[1:]]))
+        command=mask_command(["dac-search", *sys.argv[1:]]))
 
 
 def run(args: argparse.Namespace) -> int:

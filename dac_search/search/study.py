@@ -14,6 +14,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from dac_search.errors import ConfigError
+from dac_search.redact import mask_url
 from dac_search.search.space import SearchSpace
 
 STUDY_NAME = "dac-search"
@@ -29,7 +30,7 @@ def open_study(storage_url: str, seed: int) -> optuna.Study:
             storage = RDBStorage(storage_url, heartbeat_interval=30, grace_period=120,
                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
     except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
-        raise ConfigError(f"cannot open the study storage {storage_url}: {type(exc).__name__}") from None
+        raise ConfigError(f"cannot open the study storage {mask_url(storage_url)}: {type(exc).__name__}") from None
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
     return optuna.create_study(storage=storage, sampler=sampler, study_name=STUDY_NAME,
                                directions=["minimize", "minimize"], load_if_exists=True)
