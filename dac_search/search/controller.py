@@ -26,6 +26,7 @@ from dac_search.search.live import LiveView
 from dac_search.search.objective import AfterTrial, Objective, rows_of
 from dac_search.search.record import now, run_info
 from dac_search.search.study import enqueue_warm_starts, fail_dead_trials, open_study
+from profilers.devices import load_device
 
 WARM_START_SHARES = (0.8, 0.6, 0.5, 0.4)
 
@@ -44,14 +45,18 @@ def run_search(config: SearchConfig, view_factory: Callable[..., LiveView] = Liv
     run_dir = config.out or config.default_out()
     previous = _previous_run(run_dir, config)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if config.has_device:
+        load_device(config.device)  # a bad device config is one line before anything is written
+    (run_dir / "plans").mkdir(parents=True, exist_ok=True)
+    # opened before any set-up: a wrong storage URL must not wait for minutes of distillation
+    study = open_study(config.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}", config.seed)
     view = view_factory(config.trials, _cost_text(config))
     with view:
         ctx = build_context(config, view.say, view.console.print)
         if ctx.pool is not None:
             view.hosts = ctx.pool.status
         try:
-            (run_dir / "plans").mkdir(parents=True, exist_ok=True)
-            return _search(ctx, run_dir, view, previous.created if previous else now())
+            return _search(ctx, study, run_dir, view, previous.created if previous else now())
         finally:
             ctx.close()
 
@@ -76,7 +81,7 @@ def _previous_run(run_dir: Path, config: SearchConfig) -> RunInfo | None:
     return previous
 
 
-def _search(ctx: SearchContext, run_dir: Path, view: LiveView, started: str) -> SearchOutcome:
+def _search(ctx: SearchContext, study: optuna.Study, run_dir: Path, view: LiveView, started: str) -> SearchOutcome:
     config = ctx.config
     data = eval_data(ctx) if config.eval_data else None  # read now: a bad path must not wait for the end
     baseline = Baseline(flops=ctx.costs.baseline.flops, params=ctx.costs.baseline.params,
@@ -85,7 +90,6 @@ def _search(ctx: SearchContext, run_dir: Path, view: LiveView, started: str) -> 
     uniform = uniform_baseline(ctx)
     write_run(run_dir, run_info(ctx, started, partial=True, baseline=baseline, uniform=uniform))
 
-    study = open_study(config.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}", config.seed)
     retried = fail_dead_trials(study)
     if retried:
         view.say(f"{retried} trial(s) left running by a killed worker failed and queued again")

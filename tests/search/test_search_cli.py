@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -134,3 +135,15 @@ def test_bad_search_arguments_exit_2(tmp_path) -> None:
         result = run_cli("--model", "cifar10-resnet20", "--budget", "50%flops", "--out", str(tmp_path / "r"), *args)
         assert result.returncode == 2, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_bad_storage_url_fails_before_any_set_up_and_hides_its_password(tmp_path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    result = subprocess.run(cli("--model", "cifar10-resnet20", "--device", "none", "--budget", "50%flops",
+                                "--storage", "nosuchdb://alice:hunter2@127.0.0.1:1/dac", "--out", str(tmp_path / "r")),
+                            capture_output=True, text=True, timeout=TIMEOUT,
+                            env={**os.environ, "DAC_SEARCH_CACHE": str(cache)})
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "nosuchdb://alice:***@127.0.0.1:1/dac" in result.stderr and "hunter2" not in result.stderr + result.stdout
+    assert list(cache.iterdir()) == []  # no distilled inputs, no sensitivities: nothing was set up
