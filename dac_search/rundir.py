@@ -373,13 +373,6 @@ def read_run_info(path: Path) -> RunInfo:
     return RunInfo.from_dict(data, str(path))
 
 
-def read_run_json(run_dir: Path) -> dict[str, Any] | None:
-    """The raw run.json of a run dir about to be resumed, None if there is none yet: the search compares
-    its settings with the previous ones before it validates or rewrites anything."""
-    path = run_dir / RUN_JSON
-    return _read_json(path) if path.exists() else None
-
-
 def _rows(frame: pd.DataFrame) -> tuple[TrialRow, ...]:
     return tuple(TrialRow.from_dict(record) for record in frame.to_dict("records"))
 

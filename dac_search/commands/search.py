@@ -8,8 +8,8 @@ from pathlib import Path
 
 from dac_search.budget import FORMS, parse_budget
 from dac_search.commands._common import console, parse_shape
-from dac_search.redact import mask_command
 from dac_search.decompose import METHODS
+from dac_search.redact import mask_command
 from dac_search.search.config import SearchConfig, parse_duration
 
 

@@ -6,8 +6,9 @@ runtime's format is this side's job, in a private temporary directory removed af
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from torch import nn
@@ -24,11 +25,16 @@ def export_for(runtime: str, model: nn.Module, path_stem: Path, input_shape: Seq
     return export_onnx(model, path_stem.with_suffix(".onnx"), input_shape)
 
 
+@contextlib.contextmanager
+def _exported(runtime: str, models: Sequence[nn.Module], input_shape: Sequence[int]) -> Iterator[list[Path]]:
+    """The models' files for ``runtime``, in a private temporary directory removed on exit."""
+    with tempfile.TemporaryDirectory(prefix="dac-search-measure-") as tmp:
+        yield [export_for(runtime, m, Path(tmp) / f"model-{i}", input_shape) for i, m in enumerate(models)]
+
+
 def measure_models(pool: DevicePool, models: Sequence[nn.Module], input_shape: Sequence[int]) -> list[LatencyResult]:
     """Each model timed end to end, spread over the pool's healthy hosts."""
-    with tempfile.TemporaryDirectory(prefix="dac-search-measure-") as tmp:
-        paths = [export_for(pool.config.runtime, m, Path(tmp) / f"model-{i}", input_shape)
-                 for i, m in enumerate(models)]
+    with _exported(pool.config.runtime, models, input_shape) as paths:
         return pool.measure(paths, input_shape)
 
 
@@ -37,7 +43,5 @@ def measure_beside(pool: DevicePool, reference: nn.Module, models: Sequence[nn.M
     """Each model timed in one interleaved session with ``reference`` on the same host (``DevicePool.measure_beside``)."""
     if not models:
         return []
-    with tempfile.TemporaryDirectory(prefix="dac-search-measure-") as tmp:
-        paths = [export_for(pool.config.runtime, m, Path(tmp) / f"model-{i}", input_shape)
-                 for i, m in enumerate([reference, *models])]
+    with _exported(pool.config.runtime, [reference, *models], input_shape) as paths:
         return pool.measure_beside(paths[0], paths[1:], input_shape)

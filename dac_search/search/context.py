@@ -99,10 +99,9 @@ class SearchContext:
 
     def baseline_cost(self) -> float:
         """The original's cost in the budget's unit."""
-        if self.budget.kind == "latency":
-            assert self.table is not None
-            return self.table.original_ms
-        return float(self.costs.baseline.flops if self.budget.kind == "flops" else self.costs.baseline.params)
+        cost = _baseline(self.budget.kind, self.costs, self.table)
+        assert cost is not None, "a latency budget has a table"
+        return float(cost)
 
     def share(self, plan: RankPlan) -> float:
         """The plan's cost as a share of the original's, in the budget's unit."""

@@ -119,7 +119,7 @@ def _search(ctx: SearchContext, study: optuna.Study, run_dir: Path, view: LiveVi
     budget = ctx.budget
     if final.original_ms is not None:  # the original timed in the same sessions as the front
         baseline = replace(baseline, latency_ms=final.original_ms)
-        budget = config.budget.resolve(final.original_ms) if config.budget.fraction is not None else budget
+        budget = config.budget.resolve(final.original_ms) if ctx.budget.relative_latency else budget
     if data is not None and not interrupted:
         front, original_top1 = with_top1(ctx, run_dir, front, data)
         baseline = replace(baseline, top1=original_top1)
