@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dac_search.apply import decompose_model
+from dac_search.proxies.apply import decompose_model
 from dac_search.plan import RankPlan
 from dac_search.zoo import load_model
 

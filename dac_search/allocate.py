@@ -23,9 +23,10 @@ from collections.abc import Callable, Mapping, Sequence
 from torch import nn
 
 from dac_search.cost import CostModel
-from dac_search.decompose import METHODS, can_decompose, decomposable_layers, max_rank
+from dac_search.decompose import METHODS, STRUCTURAL, can_decompose, decomposable_layers, max_rank, prune_ranks
 from dac_search.errors import ConfigError
 from dac_search.hull import Option, lower_hull
+from dac_search.methods import default_variant
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies.layer import layer_error_table, weight_errors
 from dac_search.proxies.model import ModelProxy, layer_sensitivity
@@ -49,7 +50,7 @@ def _methods(method: str) -> tuple[str, ...]:
 
 
 def _choice(method: str, rank: int) -> LayerChoice:
-    return LayerChoice(method, rank, "grouped" if method == "dac" else None)
+    return LayerChoice(method, rank, default_variant(method))
 
 
 def eligible_layers(model: nn.Module, costs: CostModel, skip: Sequence[str],
@@ -63,7 +64,9 @@ def eligible_layers(model: nn.Module, costs: CostModel, skip: Sequence[str],
     unknown = skipped - set(order) - {FIRST_CONV}
     if unknown:
         raise ConfigError(f"cannot skip {sorted(unknown)}: not decomposable layers of this model")
-    wanted = decomposable_layers(model, methods)
+    wanted = set(decomposable_layers(model, methods))
+    if any(method in STRUCTURAL for method in methods):
+        wanted |= costs.producers()
     return [name for name in order if name in wanted and name not in skipped]
 
 
@@ -82,6 +85,8 @@ def table_ranks(model: nn.Module, costs: CostModel) -> Callable[[str, str], list
     ``RANK_POINTS`` cheaper spatial / channel ones spread evenly; none for a method that cannot take
     the layer (``max_rank`` 0: DAC on a 1x1)."""
     def ranks(name: str, method: str) -> list[int]:
+        if method in STRUCTURAL:  # a producer's kept widths: the grid of prune_ranks
+            return prune_ranks(costs.traced[name].out_channels) if name in costs.producers() else []
         limit = max_rank(model.get_submodule(name), method)
         return candidate_ranks(costs, name, method, limit, None if method == "dac" else RANK_POINTS)
     return ranks

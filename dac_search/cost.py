@@ -20,6 +20,7 @@ from torch import nn
 
 from dac_search.decompose.prune import PruneSite, check_site, check_width, prune_sites
 from dac_search.decompose.surgery import decomposable_layers
+from dac_search.errors import PlanError
 from dac_search.methods import METHODS
 from dac_search.plan import LayerChoice, RankPlan
 
@@ -155,6 +156,19 @@ class CostModel:
         self._model = model  # read again only for a plan that prunes
         self._sites: dict[str, PruneSite | str] | None = None
 
+    def sites(self) -> dict[str, PruneSite | str]:
+        """The model's prune sites (``prune_sites``), traced on first use."""
+        if self._sites is None:
+            self._sites = prune_sites(self._model)
+        return self._sites
+
+    def producers(self) -> frozenset[str]:
+        """The convs ``prune`` can take; none when torch.fx cannot trace the model (nothing is offered pruned)."""
+        try:
+            return frozenset(name for name, site in self.sites().items() if not isinstance(site, str))
+        except PlanError:
+            return frozenset()
+
     def layer(self, name: str, choice: LayerChoice | None = None) -> Cost:
         return conv_cost(self.traced[name], choice)
 
@@ -173,9 +187,7 @@ class CostModel:
         total, geometry = self.baseline, {}
         if not pruned:
             return geometry, total
-        if self._sites is None:
-            self._sites = prune_sites(self._model)
-        sites = {name: check_site(self._sites, name) for name in pruned}
+        sites = {name: check_site(self.sites(), name) for name in pruned}
         for name, rank in pruned.items():
             site, width = sites[name], self.traced[name].out_channels
             check_width(name, rank, width)

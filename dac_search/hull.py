@@ -14,9 +14,13 @@ from dac_search.plan import LayerChoice
 
 @dataclass(frozen=True)
 class Option:
-    """One way to run a layer (``choice`` None keeps the original), its cost and its proxy penalty."""
+    """One way to run a layer, its cost and its proxy penalty.
 
-    choice: LayerChoice | None
+    ``choice``: what the option does - a ``LayerChoice`` (None keeps the original) in the greedy
+    allocator; in the search space, the (layer, choice) pairs of a unit of layers (``()`` keeps them).
+    """
+
+    choice: LayerChoice | tuple[tuple[str, LayerChoice], ...] | None
     cost: float
     penalty: float
 

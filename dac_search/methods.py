@@ -6,7 +6,7 @@ Plans validate names against this registry without importing the layers that bui
 ``METHODS`` are the factorisations (a conv replaced by two); the search and the latency tables iterate
 them. ``STRUCTURAL`` methods change the network's widths instead (``prune``: keep r of a conv's output
 channels, slicing the BatchNorm after it and its consumer's input channels); a plan may name them
-(``PLAN_METHODS``), the search does not offer them yet.
+(``PLAN_METHODS``), the search offers them under a latency budget.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import fnmatch
 
 from rich.table import Table
 
-from dac_search.apply import decompose_model
+from dac_search.proxies.apply import decompose_model
 from dac_search.commands._common import add_model_args, console, load_from_args
 from dac_search.cost import CostModel
 from dac_search.decompose import DAC_VARIANTS, METHODS, PruneSite, decomposable_layers, factorize, max_rank, prune_sites

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from dac_search.apply import decompose_model
+from dac_search.proxies.apply import decompose_model
 from dac_search.commands._common import add_model_args, console, load_from_args
 from dac_search.errors import ConfigError
 from dac_search.export import export_onnx, export_torchscript

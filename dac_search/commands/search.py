@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dac_search.budget import FORMS, parse_budget
 from dac_search.commands._common import console, parse_shape
-from dac_search.decompose import METHODS
+from dac_search.methods import PLAN_METHODS
 from dac_search.redact import mask_command
 from dac_search.search.config import SearchConfig, parse_duration
 
@@ -25,8 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", help="run dir (default reports/<model>-<device>-<budget>/)")
     parser.add_argument("--storage", help="an Optuna storage URL shared by workers (default: SQLite in the run dir)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", help=f"comma list of {', '.join(METHODS)} "
-                        "(default: all of them)")
+    parser.add_argument("--methods", help=f"comma list of {', '.join(PLAN_METHODS)} (default: all of them under "
+                        "a latency budget, every factorisation but prune under a FLOPs or parameter budget)")
     parser.add_argument("--correction", choices=("none", "bias", "refit"), default="refit",
                         help="data-free correction of the factors on distilled inputs (default refit)")
     parser.add_argument("--proxy-images", type=int, default=64, help="distilled images the proxy uses")

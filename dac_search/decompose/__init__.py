@@ -1,6 +1,6 @@
 """DAC and the baseline factorisations: cached factors, factorised layers, model surgery; inner-width pruning.
 
-``replace_layers`` swaps the planned convs only; ``dac_search.decompose_model`` (``dac_search.apply``)
+``replace_layers`` swaps the planned convs only; ``dac_search.decompose_model`` (``dac_search.proxies.apply``)
 is the whole model a plan names, its correction included.
 """
 
@@ -15,11 +15,12 @@ from dac_search.decompose.factors import (
     refusal,
 )
 from dac_search.decompose.layers import LAYERS, ChannelConv2d, DacConv2d, FactorizedConv2d, SpatialConv2d
-from dac_search.decompose.prune import PruneSite, Pruning, plan_pruning, prune_model, prune_sites
+from dac_search.decompose.prune import PruneSite, Pruning, plan_pruning, prune_model, prune_ranks, prune_sites
 from dac_search.decompose.surgery import (
     check_plan,
     decomposable_layers,
     decompose_conv,
+    rank_limit,
     replace_layers,
     validate_plan,
 )
@@ -29,5 +30,5 @@ __all__ = [
     "DAC_VARIANTS", "LAYERS", "METHODS", "PLAN_METHODS", "STRUCTURAL", "ChannelConv2d", "DacConv2d",
     "FactorizedConv2d", "LayerFactors", "PruneSite", "Pruning", "SpatialConv2d", "can_decompose",
     "check_decomposable", "check_plan", "decomposable_layers", "decompose_conv", "factorize", "max_rank",
-    "plan_pruning", "prune_model", "prune_sites", "refusal", "replace_layers", "validate_plan",
+    "plan_pruning", "prune_model", "prune_ranks", "prune_sites", "rank_limit", "refusal", "replace_layers", "validate_plan",
 ]

@@ -181,6 +181,14 @@ def check_site(sites: Mapping[str, PruneSite | str], name: str) -> PruneSite:
     return site
 
 
+PRUNE_SHARES = tuple(i / 8 for i in range(1, 8))  # the widths a search offers: 1/8 .. 7/8 of the channels
+
+
+def prune_ranks(width: int) -> list[int]:
+    """Output channels a search may keep of a producer ``width`` wide (every share of ``PRUNE_SHARES``)."""
+    return sorted({max(1, round(width * share)) for share in PRUNE_SHARES} - {width})
+
+
 def check_width(name: str, rank: int, width: int) -> None:
     if not 1 <= rank <= width:
         raise PlanError(f"layer {name!r}: prune keeps 1..{width} output channels, got {rank}")

@@ -1,5 +1,5 @@
 """Swap a plan's convs for their factorised layers, in a deep copy. The plan's correction is not applied here:
-``dac_search.apply.decompose_model`` builds the whole model a plan names.
+``dac_search.proxies.apply.decompose_model`` builds the whole model a plan names.
 
 A plan's prunings (``dac_search.decompose.prune``) are applied first, then its factorisations, so a
 pruned producer's consumer is factorised at its new, smaller input width.
@@ -18,7 +18,7 @@ from dac_search.decompose.factors import can_decompose, check_decomposable, fact
 from dac_search.decompose.layers import LAYERS, FactorizedConv2d
 from dac_search.decompose.prune import Pruning, plan_pruning
 from dac_search.errors import DecompositionError, PlanError
-from dac_search.methods import METHODS
+from dac_search.methods import METHODS, STRUCTURAL
 from dac_search.plan import RankPlan
 
 
@@ -34,10 +34,17 @@ def decompose_conv(conv: nn.Conv2d, rank: int, method: str = "dac", variant: str
 def decomposable_layers(model: nn.Module, methods: Sequence[str] = METHODS) -> dict[str, nn.Conv2d]:
     """Every conv of ``model`` that one of ``methods`` can help, by qualified name, in model order.
 
-    By default any method: a 1x1 conv is listed (``channel`` takes it), a depthwise one never.
+    By default any method: a 1x1 conv is listed (``channel`` takes it), a depthwise one never. Structural
+    methods in ``methods`` add nothing here (which convs they take depends on the graph: ``prune_sites``).
     """
+    factorisations = [method for method in methods if method not in STRUCTURAL]
     return {name: module for name, module in model.named_modules()
-            if isinstance(module, nn.Conv2d) and any(can_decompose(module, method) for method in methods)}
+            if isinstance(module, nn.Conv2d) and any(can_decompose(module, method) for method in factorisations)}
+
+
+def rank_limit(conv: nn.Conv2d, method: str) -> int:
+    """Largest rank a plan may give ``conv`` under ``method``: its output width for a structural method."""
+    return conv.out_channels if method in STRUCTURAL else max_rank(conv, method)
 
 
 def validate_plan(model: nn.Module, plan: RankPlan) -> None:

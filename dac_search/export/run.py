@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from dac_search.apply import decompose_model
+from dac_search.proxies.apply import decompose_model
 from dac_search.errors import ConfigError
 from dac_search.export.formats import EXPORT_FORMATS, export_model
 from dac_search.pareto import best_row, front_rows

@@ -18,14 +18,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from dac_search.atomic import write_text_atomic
 from dac_search.cost import trace_geometry
 from dac_search.decompose import METHODS, can_decompose, decompose_conv, replace_layers
+from dac_search.decompose.prune import check_site, prune_sites, slice_conv
 from dac_search.errors import PlanError
 from dac_search.export import export_onnx
-from dac_search.latency.table import CandidateFn, Correction, LatencyTable, Timing, candidate_key, default_candidates
+from dac_search.latency.table import (
+    INPUTS,
+    CandidateFn,
+    Correction,
+    LatencyTable,
+    Timing,
+    candidate_key,
+    default_candidates,
+)
 from dac_search.plan import LayerChoice, RankPlan
 from profilers.base import LatencyResult, MeasureSettings, Profiler
 
@@ -151,9 +161,13 @@ class LatencyTableBuilder:
             names = [name for name in geometry if offered[name] or can_decompose(model.get_submodule(name), "dac")]
         else:
             names = list(layers)
+        consumers = _consumers(model, offered)
+        names += [c for c in consumers.values() if c not in names]  # timed at their pruned input widths
         unknown = [name for name in names if name not in geometry]
         if unknown:
             raise PlanError(f"layer {unknown[0]!r} is not a decomposable conv of this model")
+        inputs = {consumer: [c.rank for c in offered[producer] if c.structural]
+                  for producer, consumer in consumers.items()}
         model_key = _structure_key(model, shape)
         jobs: dict[str, tuple[nn.Module | Callable[[], nn.Module], tuple[int, ...]]] = {}
         if "original" not in cache.models.get(model_key, {}):  # timed in the same calls as its layers
@@ -161,15 +175,18 @@ class LatencyTableBuilder:
         seen: set[str] = set()
         for name in names:
             geo, conv = geometry[name], model.get_submodule(name)
-            for choice in [None, *offered[name]]:
-                key = cache.layer_key(geo.key(), batch, candidate_key(choice))
+            layer_jobs = [(candidate_key(choice), _layer_factory(conv, choice), geo.in_channels)
+                          for choice in [None, *offered.get(name, [])]]
+            layer_jobs += [(f"{INPUTS}/{width}", _slim_factory(conv, width), width) for width in inputs.get(name, [])]
+            for candidate, factory, channels in layer_jobs:
+                key = cache.layer_key(geo.key(), batch, candidate)
                 if key in seen:  # the same geometry again (ResNets repeat a few shapes)
                     continue
                 seen.add(key)
                 if key in cache.layers:
                     self.stats.cached += 1
                 else:
-                    jobs[key] = (_layer_factory(conv, choice), (batch, geo.in_channels, *geo.in_hw))
+                    jobs[key] = (factory, (batch, channels, *geo.in_hw))
         if jobs:
             self._measure_jobs(list(jobs.items()), cache)
         original = cache.models[model_key]["original"]
@@ -184,6 +201,7 @@ class LatencyTableBuilder:
             layers={name: geometry[name].key() for name in names},
             timings=_rows(cache, {geometry[name].key() for name in names}, batch),
             correction=Correction(**stored) if stored else Correction(),
+            consumers=consumers,
         )
 
     def calibrate(
@@ -291,10 +309,28 @@ class LatencyTableBuilder:
 
 
 def _layer_factory(conv: nn.Conv2d, choice: LayerChoice | None) -> Callable[[], nn.Module]:
-    """Builds the layer to time only when its turn comes (hundreds of candidates, built one chunk at a time)."""
+    """Builds the layer to time only when its turn comes (hundreds of candidates, built one chunk at a time).
+
+    A pruned producer is the dense conv at its kept outputs (which channels does not change its time)."""
     if choice is None:
         return lambda: conv
+    if choice.structural:
+        return lambda: slice_conv(conv, out_keep=torch.arange(choice.rank))
     return lambda: decompose_conv(conv, choice.rank, choice.method, choice.variant)
+
+
+def _slim_factory(conv: nn.Conv2d, width: int) -> Callable[[], nn.Module]:
+    """The dense conv reading ``width`` of its input channels: a pruned producer's consumer."""
+    return lambda: slice_conv(conv, in_keep=torch.arange(width))
+
+
+def _consumers(model: nn.Module, offered: dict[str, list[LayerChoice]]) -> dict[str, str]:
+    """Producer -> consumer, for every layer offered pruned (the model is traced only when one is)."""
+    producers = [name for name, choices in offered.items() if any(c.structural for c in choices)]
+    if not producers:
+        return {}
+    sites = prune_sites(model)
+    return {name: check_site(sites, name).consumer for name in producers}
 
 
 def _chunks(paths: Sequence[Path]) -> list[list[int]]:

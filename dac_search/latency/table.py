@@ -27,9 +27,11 @@ from torch import nn
 from dac_search.atomic import write_text_atomic
 from dac_search.decompose import LAYERS, METHODS, max_rank
 from dac_search.errors import ConfigError, PlanError
+from dac_search.methods import variants_of
 from dac_search.plan import LayerChoice, RankPlan
 
 ORIGINAL = "original"
+INPUTS = "inputs"  # candidate key prefix: the conv dense at fewer input channels, ``inputs/16``
 TABLE_FORMAT = "dac-search/latency-table@1"
 
 CandidateFn = Callable[[str, nn.Conv2d], Iterable[LayerChoice]]
@@ -136,39 +138,72 @@ class LatencyTable:
     timings: Mapping[str, Mapping[str, Timing]]  # geometry key -> candidate key -> timing
     correction: Correction = field(default_factory=Correction)
     runtime_version: str = ""
+    # producer -> its consumer, for every producer the table prices pruned: a pruned producer's consumer
+    # runs at fewer input channels (its row's ``inputs/r`` timings)
+    consumers: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", MappingProxyType(dict(self.layers)))
+        object.__setattr__(self, "consumers", MappingProxyType(dict(self.consumers)))
         frozen = {geometry: MappingProxyType(dict(row)) for geometry, row in self.timings.items()}
         object.__setattr__(self, "timings", MappingProxyType(frozen))
 
     def layer_ms(self, layer: str, choice: LayerChoice | None = None) -> float:
         """Time of one layer alone, kept (``None``) or replaced; ranks between timed ones interpolated."""
         row = self._row(layer)
-        key = candidate_key(choice)
-        if key in row:
-            return row[key].median_ms
         if choice is None:
-            raise PlanError(f"latency table has no timing of layer {layer!r}")
-        ranks = self._ranks(row, choice.method, choice.variant)
+            if ORIGINAL not in row:
+                raise PlanError(f"latency table has no timing of layer {layer!r}")
+            return row[ORIGINAL].median_ms
+        return self._interpolated(row, layer, choice.method, choice.rank, choice.variant)
+
+    def input_ms(self, layer: str, width: int) -> float:
+        """Time of one layer alone, dense, reading only ``width`` of its input channels (a pruned
+        producer's consumer)."""
+        return self._interpolated(self._row(layer), layer, INPUTS, width, None)
+
+    def _interpolated(self, row: Mapping[str, Timing], layer: str, prefix: str, rank: int,
+                      variant: str | None) -> float:
+        """``prefix/rank[/variant]`` from the row, linearly interpolated between the ranks timed."""
+        tail = [variant] if variant else []
+        ranks = sorted(int(parts[1]) for parts in (key.split("/") for key in row)
+                       if parts[0] == prefix and parts[2:] == tail)
         if not ranks:
-            raise PlanError(f"latency table has no {candidate_key(replace(choice, rank=1)).replace('/1', '')} "
-                            f"timings for layer {layer!r}; rebuild it with that method")
+            name = "/".join([prefix, *tail])
+            raise PlanError(f"latency table has no {name} timings for layer {layer!r}; rebuild it with that method")
+
+        def at(r: int) -> float:
+            return row["/".join([prefix, str(r), *tail])].median_ms
+
         if len(ranks) == 1:
-            return row[candidate_key(replace(choice, rank=ranks[0]))].median_ms
-        i = min(max(bisect.bisect_left(ranks, choice.rank), 1), len(ranks) - 1)
+            return at(ranks[0])
+        i = min(max(bisect.bisect_left(ranks, rank), 1), len(ranks) - 1)
         lo, hi = ranks[i - 1], ranks[i]
-        t_lo = row[candidate_key(replace(choice, rank=lo))].median_ms
-        t_hi = row[candidate_key(replace(choice, rank=hi))].median_ms
-        return max(0.0, t_lo + (t_hi - t_lo) * (choice.rank - lo) / (hi - lo))
+        return max(0.0, at(lo) + (at(hi) - at(lo)) * (rank - lo) / (hi - lo))
 
     def predict_raw(self, plan: RankPlan | Mapping[str, Any]) -> float:
         """Original model - replaced original layers + their replacements, before the correction."""
         plan = RankPlan.coerce(plan)
         total = self.original_ms
-        for layer, choice in plan.layers.items():
-            total += self.layer_ms(layer, choice) - self.layer_ms(layer)
+        widths = self._input_widths(plan)
+        for layer in sorted({*plan.layers, *widths}):
+            choice = plan.layers.get(layer)
+            time = self.layer_ms(layer, choice)
+            if layer in widths:  # read at a pruned width: the dense conv's slimming applied to whatever runs
+                time *= self.input_ms(layer, widths[layer]) / self.layer_ms(layer)
+            total += time - self.layer_ms(layer)
         return total
+
+    def _input_widths(self, plan: RankPlan) -> dict[str, int]:
+        """Consumer -> its input width, for every consumer of a producer the plan prunes."""
+        widths = {}
+        for layer, choice in plan.layers.items():
+            if choice.structural:
+                if layer not in self.consumers:
+                    raise PlanError(f"the latency table cannot price pruning layer {layer!r}; rebuild it with "
+                                    "prune among the methods")
+                widths[self.consumers[layer]] = choice.rank
+        return widths
 
     def predict(self, plan: RankPlan | Mapping[str, Any]) -> float:
         """Predicted latency (ms) of the model decomposed by ``plan`` on this device."""
@@ -177,7 +212,7 @@ class LatencyTable:
 
     def fastest_variant(self, layer: str, method: str, rank: int) -> str | None:
         """The variant of ``method`` at ``rank`` that runs fastest on this device (None: no variants)."""
-        variants = LAYERS[method].variants
+        variants = variants_of(method)
         if variants == (None,):
             return None
         return min(variants, key=lambda variant: self.layer_ms(layer, LayerChoice(method, rank, variant)))
@@ -206,15 +241,6 @@ class LatencyTable:
         except KeyError:
             raise PlanError(f"layer {layer!r} is not in the latency table (not a decomposable conv?)") from None
 
-    @staticmethod
-    def _ranks(row: Mapping[str, Timing], method: str, variant: str | None) -> list[int]:
-        ranks = []
-        for key in row:
-            parts = key.split("/")
-            if parts[0] == method and (parts[2] if len(parts) > 2 else None) == variant:
-                ranks.append(int(parts[1]))
-        return sorted(ranks)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": TABLE_FORMAT,
@@ -226,6 +252,7 @@ class LatencyTable:
             "original_ms": self.original_ms,
             "correction": self.correction.to_dict(),
             "layers": dict(self.layers),
+            "consumers": dict(self.consumers),
             "timings": {g: {k: [t.median_ms, t.iqr_ms] for k, t in row.items()} for g, row in self.timings.items()},
         }
 
@@ -242,6 +269,7 @@ class LatencyTable:
             original_ms=float(data["original_ms"]),
             correction=Correction(**data["correction"]),
             layers=data["layers"],
+            consumers=data.get("consumers", {}),
             timings={g: {k: Timing(*v) for k, v in row.items()} for g, row in data["timings"].items()},
         )
 

@@ -13,7 +13,7 @@ layer's own.
 
 The pass runs on a *workbench*, a copy of the original model whose planned convs are swapped for
 dense stand-ins computing the same function as the factorised layers (see ``_factors``), and swapped
-back afterwards. ``dac_search.apply.decompose_model`` turns a plan into the model it names, correction
+back afterwards. ``dac_search.proxies.apply.decompose_model`` turns a plan into the model it names, correction
 included, deterministically from the default synthetic inputs (seed 0): a plan file rebuilds from itself alone.
 """
 

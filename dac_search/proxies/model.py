@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dac_search.decompose import decomposable_layers, max_rank, validate_plan
+from dac_search.decompose import decomposable_layers, rank_limit, validate_plan
+from dac_search.methods import default_variant
 from dac_search.errors import ConfigError
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies._hooks import eval_mode
+from dac_search.proxies.apply import decompose_model
 from dac_search.proxies.correction import (
     PassResult,
     Reference,
@@ -111,6 +113,8 @@ class ModelProxy:
         ``dense``: the same function with dense convs, to measure accuracy fast (never to deploy).
         """
         plan = self._plan(plan)
+        if _prunes(plan):
+            return self._pruned(plan, dense)
         if plan.correction is None or not plan.layers:
             validate_plan(self.model, plan)
             layers = initial_layers(self.model, plan)
@@ -123,10 +127,24 @@ class ModelProxy:
         plan = self._plan(plan)
         if not plan.layers:
             return ProxyScore(0.0, 1.0)
+        if _prunes(plan):
+            with torch.no_grad():
+                return compare(self._scored_logits, self._pruned(plan, dense=True)(self.inputs))
         result = self._run(plan)
         if not self.held_out:  # the fitting pass already ran on the scored inputs
             return compare(self._scored_logits, result.logits)
         return compare(self._scored_logits, evaluate(self.model, self._workbench, result.layers, self.inputs))
+
+
+    def _pruned(self, plan: RankPlan, dense: bool) -> nn.Module:
+        """A plan that prunes changes widths, which the workbench's swap-in stand-ins cannot: it is built
+        whole, by the function that builds every exported model, fitted on this proxy's inputs."""
+        ref = self._reference if self.correction is not None else None
+        return decompose_model(self.model, plan, self.fit_inputs, settings=self.settings, dense=dense, ref=ref)
+
+
+def _prunes(plan: RankPlan) -> bool:
+    return any(choice.structural for choice in plan.layers.values())
 
 
 def default_proxy(model: nn.Module, input_shape: Sequence[int], correction: str | None = None) -> ModelProxy:
@@ -153,7 +171,7 @@ def layer_sensitivity(proxy: ModelProxy, layers: Sequence[str] | None = None, me
         if conv is None:
             raise ConfigError(f"layer {name!r} is not a decomposable conv of this model")
         for method in methods:
-            for rank in resolve_ranks(ranks, name, method, max_rank(conv, method)):
-                choice = LayerChoice(method, rank, "grouped" if method == "dac" else None)
+            for rank in resolve_ranks(ranks, name, method, rank_limit(conv, method)):
+                choice = LayerChoice(method, rank, default_variant(method))
                 table[(name, method, rank)] = proxy.score(RankPlan({name: choice})).kl
     return table

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from dac_search.atomic import write_text_atomic
-from dac_search.decompose import decomposable_layers, max_rank
+from dac_search.decompose import decomposable_layers, rank_limit
 from dac_search.errors import ConfigError
 from dac_search.proxies.layer import RankChoice, resolve_ranks
 from dac_search.proxies.model import ModelProxy, layer_sensitivity
@@ -38,7 +38,7 @@ def cached_layer_sensitivity(proxy: ModelProxy, layers: Sequence[str], methods: 
         if name not in convs:
             raise ConfigError(f"layer {name!r} is not a decomposable conv of this model")
         for method in methods:
-            wanted[(name, method)] = resolve_ranks(ranks, name, method, max_rank(convs[name], method))
+            wanted[(name, method)] = resolve_ranks(ranks, name, method, rank_limit(convs[name], method))
     missing = {key: [r for r in rs if (*key, r) not in known] for key, rs in wanted.items()}
     count = sum(len(rs) for rs in missing.values())
     if count:

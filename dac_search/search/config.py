@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dac_search.budget import Budget
-from dac_search.decompose import METHODS
+from dac_search.methods import METHODS, PLAN_METHODS
 from dac_search.errors import ConfigError
 
 _DURATION = re.compile(r"^(?P<num>[0-9]*\.?[0-9]+)(?P<unit>s|m|h|d)?$")
@@ -26,9 +26,10 @@ class SearchConfig:
     out: Path | None = None
     storage: str | None = None
     seed: int = 0
-    # None: every factorisation. Under a latency budget the device's table prices each layer's options (one
-    # that adds fewer operators often runs faster than DAC's); under a FLOPs budget every method beat or
-    # tied DAC alone in all six search cells of benchmarks/quality.py (README).
+    # None: every method under a latency budget, pruning included (the device's table prices each layer's
+    # options: removing channels converts to time 1:1, a factorisation adds operators); every factorisation
+    # under a FLOPs or parameter budget, where each beat or tied DAC alone in all six search cells of
+    # benchmarks/quality.py (README) and pruning was not measured to help.
     methods: tuple[str, ...] | None = None
     correction: str | None = "refit"
     proxy_images: int = 64
@@ -40,10 +41,11 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         if self.methods is None:
-            object.__setattr__(self, "methods", METHODS)
-        unknown = [m for m in self.methods if m not in METHODS]
+            object.__setattr__(self, "methods", PLAN_METHODS if self.budget.kind == "latency" else METHODS)
+        unknown = [m for m in self.methods if m not in PLAN_METHODS]
         if unknown or not self.methods:
-            raise ConfigError(f"--methods takes a comma list of {', '.join(METHODS)}, got {','.join(self.methods)}")
+            raise ConfigError(f"--methods takes a comma list of {', '.join(PLAN_METHODS)}, "
+                              f"got {','.join(self.methods)}")
         if self.trials < 1:
             raise ConfigError(f"--trials must be at least 1, got {self.trials}")
         if self.proxy_images < 2:

@@ -7,17 +7,18 @@ starts in seconds.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from dac_search.allocate import FIRST_CONV, eligible_layers, table_choices, table_ranks
+from dac_search.allocate import FIRST_CONV, eligible_layers, table_choices
 from dac_search.budget import Budget
 from dac_search.cost import CostModel
 from dac_search.errors import ConfigError
 from dac_search.latency import LatencyTable, LatencyTableBuilder, table_settings
+from dac_search.methods import variants_of
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies import ModelProxy, cached_layer_sensitivity, default_proxy, synthetic_inputs
 from dac_search.search.config import SearchConfig
@@ -122,9 +123,28 @@ class SearchContext:
 
 def candidates(model: nn.Module, costs: CostModel, methods: tuple[str, ...]) -> dict[str, list[LayerChoice]]:
     """Per layer, every (method, rank) the search may pick (variants chosen later): the options the
-    greedy allocator walks, so the search starts where the best baseline ends. The first conv stays."""
+    greedy allocator walks, so the search starts where the best baseline ends, and the pruned widths
+    of every producer when ``prune`` is offered. The first conv stays."""
     layers = eligible_layers(model, costs, (FIRST_CONV,), methods)  # 1x1 convs too where channel is offered
     return {name: table_choices(model, costs, name, methods) for name in layers}
+
+
+def worth_scoring(name: str, choices: Sequence[LayerChoice],
+                  change: Callable[[Mapping[str, LayerChoice]], float]) -> list[LayerChoice]:
+    """The choices some trade-off could pick, known before any proxy is measured: cheaper than the layer
+    kept, and cheaper than every higher rank of the same method (a higher rank loses less; one that also
+    runs faster leaves the lower rank nothing). On a CPU runtime many factorised ranks run slower than the
+    dense conv or than a higher rank, so this spares most of the single-layer proxies (the slow part of
+    the set-up) without changing the space."""
+    costs = {c: change({name: c}) for c in choices}
+    kept = []
+    for method in dict.fromkeys(c.method for c in choices):
+        cheapest = 0.0  # the layer kept
+        for choice in sorted((c for c in choices if c.method == method), key=lambda c: -c.rank):
+            if costs[choice] < cheapest:
+                kept.append(choice)
+                cheapest = costs[choice]
+    return sorted(kept, key=choices.index)
 
 
 @dataclass(frozen=True)
@@ -154,13 +174,20 @@ def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
         cands = {n: [_fastest(device.table, n, c) for c in cs] for n, cs in cands.items()}
     table = device.table if device else None
     budget = config.budget.resolve(_baseline(config.budget.kind, costs, table))
+    change = _change_share(budget, costs, table)
+    cands = {name: worth_scoring(name, choices, change) for name, choices in cands.items()}
 
     proxy = _proxy(config, model, shape, say)
     # KL of every single-layer change the space offers (cached on disk, shared with the benchmarks)
-    penalties = cached_layer_sensitivity(proxy, list(cands), config.methods, table_ranks(model, costs), say)
-    space = SearchSpace.build(cands, _layer_share(budget, costs, table),
+    offered = {(name, c.method): [] for name, cs in cands.items() for c in cs}
+    for name, cs in cands.items():
+        for c in cs:
+            offered[(name, c.method)].append(c.rank)
+    penalties = cached_layer_sensitivity(proxy, [n for n, cs in cands.items() if cs], config.methods,
+                                         lambda name, method: offered.get((name, method), []), say)
+    space = SearchSpace.build(cands, change,
                               lambda name, c: penalties[(name, c.method, c.rank)], config.model, shape,
-                              config.correction)
+                              config.correction, _pairs(costs, cands))
     ctx = SearchContext(config, model, shape, costs, budget, proxy, space, device and device.pool, table,
                         device and device.info, penalties)
     if device is None:
@@ -204,13 +231,20 @@ def _proxy(config: SearchConfig, model: nn.Module, shape: tuple[int, ...], say: 
     return ModelProxy(model, inputs)
 
 
-def _layer_share(budget: Budget, costs: CostModel,
-                 table: LatencyTable | None) -> Callable[[str, LayerChoice | None], float]:
-    """A layer's cost under a choice as a share of the original model's, in the search's objective."""
+def _change_share(budget: Budget, costs: CostModel,
+                  table: LatencyTable | None) -> Callable[[Mapping[str, LayerChoice]], float]:
+    """The cost change of the plan making only ``changes``, as a share of the original, in the search's
+    objective (a pruned producer's change includes its consumer's)."""
     if budget.objective == "latency_ms":
         assert table is not None
-        return lambda name, choice: table.layer_ms(name, choice) / table.original_ms
-    return lambda name, choice: costs.layer(name, choice).flops / costs.baseline.flops
+        return lambda changes: table.predict_raw(RankPlan(changes)) / table.original_ms - 1.0
+    return lambda changes: costs.cost(RankPlan(changes)).flops / costs.baseline.flops - 1.0
+
+
+def _pairs(costs: CostModel, cands: Mapping[str, list[LayerChoice]]) -> dict[str, str]:
+    """Producer -> consumer, for every layer offered pruned."""
+    sites = costs.sites() if any(c.structural for cs in cands.values() for c in cs) else {}
+    return {name: sites[name].consumer for name, cs in cands.items() if any(c.structural for c in cs)}
 
 
 def _calibration_plans(space: SearchSpace, cands: dict[str, list[LayerChoice]], shape: tuple[int, ...],
@@ -224,9 +258,7 @@ def _calibration_plans(space: SearchSpace, cands: dict[str, list[LayerChoice]], 
 
 
 def _variants(choice: LayerChoice) -> list[LayerChoice]:
-    if choice.method != "dac":
-        return [choice]
-    return [LayerChoice("dac", choice.rank, v) for v in ("grouped", "stacked")]
+    return [LayerChoice(choice.method, choice.rank, v) for v in variants_of(choice.method)]
 
 
 def _fastest(table: LatencyTable, name: str, choice: LayerChoice) -> LayerChoice:

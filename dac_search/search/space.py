@@ -1,11 +1,17 @@
-"""The search space: per layer, keep or one (method, rank, variant); encoded around a global trade-off.
+"""The search space: per unit of layers, keep or one joint choice; encoded around a global trade-off.
 
-A plan is encoded by one global ``log_lambda`` and a small integer ``shift`` per layer. For a given
-lambda every layer takes the option minimising ``penalty + lambda * cost`` over the lower convex hull of
+A plan is encoded by one global ``log_lambda`` and a small integer ``shift`` per unit. For a given
+lambda every unit takes the option minimising ``penalty + lambda * cost`` over the lower convex hull of
 its (cost, penalty) options, which traces the best allocation under an additive model of the proxy;
-the shifts then move single layers one hull step cheaper or dearer, so the sampler can correct what the
+the shifts then move single units one hull step cheaper or dearer, so the sampler can correct what the
 additive model gets wrong. Forty layers or four hundred, the space stays searchable: most of the
-signal sits in one dimension, and the per-layer dimensions are three-valued.
+signal sits in one dimension, and the per-unit dimensions are three-valued.
+
+A unit is one layer, or a producer offered pruned together with its consumer: pruning the producer
+changes the consumer's cost too, so the pair's options are priced and chosen together (every pairing of
+the two layers' own hull options, plus each pruned width with the consumer dense and refitted). A pruned
+producer with a factorised consumer is a valid plan, but not one the space offers: the consumer's
+single-layer penalty and table entries are measured at its full width.
 """
 
 from __future__ import annotations
@@ -20,8 +26,13 @@ from dac_search.plan import LayerChoice, RankPlan
 LOG_LAMBDA_RANGE = (-5.0, 3.0)
 
 
+Changes = tuple[tuple[str, LayerChoice], ...]  # what an option does: (layer, choice) pairs; () keeps
+
+
 @dataclass(frozen=True)
 class LayerOptions:
+    """One unit's options: ``name`` is its first layer (the producer of a pair)."""
+
     name: str
     hull: tuple[Option, ...]  # keep first, then cheaper and cheaper; penalties non-decreasing
 
@@ -35,7 +46,10 @@ class LayerOptions:
 
 
 class SearchSpace:
-    """Layer options and the map from (log_lambda, shifts) to a plan."""
+    """Unit options and the map from (log_lambda, shifts) to a plan.
+
+    Option costs are changes from the original, as shares of its cost (negative: cheaper).
+    """
 
     def __init__(self, layers: Sequence[LayerOptions], model: str | None, input_shape: Sequence[int],
                  correction: str | None = None) -> None:
@@ -45,29 +59,49 @@ class SearchSpace:
         self.correction = correction
 
     @classmethod
-    def build(cls, candidates: Mapping[str, Sequence[LayerChoice]], cost: Callable[[str, LayerChoice | None], float],
+    def build(cls, candidates: Mapping[str, Sequence[LayerChoice]], delta: Callable[[Mapping[str, LayerChoice]], float],
               penalty: Callable[[str, LayerChoice], float], model: str | None, input_shape: Sequence[int],
-              correction: str | None = None) -> SearchSpace:
-        layers = []
-        for name, choices in candidates.items():
-            keep = Option(None, cost(name, None), 0.0)
-            options = [keep, *(Option(c, cost(name, c), penalty(name, c)) for c in choices)]
-            layers.append(LayerOptions(name, lower_hull([o for o in options if o.cost <= keep.cost])))
-        return cls(layers, model, input_shape, correction)
+              correction: str | None = None, pairs: Mapping[str, str] | None = None) -> SearchSpace:
+        """``delta(changes)``: the cost change of the plan making just these changes, as a share of the
+        original. ``pairs``: producer -> consumer, for producers offered pruned (see the module doc)."""
+        def option(changes: Changes) -> Option:
+            return Option(changes, delta(dict(changes)), sum(penalty(name, c) for name, c in changes))
+
+        def hull(options: Sequence[Option]) -> tuple[Option, ...]:
+            return lower_hull([o for o in options if o.cost <= 0.0])
+
+        def own(name: str, structural: bool | None = None) -> list[Option]:
+            keep = Option((), 0.0, 0.0)
+            return [keep, *(option(((name, c),)) for c in candidates[name]
+                            if structural is None or c.structural == structural)]
+
+        pairs = pairs or {}
+        grouped = {consumer: producer for producer, consumer in pairs.items() if consumer in candidates}
+        grouped = {consumer: producer for consumer, producer in grouped.items() if producer not in grouped}
+        units = []
+        for name in candidates:
+            if name in grouped:
+                continue  # a consumer: in its producer's unit
+            consumer = next((c for c, p in grouped.items() if p == name), None)
+            if consumer is None:
+                units.append(LayerOptions(name, hull(own(name))))
+                continue
+            joint = [option(a.choice + b.choice) for a in hull(own(name, False)) for b in hull(own(consumer))]
+            units.append(LayerOptions(name, hull(joint + own(name, True)[1:])))
+        return cls(units, model, input_shape, correction)
 
     def plan(self, log_lambda: float, shifts: Mapping[str, int] | None = None) -> RankPlan:
         lam = 10.0 ** log_lambda
         shifts = shifts or {}
         chosen = {}
         for layer in self.layers:
-            option = layer.pick(lam, shifts.get(layer.name, 0))
-            if option.choice is not None:
-                chosen[layer.name] = option.choice
+            chosen.update(layer.pick(lam, shifts.get(layer.name, 0)).choice)
         return RankPlan(chosen, model=self.model, input_shape=self.input_shape, correction=self.correction)
 
     def additive_cost(self, log_lambda: float) -> float:
+        """The plan's cost as a share of the original's, as the sum of its units' changes."""
         lam = 10.0 ** log_lambda
-        return sum(layer.pick(lam).cost for layer in self.layers)
+        return 1.0 + sum(layer.pick(lam).cost for layer in self.layers)
 
     def log_lambda_for(self, cost_share: float, cost_of: Callable[[RankPlan], float] | None = None) -> float:
         """Bisection for the smallest trade-off whose plan costs at most ``cost_share`` (of the original)."""

@@ -10,6 +10,7 @@ from torch import nn
 
 from dac_search.latency import Correction, LatencyTable, LatencyTableBuilder
 from dac_search.latency.table import Timing, candidate_key, rank_grid
+from dac_search.errors import PlanError
 from dac_search.plan import LayerChoice, RankPlan
 from profilers import LocalProfiler, MeasureSettings, load_device
 from tests.profilers.conftest import write_device
@@ -120,3 +121,39 @@ def test_rank_grid() -> None:
     grid = rank_grid(192)
     assert grid[0] == 1 and grid[-1] == 192 and len(grid) <= 10 and grid == sorted(set(grid))
     assert candidate_key(None) == "original" and candidate_key(LayerChoice("dac", 2, "stacked")) == "dac/2/stacked"
+
+
+def test_a_pruned_producer_is_priced_with_its_consumer_at_the_pruned_width() -> None:
+    producer = {"original": Timing(1.0, 0.0), "prune/2": Timing(0.3, 0.0), "prune/6": Timing(0.7, 0.0),
+                "dac/1/grouped": Timing(0.5, 0.0)}
+    consumer = {"original": Timing(2.0, 0.0), "inputs/2": Timing(0.6, 0.0), "inputs/6": Timing(1.4, 0.0),
+                "channel/2": Timing(0.8, 0.0)}
+    table = LatencyTable(device="d", runtime="onnxruntime", threads=1, input_shape=(1, 3, 8, 8), original_ms=5.0,
+                         layers={"p": "gp", "c": "gc"}, timings={"gp": producer, "gc": consumer},
+                         consumers={"p": "c"})
+    assert table.predict(RankPlan({"p": LayerChoice("prune", 2)})) == pytest.approx(5.0 - 0.7 - 1.4)
+    assert table.predict(RankPlan({"p": LayerChoice("prune", 4)})) == pytest.approx(5.0 - 0.5 - 1.0)  # interpolated
+    # a factorised consumer at the pruned width: its own time, slimmed as the dense conv is (0.6 / 2.0)
+    both = RankPlan({"p": LayerChoice("prune", 2), "c": LayerChoice("channel", 2)})
+    assert table.predict(both) == pytest.approx(5.0 - 0.7 + 0.8 * 0.3 - 2.0)
+    assert LatencyTable.from_dict(table.to_dict()) == table
+    bare = LatencyTable(device="d", runtime="onnxruntime", threads=1, input_shape=(1, 3, 8, 8), original_ms=5.0,
+                        layers={"p": "gp", "c": "gc"}, timings={"gp": producer, "gc": consumer})
+    with pytest.raises(PlanError, match="cannot price pruning layer 'p'"):
+        bare.predict(RankPlan({"p": LayerChoice("prune", 2)}))
+
+
+def test_the_builder_times_a_producer_pruned_and_its_consumer_slimmed(builder: LatencyTableBuilder) -> None:
+    model = _model()  # conv "0" -> ReLU -> conv "2": a prune site
+
+    def candidates(name: str, conv: nn.Conv2d) -> list[LayerChoice]:
+        return [LayerChoice("prune", 8), LayerChoice("prune", 16)] if name == "0" else []
+
+    table = builder.build(model, SHAPE, candidates=candidates)
+    assert table.consumers == {"0": "2"}
+    assert {"prune/8", "prune/16"} <= set(table.timings[table.layers["0"]])
+    assert {"inputs/8", "inputs/16"} <= set(table.timings[table.layers["2"]])
+    half = RankPlan({"0": LayerChoice("prune", 16)})
+    assert table.predict_raw(half) < table.original_ms  # both convs lose half their work
+    pruned, = builder.measure_plans(model, SHAPE, [half])
+    assert pruned > 0

@@ -69,6 +69,23 @@ def test_held_out_scoring_fits_on_one_batch_and_scores_another(resnet20: nn.Modu
         assert torch.allclose(rebuilt(scored), built(scored), atol=1e-5)  # fitted on ``fit`` only
 
 
+@pytest.mark.parametrize("correction", [None, "refit"])
+def test_a_plan_that_prunes_is_scored_on_the_model_decompose_model_builds(
+        resnet20: nn.Module, distilled: torch.Tensor, correction: str | None) -> None:
+    fit, scored = distilled[:8], distilled[8:]
+    plan = RankPlan({"layer1.0.conv1": LayerChoice("prune", 6), "layer2.1.conv1": LayerChoice("prune", 12),
+                     "layer2.1.conv2": LayerChoice("dac", 2, "stacked"), "layer3.0.conv2": LayerChoice("channel", 24)},
+                    "cifar10-resnet20", SHAPE, correction)
+    proxy = ModelProxy(resnet20, scored, correction, fit_inputs=fit)
+    built = decompose_model(resnet20, plan, fit)
+    assert built.layer1[0].conv1.out_channels == 6 and built.layer1[0].conv2.in_channels == 6
+    with torch.no_grad():
+        assert proxy.score(plan).kl == pytest.approx(kl(resnet20(scored), built(scored)), rel=1e-3)
+        assert torch.allclose(proxy.build(plan)(scored), built(scored), atol=1e-5)
+    table = layer_sensitivity(proxy, ["layer1.1.conv1"], ("prune",), ranks=[4, 12])
+    assert table[("layer1.1.conv1", "prune", 4)] > table[("layer1.1.conv1", "prune", 12)] > 0
+
+
 def test_correction_raises_real_accuracy_at_a_fixed_plan(resnet20: nn.Module, distilled: torch.Tensor,
                                                           cifar_test: tuple[torch.Tensor, torch.Tensor]) -> None:
     """Real images only check the result here; the corrections are fitted on distilled inputs."""

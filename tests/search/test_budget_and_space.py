@@ -13,6 +13,7 @@ from dac_search.methods import METHODS
 from dac_search.plan import LayerChoice
 from dac_search.search.config import SearchConfig, parse_duration
 from dac_search.search.refine import moves, propose
+from dac_search.search.context import worth_scoring
 from dac_search.search.space import LayerOptions, SearchSpace
 
 
@@ -56,9 +57,17 @@ def test_lower_hull_keeps_only_options_some_trade_off_would_pick() -> None:
     assert [o.choice.rank if o.choice else None for o in hull] == [None, 3, 1]
 
 
+def _unit(name: str, *points: tuple[int | None, float, float]) -> LayerOptions:
+    """A one-layer unit from (rank or None, the layer's cost share, penalty); the layer costs 0.5 kept."""
+    return LayerOptions(name, tuple(Option(((name, _choice(r)),) if r else (), cost - 0.5, penalty)
+                                    for r, cost, penalty in points))
+
+
+EVEN = ((None, 0.5, 0.0), (3, 0.3, 0.1), (1, 0.1, 0.5))
+
+
 def test_lambda_sweeps_from_keep_everything_to_cheapest_and_shifts_move_one_step() -> None:
-    hull = (Option(None, 0.5, 0.0), Option(_choice(3), 0.3, 0.1), Option(_choice(1), 0.1, 0.5))
-    space = SearchSpace([LayerOptions("a", hull), LayerOptions("b", hull)], "m", (1, 3, 8, 8))
+    space = SearchSpace([_unit("a", *EVEN), _unit("b", *EVEN)], "m", (1, 3, 8, 8))
     assert space.plan(-5).layers == {}
     assert {c.rank for c in space.plan(3).layers.values()} == {1}
     middle = space.plan(0.0)  # lambda 1: rank 3 (0.1 + 0.3) beats keep (0.5) and rank 1 (0.6)
@@ -68,8 +77,7 @@ def test_lambda_sweeps_from_keep_everything_to_cheapest_and_shifts_move_one_step
 
 
 def test_bisection_finds_the_cheapest_share_within_target() -> None:
-    hull = (Option(None, 0.5, 0.0), Option(_choice(3), 0.3, 0.1), Option(_choice(1), 0.1, 0.5))
-    space = SearchSpace([LayerOptions("a", hull), LayerOptions("b", hull)], "m", (1, 3, 8, 8))
+    space = SearchSpace([_unit("a", *EVEN), _unit("b", *EVEN)], "m", (1, 3, 8, 8))
     log_lambda = space.log_lambda_for(0.6)
     assert space.additive_cost(log_lambda) <= 0.6
     assert space.additive_cost(log_lambda - 0.01) > 0.6
@@ -77,9 +85,9 @@ def test_bisection_finds_the_cheapest_share_within_target() -> None:
 
 def test_refinement_trades_rank_between_layers_within_the_budget() -> None:
     # "a" loses little per step, "b" much: from b cheap / a dear, the best exchange is b up and a down.
-    a = (Option(None, 0.5, 0.0), Option(_choice(3), 0.3, 0.01), Option(_choice(1), 0.1, 0.02))
-    b = (Option(None, 0.5, 0.0), Option(_choice(3), 0.3, 0.3), Option(_choice(1), 0.1, 1.0))
-    space = SearchSpace([LayerOptions("a", a), LayerOptions("b", b)], "m", (1, 3, 8, 8))
+    a = _unit("a", (None, 0.5, 0.0), (3, 0.3, 0.01), (1, 0.1, 0.02))
+    b = _unit("b", (None, 0.5, 0.0), (3, 0.3, 0.3), (1, 0.1, 1.0))
+    space = SearchSpace([a, b], "m", (1, 3, 8, 8))
     lam = math.log10(2.0)  # picks a at rank 1 and b at rank 3; the shifts turn that round
     start = {"log_lambda": lam, "shift:a": -1, "shift:b": 1}
     assert {n: c.rank for n, c in space.plan(lam, {"a": -1, "b": 1}).layers.items()} == {"a": 3, "b": 1}
@@ -95,6 +103,33 @@ def test_refinement_trades_rank_between_layers_within_the_budget() -> None:
 
 
 def test_every_method_is_a_candidate_by_default() -> None:
-    assert SearchConfig("cifar10-resnet20", parse_budget("0.6x")).methods == METHODS
+    assert SearchConfig("cifar10-resnet20", parse_budget("0.6x")).methods == (*METHODS, "prune")
     assert SearchConfig("cifar10-resnet20", parse_budget("50%flops"), device="none").methods == METHODS
     assert SearchConfig("cifar10-resnet20", parse_budget("0.6x"), methods=("dac",)).methods == ("dac",)
+
+
+def test_a_producer_offered_pruned_and_its_consumer_are_one_unit() -> None:
+    prune, dac = LayerChoice("prune", 8), _choice(2)
+    candidates = {"p": [_choice(3), prune], "c": [dac]}
+    costs = {("p", _choice(3)): -0.1, ("p", prune): -0.35, ("c", dac): -0.2}
+
+    def delta(changes: dict) -> float:
+        return sum(costs[(name, choice)] for name, choice in changes.items())
+
+    penalties = {("p", _choice(3)): 0.1, ("p", prune): 0.4, ("c", dac): 0.15}
+    space = SearchSpace.build(candidates, delta, lambda name, c: penalties[(name, c)], "m", (1, 3, 8, 8),
+                              pairs={"p": "c"})
+    (unit,) = space.layers
+    assert unit.name == "p"
+    options = {tuple(sorted(n for n, _ in o.choice)): o for o in unit.hull}
+    assert options[("c", "p")].cost == pytest.approx(-0.3)  # the pairing of the two layers' own options
+    assert dict(space.plan(3.0).layers) == {"p": prune}  # the cheapest: pruned, its consumer dense
+    assert space.plan(-5).layers == {}
+
+
+def test_only_choices_cheaper_than_every_higher_rank_are_worth_a_proxy() -> None:
+    times = {1: -0.1, 2: 0.05, 3: -0.3, 4: -0.2, 5: 0.1}  # rank 2 and 5 slower than the layer, 1 than 3
+    choices = [_choice(r) for r in times] + [LayerChoice("prune", 4)]
+    change = lambda changes: times[next(iter(changes.values())).rank] if "dac" in str(changes) else -0.5  # noqa: E731
+    kept = worth_scoring("a", choices, change)
+    assert [(c.method, c.rank) for c in kept] == [("dac", 3), ("dac", 4), ("prune", 4)]

@@ -66,7 +66,7 @@ def test_search_on_the_local_device_picks_among_every_method_and_judges_each_pla
     result = run_cli(*SEARCH, "--device", str(device), "--budget", "0.7x", "--trials", "12", "--out", str(out))
     assert result.returncode == 0, result.stderr
     run = json.loads((out / "run.json").read_text())
-    assert run["methods"] == ["dac", "spatial", "channel"]  # every method is offered by default
+    assert run["methods"] == ["dac", "spatial", "channel", "prune"]  # every method is offered by default
     methods = {c["method"] for t in rows(out / "trials.csv")
                for c in json.loads((out / t["plan"]).read_text())["layers"].values()}
     assert methods - {"dac"}, methods

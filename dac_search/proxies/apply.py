@@ -33,6 +33,7 @@ from dac_search.plan import RankPlan
 from dac_search.proxies._hooks import removing
 from dac_search.proxies.correction import (
     LayerTarget,
+    Reference,
     RefitSettings,
     assemble,
     assemble_dense,
@@ -48,7 +49,8 @@ PlanLike = RankPlan | Mapping[str, Any] | str | os.PathLike[str]
 
 
 def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | None = None, *,
-                    settings: RefitSettings | None = None, dense: bool = False) -> nn.Module:
+                    settings: RefitSettings | None = None, dense: bool = False,
+                    ref: Reference | None = None) -> nn.Module:
     """The model ``plan`` names, in eval mode: a deep copy of ``model``, the original left untouched.
 
     ``plan``: a ``RankPlan``, its dict form or a path to its JSON. A plan with a correction needs its
@@ -56,6 +58,8 @@ def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | Non
     fitted on; without one this raises ``ConfigError`` rather than return a model the plan does not name.
     ``inputs``: fit the correction on these instead (what a ``ModelProxy`` scored with).
     ``dense``: the same function with dense convs, to measure accuracy fast on CPU (never to deploy).
+    ``ref``: the original model's reference on ``inputs`` at every layer, when the caller has it already
+    (a ``ModelProxy`` does), so it is not computed again.
     """
     plan = RankPlan.coerce(plan)
     check_correction(plan.correction)
@@ -72,7 +76,8 @@ def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | Non
                               "to make the synthetic inputs it is fitted on; add \"input_shape\" to the plan")
         inputs = default_inputs(model, plan.input_shape)
     consumers = refitted_consumers(model, pruning, factorised) if plan.correction == "refit" else {}
-    ref = reference(model, inputs, [*factorised.layers, *consumers], settings)
+    if ref is None:
+        ref = reference(model, inputs, [*factorised.layers, *consumers], settings)
     workbench = copy.deepcopy(base)
     handles = [workbench.get_submodule(name).register_forward_pre_hook(
         _consumer_refit(workbench, name, ref.targets[name], channels, pruning, settings or RefitSettings()))
