@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dac_search.proxies.apply import decompose_model
 from dac_search.plan import RankPlan
+from dac_search.proxies.apply import decompose_model
 from dac_search.zoo import load_model
 
 ASSETS = Path(os.environ.get("DAC_SEARCH_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))

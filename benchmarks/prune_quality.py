@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import ASSETS, INPUT_SHAPE, markdown, split  # noqa: E402
 
-from dac_search.proxies.apply import decompose_model  # noqa: E402
 from dac_search.cost import CostModel  # noqa: E402
 from dac_search.decompose import prune_sites  # noqa: E402
 from dac_search.eval_data import load_eval_data, top1  # noqa: E402
 from dac_search.latency import measure_beside  # noqa: E402
 from dac_search.plan import LayerChoice, RankPlan  # noqa: E402
+from dac_search.proxies.apply import decompose_model  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402
 from dac_search.zoo.cifar_resnet import CifarResNet  # noqa: E402
 from profilers import load_device  # noqa: E402

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dac_search.proxies.apply import decompose_model
 from dac_search.cost import Cost, CostModel, count_cost
 from dac_search.decompose import decompose_conv, factorize, max_rank
 from dac_search.errors import ConfigError, DacSearchError, DecompositionError, ModelLoadError, PlanError
 from dac_search.plan import LayerChoice, RankPlan
+from dac_search.proxies.apply import decompose_model
 from dac_search.rundir import read_run
 from dac_search.zoo import load_model
 

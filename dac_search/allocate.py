@@ -86,7 +86,10 @@ def table_ranks(model: nn.Module, costs: CostModel) -> Callable[[str, str], list
     the layer (``max_rank`` 0: DAC on a 1x1)."""
     def ranks(name: str, method: str) -> list[int]:
         if method in STRUCTURAL:  # a producer's kept widths: the grid of prune_ranks
-            return prune_ranks(costs.traced[name].out_channels) if name in costs.producers() else []
+            if name not in costs.producers():
+                return []
+            removable = costs.sites()[name].removable  # rank 0: the branch removed
+            return [0] * removable + prune_ranks(costs.traced[name].out_channels)
         limit = max_rank(model.get_submodule(name), method)
         return candidate_ranks(costs, name, method, limit, None if method == "dac" else RANK_POINTS)
     return ranks

@@ -6,7 +6,8 @@ multiply-adds of every Conv2d and Linear for one image (batch 1), the convention
 
 A pruned producer is priced at its kept output channels, its consumer at as many input channels (and
 factorised at that width if the plan says so), its BatchNorm without the removed channels' affine
-parameters: exactly what ``count_cost`` finds on the built model.
+parameters: exactly what ``count_cost`` finds on the built model. A removed branch (rank 0) costs no
+multiply-adds and its constant's parameters.
 """
 
 from __future__ import annotations
@@ -177,8 +178,10 @@ class CostModel:
         pruned, factorised = plan.split()
         geometry, total = self._pruned(pruned, factorised, plan.correction)
         for name in {*factorised.layers, *geometry}:
-            total = total - self.layer(name) + conv_cost(geometry.get(name, self.traced[name]),
-                                                         factorised.layers.get(name))
+            shape = geometry.get(name, self.traced[name])
+            if plan.correction is not None and name in factorised.layers:
+                shape = replace(shape, bias=True)  # a correction fits the factorised layer's bias
+            total = total - self.layer(name) + conv_cost(shape, factorised.layers.get(name))
         return total
 
     def _pruned(self, pruned: Mapping[str, int], factorised: RankPlan,
@@ -190,15 +193,20 @@ class CostModel:
         sites = {name: check_site(self.sites(), name) for name in pruned}
         for name, rank in pruned.items():
             site, width = sites[name], self.traced[name].out_channels
-            check_width(name, rank, width)
+            check_width(name, rank, width, site)
             geometry[name] = replace(geometry.get(name, self.traced[name]), out_channels=rank)
-            geometry[site.consumer] = replace(geometry.get(site.consumer, self.traced[site.consumer]),
-                                              in_channels=rank)
+            consumer = replace(geometry.get(site.consumer, self.traced[site.consumer]), in_channels=rank)
             norm = self._model.get_submodule(site.norm) if site.norm else None
             if norm is not None and norm.affine:
                 total = total - Cost(0, 2 * (width - rank))
+            if rank == 0:  # a removed branch: its constant is the consumer's bias, its BatchNorm gone
+                consumer = replace(consumer, bias=True)
+                after = self._model.get_submodule(site.consumer_norm) if site.consumer_norm else None
+                if after is not None and after.affine:
+                    total = total - Cost(0, 2 * consumer.out_channels)
+            geometry[site.consumer] = consumer
         for name, site in sites.items():  # a refitted consumer with no bias and no BatchNorm to fold it into
-            refitted = (correction == "refit" and pruned[name] < self.traced[name].out_channels
+            refitted = (correction == "refit" and 0 < pruned[name] < self.traced[name].out_channels
                         and site.consumer not in factorised.layers)
             consumer = geometry[site.consumer]
             if refitted and not consumer.bias and site.consumer_norm is None:

@@ -5,8 +5,8 @@ JSON form (layers not listed are kept as they are)::
     {"format": "dac-search/plan@1", "model": "cifar10-resnet56", "input_shape": [1, 3, 32, 32],
      "layers": {"layer1.0.conv1": {"method": "dac", "rank": 3, "variant": "stacked"}}}
 
-``{"method": "prune", "rank": r}`` on a producer conv keeps r of its output channels (see
-``dac_search.decompose.prune``); its consumer may be factorised in the same plan. One name, one choice:
+``{"method": "prune", "rank": r}`` on a producer conv keeps r of its output channels, and ``"rank": 0``
+removes the residual branch it starts (see ``dac_search.decompose.prune``); its consumer may be factorised in the same plan. One name, one choice:
 a plan file that lists a layer twice is refused rather than read as whichever came last.
 """
 
@@ -31,7 +31,8 @@ PLAN_FORMAT = "dac-search/plan@1"
 class LayerChoice:
     """How one layer is replaced: ``method`` at ``rank``, run by ``variant`` (DAC only).
 
-    For ``prune`` the rank is the number of output channels kept.
+    For ``prune`` the rank is the number of output channels kept; 0 removes the residual branch the
+    producer starts (see ``dac_search.decompose.prune``).
     """
 
     method: str
@@ -41,8 +42,10 @@ class LayerChoice:
     def __post_init__(self) -> None:
         if self.method not in PLAN_METHODS:
             raise PlanError(f"unknown method {self.method!r}; choose one of {', '.join(PLAN_METHODS)}")
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise PlanError(f"rank must be a positive integer, got {self.rank!r}")
+        lowest = 0 if self.method in STRUCTURAL else 1  # prune at rank 0 removes a residual branch
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < lowest:
+            what = "a non-negative" if lowest == 0 else "a positive"
+            raise PlanError(f"rank must be {what} integer, got {self.rank!r}")
         variants = variants_of(self.method)
         if self.variant not in variants:
             allowed = ", ".join(v for v in variants if v) or "none"

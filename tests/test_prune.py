@@ -111,7 +111,7 @@ def test_a_conv_feeding_a_residual_add_is_refused_in_one_line() -> None:
 
 @pytest.mark.parametrize("layers, match", [
     ({"conv1": {"method": "prune", "rank": 8}}, "read by 2 operations"),  # the stem feeds a block and its shortcut
-    ({"layer1.0.conv1": {"method": "prune", "rank": 17}}, r"keeps 1\.\.16 output channels, got 17"),
+    ({"layer1.0.conv1": {"method": "prune", "rank": 17}}, r"keeps 1\.\.16 output channels \(0 removes the branch\), got 17"),
     ({"layer1.0.conv1": {"method": "prune", "rank": 8}, "layer1.0.conv2": {"method": "spatial", "rank": 30}},
      "exceeds the limit 24 .*at its pruned input width 8"),  # 48 at the full width
 ])
@@ -245,3 +245,66 @@ def test_refit_beats_plain_pruning_on_the_real_resnet20(hub_cache: Path,
     assert refit > plain, (f"top-1 on {len(y)} real images at 75% of every block's conv1: "
                            f"refit {refit:.2f}%, plain {plain:.2f}%")
     print(f"75% conv1 channels: plain {plain:.2f}%, refit {refit:.2f}%")
+
+
+# --- rank 0: the residual branch removed ---------------------------------------------------------
+
+def test_every_cifar_block_can_lose_its_branch_but_not_a_projection_or_a_bottleneck_middle() -> None:
+    sites = prune_sites(CifarResNet(20))
+    assert all(sites[f"layer{s}.{b}.conv1"].removable for s in (1, 2, 3) for b in range(3))  # option A shortcuts
+    resnet18 = prune_sites(torchvision.models.resnet18())
+    assert resnet18["layer1.0.conv1"].removable
+    assert "has parameters (a projection)" in resnet18["layer2.0.conv1"].removal  # a conv shortcut
+    resnet50 = prune_sites(torchvision.models.resnet50())
+    assert "does not end in a residual add" in resnet50["layer1.1.conv1"].removal
+    assert "does not start at the branch's input" in resnet50["layer1.1.conv2"].removal  # conv1 would stay
+    with pytest.raises(PlanError) as info:
+        replace_layers(torchvision.models.resnet18(), {"layers": {"layer2.0.conv1": {"method": "prune", "rank": 0}}})
+    assert "\n" not in str(info.value) and "prune at rank 0 removes the residual branch" in str(info.value)
+
+
+@pytest.mark.parametrize("correction", [None, "bias", "refit"])
+def test_a_removed_branch_is_a_constant_the_cost_model_prices_exactly(correction: str | None) -> None:
+    model = _random_resnet20()
+    plan = {"input_shape": list(CIFAR), "correction": correction,
+            "layers": {"layer1.1.conv1": {"method": "prune", "rank": 0}, "layer2.0.conv1": {"method": "prune", "rank": 0},
+                       "layer3.0.conv1": {"method": "prune", "rank": 32}, "layer3.0.conv2": {"method": "dac", "rank": 2}}}
+    torch.manual_seed(3)
+    inputs = torch.randn(8, *CIFAR[1:])
+    built = decompose_model(model, plan, inputs)
+    assert count_cost(built, CIFAR) == CostModel(model, CIFAR).cost(plan)
+    x = torch.randn(2, 16, 32, 32)
+    with torch.no_grad():  # the block is its shortcut plus a constant: what it gives for any input
+        block, original = built.layer2[0], model.layer2[0]
+        expected = torch.relu(original.shortcut(x) + block.conv2.bias.view(1, -1, 1, 1))
+        got = block(x)
+    assert torch.allclose(got, expected, atol=1e-6)
+    uncorrected = built if correction is None else decompose_model(model, {**plan, "correction": None})
+    with torch.no_grad():
+        zero_branch = original.bn2(original.conv2(torch.zeros(1, 32, 16, 16)))[0, :, 8, 8]
+        if correction is None:
+            assert torch.allclose(block.conv2.bias, zero_branch, atol=1e-5)  # what the branch gives for zeros
+        else:  # the branch's mean output on the inputs, as the original computes it there
+            h = model.layer1(torch.relu(model.bn1(model.conv1(inputs))))
+            mean = original.bn2(original.conv2(torch.relu(original.bn1(original.conv1(h))))).mean((0, 2, 3))
+            assert torch.allclose(block.conv2.bias, mean, atol=1e-4)
+            assert not torch.allclose(block.conv2.bias, uncorrected.layer2[0].conv2.bias)
+
+
+def test_a_removed_branch_round_trips_exports_and_its_consumer_cannot_be_factorised(tmp_path: Path) -> None:
+    model = _random_resnet20()
+    plan = RankPlan({"layer1.1.conv1": LayerChoice("prune", 0)}, None, CIFAR, "refit")
+    assert RankPlan.load(plan.save(tmp_path / "plan.json")) == plan
+    built = decompose_model(model, tmp_path / "plan.json")
+    path = export_onnx(built, tmp_path / "removed.onnx", CIFAR)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, *CIFAR[1:])
+    with torch.no_grad():
+        assert abs(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0] - built(x).numpy()).max() < 1e-4
+    with pytest.raises(PlanError, match="consumer of a removed branch"):
+        replace_layers(model, {"layers": {"layer1.1.conv1": {"method": "prune", "rank": 0},
+                                          "layer1.1.conv2": {"method": "dac", "rank": 2}}})
+    with pytest.raises(PlanError, match="non-negative integer"):
+        LayerChoice("prune", -1)

@@ -7,7 +7,6 @@ import fnmatch
 
 from rich.table import Table
 
-from dac_search.proxies.apply import decompose_model
 from dac_search.commands._common import add_model_args, console, load_from_args
 from dac_search.cost import CostModel
 from dac_search.decompose import DAC_VARIANTS, METHODS, PruneSite, decomposable_layers, factorize, max_rank, prune_sites
@@ -15,6 +14,7 @@ from dac_search.errors import PlanError
 from dac_search.export import export_model, format_of
 from dac_search.methods import STRUCTURAL
 from dac_search.plan import LayerChoice, RankPlan
+from dac_search.proxies.apply import decompose_model
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

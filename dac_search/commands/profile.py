@@ -10,11 +10,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-from dac_search.proxies.apply import decompose_model
 from dac_search.commands._common import add_model_args, console, load_from_args
 from dac_search.errors import ConfigError
 from dac_search.export import export_onnx, export_torchscript
 from dac_search.plan import RankPlan
+from dac_search.proxies.apply import decompose_model
 from profilers import LatencyResult, load_device, make_profiler
 
 _EXPORTERS = {"onnxruntime": (export_onnx, ".onnx"), "torch": (export_torchscript, ".pt")}

@@ -12,6 +12,13 @@ the producer's output filter norm takes its place): how much of the consumer's i
 top r are kept in their original order. The pruned model is made of plain, smaller ``nn.Conv2d`` and
 ``nn.BatchNorm2d`` modules, so it exports and runs as an ordinary network. Nothing here corrects the
 result (``dac_search.decompose_model`` refits the consumers when the plan asks for ``refit``).
+
+Rank 0 removes the whole residual branch (the limit of pruning): where the consumer's output, through its
+BatchNorm, goes only into a residual add whose other operand is the branch's own input carried by
+parameter-free operations (identity, option A's slice and zero pad; not a projection), the branch is
+replaced by a constant per channel. The producer becomes ``RemovedBranch`` (a one-channel zero map), the
+consumer ``BranchConstant``, their BatchNorms identities. Uncorrected, the constant is what the branch
+gives for zero input; a correction sets it to the branch's mean output on the synthetic inputs.
 """
 
 from __future__ import annotations
@@ -41,12 +48,18 @@ class PruneSite:
 
     ``consumer_norm``: a BatchNorm2d with running statistics that alone reads the consumer's output; a
     refitted consumer's bias is folded into it, so the pruned model keeps the original's parameters.
+    ``removal``: why the branch cannot be removed (rank 0), or "" where it can.
     """
 
     producer: str
     norm: str | None
     consumer: str
     consumer_norm: str | None = None
+    removal: str = "the branch was not checked"
+
+    @property
+    def removable(self) -> bool:
+        return not self.removal
 
 
 @dataclass(frozen=True)
@@ -56,18 +69,27 @@ class Pruning:
     sites: Mapping[str, PruneSite]
     keep: Mapping[str, torch.Tensor]  # producer -> kept output channels, ascending
 
+    @property
+    def removed(self) -> dict[str, PruneSite]:
+        """Producer -> site, for every branch removed (rank 0)."""
+        return {name: site for name, site in self.sites.items() if len(self.keep[name]) == 0}
+
     def kept_inputs(self) -> dict[str, torch.Tensor]:
-        """Consumer -> the input channels it keeps."""
-        return {site.consumer: self.keep[name] for name, site in self.sites.items()}
+        """Consumer -> the input channels it keeps (a removed branch's consumer is not listed)."""
+        return {site.consumer: self.keep[name] for name, site in self.sites.items() if name not in self.removed}
 
     def modules(self, model: nn.Module) -> dict[str, nn.Module]:
-        """The sliced producers, BatchNorms and consumers, by name (``model`` is left untouched)."""
+        """The sliced producers, BatchNorms and consumers, and the stand-ins of removed branches, by name
+        (``model`` is left untouched)."""
         inputs = self.kept_inputs()
+        removed = self.removed
         out: dict[str, nn.Module] = {}
-        for name in (*self.keep, *inputs):
+        for name in (*(n for n in self.keep if n not in removed), *inputs):
             out[name] = slice_conv(model.get_submodule(name), self.keep.get(name), inputs.get(name))
         for name, site in self.sites.items():
-            if site.norm is not None:
+            if name in removed:
+                out.update(_removed_branch(model, site))
+            elif site.norm is not None:
                 out[site.norm] = slice_norm(model.get_submodule(site.norm), self.keep[name])
         return out
 
@@ -78,6 +100,56 @@ class Pruning:
         for name, module in modules.items():
             out.set_submodule(name, module)
         return out
+
+
+class RemovedBranch(nn.Module):
+    """A removed branch's producer: zeros, one channel at the branch's output size, that the operations up
+    to the consumer (BatchNorm gone, ReLU) leave zero and the consumer's ``BranchConstant`` turns into its
+    constant. Shapes follow the input, so any batch and image size work as before."""
+
+    def __init__(self, stride: tuple[int, int]) -> None:
+        super().__init__()
+        self.stride = tuple(int(v) for v in stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1, :: self.stride[0], :: self.stride[1]] * 0.0
+
+
+class BranchConstant(nn.Module):
+    """A removed branch's output: one value per channel everywhere (``dac_search.decompose_model`` sets it
+    to the branch's mean output on the synthetic inputs; uncorrected, to what the branch gives for zeros)."""
+
+    def __init__(self, value: torch.Tensor, stride: tuple[int, int]) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(value.detach().clone(), requires_grad=False)
+        self.stride = tuple(int(v) for v in stride)
+
+    def forward(self, zeros: torch.Tensor) -> torch.Tensor:
+        return zeros[:, :, :: self.stride[0], :: self.stride[1]] + self.bias.view(1, -1, 1, 1)
+
+
+def branch_constant(model: nn.Module, site: PruneSite, consumer_mean: torch.Tensor | None = None) -> torch.Tensor:
+    """The constant a removed branch outputs: the consumer's BatchNorm applied to the consumer's mean output
+    (``consumer_mean``; None: the consumer's output for zero input, its bias)."""
+    consumer = model.get_submodule(site.consumer)
+    value = consumer_mean.detach().to(consumer.weight.dtype) if consumer_mean is not None else (
+        consumer.bias.detach() if consumer.bias is not None else consumer.weight.new_zeros(consumer.out_channels))
+    if site.consumer_norm is not None:
+        norm = model.get_submodule(site.consumer_norm)
+        value = (value - norm.running_mean) * (norm.running_var + norm.eps).rsqrt()
+        if norm.weight is not None:
+            value = value * norm.weight.detach() + norm.bias.detach()
+    return value.detach()
+
+
+def _removed_branch(model: nn.Module, site: PruneSite) -> dict[str, nn.Module]:
+    producer, consumer = model.get_submodule(site.producer), model.get_submodule(site.consumer)
+    out: dict[str, nn.Module] = {site.producer: RemovedBranch(producer.stride),
+                                 site.consumer: BranchConstant(branch_constant(model, site), consumer.stride)}
+    for norm in (site.norm, site.consumer_norm):
+        if norm is not None:
+            out[norm] = nn.Identity()
+    return out
 
 
 def _trace(model: nn.Module) -> fx.Graph:
@@ -147,7 +219,52 @@ def _site(name: str, node: fx.Node, modules: Mapping[str, nn.Module], calls: Cou
         return f"its consumer {consumer} is called {calls[consumer]} times"
     if module.groups != 1:
         return f"its consumer {consumer} is a grouped conv (groups={module.groups})"
-    return PruneSite(name, norm, consumer, _norm_after(user, modules, calls))
+    consumer_norm = _norm_after(user, modules, calls)
+    end = next(iter(user.users)) if consumer_norm else user
+    return PruneSite(name, norm, consumer, consumer_norm, _removal(node, end, (conv, module), modules))
+
+
+_ADDS = (operator.add, operator.iadd, torch.add)
+_PARAMETER_FREE_DEPTH = 8  # a shortcut is a handful of parameter-free ops (option A: slice and pad)
+
+
+def _removal(producer: fx.Node, end: fx.Node, convs: tuple[nn.Conv2d, nn.Conv2d],
+             modules: Mapping[str, nn.Module]) -> str:
+    """Why the branch from ``producer`` to ``end`` cannot be replaced by a constant, or "" where it can:
+    its output must go only into a residual add whose other operand is the branch's own input, reached
+    through parameter-free operations only (identity, option A's slice and zero pad)."""
+    users = list(end.users)
+    add = users[0] if len(users) == 1 else None
+    is_add = add is not None and ((add.op == "call_function" and add.target in _ADDS)
+                                  or (add.op == "call_method" and add.target in ("add", "add_")))
+    if not is_add or len(add.args) < 2:
+        return "its branch does not end in a residual add"
+    others = [arg for arg in add.args[:2] if arg is not end]
+    if len(others) != 1 or not isinstance(others[0], fx.Node):
+        return "its branch is added to itself or to a constant, not to a shortcut"
+    source = producer.args[0]
+    if not _parameter_free_path(others[0], source, modules, _PARAMETER_FREE_DEPTH):
+        return "the shortcut it is added to has parameters (a projection) or does not start at the branch's input"
+    for conv in convs:
+        for k, p, d in zip(conv.kernel_size, conv.padding if not isinstance(conv.padding, str) else (-1, -1),
+                           conv.dilation):
+            if 2 * p != d * (k - 1):
+                return "a conv of its branch does not keep the spatial size ('same' padding)"
+    return ""
+
+
+def _parameter_free_path(node: fx.Node, source: object, modules: Mapping[str, nn.Module], depth: int) -> bool:
+    """``node`` is ``source`` or computed from it alone by at most ``depth`` parameter-free operations."""
+    if node is source:
+        return True
+    if depth == 0 or node.op not in ("call_function", "call_method", "call_module"):
+        return False
+    if node.op == "call_module":
+        module = modules[str(node.target)]
+        if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+            return False
+    inputs = [arg for arg in node.all_input_nodes]
+    return len(inputs) == 1 and _parameter_free_path(inputs[0], source, modules, depth - 1)
 
 
 def _norm_after(node: fx.Node, modules: Mapping[str, nn.Module], calls: Counter[str]) -> str | None:
@@ -189,9 +306,13 @@ def prune_ranks(width: int) -> list[int]:
     return sorted({max(1, round(width * share)) for share in PRUNE_SHARES} - {width})
 
 
-def check_width(name: str, rank: int, width: int) -> None:
-    if not 1 <= rank <= width:
-        raise PlanError(f"layer {name!r}: prune keeps 1..{width} output channels, got {rank}")
+def check_width(name: str, rank: int, width: int, site: PruneSite) -> None:
+    """``rank`` channels can be kept: 1..width, or 0 where the branch can be removed."""
+    if rank == 0 and not site.removable:
+        raise PlanError(f"layer {name!r}: prune at rank 0 removes the residual branch, which needs a shortcut "
+                        f"that carries the signal without parameters; here {site.removal}")
+    if not 0 <= rank <= width:
+        raise PlanError(f"layer {name!r}: prune keeps 1..{width} output channels (0 removes the branch), got {rank}")
 
 
 def hidden_importance(model: nn.Module, site: PruneSite) -> torch.Tensor:
@@ -225,7 +346,7 @@ def plan_pruning(model: nn.Module, ranks: Mapping[str, int],
     keep: dict[str, torch.Tensor] = {}
     for name, rank in ranks.items():
         site = check_site(sites, name)
-        check_width(name, rank, model.get_submodule(name).out_channels)
+        check_width(name, rank, model.get_submodule(name).out_channels, site)
         chosen[name] = site
         keep[name] = kept_channels(model, site, rank)
     return Pruning(chosen, keep)

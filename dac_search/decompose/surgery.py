@@ -71,7 +71,11 @@ def check_plan(model: nn.Module, plan: RankPlan) -> Pruning:
     pruned, factorised = plan.split()
     pruning = plan_pruning(model, pruned)
     sliced = pruning.modules(model) if pruning.keep else {}
+    removed = {site.consumer: producer for producer, site in pruning.removed.items()}
     for name, choice in factorised.layers.items():
+        if name in removed:
+            raise PlanError(f"layer {name!r} is the consumer of a removed branch ({removed[name]!r} at rank 0); "
+                            "there is nothing left of it to factorise")
         module = sliced.get(name, model.get_submodule(name))
         try:
             check_decomposable(module, choice.method)

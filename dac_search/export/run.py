@@ -15,11 +15,11 @@ from pathlib import Path
 
 from torch import nn
 
-from dac_search.proxies.apply import decompose_model
 from dac_search.errors import ConfigError
 from dac_search.export.formats import EXPORT_FORMATS, export_model
 from dac_search.pareto import best_row, front_rows
 from dac_search.plan import RankPlan
+from dac_search.proxies.apply import decompose_model
 from dac_search.rundir import RunResults, TrialRow, load_run
 from dac_search.zoo import load_model
 

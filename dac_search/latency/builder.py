@@ -166,7 +166,7 @@ class LatencyTableBuilder:
         unknown = [name for name in names if name not in geometry]
         if unknown:
             raise PlanError(f"layer {unknown[0]!r} is not a decomposable conv of this model")
-        inputs = {consumer: [c.rank for c in offered[producer] if c.structural]
+        inputs = {consumer: [c.rank for c in offered[producer] if c.structural and c.rank]
                   for producer, consumer in consumers.items()}
         model_key = _structure_key(model, shape)
         jobs: dict[str, tuple[nn.Module | Callable[[], nn.Module], tuple[int, ...]]] = {}
@@ -176,7 +176,7 @@ class LatencyTableBuilder:
         for name in names:
             geo, conv = geometry[name], model.get_submodule(name)
             layer_jobs = [(candidate_key(choice), _layer_factory(conv, choice), geo.in_channels)
-                          for choice in [None, *offered.get(name, [])]]
+                          for choice in [None, *offered.get(name, [])] if choice is None or choice.rank]
             layer_jobs += [(f"{INPUTS}/{width}", _slim_factory(conv, width), width) for width in inputs.get(name, [])]
             for candidate, factory, channels in layer_jobs:
                 key = cache.layer_key(geo.key(), batch, candidate)

@@ -155,12 +155,14 @@ class LatencyTable:
             if ORIGINAL not in row:
                 raise PlanError(f"latency table has no timing of layer {layer!r}")
             return row[ORIGINAL].median_ms
+        if choice.rank == 0:  # a removed branch: nothing of the conv runs
+            return 0.0
         return self._interpolated(row, layer, choice.method, choice.rank, choice.variant)
 
     def input_ms(self, layer: str, width: int) -> float:
         """Time of one layer alone, dense, reading only ``width`` of its input channels (a pruned
         producer's consumer)."""
-        return self._interpolated(self._row(layer), layer, INPUTS, width, None)
+        return 0.0 if width == 0 else self._interpolated(self._row(layer), layer, INPUTS, width, None)
 
     def _interpolated(self, row: Mapping[str, Timing], layer: str, prefix: str, rank: int,
                       variant: str | None) -> float:

@@ -14,7 +14,8 @@ model's output at that layer (for a consumer that is itself pruned, at the chann
 consumer that is also factorised is refitted through its factorisation's last factor (the SVD is of the
 sliced consumer), like any other factorised layer. ``bias`` leaves pruned layers as sliced: it corrects
 factorised layers only. A refitted consumer's bias is folded into the BatchNorm after it (its running
-mean) where there is one, so the architecture, and the cost, stay those of the uncorrected plan.
+mean) where there is one, so the architecture, and the cost, stay those of the uncorrected plan. A
+removed branch (prune at rank 0) gives its mean output on the inputs, under either correction.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from dac_search.decompose import Pruning, check_plan, replace_layers
+from dac_search.decompose.prune import branch_constant
 from dac_search.errors import ConfigError
 from dac_search.plan import RankPlan
 from dac_search.proxies._hooks import removing
@@ -76,9 +78,15 @@ def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | Non
                               "to make the synthetic inputs it is fitted on; add \"input_shape\" to the plan")
         inputs = default_inputs(model, plan.input_shape)
     consumers = refitted_consumers(model, pruning, factorised) if plan.correction == "refit" else {}
+    removed = pruning.removed
     if ref is None:
-        ref = reference(model, inputs, [*factorised.layers, *consumers], settings)
+        ref = reference(model, inputs, [*factorised.layers, *consumers, *(s.consumer for s in removed.values())],
+                        settings)
     workbench = copy.deepcopy(base)
+    for site in removed.values():  # a removed branch gives its mean output, under either correction
+        constant = branch_constant(model, site, ref.targets[site.consumer].mean)
+        with torch.no_grad():
+            workbench.get_submodule(site.consumer).bias.copy_(constant)
     handles = [workbench.get_submodule(name).register_forward_pre_hook(
         _consumer_refit(workbench, name, ref.targets[name], channels, pruning, settings or RefitSettings()))
         for name, channels in consumers.items()]
@@ -92,6 +100,8 @@ def refitted_consumers(model: nn.Module, pruning: Pruning, factorised: RankPlan)
     """Consumer -> its output channels kept (None: all), for every dense consumer that lost input channels."""
     out: dict[str, torch.Tensor | None] = {}
     for producer, site in pruning.sites.items():
+        if producer in pruning.removed:
+            continue  # nothing left to refit: the branch is a constant
         lost = len(pruning.keep[producer]) < model.get_submodule(producer).out_channels
         if lost and site.consumer not in factorised.layers:
             out[site.consumer] = pruning.keep.get(site.consumer)

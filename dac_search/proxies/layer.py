@@ -19,6 +19,7 @@ from torch import nn
 
 from dac_search.decompose import decomposable_layers, factorize, max_rank
 from dac_search.decompose.factors import LayerFactors
+from dac_search.methods import STRUCTURAL
 from dac_search.proxies._hooks import eval_mode, removing
 
 RankChoice = Sequence[int] | Callable[[str, str], Iterable[int]] | None
@@ -114,7 +115,8 @@ def resolve_ranks(ranks: RankChoice, name: str, method: str, limit: int) -> list
         chosen = ranks(name, method)
     else:
         chosen = ranks
-    return sorted({int(r) for r in chosen if 1 <= int(r) <= limit})
+    lowest = 0 if method in STRUCTURAL else 1  # prune at rank 0 removes a residual branch
+    return sorted({int(r) for r in chosen if lowest <= int(r) <= limit})
 
 
 def layer_error_table(model: nn.Module, input_shape: Sequence[int], methods: Sequence[str] = ("dac",), *,

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dac_search.decompose import decomposable_layers, rank_limit, validate_plan
-from dac_search.methods import default_variant
 from dac_search.errors import ConfigError
+from dac_search.methods import default_variant
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies._hooks import eval_mode
 from dac_search.proxies.apply import decompose_model

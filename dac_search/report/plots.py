@@ -36,9 +36,10 @@ CHOICE_COLOURS = {
     "dac": "#2e78a8",
     "spatial": "#c8374a",
     "channel": "#4f9a6b",
+    "prune": "#e39b21",
 }
 OTHER_COLOUR = "#9b6fb0"
-DARK_CHOICES = ("dac/stacked", "dac", "spatial", "channel")
+DARK_CHOICES = ("dac/stacked", "dac", "spatial", "channel", "prune")
 
 
 @contextmanager

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from dac_search.proxies.apply import decompose_model
 from dac_search.decompose import max_rank
 from dac_search.eval_data import EvalData, load_eval_data, top1
 from dac_search.plan import LayerChoice, RankPlan
+from dac_search.proxies.apply import decompose_model
 from dac_search.rundir import TrialRow, UniformPoint
 from dac_search.search.context import SearchContext
 

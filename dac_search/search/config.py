@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dac_search.budget import Budget
-from dac_search.methods import METHODS, PLAN_METHODS
 from dac_search.errors import ConfigError
+from dac_search.methods import METHODS, PLAN_METHODS
 
 _DURATION = re.compile(r"^(?P<num>[0-9]*\.?[0-9]+)(?P<unit>s|m|h|d)?$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}

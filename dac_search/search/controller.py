@@ -15,8 +15,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from dac_search.proxies.apply import decompose_model
 from dac_search.errors import ConfigError
+from dac_search.proxies.apply import decompose_model
 from dac_search.rundir import Baseline, RunInfo, TrialRow, read_run_info, write_pareto, write_run, write_trials
 from dac_search.search.baselines import eval_data, uniform_baseline, with_top1
 from dac_search.search.config import SearchConfig

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from dac_search.errors import PlanError
 from dac_search.latency import Correction, LatencyTable, LatencyTableBuilder
 from dac_search.latency.table import Timing, candidate_key, rank_grid
-from dac_search.errors import PlanError
 from dac_search.plan import LayerChoice, RankPlan
 from profilers import LocalProfiler, MeasureSettings, load_device
 from tests.profilers.conftest import write_device

@@ -12,8 +12,8 @@ from dac_search.hull import Option, lower_hull
 from dac_search.methods import METHODS
 from dac_search.plan import LayerChoice
 from dac_search.search.config import SearchConfig, parse_duration
-from dac_search.search.refine import moves, propose
 from dac_search.search.context import worth_scoring
+from dac_search.search.refine import moves, propose
 from dac_search.search.space import LayerOptions, SearchSpace
 
 
