@@ -15,13 +15,17 @@ import argparse
 import os
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
 
 from dac_search.budget import parse_budget
 from dac_search.commands._common import parse_shape
+from dac_search.export.run import pick_trial
+from dac_search.plan import RankPlan
 from dac_search.proxies.correction import default_input_count
+from dac_search.rundir import load_run
 from dac_search.search.config import SearchConfig
 from dac_search.search.controller import run_search
 from dac_search.search.live import LiveView
@@ -56,8 +60,9 @@ def main() -> None:
     print(f"model {args.model} {args.input_shape}, {args.trials} trials, correction "
           f"{args.correction}, {default_input_count(shape)} distilled images, {torch.get_num_threads()} torch "
           f"threads, {os.cpu_count()} cores\n")
-    print("| device | budget | set-up s | trials | trials s | trials/min | final measurement s | total s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| device | budget | set-up s | trials | trials s | trials/min | final measurement s | total s "
+          "| best plan: measured ratio, FLOPs kept, methods |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for device in args.devices.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["DAC_SEARCH_CACHE"] = str(Path(tmp) / "cache")
@@ -73,7 +78,17 @@ def main() -> None:
             last = TimedView.last_trial_at or first
             rate = (args.trials - 1) / (last - first) * 60 if last > first else float("nan")
             print(f"| {device} | {budget} | {first - start:.1f} | {args.trials} | {last - first:.1f} | {rate:.0f} "
-                  f"| {start + total - last:.1f} | {total:.1f} |", flush=True)
+                  f"| {start + total - last:.1f} | {total:.1f} | {_best(Path(tmp) / 'run')} |", flush=True)
+
+
+def _best(run_dir: Path) -> str:
+    """The plan ``dac-search export`` would pick: its measured ratio (if any), FLOPs kept and methods."""
+    results = load_run(run_dir)
+    row = pick_trial(results, "best")
+    plan = RankPlan.load(results.plan_path(row))
+    methods = ", ".join(f"{m} {n}" for m, n in Counter(c.method for c in plan.layers.values()).most_common())
+    ratio = "unmeasured" if row.latency_ratio is None else f"{row.latency_ratio:.3f}x"
+    return f"trial {row.trial}: {ratio}, {row.flops / results.info.baseline.flops:.1%}, {methods}"
 
 if __name__ == "__main__":
     main()

@@ -131,11 +131,11 @@ def candidates(model: nn.Module, costs: CostModel, methods: tuple[str, ...]) -> 
 
 def worth_scoring(name: str, choices: Sequence[LayerChoice],
                   change: Callable[[Mapping[str, LayerChoice]], float]) -> list[LayerChoice]:
-    """The choices some trade-off could pick, known before any proxy is measured: cheaper than the layer
-    kept, and cheaper than every higher rank of the same method (a higher rank loses less; one that also
-    runs faster leaves the lower rank nothing). On a CPU runtime many factorised ranks run slower than the
-    dense conv or than a higher rank, so this spares most of the single-layer proxies (the slow part of
-    the set-up) without changing the space."""
+    """The choices a trade-off could pick, known before any proxy is measured: cheaper than the layer kept,
+    and cheaper than every higher rank of the same method (a higher rank loses less; one that also runs
+    faster leaves the lower rank nothing, as long as the proxy does not rise with rank). On a CPU runtime
+    many factorised ranks run slower than the dense conv or than a higher rank: on ResNet-20 (local,
+    onnxruntime) this leaves 269 of 465 single-layer proxies to measure, the slow part of the set-up."""
     costs = {c: change({name: c}) for c in choices}
     kept = []
     for method in dict.fromkeys(c.method for c in choices):
@@ -179,12 +179,10 @@ def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
 
     proxy = _proxy(config, model, shape, say)
     # KL of every single-layer change the space offers (cached on disk, shared with the benchmarks)
-    offered = {(name, c.method): [] for name, cs in cands.items() for c in cs}
-    for name, cs in cands.items():
-        for c in cs:
-            offered[(name, c.method)].append(c.rank)
-    penalties = cached_layer_sensitivity(proxy, [n for n, cs in cands.items() if cs], config.methods,
-                                         lambda name, method: offered.get((name, method), []), say)
+    def offered(name: str, method: str) -> list[int]:
+        return [c.rank for c in cands[name] if c.method == method]
+
+    penalties = cached_layer_sensitivity(proxy, [n for n, cs in cands.items() if cs], config.methods, offered, say)
     space = SearchSpace.build(cands, change,
                               lambda name, c: penalties[(name, c.method, c.rank)], config.model, shape,
                               config.correction, _pairs(costs, cands))
