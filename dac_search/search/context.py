@@ -194,7 +194,7 @@ def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
     # on the original measured now, and fit the correction on whole models like those the search will
     # compare (shares are ratios of table timings: the re-anchoring leaves them as they are).
     say("calibrating the latency table on whole models")
-    plans = _calibration_plans(space, cands, shape, budget.value / ctx.baseline_cost(), ctx.share)
+    plans = _calibration_plans(space, budget.value / ctx.baseline_cost(), ctx.share)
     table, _ = device.builder.calibrate(table, model, plans)
     return replace(ctx, table=table, budget=config.budget.resolve(_baseline(config.budget.kind, costs, table)))
 
@@ -245,14 +245,13 @@ def _pairs(costs: CostModel, cands: Mapping[str, list[LayerChoice]]) -> dict[str
     return {name: sites[name].consumer for name, cs in cands.items() if any(c.structural for c in cs)}
 
 
-def _calibration_plans(space: SearchSpace, cands: dict[str, list[LayerChoice]], shape: tuple[int, ...],
-                       target: float, share_of: Callable[[RankPlan], float]) -> list[RankPlan]:
+def _calibration_plans(space: SearchSpace, target: float, share_of: Callable[[RankPlan], float]) -> list[RankPlan]:
     """The additive optimum at the budget, 15% above it and 15% and 30% below (where the search's plans
-    will be), and every layer at its cheapest candidate: the correction's scale and offset are fitted on
+    will be), and every unit at its cheapest option: the correction's scale and offset are fitted on
     them. Not every layer at its dearest: such a plan can run slower than the original (1.56x on
     ResNet-20), far from any plan worth having, and would pull the fit its way."""
     plans = [space.plan(space.log_lambda_for(target * f, share_of)) for f in (1.15, 1.0, 0.85, 0.7)]
-    return [*plans, RankPlan({name: cs[0] for name, cs in cands.items() if cs}, input_shape=shape)]
+    return [*plans, space.plan(LOG_LAMBDA_RANGE[1])]
 
 
 def _variants(choice: LayerChoice) -> list[LayerChoice]:

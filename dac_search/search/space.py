@@ -11,7 +11,8 @@ A unit is one layer, or a producer offered pruned together with its consumer: pr
 changes the consumer's cost too, so the pair's options are priced and chosen together (every pairing of
 the two layers' own hull options, plus each pruned width with the consumer dense and refitted). A pruned
 producer with a factorised consumer is a valid plan, but not one the space offers: the consumer's
-single-layer penalty and table entries are measured at its full width.
+single-layer penalty and table entries are measured at its full width. In a chain (a bottleneck's
+conv1 -> conv2 -> conv3) the first pair is taken, and its consumer is offered factorised only.
 """
 
 from __future__ import annotations
@@ -86,7 +87,10 @@ class SearchSpace:
             if consumer is None:
                 units.append(LayerOptions(name, hull(own(name))))
                 continue
-            joint = [option(a.choice + b.choice) for a in hull(own(name, False)) for b in hull(own(consumer))]
+            # a consumer that is itself a producer (a bottleneck's middle conv) is not pruned inside the pair:
+            # its own consumer, in another unit, could then be factorised at a width it was not priced at
+            inner = own(consumer, False if consumer in pairs else None)
+            joint = [option(a.choice + b.choice) for a in hull(own(name, False)) for b in hull(inner)]
             units.append(LayerOptions(name, hull(joint + own(name, True)[1:])))
         return cls(units, model, input_shape, correction)
 

@@ -133,3 +133,21 @@ def test_only_choices_cheaper_than_every_higher_rank_are_worth_a_proxy() -> None
     change = lambda changes: times[next(iter(changes.values())).rank] if "dac" in str(changes) else -0.5  # noqa: E731
     kept = worth_scoring("a", choices, change)
     assert [(c.method, c.rank) for c in kept] == [("dac", 3), ("dac", 4), ("prune", 4)]
+
+
+def test_in_a_chain_of_prunable_convs_the_middle_one_is_only_factorised() -> None:
+    # a -> b -> c as in a bottleneck: (a, b) is one unit, so pruning b (which slims c, a unit of its own)
+    # is not offered: c could be factorised at a width neither its table entries nor its proxy measured
+    candidates = {"a": [LayerChoice("prune", 4), _choice(2)], "b": [LayerChoice("prune", 4), _choice(2)],
+                  "c": [LayerChoice("channel", 3)]}
+    def delta(changes: dict) -> float:
+        return sum(-0.3 if c.structural else -0.1 for c in changes.values())
+
+    space = SearchSpace.build(candidates, delta, lambda name, c: 0.25 if c.structural else 0.1, "m",
+                              (1, 3, 8, 8), pairs={"a": "b", "b": "c"})
+    assert [unit.name for unit in space.layers] == ["a", "c"]
+    offered = {(name, c.method) for unit in space.layers for option in unit.hull for name, c in option.choice}
+    assert ("a", "prune") in offered and ("b", "prune") not in offered
+    alone = SearchSpace.build(candidates, delta, lambda name, c: 0.25 if c.structural else 0.1, "m", (1, 3, 8, 8),
+                              pairs={"b": "c"})  # b heads its own pair: then it may be pruned
+    assert ("b", "prune") in {(n, c.method) for u in alone.layers for o in u.hull for n, c in o.choice}
