@@ -245,11 +245,11 @@ def _removal(producer: fx.Node, end: fx.Node, convs: tuple[nn.Conv2d, nn.Conv2d]
     source = producer.args[0]
     if not _parameter_free_path(others[0], source, modules, _PARAMETER_FREE_DEPTH):
         return "the shortcut it is added to has parameters (a projection) or does not start at the branch's input"
-    for conv in convs:
-        for k, p, d in zip(conv.kernel_size, conv.padding if not isinstance(conv.padding, str) else (-1, -1),
-                           conv.dilation):
-            if 2 * p != d * (k - 1):
-                return "a conv of its branch does not keep the spatial size ('same' padding)"
+    for conv in convs:  # the stand-ins subsample by the stride: right only for 'same' padding
+        same = conv.padding == "same" if isinstance(conv.padding, str) else all(
+            2 * p == d * (k - 1) for k, p, d in zip(conv.kernel_size, conv.padding, conv.dilation))
+        if not same:
+            return "a conv of its branch does not keep the spatial size ('same' padding)"
     return ""
 
 
@@ -263,7 +263,7 @@ def _parameter_free_path(node: fx.Node, source: object, modules: Mapping[str, nn
         module = modules[str(node.target)]
         if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
             return False
-    inputs = [arg for arg in node.all_input_nodes]
+    inputs = node.all_input_nodes
     return len(inputs) == 1 and _parameter_free_path(inputs[0], source, modules, depth - 1)
 
 
