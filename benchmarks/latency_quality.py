@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ASSETS, INPUT_SHAPE, markdown, split  # noqa: E402
+from _common import ASSETS, INPUT_SHAPE, markdown, method_counts, split  # noqa: E402
 from prune_quality import UPSTREAM_TOP1  # noqa: E402
 
 from dac_search.cost import CostModel  # noqa: E402
@@ -40,7 +39,6 @@ from dac_search.export import export_onnx  # noqa: E402
 from dac_search.export.run import ExportedModel, export_run  # noqa: E402
 from dac_search.plan import LayerChoice, RankPlan  # noqa: E402
 from dac_search.proxies.apply import decompose_model  # noqa: E402
-from dac_search.rundir import TrialRow  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402
 from dac_search.zoo.cifar_resnet import CifarResNet  # noqa: E402
 from profilers import load_device  # noqa: E402
@@ -75,9 +73,9 @@ def run_search(args: argparse.Namespace, budget: str, out: Path) -> tuple[Export
     return export_run(out, out / "best.onnx", "onnx"), seconds
 
 
-def uniform_plan(model: torch.nn.Module, rank: int, spec: str) -> RankPlan:
+def uniform_plan(costs: CostModel, rank: int, spec: str) -> RankPlan:
     """The paper's allocation: one DAC rank on every 3x3 conv but the first, refit as the search's plans are."""
-    names = list(CostModel(model, INPUT_SHAPE).geometry)[1:]
+    names = list(costs.geometry)[1:]
     return RankPlan({n: LayerChoice("dac", rank, "stacked") for n in names}, spec, INPUT_SHAPE, "refit")
 
 
@@ -141,9 +139,9 @@ def main(argv: list[str] | None = None) -> None:
             row = exported.row
             entries.append({"kind": "search", "label": f"{budget:g}x", "onnx": exported.path,
                             "top1": onnx_top1(exported.path, data), "flops": row.flops / base_flops,
-                            "search_s": seconds, "search_ratio": row.latency_ratio, "methods": _methods(out, row)})
+                            "search_s": seconds, "search_ratio": row.latency_ratio, "methods": method_counts(RankPlan.load(out / row.plan))})
         for rank in UNIFORM_RANKS:
-            plan = uniform_plan(model, rank, args.model)
+            plan = uniform_plan(costs, rank, args.model)
             path = export_onnx(decompose_model(model, plan), root / f"uniform-{rank}.onnx", INPUT_SHAPE)
             entries.append({"kind": "uniform DAC", "label": f"r={rank}", "onnx": path, "top1": onnx_top1(path, data),
                             "flops": costs.cost(plan).flops / base_flops})
@@ -179,13 +177,6 @@ def main(argv: list[str] | None = None) -> None:
           f"{UPSTREAM_TOP1[depth]:.2f}.")
     plot(args.svg, f"{args.model}: top-1 against measured latency ({args.device}, batch 1)", points)
     print(f"\nplot: {args.svg}")
-
-
-def _methods(run_dir: Path, row: TrialRow) -> str:
-    """How many layers each method takes in the row's plan: ``prune 9, dac 30``."""
-    plan = RankPlan.load(run_dir / row.plan)
-    counts = Counter(choice.method for choice in plan.layers.values())
-    return ", ".join(f"{method} {n}" for method, n in counts.most_common())
 
 
 if __name__ == "__main__":

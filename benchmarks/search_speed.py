@@ -15,10 +15,10 @@ import argparse
 import os
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
+from _common import method_counts
 
 from dac_search.budget import parse_budget
 from dac_search.commands._common import parse_shape
@@ -86,9 +86,8 @@ def _best(run_dir: Path) -> str:
     results = load_run(run_dir)
     row = pick_trial(results, "best")
     plan = RankPlan.load(results.plan_path(row))
-    methods = ", ".join(f"{m} {n}" for m, n in Counter(c.method for c in plan.layers.values()).most_common())
     ratio = "unmeasured" if row.latency_ratio is None else f"{row.latency_ratio:.3f}x"
-    return f"trial {row.trial}: {ratio}, {row.flops / results.info.baseline.flops:.1%}, {methods}"
+    return f"trial {row.trial}: {ratio}, {row.flops / results.info.baseline.flops:.1%}, {method_counts(plan)}"
 
 if __name__ == "__main__":
     main()
