@@ -61,10 +61,10 @@ def onnx_top1(path: Path, data: EvalData) -> float:
     return 100.0 * correct / len(data)
 
 
-def run_search(args: argparse.Namespace, budget: str, out: Path) -> tuple[ExportedModel, float]:
+def run_search(args: argparse.Namespace, budget: str, out: Path, *extra: str) -> tuple[ExportedModel, float]:
     """The user's command, then the export ``dac-search export --format onnx`` makes of its best plan."""
     command = [*CLI, "--model", args.model, "--budget", budget, "--device", args.device, "--trials", str(args.trials),
-               "--out", str(out)]
+               "--out", str(out), *extra]
     if args.methods:
         command += ["--methods", args.methods]
     start = time.monotonic()
@@ -74,15 +74,15 @@ def run_search(args: argparse.Namespace, budget: str, out: Path) -> tuple[Export
 
 
 def uniform_plan(costs: CostModel, rank: int, spec: str) -> RankPlan:
-    """The paper's allocation: one DAC rank on every 3x3 conv but the first, refit as the search's plans are."""
-    names = list(costs.geometry)[1:]
-    return RankPlan({n: LayerChoice("dac", rank, "stacked") for n in names}, spec, INPUT_SHAPE, "refit")
+    """The paper's allocation: one DAC rank on every k x k conv but the first, refit as the search's plans are."""
+    names = list(costs.geometry)[1:]  # the convs DAC can take: k x k, k > 1
+    return RankPlan({n: LayerChoice("dac", rank, "stacked") for n in names}, spec, costs.input_shape, "refit")
 
 
-def paired(device: str, reference: Path, models: list[Path]) -> list[float]:
+def paired(device: str, reference: Path, models: list[Path], shape: tuple[int, ...] = INPUT_SHAPE) -> list[float]:
     pool = DevicePool(load_device(device), lambda message: print(message, file=sys.stderr))
     try:
-        return [pair.ratio for pair in pool.measure_beside(reference, models, INPUT_SHAPE)]
+        return [pair.ratio for pair in pool.measure_beside(reference, models, shape)]
     finally:
         pool.close()
 

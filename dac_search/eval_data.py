@@ -1,8 +1,11 @@
 """Real top-1 for users who have labelled data (``--eval-data``), shown beside the data-free proxy.
 
-Two layouts: a directory of class folders of images (classes sorted by name, as torchvision's
-``ImageFolder`` numbers them) or an ``.npz`` with ``x`` uint8 NHWC and ``y`` labels. Images stay uint8
-until a batch is needed and folder images are read per batch, so a large set does not fill memory.
+Three layouts: a directory of class folders of images (classes sorted by name, as torchvision's
+``ImageFolder`` numbers them); a list of image files and labels (``.tsv``, ``.csv`` or a whitespace
+separated ``.txt``, like ImageNet's ``val.txt``: the columns ``file`` and ``label`` of a header row, or
+the first two columns; paths relative to the list's folder, or to the folder named like the list); or
+an ``.npz`` with ``x`` uint8 NHWC and ``y`` labels. Images stay uint8 until a batch is needed and files
+are read per batch, so a large set does not fill memory.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from dac_search.errors import ConfigError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp"})
+LIST_SEPARATORS = {".tsv": "\t", ".csv": ",", ".txt": None}  # None: any whitespace
+FILE_COLUMNS = ("file", "path", "filename", "image")
 
 
 @dataclass(frozen=True)
@@ -122,8 +127,11 @@ def load_eval_data(
         images, labels = _open_folder(source, size)
     elif source.suffix.lower() == ".npz":
         images, labels = _open_npz(source, size)
+    elif source.suffix.lower() in LIST_SEPARATORS:
+        images, labels = _open_list(source, size)
     else:
-        raise ConfigError(f"--eval-data {source} must be a directory of class folders or an .npz file")
+        raise ConfigError(f"--eval-data {source} must be a directory of class folders, a file list "
+                          f"({', '.join(LIST_SEPARATORS)}) or an .npz file")
     if limit is not None:
         if limit < 1:
             raise ConfigError(f"the eval-data limit must be positive, got {limit}")
@@ -148,6 +156,9 @@ def top1(model: nn.Module, data: EvalData, batch_size: int = 256) -> float:
         with torch.inference_mode():
             for x, y in data.batches(batch_size):
                 logits = model(x)
+                if not isinstance(logits, torch.Tensor):
+                    raise ConfigError(f"--eval-data measures a classifier's top-1; this model gives "
+                                      f"{type(logits).__name__} outputs (a detector's or segmenter's)")
                 if logits.ndim != 2 or int(y.max()) >= logits.shape[1]:
                     raise ConfigError(
                         f"--eval-data {data.source}: labels go up to {int(y.max())} but the model gives "
@@ -198,6 +209,45 @@ def _open_folder(source: Path, size: tuple[int, int] | None) -> tuple[FolderImag
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise ConfigError(f"--eval-data {source} has no class folders with images ({suffixes})")
     return FolderImages(tuple(paths), size), np.asarray(labels, dtype=np.int64)
+
+
+def _open_list(source: Path, size: tuple[int, int] | None) -> tuple[FolderImages, np.ndarray]:
+    """Image files and their labels from a list; the folder they are in is found from the first file."""
+    try:
+        lines = [line for line in source.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--eval-data {source}: cannot read the list: {exc}") from None
+    rows = [[cell.strip() for cell in line.split(LIST_SEPARATORS[source.suffix.lower()])] for line in lines]
+    file_col, label_col, first = 0, 1, 1
+    if rows and not _is_int(rows[0][1] if len(rows[0]) > 1 else ""):  # a header row
+        header = [cell.lower() for cell in rows.pop(0)]
+        found = next((header.index(name) for name in FILE_COLUMNS if name in header), None)
+        if found is None or "label" not in header:
+            raise ConfigError(f"--eval-data {source}: the header needs a 'label' column and one of "
+                              f"{', '.join(FILE_COLUMNS)}, got {', '.join(header)}")
+        file_col, label_col, first = found, header.index("label"), 2
+    if not rows:
+        raise ConfigError(f"--eval-data {source} lists no images")
+    labels = []
+    for number, row in enumerate(rows, start=first):
+        if len(row) <= max(file_col, label_col) or not _is_int(row[label_col]) or int(row[label_col]) < 0:
+            raise ConfigError(f"--eval-data {source}: row {number} needs a file and a non-negative integer label, "
+                              f"got {' | '.join(row)}")
+        labels.append(int(row[label_col]))
+    root = next((folder for folder in (source.parent, source.with_suffix(""))
+                 if (folder / rows[0][file_col]).is_file()), None)
+    if root is None:
+        raise ConfigError(f"--eval-data {source}: {rows[0][file_col]} is neither in {source.parent} "
+                          f"nor in {source.with_suffix('')}")
+    paths = tuple(root / row[file_col] for row in rows)
+    missing = next((path for path in paths if not path.is_file()), None)
+    if missing is not None:
+        raise ConfigError(f"--eval-data {source}: listed image {missing} does not exist")
+    return FolderImages(paths, size), np.asarray(labels, dtype=np.int64)
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
 
 
 def _head(images: ArrayImages | FolderImages, limit: int) -> ArrayImages | FolderImages:

@@ -3,7 +3,10 @@
 JSON form (layers not listed are kept as they are)::
 
     {"format": "dac-search/plan@1", "model": "cifar10-resnet56", "input_shape": [1, 3, 32, 32],
-     "layers": {"layer1.0.conv1": {"method": "dac", "rank": 3, "variant": "stacked"}}}
+     "correction": "refit", "layers": {"layer1.0.conv1": {"method": "dac", "rank": 3, "variant": "stacked"}}}
+
+``correction`` (optional): fitted on synthetic inputs of the kind ``inputs`` names (optional; absent:
+``auto``, decided by the model), so the plan alone rebuilds the model the search scored.
 
 ``{"method": "prune", "rank": r}`` on a producer conv keeps r of its output channels, and ``"rank": 0``
 removes the residual branch it starts (see ``dac_search.decompose.prune``); its consumer may be factorised in the same plan. One name, one choice:
@@ -15,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -88,6 +91,8 @@ class RankPlan:
     input_shape: tuple[int, ...] | None = None
     # Data-free correction applied after decomposition (see dac_search.proxies.correction); None = plain DAC.
     correction: str | None = None
+    # The kind of synthetic inputs the correction is fitted on (dac_search.proxies.synthetic); None = auto.
+    inputs: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", MappingProxyType(dict(sorted(self.layers.items()))))
@@ -99,6 +104,8 @@ class RankPlan:
                                "input_shape": list(self.input_shape) if self.input_shape else None}
         if self.correction is not None:
             out["correction"] = self.correction
+        if self.inputs is not None:
+            out["inputs"] = self.inputs
         out["layers"] = {name: choice.to_dict() for name, choice in self.layers.items()}
         return out
 
@@ -119,8 +126,11 @@ class RankPlan:
         correction = data.get("correction")
         if correction is not None and not isinstance(correction, str):
             raise PlanError(f"correction must be a name or null, got {correction!r}")
+        inputs = data.get("inputs")
+        if inputs is not None and not isinstance(inputs, str):
+            raise PlanError(f"inputs must be a kind of synthetic inputs or null, got {inputs!r}")
         return cls(layers=choices, model=data.get("model"), input_shape=tuple(shape) if shape else None,
-                   correction=correction)
+                   correction=correction, inputs=inputs)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -145,7 +155,7 @@ class RankPlan:
         """(producer -> output channels kept, the plan of the factorised layers alone): pruning comes first."""
         pruned = {name: choice.rank for name, choice in self.layers.items() if choice.structural}
         factorised = {name: choice for name, choice in self.layers.items() if not choice.structural}
-        return pruned, RankPlan(factorised, self.model, self.input_shape, self.correction)
+        return pruned, replace(self, layers=factorised)
 
     @classmethod
     def coerce(cls, plan: RankPlan | Mapping[str, Any] | str | os.PathLike[str]) -> RankPlan:

@@ -162,7 +162,7 @@ class UniformPoint(_Record):
 
 @dataclass(frozen=True)
 class ProxyInfo(_Record):
-    """What the proxy measured: ``n`` inputs of ``inputs`` (distilled), scored ``held_out`` from the fit."""
+    """What the proxy measured: ``n`` synthetic inputs of kind ``inputs``, scored ``held_out`` from the fit."""
 
     kind: str
     inputs: str

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real CIFAR-10 assets beside the checkout, and torch.hub's cache seeded from them."""
+"""Shared fixtures: the real assets beside the checkout (CIFAR-10, the BN-free CIFAR net, MobileNet-V2 and
+ImageNet images), and torch.hub's cache seeded from them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import torch
 
 ASSETS = Path(os.environ.get("DAC_SEARCH_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))
 CIFAR = ASSETS / "cifar10"
+NOBN_WEIGHTS = ASSETS / "cifar10-nobn" / "cifar_net-d75fd60a.pth"
+IMAGENET = ASSETS / "imagenet"
+NOBN_SPEC = f"{Path(__file__).resolve().parents[1] / 'benchmarks' / 'nets.py'}:cifar_nobn"  # the net's architecture
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -41,12 +45,25 @@ def cifar_assets() -> Path:
 
 
 @pytest.fixture(scope="session")
+def nobn_weights() -> Path:
+    require(NOBN_WEIGHTS.is_file(), f"the BN-free CIFAR-10 net's weights not found at {NOBN_WEIGHTS}")
+    return NOBN_WEIGHTS
+
+
+@pytest.fixture(scope="session")
+def imagenet_assets() -> Path:
+    require((IMAGENET / "sample_a.tsv").is_file(), f"the ImageNet assets not found at {IMAGENET}")
+    return IMAGENET
+
+
+@pytest.fixture(scope="session")
 def hub_cache(tmp_path_factory: pytest.TempPathFactory, cifar_assets: Path) -> Path:
-    """A TORCH_HOME whose hub cache holds the CIFAR ResNet checkpoints, as a download would leave it."""
+    """A TORCH_HOME whose hub cache holds the CIFAR ResNet checkpoints and torchvision's MobileNet-V2 file,
+    as a download would leave them."""
     home = tmp_path_factory.mktemp("torch_home")
     checkpoints = home / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    for checkpoint in cifar_assets.glob("*.th"):
+    for checkpoint in [*cifar_assets.glob("*.th"), *IMAGENET.glob("*.pth")]:
         shutil.copy(checkpoint, checkpoints / checkpoint.name)
     previous = os.environ.get("TORCH_HOME")
     os.environ["TORCH_HOME"] = str(home)

@@ -1,4 +1,4 @@
-"""``--eval-data``: both layouts load and normalise as documented; the real model scores as published."""
+"""``--eval-data``: every layout loads and normalises as documented; the real models score as published."""
 
 from __future__ import annotations
 
@@ -80,7 +80,10 @@ def test_labels_beyond_the_model_outputs_are_refused(tmp_path: Path) -> None:
     ("make", "message"),
     [
         (lambda p: p / "absent.npz", "does not exist"),
-        (lambda p: (p / "x.csv").write_text("1,2") and p / "x.csv", "directory of class folders or an .npz"),
+        (lambda p: (p / "x.json").write_text("{}") and p / "x.json", "directory of class folders, a file list"),
+        (lambda p: (p / "x.csv").write_text("1,2") and p / "x.csv", "1 is neither in"),
+        (lambda p: (p / "h.tsv").write_text("name\tclass\n") and p / "h.tsv", "needs a 'label' column"),
+        (lambda p: (p / "e.txt").write_text("\n") and p / "e.txt", "lists no images"),
         (lambda p: (p / "bad.npz").write_bytes(b"not a zip") and p / "bad.npz", "not a readable .npz"),
         (lambda p: np.savez(p / "nolabels.npz", x=np.zeros((2, 4, 4, 3), np.uint8)) or p / "nolabels.npz",
          "needs arrays 'x'"),
@@ -95,6 +98,35 @@ def test_bad_eval_data_is_one_config_error(tmp_path: Path, make, message: str) -
     with pytest.raises(ConfigError, match=message) as caught:
         load_eval_data(make(tmp_path))
     assert "\n" not in str(caught.value)
+
+
+def test_file_lists_with_and_without_a_header(tmp_path: Path) -> None:
+    write_folder(tmp_path / "data", {})
+    images = sorted((tmp_path / "data").rglob("*.png"))
+    labels = [int(path.parent.name[0]) for path in images]
+    # a header naming its columns, paths relative to the folder named like the list (sample_a.tsv + sample_a/)
+    rows = "".join(f"{label}\t{path.relative_to(tmp_path / 'data')}\tx\n" for path, label in zip(images, labels))
+    (tmp_path / "data.tsv").write_text("label\tfile\tnote\n" + rows)
+    listed = load_eval_data(tmp_path / "data.tsv", mean=(0.5,), std=(0.25,))
+    assert listed.labels.tolist() == labels and top1(MeanColour(), listed) == pytest.approx(100 * 11 / 12)
+    # no header, whitespace-separated, paths relative to the list's own folder (ImageNet's val.txt)
+    (tmp_path / "val.txt").write_text("".join(f"data/{p.relative_to(tmp_path / 'data')} {label}\n"
+                                              for p, label in zip(images, labels)))
+    assert load_eval_data(tmp_path / "val.txt").labels.tolist() == labels
+    (tmp_path / "bad.csv").write_text(f"file,label\ndata/{images[0].relative_to(tmp_path / 'data')},red\n")
+    with pytest.raises(ConfigError, match="row 2 needs a file and a non-negative integer label"):
+        load_eval_data(tmp_path / "bad.csv")
+    (tmp_path / "gone.csv").write_text(f"data/{images[0].relative_to(tmp_path / 'data')},0\ndata/gone.png,1\n")
+    with pytest.raises(ConfigError, match="gone.png does not exist"):
+        load_eval_data(tmp_path / "gone.csv")
+
+
+def test_real_mobilenet_v2_top1_on_real_imagenet_images(imagenet_assets: Path, hub_cache: Path) -> None:
+    """torchvision's own weights file through its weights API (hub cache seeded), the shared TSV layout."""
+    data = load_eval_data(imagenet_assets / "sample_a.tsv", size=(224, 224))
+    assert len(data) == 500
+    model = load_model("mobilenet_v2", "IMAGENET1K_V1")
+    assert top1(model, data, batch_size=50) == pytest.approx(86.4, abs=0.05)  # the assets README's figure
 
 
 def test_mean_and_std_are_checked(tmp_path: Path, cifar_assets: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -63,6 +64,10 @@ def test_plan_json_round_trip(tmp_path) -> None:
     assert data["format"] == "dac-search/plan@1" and data["layers"]["layer3.8.conv2"] == {"method": "spatial", "rank": 40}
     assert RankPlan.load(path) == plan
     assert RankPlan.coerce(data) == plan and RankPlan.coerce(str(path)) == plan
+    assert "inputs" not in data  # auto, the default, is not written
+    forced = replace(plan, correction="refit", inputs="gaussian")
+    assert json.loads(forced.to_json())["inputs"] == "gaussian" and RankPlan.coerce(forced.to_dict()) == forced
+    assert RankPlan.coerce(forced.to_dict()).split()[1].inputs == "gaussian"  # what decompose_model refits on
 
 
 def test_decompose_model_is_a_deep_copy_and_accepts_every_plan_form(tmp_path) -> None:

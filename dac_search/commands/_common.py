@@ -34,7 +34,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="cifar10-resnet20/32/44/56/110, a torchvision name, a TorchScript file, file.py:fn")
     parser.add_argument("--weights", help="a state-dict file, or for a torchvision model a weights name "
-                                           "(IMAGENET1K_V1, DEFAULT); default: the pretrained weights")
+                                           "(IMAGENET1K_V1, DEFAULT), or none for random weights (latency only); "
+                                           "default: the pretrained weights")
     parser.add_argument("--input-shape", help="N,C,H,W (default: what the model expects)")
 
 

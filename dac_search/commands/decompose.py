@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+from dataclasses import replace
 
 from rich.table import Table
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if plan is None:
         layers = decomposable_layers(model, (args.method,))  # 1x1 convs too with channel
         plan = uniform_plan(layers, args.rank, args.method, args.variant, loaded.spec, loaded.input_shape, args.exclude)
-    plan = RankPlan(plan.layers, loaded.spec, loaded.input_shape, plan.correction)
+    plan = replace(plan, model=loaded.spec, input_shape=loaded.input_shape)
     decomposed = decompose_model(model, plan)
     export_model(decomposed, args.output, plan, loaded.spec, args.weights, fmt)
     console().print(layer_table(model, plan, loaded.input_shape, args.output))

@@ -29,8 +29,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "a latency budget, every factorisation but prune under a FLOPs or parameter budget)")
     parser.add_argument("--correction", choices=("none", "bias", "refit"), default="refit",
                         help="data-free correction of the factors on distilled inputs (default refit)")
-    parser.add_argument("--proxy-images", type=int, default=64, help="distilled images the proxy uses")
-    parser.add_argument("--eval-data", help="optional real data (class folders or .npz x/y) to measure top-1")
+    parser.add_argument("--inputs", default="auto", help="synthetic inputs: distilled (matching BatchNorm statistics), "
+                        "impressions (confident classifier outputs, for models without BatchNorm), gaussian; "
+                        "default auto: distilled where the model has BatchNorm, impressions where not")
+    parser.add_argument("--proxy-images", type=int, default=64, help="synthetic images the proxy uses")
+    parser.add_argument("--eval-data", help="optional real data to measure top-1: class folders, a file list "
+                        "(.tsv/.csv/.txt of file and label) or .npz x/y")
     parser.add_argument("--mean", help="normalisation mean for --eval-data, e.g. 0.485,0.456,0.406")
     parser.add_argument("--std", help="normalisation std for --eval-data, e.g. 0.229,0.224,0.225")
     parser.set_defaults(run=run)
@@ -45,7 +49,8 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         timeout_s=parse_duration(args.timeout) if args.timeout else None,
         out=Path(args.out) if args.out else None, storage=args.storage, seed=args.seed,
         methods=None if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-        correction=None if args.correction == "none" else args.correction, proxy_images=args.proxy_images,
+        correction=None if args.correction == "none" else args.correction, inputs=args.inputs,
+        proxy_images=args.proxy_images,
         eval_data=args.eval_data, mean=parse_floats(args.mean) if args.mean else None,
         std=parse_floats(args.std) if args.std else None,
         command=mask_command(["dac-search", *sys.argv[1:]]))

@@ -10,7 +10,7 @@ decomposed state dict (``dac_search.export.export_pt``), read back with ``load_p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torch import nn
@@ -81,6 +81,6 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str, pick: str = "b
     model = build_model(results, row)
     info = results.info
     plan = RankPlan.load(plan_file(results, row))
-    plan = RankPlan(plan.layers, info.model, tuple(info.input_shape), plan.correction)
+    plan = replace(plan, model=info.model, input_shape=tuple(info.input_shape))
     path = export_model(model, output, plan, info.model, info.weights, fmt, {"trial": row.trial})
     return ExportedModel(path=Path(path), fmt=fmt, row=row)

@@ -76,7 +76,7 @@ def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | Non
         if plan.input_shape is None:
             raise ConfigError(f"the plan asks for the {plan.correction!r} correction but has no input_shape "
                               "to make the synthetic inputs it is fitted on; add \"input_shape\" to the plan")
-        inputs = default_inputs(model, plan.input_shape)
+        inputs = default_inputs(model, plan.input_shape, kind=plan.inputs)
     consumers = refitted_consumers(model, pruning, factorised) if plan.correction == "refit" else {}
     removed = pruning.removed
     if ref is None:

@@ -37,10 +37,10 @@ from dac_search.errors import ConfigError
 from dac_search.plan import RankPlan
 from dac_search.proxies import _factors
 from dac_search.proxies._hooks import eval_mode, removing
-from dac_search.proxies.synthetic import synthetic_inputs
+from dac_search.proxies.synthetic import AUTO, synthetic_inputs
 
 CORRECTIONS = ("bias", "refit")
-DEFAULT_INPUTS: Mapping[str, Any] = {"kind": "distilled", "n": 64, "seed": 0}  # decompose_model's and the search's
+DEFAULT_INPUTS: Mapping[str, Any] = {"kind": AUTO, "n": 64, "seed": 0}  # decompose_model's and the search's
 DEFAULT_PIXELS = 64 * 32 * 32  # the default batch holds about this many input pixels per channel...
 MIN_DEFAULT_INPUTS = 8  # ...but never fewer images than this
 
@@ -337,11 +337,12 @@ def _last_conv(layer: nn.Module) -> nn.Conv2d:
 
 
 def default_inputs(model: nn.Module, input_shape: Sequence[int], cache_dir: str | os.PathLike[str] | None = None,
-                   *, held_out: bool = False) -> torch.Tensor:
+                   *, held_out: bool = False, kind: str | None = None) -> torch.Tensor:
     """The synthetic inputs a plan's correction is fitted on unless told otherwise (cached on disk).
 
     ``held_out``: a second batch made the same way from the next seed, to score a fit on.
+    ``kind``: a plan's ``inputs`` (None: the default, ``auto``).
     """
     seed = DEFAULT_INPUTS["seed"] + (1 if held_out else 0)
     count = default_input_count(input_shape)
-    return synthetic_inputs(model, input_shape, DEFAULT_INPUTS["kind"], count, seed, cache_dir)
+    return synthetic_inputs(model, input_shape, kind or DEFAULT_INPUTS["kind"], count, seed, cache_dir)

@@ -1,4 +1,5 @@
-"""The model proxy: how far a decomposed model's outputs move from the original's on synthetic inputs.
+"""The model proxy: how far a decomposed model's outputs move from the original's on synthetic inputs
+(KL of a classifier's softmax; outputs of any structure as ``outputs`` compares them).
 
 It sees through the network, where the layer proxies cannot: an early layer with a small weight error
 can move the logits more than a late one with a large error. The original logits and the per-layer
@@ -13,11 +14,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dac_search.decompose import decomposable_layers, rank_limit, validate_plan
@@ -40,23 +40,7 @@ from dac_search.proxies.correction import (
     run_plan,
 )
 from dac_search.proxies.layer import RankChoice, resolve_ranks
-
-
-@dataclass(frozen=True)
-class ProxyScore:
-    """``kl``: mean KL(original softmax || decomposed softmax); ``agreement``: top-1 agreement in [0, 1]."""
-
-    kl: float
-    agreement: float
-
-
-def compare(reference_logits: torch.Tensor, logits: torch.Tensor) -> ProxyScore:
-    """KL and top-1 agreement of two sets of logits for the same inputs."""
-    log_p = F.log_softmax(reference_logits.double(), dim=1)
-    log_q = F.log_softmax(logits.double(), dim=1)
-    kl = F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
-    agreement = (reference_logits.argmax(1) == logits.argmax(1)).double().mean()
-    return ProxyScore(max(float(kl), 0.0), float(agreement))
+from dac_search.proxies.outputs import ProxyScore, compare, distributions_of
 
 
 class ModelProxy:
@@ -85,6 +69,7 @@ class ModelProxy:
             else:
                 self._reference = reference(model, self.fit_inputs, settings=self.settings)
             self._scored_logits = model(inputs) if self.held_out else self._reference.logits
+        self._distributions = distributions_of(model, self._scored_logits)
 
     @property
     def held_out(self) -> bool:
@@ -101,7 +86,7 @@ class ModelProxy:
         if plan.correction is not None and plan.correction != self.correction:
             raise ConfigError(f"the plan asks for correction {plan.correction!r} but this proxy applies "
                               f"{self.correction!r}")
-        return RankPlan(plan.layers, plan.model, plan.input_shape, self.correction)
+        return replace(plan, correction=self.correction)
 
     def _run(self, plan: RankPlan) -> PassResult:
         return run_plan(self.model, self._workbench, plan, self.fit_inputs, self._reference, self.correction,
@@ -126,14 +111,15 @@ class ModelProxy:
         """KL and agreement of the plan's model against the original on the (scored) synthetic inputs."""
         plan = self._plan(plan)
         if not plan.layers:
-            return ProxyScore(0.0, 1.0)
+            return ProxyScore(0.0, 1.0 if self._distributions else None)
         if _prunes(plan):
             with torch.no_grad():
-                return compare(self._scored_logits, self._pruned(plan, dense=True)(self.inputs))
+                return compare(self._scored_logits, self._pruned(plan, dense=True)(self.inputs), self._distributions)
         result = self._run(plan)
         if not self.held_out:  # the fitting pass already ran on the scored inputs
-            return compare(self._scored_logits, result.logits)
-        return compare(self._scored_logits, evaluate(self.model, self._workbench, result.layers, self.inputs))
+            return compare(self._scored_logits, result.logits, self._distributions)
+        return compare(self._scored_logits, evaluate(self.model, self._workbench, result.layers, self.inputs),
+                       self._distributions)
 
 
     def _pruned(self, plan: RankPlan, dense: bool) -> nn.Module:
@@ -147,13 +133,15 @@ def _prunes(plan: RankPlan) -> bool:
     return any(choice.structural for choice in plan.layers.values())
 
 
-def default_proxy(model: nn.Module, input_shape: Sequence[int], correction: str | None = None) -> ModelProxy:
-    """The proxy a plan file's correction agrees with: fitted on ``default_inputs`` (what ``decompose_model``
-    refits on), scored on a second distilled batch (next seed) when there is a correction to fit."""
-    fit = default_inputs(model, input_shape)
+def default_proxy(model: nn.Module, input_shape: Sequence[int], correction: str | None = None,
+                  inputs: str | None = None) -> ModelProxy:
+    """The proxy a plan file's correction agrees with: fitted on ``default_inputs`` of kind ``inputs`` (what
+    ``decompose_model`` refits on), scored on a second batch (next seed) when there is a correction to fit."""
+    fit = default_inputs(model, input_shape, kind=inputs)
     if correction is None:
         return ModelProxy(model, fit)
-    return ModelProxy(model, default_inputs(model, input_shape, held_out=True), correction, fit_inputs=fit)
+    return ModelProxy(model, default_inputs(model, input_shape, held_out=True, kind=inputs), correction,
+                      fit_inputs=fit)
 
 
 def layer_sensitivity(proxy: ModelProxy, layers: Sequence[str] | None = None, methods: Sequence[str] = ("dac",),

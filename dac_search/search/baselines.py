@@ -28,7 +28,7 @@ def uniform_baseline(ctx: SearchContext) -> list[UniformPoint]:
                 continue
             variant = ctx.table.fastest_variant(name, "dac", min(rank, limit)) if ctx.table else "grouped"
             choices[name] = LayerChoice("dac", min(rank, limit), variant)
-        plan = RankPlan(choices, ctx.config.model, ctx.input_shape, ctx.config.correction)
+        plan = RankPlan(choices, ctx.config.model, ctx.input_shape, ctx.config.correction, ctx.config.plan_inputs)
         cost = ctx.costs.cost(plan)
         if cost.flops >= ctx.costs.baseline.flops:
             break  # higher ranks only cost more than the original

@@ -32,6 +32,7 @@ class SearchConfig:
     # benchmarks/quality.py (README) and pruning was not measured to help.
     methods: tuple[str, ...] | None = None
     correction: str | None = "refit"
+    inputs: str = "auto"  # the kind of synthetic inputs (dac_search.proxies.synthetic)
     proxy_images: int = 64
     measure_points: int = 8  # Pareto points measured end to end at the end
     eval_data: str | None = None
@@ -48,10 +49,19 @@ class SearchConfig:
                               f"got {','.join(self.methods)}")
         if self.trials < 1:
             raise ConfigError(f"--trials must be at least 1, got {self.trials}")
+        from dac_search.proxies.synthetic import AUTO, KINDS
+
+        if self.inputs != AUTO and self.inputs not in KINDS:
+            raise ConfigError(f"--inputs takes {AUTO} or one of {', '.join(KINDS)}, got {self.inputs!r}")
         if self.proxy_images < 2:
             raise ConfigError(f"--proxy-images must be at least 2, got {self.proxy_images}")
         if self.budget.kind == "latency" and self.device == "none":
             raise ConfigError(f"budget {self.budget.text!r} is a latency: it needs a --device, not none")
+
+    @property
+    def plan_inputs(self) -> str | None:
+        """What every plan records as its ``inputs``: None for auto, which the plan format's default is."""
+        return None if self.inputs == "auto" else self.inputs
 
     @property
     def has_device(self) -> bool:

@@ -21,6 +21,7 @@ from dac_search.latency import LatencyTable, LatencyTableBuilder, table_settings
 from dac_search.methods import variants_of
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies import ModelProxy, cached_layer_sensitivity, default_proxy, synthetic_inputs
+from dac_search.proxies.synthetic import resolve_kind
 from dac_search.search.config import SearchConfig
 from dac_search.search.final import Judge
 from dac_search.search.space import LOG_LAMBDA_RANGE, SearchSpace
@@ -44,7 +45,7 @@ class PlanScore:
     value: float
     kl: float
     additive: float
-    agreement: float
+    agreement: float | None
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
     penalties = cached_layer_sensitivity(proxy, [n for n, cs in cands.items() if cs], config.methods, offered, say)
     space = SearchSpace.build(cands, change,
                               lambda name, c: penalties[(name, c.method, c.rank)], config.model, shape,
-                              config.correction, _pairs(costs, cands))
+                              config.correction, _pairs(costs, cands), config.plan_inputs)
     ctx = SearchContext(config, model, shape, costs, budget, proxy, space, device and device.pool, table,
                         device and device.info, penalties)
     if device is None:
@@ -222,10 +223,11 @@ def _proxy(config: SearchConfig, model: nn.Module, shape: tuple[int, ...], say: 
     if config.correction:
         # Fitted on the inputs decompose_model() refits on (an exported plan rebuilds what was scored), and
         # scored on a second distilled batch: a refit scored where it was fitted flatters high ranks.
-        say("making the distilled inputs the correction is fitted on and scored on")
-        return default_proxy(model, shape, config.correction)
-    say(f"making {config.proxy_images} distilled inputs")
-    inputs = synthetic_inputs(model, shape, kind="distilled", n=config.proxy_images, seed=config.seed)
+        kind = resolve_kind(model, config.inputs, shape)
+        say(f"making the {kind} inputs the correction is fitted on and scored on")
+        return default_proxy(model, shape, config.correction, config.plan_inputs)
+    say(f"making {config.proxy_images} {resolve_kind(model, config.inputs, shape)} inputs")
+    inputs = synthetic_inputs(model, shape, kind=config.inputs, n=config.proxy_images, seed=config.seed)
     return ModelProxy(model, inputs)
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 
 from dac_search.budget import Budget
+from dac_search.proxies.synthetic import resolve_kind
 from dac_search.rundir import Baseline, DeviceInfo, ProxyInfo, RunInfo, UniformPoint
 from dac_search.search.context import SearchContext
 
@@ -40,5 +41,6 @@ def run_info(ctx: SearchContext, started: str, *, partial: bool, baseline: Basel
         model=config.model, weights=config.weights, input_shape=tuple(ctx.input_shape), device_spec=config.device,
         device=device, budget=budget or ctx.budget, objective=ctx.budget.objective, methods=tuple(config.methods),
         correction=config.correction, seed=config.seed, n_trials=config.trials,
-        proxy=ProxyInfo(PROXY_KIND, "distilled", int(ctx.proxy.inputs.shape[0]), ctx.proxy.held_out),
+        proxy=ProxyInfo(PROXY_KIND, resolve_kind(ctx.model, config.inputs, ctx.input_shape),
+                        int(ctx.proxy.inputs.shape[0]), ctx.proxy.held_out),
         versions=versions(), baseline=baseline, uniform=tuple(uniform), trials_complete=trials_complete)

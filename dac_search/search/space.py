@@ -53,16 +53,18 @@ class SearchSpace:
     """
 
     def __init__(self, layers: Sequence[LayerOptions], model: str | None, input_shape: Sequence[int],
-                 correction: str | None = None) -> None:
+                 correction: str | None = None, inputs: str | None = None) -> None:
         self.layers = tuple(layers)
         self.model = model
         self.input_shape = tuple(input_shape)
         self.correction = correction
+        self.inputs = inputs  # every plan's synthetic-input kind (None: auto)
 
     @classmethod
     def build(cls, candidates: Mapping[str, Sequence[LayerChoice]], delta: Callable[[Mapping[str, LayerChoice]], float],
               penalty: Callable[[str, LayerChoice], float], model: str | None, input_shape: Sequence[int],
-              correction: str | None = None, pairs: Mapping[str, str] | None = None) -> SearchSpace:
+              correction: str | None = None, pairs: Mapping[str, str] | None = None,
+              inputs: str | None = None) -> SearchSpace:
         """``delta(changes)``: the cost change of the plan making just these changes, as a share of the
         original. ``pairs``: producer -> consumer, for producers offered pruned (see the module doc)."""
         def option(changes: Changes) -> Option:
@@ -92,7 +94,7 @@ class SearchSpace:
             inner = own(consumer, False if consumer in pairs else None)
             joint = [option(a.choice + b.choice) for a in hull(own(name, False)) for b in hull(inner)]
             units.append(LayerOptions(name, hull(joint + own(name, True)[1:])))
-        return cls(units, model, input_shape, correction)
+        return cls(units, model, input_shape, correction, inputs)
 
     def plan(self, log_lambda: float, shifts: Mapping[str, int] | None = None) -> RankPlan:
         lam = 10.0 ** log_lambda
@@ -100,7 +102,8 @@ class SearchSpace:
         chosen = {}
         for layer in self.layers:
             chosen.update(layer.pick(lam, shifts.get(layer.name, 0)).choice)
-        return RankPlan(chosen, model=self.model, input_shape=self.input_shape, correction=self.correction)
+        return RankPlan(chosen, model=self.model, input_shape=self.input_shape, correction=self.correction,
+                        inputs=self.inputs)
 
     def additive_cost(self, log_lambda: float) -> float:
         """The plan's cost as a share of the original's, as the sum of its units' changes."""

@@ -1,4 +1,9 @@
-"""``load_model(spec)``: CIFAR ResNets, torchvision classifiers, TorchScript files, ``file.py:fn``."""
+"""``load_model(spec)``: CIFAR ResNets, torchvision classifiers, detectors and segmentation models (as
+``tasks`` makes them searchable), TorchScript files, ``file.py:fn``.
+
+``--weights none`` builds the architecture with random weights (torchvision's ``weights=None``): for
+latency-only runs, where the values do not matter and nothing is downloaded.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from torch import nn
 
 from dac_search.errors import ModelLoadError
 from dac_search.zoo.cifar_resnet import DEPTHS, CifarResNet
+from dac_search.zoo.tasks import DEFAULT_SHAPES, as_searchable, detection_models, segmentation_models
 from dac_search.zoo.weights import apply_state_dict, fetch_checkpoint, read_state_dict, url_hash_prefix, weights_name
 
 if TYPE_CHECKING:
@@ -29,14 +35,17 @@ _CIFAR_CHECKPOINTS = {20: "resnet20-12fca82f.th", 32: "resnet32-d509ac18.th", 44
                       56: "resnet56-4bfd9763.th", 110: "resnet110-1d1ed7c2.th"}
 CIFAR_MODELS = tuple(f"cifar10-resnet{depth}" for depth in DEPTHS)
 _TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
+RANDOM_WEIGHTS = "none"  # --weights none: random initialisation
 
-__all__ = ["CIFAR_MODELS", "default_input_shape", "known_models", "load_model"]
+__all__ = ["CIFAR_MODELS", "RANDOM_WEIGHTS", "default_input_shape", "known_models", "load_model"]
 
 
+@functools.cache
 def _torchvision_models() -> list[str]:
     import torchvision
 
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    classifiers = torchvision.models.list_models(module=torchvision.models)
+    return sorted([*classifiers, *detection_models(), *segmentation_models()])
 
 
 def known_models() -> list[str]:
@@ -47,6 +56,10 @@ def default_input_shape(spec: str) -> tuple[int, int, int, int] | None:
     """The input a named model expects; None where only the user knows (files, callables)."""
     if spec in CIFAR_MODELS:
         return (1, 3, 32, 32)
+    if spec in detection_models():
+        return DEFAULT_SHAPES.get(spec)  # most detectors take any size: the user says which
+    if spec in segmentation_models():
+        return None
     if spec in _torchvision_models():
         return (1, 3, 299, 299) if spec == "inception_v3" else (1, 3, 224, 224)
     return None
@@ -56,7 +69,8 @@ def load_model(spec: str, weights: str | os.PathLike[str] | None = None) -> nn.M
     """A model in eval mode from a name, a TorchScript file or ``file.py:callable`` / ``module:callable``.
 
     ``weights``: a state-dict file to load instead of the model's default pretrained weights, or for a
-    torchvision model one of its weights names (``IMAGENET1K_V1``, ``DEFAULT``), torchvision's convention.
+    torchvision model one of its weights names (``IMAGENET1K_V1``, ``DEFAULT``), torchvision's convention;
+    ``none``: random weights.
     """
     if spec in CIFAR_MODELS:
         model: nn.Module = _load_cifar(spec, weights)
@@ -70,14 +84,17 @@ def load_model(spec: str, weights: str | os.PathLike[str] | None = None) -> nn.M
         close = difflib.get_close_matches(spec, known_models(), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ModelLoadError(
-            f"unknown model {spec!r}{hint}; known: {', '.join(CIFAR_MODELS)}, any torchvision classifier "
-            f"(resnet50, vgg16, mobilenet_v2, ...), a TorchScript file, or path/to/file.py:function")
+            f"unknown model {spec!r}{hint}; known: {', '.join(CIFAR_MODELS)}, any torchvision classifier, "
+            f"detector or segmentation model (resnet50, mobilenet_v2, ssd300_vgg16, deeplabv3_resnet50, ...), "
+            f"a TorchScript file, or path/to/file.py:function")
     return model.eval()
 
 
 def _load_cifar(spec: str, weights: str | os.PathLike[str] | None) -> nn.Module:
     depth = int(spec.removeprefix("cifar10-resnet"))
     model = CifarResNet(depth)
+    if weights == RANDOM_WEIGHTS:
+        return model
     name = weights_name(weights)
     if name not in (None, "DEFAULT"):
         raise ModelLoadError(f"{spec} has no weights named {name!r}: give DEFAULT or a state-dict file "
@@ -94,14 +111,17 @@ def _load_torchvision(spec: str, weights: str | os.PathLike[str] | None) -> nn.M
     ``transform_input``), once their file is in torch.hub's cache and its hash checked; a file is loaded here."""
     import torchvision
 
-    if weights is not None and weights_name(weights) is None:
-        model = torchvision.models.get_model(spec, weights=None)
-        apply_state_dict(model, read_state_dict(weights), str(weights))
-        return model
+    if weights is not None and weights_name(weights) is None:  # a file, or none
+        # a detector's or segmenter's backbone weights would be downloaded otherwise: the file has them all
+        extra = {"weights_backbone": None} if spec in (*detection_models(), *segmentation_models()) else {}
+        model = torchvision.models.get_model(spec, weights=None, **extra)
+        if weights != RANDOM_WEIGHTS:
+            apply_state_dict(model, read_state_dict(weights), str(weights))
+        return as_searchable(spec, model)
     chosen = _torchvision_weights(spec, weights_name(weights) or "DEFAULT")
     fetch_checkpoint(chosen.url, url_hash_prefix(chosen.url), f"the {spec} weights {chosen}")
     with _weights_only_loads():
-        return torchvision.models.get_model(spec, weights=chosen, progress=False)
+        return as_searchable(spec, torchvision.models.get_model(spec, weights=chosen, progress=False))
 
 
 @contextlib.contextmanager
@@ -186,7 +206,7 @@ def _resolve(target: str, attribute: str, spec: str) -> Callable[[], object]:
 
 def _apply_file(spec: str, model: nn.Module, weights: str | os.PathLike[str] | None) -> None:
     """A state-dict file onto a model of the user's; weights names belong to torchvision models only."""
-    if weights is None:
+    if weights is None or weights == RANDOM_WEIGHTS:
         return
     name = weights_name(weights)
     if name is not None:

@@ -1,4 +1,5 @@
-"""Synthetic inputs: distilled ones match the BatchNorm statistics far better than noise; cached, reproducible."""
+"""Synthetic inputs: distilled ones match the BatchNorm statistics far better than noise, impressions make a
+BN-free classifier confident; cached, reproducible."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from torch import nn
 
 from dac_search.errors import ConfigError
 from dac_search.proxies import DistillSettings, bn_statistics_mismatch, synthetic_inputs
+from dac_search.proxies.synthetic import ImpressionSettings, resolve_kind
+from dac_search.zoo import load_model
+from tests.conftest import NOBN_SPEC
 
 from .conftest import FAST_DISTILL, SHAPE
 
@@ -70,3 +74,40 @@ def test_gaussian_is_seeded_and_bad_requests_are_refused(resnet20: nn.Module) ->
         synthetic_inputs(resnet20, SHAPE, "uniform")
     with pytest.raises(ConfigError, match="no BatchNorm"):
         synthetic_inputs(nn.Conv2d(3, 4, 3), (1, 3, 8, 8), "distilled", n=2, settings=DistillSettings(steps=1))
+
+
+def test_auto_picks_batchnorm_statistics_where_the_model_has_them() -> None:
+    from torchvision.ops import FrozenBatchNorm2d
+
+    with_bn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    frozen = nn.Sequential(nn.Conv2d(3, 4, 3), FrozenBatchNorm2d(4))  # torchvision's detection backbones
+    untracked = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False))
+    assert resolve_kind(with_bn, "auto") == resolve_kind(frozen, "auto") == "distilled"
+    assert resolve_kind(untracked, "auto") == resolve_kind(nn.Conv2d(3, 4, 3), "auto") == "impressions"
+    assert resolve_kind(with_bn, "gaussian") == "gaussian"
+    frozen.eval()[1].running_mean.fill_(0.3)
+    assert bn_statistics_mismatch(frozen, torch.randn(4, 3, 8, 8)) > 0
+
+
+def test_impressions_make_a_bn_free_net_confident_about_many_classes(nobn_weights: Path, tmp_path: Path) -> None:
+    """The real BN-free CIFAR-10 net: noise gives unsure, alike outputs; impressions, confident and diverse."""
+    model = load_model(NOBN_SPEC, nobn_weights)
+    settings = ImpressionSettings(steps=60)
+    made = synthetic_inputs(model, SHAPE, "auto", n=20, seed=0, cache_dir=tmp_path, settings=settings)
+    with torch.no_grad():
+        noise = model(synthetic_inputs(model, SHAPE, "gaussian", n=20)).softmax(1)
+        impressed = model(made).softmax(1)
+    assert float(noise.max(1).values.mean()) < 0.8
+    assert float(impressed.max(1).values.mean()) > 0.95
+    assert len(set(impressed.argmax(1).tolist())) == 10  # every class: 20 images, two per class
+    assert len(set(noise.argmax(1).tolist())) < 10
+    assert float(made.std()) < 3  # the priors keep pixels within a few stds of the data's
+    assert torch.equal(made, synthetic_inputs(model, SHAPE, "impressions", n=20, seed=0, cache_dir=tmp_path,
+                                              settings=settings))  # cached
+
+
+def test_impressions_need_a_classifier() -> None:
+    with pytest.raises(ConfigError, match="impressions need a classifier's logits"):
+        synthetic_inputs(nn.Conv2d(3, 4, 3), (1, 3, 8, 8), "impressions", n=2, settings=ImpressionSettings(steps=1))
+    with pytest.raises(ConfigError, match="take ImpressionSettings"):
+        synthetic_inputs(nn.Conv2d(3, 4, 3), (1, 3, 8, 8), "impressions", n=2, settings=DistillSettings(steps=1))
