@@ -17,6 +17,7 @@ from dac_search.export import export_onnx
 from dac_search.proxies import ModelProxy, synthetic_inputs
 from dac_search.proxies.outputs import compare, leaves
 from dac_search.zoo.tasks import RawDetector
+from tests.conftest import NOBN_SPEC
 
 # Small inputs keep these fast; the architectures are the full ones.
 SHAPES = {"ssd300_vgg16": (1, 3, 300, 300), "deeplabv3_resnet50": (1, 3, 64, 64)}
@@ -71,10 +72,10 @@ def test_a_task_model_is_scored_on_its_raw_outputs_and_exports_to_onnx(spec: str
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.slow  # a few minutes of single-layer proxies on ResNet-50's convs
+@pytest.mark.slow  # single-layer proxies of the ASPP head
 def test_a_segmentation_search_runs_from_the_command_line(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = run_cli("--model", "deeplabv3_resnet50", "--weights", "none", "--input-shape", "1,3,32,32",
+    result = run_cli("--model", "deeplabv3_mobilenet_v3_large", "--weights", "none", "--input-shape", "1,3,32,32",
                      "--device", "none", "--budget", "90%flops", "--methods", "dac", "--trials", "3",
                      "--correction", "none", "--proxy-images", "2", "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -98,3 +99,27 @@ def test_a_model_with_no_conv_to_factorise_is_one_line(tmp_path: Path) -> None:
                      "--budget", "50%flops", "--out", str(tmp_path / "r"))
     assert result.returncode == 2, result.stderr
     assert "no conv a factorisation can help" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # class impressions for the fit and the held-out score, then the search
+def test_a_search_on_the_bn_free_net_beats_uniform_dac_in_real_top1(nobn_weights: Path, cifar_assets: Path,
+                                                                     tmp_path: Path) -> None:
+    """The real BN-free CIFAR-10 net, data-free (impressions: auto), judged on the 5,000 real test images."""
+    from dac_search.allocate import allocate
+    from dac_search.eval_data import load_eval_data, top1
+    from dac_search.export.run import pick_trial
+    from dac_search.rundir import load_run
+
+    out, data_file = tmp_path / "run", cifar_assets / "cifar10_test_a.npz"
+    result = run_cli("--model", NOBN_SPEC, "--weights", str(nobn_weights), "--input-shape", "1,3,32,32",
+                     "--device", "none", "--budget", "40%flops", "--trials", "12", "--eval-data", str(data_file),
+                     "--mean", "0.5", "--std", "0.5", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    run = load_run(out)
+    assert run.info.proxy.inputs == "impressions"
+    best = pick_trial(run, "best")
+    model = load_model(NOBN_SPEC, nobn_weights)
+    data = load_eval_data(data_file, (0.5,), (0.5,), size=(32, 32))
+    uniform = allocate("uniform", model, (1, 3, 32, 32), 0.4, "dac")  # the paper's way, with the same refit
+    uniform_top1 = top1(decompose_model(model, {**uniform.to_dict(), "correction": "refit"}, dense=True), data)
+    assert best.top1 is not None and best.top1 > uniform_top1 + 1.0, (best.top1, uniform_top1)

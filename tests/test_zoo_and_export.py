@@ -91,3 +91,13 @@ def test_callables_and_bad_specs(tmp_path) -> None:
                           (str(source), "not a TorchScript file")]:
         with pytest.raises(ModelLoadError, match=message):
             load_model(spec)
+
+
+def test_random_weights_are_the_same_every_time_and_leave_the_callers_random_state() -> None:
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    first, second = load_model("cifar10-resnet20", "none"), load_model("resnet18", "none")
+    assert torch.equal(torch.rand(3), expected)  # the build ran from its own seed
+    assert torch.equal(first.conv1.weight, load_model("cifar10-resnet20", "none").conv1.weight)
+    assert torch.equal(second.fc.weight, load_model("resnet18", "none").fc.weight)

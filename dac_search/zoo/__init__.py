@@ -70,8 +70,16 @@ def load_model(spec: str, weights: str | os.PathLike[str] | None = None) -> nn.M
 
     ``weights``: a state-dict file to load instead of the model's default pretrained weights, or for a
     torchvision model one of its weights names (``IMAGENET1K_V1``, ``DEFAULT``), torchvision's convention;
-    ``none``: random weights.
+    ``none``: random weights, the same ones every time: every build runs from a fixed seed (the caller's
+    random state is left as it was), so a spec names one model, and its distilled inputs and proxy tables
+    cached on disk serve the next run too.
     """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _load(spec, weights).eval()
+
+
+def _load(spec: str, weights: str | os.PathLike[str] | None) -> nn.Module:
     if spec in CIFAR_MODELS:
         model: nn.Module = _load_cifar(spec, weights)
     elif ":" in spec and not Path(spec).exists():
@@ -87,7 +95,7 @@ def load_model(spec: str, weights: str | os.PathLike[str] | None = None) -> nn.M
             f"unknown model {spec!r}{hint}; known: {', '.join(CIFAR_MODELS)}, any torchvision classifier, "
             f"detector or segmentation model (resnet50, mobilenet_v2, ssd300_vgg16, deeplabv3_resnet50, ...), "
             f"a TorchScript file, or path/to/file.py:function")
-    return model.eval()
+    return model
 
 
 def _load_cifar(spec: str, weights: str | os.PathLike[str] | None) -> nn.Module:
