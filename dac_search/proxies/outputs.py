@@ -53,12 +53,12 @@ def leaves(output: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
 def distributions_of(model: nn.Module, reference: Any) -> dict[str, int]:
     """The leaves compared as distributions: what the model declares, else a lone 2-D output (a classifier)."""
     declared = getattr(model, DISTRIBUTIONS_ATTRIBUTE, None)
-    if declared is not None:
-        return dict(declared)
-    found = leaves(reference)
-    if len(found) == 1 and found[0][1].dim() == 2:
-        return {found[0][0]: 1}
-    return {}
+    return dict(declared) if declared is not None else _classifier(leaves(reference))
+
+
+def _classifier(found: list[tuple[str, torch.Tensor]]) -> dict[str, int]:
+    """A lone 2-D output is a classifier's logits, a distribution over dim 1; anything else declares nothing."""
+    return {found[0][0]: 1} if len(found) == 1 and found[0][1].dim() == 2 else {}
 
 
 def compare(reference: Any, output: Any, distributions: Mapping[str, int] | None = None) -> ProxyScore:
@@ -68,7 +68,7 @@ def compare(reference: Any, output: Any, distributions: Mapping[str, int] | None
         raise ConfigError("the decomposed model's outputs do not have the original's structure: "
                           f"{[n for n, _ in expected]} against {list(got)}")
     if distributions is None:
-        distributions = {expected[0][0]: 1} if len(expected) == 1 and expected[0][1].dim() == 2 else {}
+        distributions = _classifier(expected)
     distances, agreements = [], []
     for name, ref in expected:
         out = got[name]

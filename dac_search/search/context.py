@@ -220,13 +220,13 @@ def _device_setup(config: SearchConfig, model: nn.Module, shape: tuple[int, ...]
 
 def _proxy(config: SearchConfig, model: nn.Module, shape: tuple[int, ...], say: Say) -> ModelProxy:
     torch.manual_seed(config.seed)
+    kind = resolve_kind(model, config.inputs, shape)
     if config.correction:
         # Fitted on the inputs decompose_model() refits on (an exported plan rebuilds what was scored), and
         # scored on a second distilled batch: a refit scored where it was fitted flatters high ranks.
-        kind = resolve_kind(model, config.inputs, shape)
         say(f"making the {kind} inputs the correction is fitted on and scored on")
         return default_proxy(model, shape, config.correction, config.plan_inputs)
-    say(f"making {config.proxy_images} {resolve_kind(model, config.inputs, shape)} inputs")
+    say(f"making {config.proxy_images} {kind} inputs")
     inputs = synthetic_inputs(model, shape, kind=config.inputs, n=config.proxy_images, seed=config.seed)
     return ModelProxy(model, inputs)
 
