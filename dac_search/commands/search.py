@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--weights", help="a state-dict file to load instead of the pretrained weights")
     parser.add_argument("--input-shape", help="N,C,H,W (default: what the model expects)")
     parser.add_argument("--device", default="local", help="a name from configs/devices, a .toml path, or none")
-    parser.add_argument("--budget", required=True, help=FORMS)
+    parser.add_argument("--budget", required=True, help=FORMS.replace("%", "%%"))  # argparse formats help with %
     parser.add_argument("--trials", type=int, default=100, help="trials in the study in total (default 100)")
     parser.add_argument("--timeout", help="stop after this long, e.g. 8h (results are kept)")
     parser.add_argument("--out", help="run dir (default reports/<model>-<device>-<budget>/)")

@@ -147,3 +147,14 @@ def test_a_bad_storage_url_fails_before_any_set_up_and_hides_its_password(tmp_pa
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "nosuchdb://alice:***@127.0.0.1:1/dac" in result.stderr and "hunter2" not in result.stderr + result.stdout
     assert list(cache.iterdir()) == []  # no distilled inputs, no sensitivities: nothing was set up
+
+
+def test_every_command_prints_its_help(capsys) -> None:
+    """argparse formats help strings with %, so one literal % in any of them breaks --help."""
+    from dac_search.cli import COMMANDS, build_parser
+
+    for name in ("", *(module.__name__.rpartition(".")[2] for module in COMMANDS)):
+        with pytest.raises(SystemExit) as done:
+            build_parser().parse_args([*filter(None, [name]), "--help"])
+        assert done.value.code == 0, name
+        assert "usage: dac-search" in capsys.readouterr().out
