@@ -195,6 +195,8 @@ class RunInfo:
     baseline: Baseline
     uniform: tuple[UniformPoint, ...]
     trials_complete: int | None = None
+    study: str | None = None  # the Optuna study's name (None: a run dir from before names were derived)
+    settings: tuple[tuple[str, str], ...] = ()  # what changes a score (search.identity); resume compares them
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from tests.postgres import PostgresServer, postgres_server, server_binaries
 
 ASSETS = Path(os.environ.get("DAC_SEARCH_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))
 CIFAR = ASSETS / "cifar10"
@@ -27,6 +30,19 @@ def require(condition: bool, reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on 127.0.0.1, a throwaway cluster for the whole session."""
+    bin_dir = server_binaries()
+    require(bin_dir is not None, "PostgreSQL's server is not installed (apt-get install postgresql)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        require(False, "psycopg is not installed (pip install 'dac-search[postgres]')")
+    with postgres_server(bin_dir) as server:
+        yield server
 
 
 @pytest.fixture(scope="session", autouse=True)

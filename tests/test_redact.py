@@ -7,6 +7,7 @@ import pytest
 from dac_search.commands.search import add_parser, config_from_args
 from dac_search.errors import ConfigError
 from dac_search.redact import mask_command, mask_url
+from dac_search.search.identity import SearchIdentity
 from dac_search.search.study import open_study
 
 SECRET = "s3cr:et"
@@ -31,7 +32,7 @@ def test_a_recorded_command_carries_no_password() -> None:
 
 def test_the_error_for_a_bad_storage_url_names_it_without_its_password() -> None:
     with pytest.raises(ConfigError) as raised:
-        open_study(f"nosuchdb://alice:{SECRET}@127.0.0.1:1/dac", seed=0)
+        open_study(f"nosuchdb://alice:{SECRET}@127.0.0.1:1/dac", 0, SearchIdentity("test", ()))
     assert SECRET not in str(raised.value) and "nosuchdb://alice:***@127.0.0.1:1/dac" in str(raised.value)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from dac_search.commands._common import console, parse_shape
 from dac_search.methods import PLAN_METHODS
 from dac_search.redact import mask_command
 from dac_search.search.config import SearchConfig, parse_duration
+
+STORAGE_ENV = "DAC_SEARCH_STORAGE"  # a storage URL kept out of the command line (and so out of run.json)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +26,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--trials", type=int, default=100, help="trials in the study in total (default 100)")
     parser.add_argument("--timeout", help="stop after this long, e.g. 8h (results are kept)")
     parser.add_argument("--out", help="run dir (default reports/<model>-<device>-<budget>/)")
-    parser.add_argument("--storage", help="an Optuna storage URL shared by workers (default: SQLite in the run dir)")
+    parser.add_argument("--storage", help=f"an Optuna storage URL shared by workers, e.g. postgresql://user@host/db "
+                        f"(password from PGPASSWORD or ~/.pgpass; default: ${STORAGE_ENV}, else SQLite in the run dir)")
+    parser.add_argument("--study", help="the study's name in the storage (default: read off the model, device, "
+                        "budget and every setting that changes a score)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", help=f"comma list of {', '.join(PLAN_METHODS)} (default: all of them under "
                         "a latency budget, every factorisation but prune under a FLOPs or parameter budget)")
@@ -47,7 +53,8 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         model=args.model, budget=parse_budget(args.budget), device=args.device, weights=args.weights,
         input_shape=parse_shape(args.input_shape) if args.input_shape else None, trials=args.trials,
         timeout_s=parse_duration(args.timeout) if args.timeout else None,
-        out=Path(args.out) if args.out else None, storage=args.storage, seed=args.seed,
+        out=Path(args.out) if args.out else None, storage=args.storage or os.environ.get(STORAGE_ENV) or None,
+        study=args.study, seed=args.seed,
         methods=None if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
         correction=None if args.correction == "none" else args.correction, inputs=args.inputs,
         proxy_images=args.proxy_images,

@@ -25,6 +25,7 @@ class SearchConfig:
     timeout_s: float | None = None
     out: Path | None = None
     storage: str | None = None
+    study: str | None = None  # the study's name in the storage (default: read off the settings)
     seed: int = 0
     # None: every method under a latency budget, pruning included (the device's table prices each layer's
     # options: removing channels converts to time 1:1, a factorisation adds operators); every factorisation

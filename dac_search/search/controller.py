@@ -23,7 +23,8 @@ from dac_search.search.config import SearchConfig
 from dac_search.search.context import SearchContext, build_context
 from dac_search.search.final import DeviceTimer, FinalFront, measured_front, unmeasured_front
 from dac_search.search.live import LiveView
-from dac_search.search.objective import AfterTrial, Objective, rows_of
+from dac_search.search.identity import LEGACY_STUDY, SearchIdentity, identity_of, refuse_difference
+from dac_search.search.objective import AfterTrial, Objective, rows_of, stop_at_total
 from dac_search.search.record import now, run_info
 from dac_search.search.study import enqueue_warm_starts, fail_dead_trials, open_study
 from profilers.devices import load_device
@@ -43,20 +44,24 @@ class SearchOutcome:
 def run_search(config: SearchConfig, view_factory: Callable[..., LiveView] = LiveView) -> SearchOutcome:
     """Run a search, or resume the one in the run dir; every file written stays valid if it is cut off."""
     run_dir = config.out or config.default_out()
-    previous = _previous_run(run_dir, config)
+    identity = identity_of(config, config.study)
+    previous = _previous_run(run_dir, config, identity)
+    if previous is not None and not previous.settings and config.study is None:
+        identity = replace(identity, name=LEGACY_STUDY)  # a run dir from before study names were derived
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if config.has_device:
         load_device(config.device)  # a bad device config is one line before anything is written
     (run_dir / "plans").mkdir(parents=True, exist_ok=True)
     # opened before any set-up: a wrong storage URL must not wait for minutes of distillation
-    study = open_study(config.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}", config.seed)
+    study, created = open_study(config.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}", config.seed,
+                                identity)
     view = view_factory(config.trials, _cost_text(config))
     with view:
         ctx = build_context(config, view.say, view.console.print)
         if ctx.pool is not None:
             view.hosts = ctx.pool.status
         try:
-            return _search(ctx, study, run_dir, view, previous.created if previous else now())
+            return _search(ctx, identity, study, created, run_dir, view, previous.created if previous else now())
         finally:
             ctx.close()
 
@@ -67,13 +72,17 @@ def _cost_text(config: SearchConfig) -> Callable[[float], str]:
     return lambda cost: f"{cost / 1e6:.1f} MFLOPs"
 
 
-def _previous_run(run_dir: Path, config: SearchConfig) -> RunInfo | None:
-    """The run.json of a search to resume in ``run_dir``; a different search there is refused."""
+def _previous_run(run_dir: Path, config: SearchConfig, identity: SearchIdentity) -> RunInfo | None:
+    """The run.json of a search to resume in ``run_dir``; a search with other settings there is refused
+    (its trials were scored differently and would end up on one front with the new ones)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file")
     if not (run_dir / "run.json").is_file():
         return None
     previous = read_run_info(run_dir / "run.json")
+    if previous.settings:
+        refuse_difference(str(run_dir), dict(previous.settings), identity.settings)
+        return previous
     for key, before, value in (("model", previous.model, config.model), ("budget", previous.budget.text, config.budget.text),
                                ("device_spec", previous.device_spec, config.device)):
         if before != value:
@@ -81,21 +90,23 @@ def _previous_run(run_dir: Path, config: SearchConfig) -> RunInfo | None:
     return previous
 
 
-def _search(ctx: SearchContext, study: optuna.Study, run_dir: Path, view: LiveView, started: str) -> SearchOutcome:
+def _search(ctx: SearchContext, identity: SearchIdentity, study: optuna.Study, created: bool, run_dir: Path,
+            view: LiveView, started: str) -> SearchOutcome:
     config = ctx.config
     data = eval_data(ctx) if config.eval_data else None  # read now: a bad path must not wait for the end
     baseline = Baseline(flops=ctx.costs.baseline.flops, params=ctx.costs.baseline.params,
                         latency_ms=ctx.table.original_ms if ctx.table else None, latency_iqr_ms=None,
                         proxy=0.0, top1=None)
     uniform = uniform_baseline(ctx)
-    write_run(run_dir, run_info(ctx, started, partial=True, baseline=baseline, uniform=uniform))
+    write_run(run_dir, run_info(ctx, identity, started, partial=True, baseline=baseline, uniform=uniform))
 
     retried = fail_dead_trials(study)
     if retried:
         view.say(f"{retried} trial(s) left running by a killed worker failed and queued again")
     target = ctx.budget.value / ctx.baseline_cost()
     shares = sorted({min(target, 0.99), *(s for s in WARM_START_SHARES if s < 0.99)}, reverse=True)
-    enqueue_warm_starts(study, ctx.space, [ctx.space.log_lambda_for(s, ctx.share) for s in shares])
+    if created or not study.get_trials(deepcopy=False):  # once per study, not once per worker
+        enqueue_warm_starts(study, ctx.space, [ctx.space.log_lambda_for(s, ctx.share) for s in shares])
 
     completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     view.total, view.done = config.trials, completed
@@ -103,13 +114,14 @@ def _search(ctx: SearchContext, study: optuna.Study, run_dir: Path, view: LiveVi
     if completed < config.trials:
         view.say(f"searching: {ctx.space.describe()}")
         try:
-            study.optimize(Objective(ctx, run_dir), n_trials=config.trials - completed, timeout=config.timeout_s,
-                           callbacks=[AfterTrial(ctx, run_dir, config.trials, view.trial_done)], catch=(),
-                           gc_after_trial=False)
+            study.optimize(Objective(ctx, run_dir, config.trials), n_trials=config.trials - completed,
+                           timeout=config.timeout_s, catch=(), gc_after_trial=False,
+                           callbacks=[AfterTrial(ctx, run_dir, config.trials, view.trial_done),
+                                      stop_at_total(config.trials)])
         except KeyboardInterrupt:
             interrupted = True
 
-    rows = rows_of(study)
+    rows = rows_of(study, run_dir)
     write_trials(run_dir, rows)
     final = _final_front(ctx, run_dir, rows, view, measure=not interrupted)
     front = final.points
@@ -125,7 +137,7 @@ def _search(ctx: SearchContext, study: optuna.Study, run_dir: Path, view: LiveVi
         baseline = replace(baseline, top1=original_top1)
     write_pareto(run_dir, front)
     done = sum(p.state == "COMPLETE" for p in rows)
-    write_run(run_dir, run_info(ctx, started, partial=interrupted or done < config.trials, baseline=baseline,
+    write_run(run_dir, run_info(ctx, identity, started, partial=interrupted or done < config.trials, baseline=baseline,
                                 uniform=uniform, budget=budget, trials_complete=done))
     message = "" if final.feasible else _miss_message(ctx, front)
     return SearchOutcome(run_dir, tuple(front), final.feasible, interrupted, message)

@@ -1,8 +1,9 @@
 """What one trial does (``Objective``) and what happens after each (``AfterTrial``), as Optuna callables.
 
 A trial is a point of the search space (a global trade-off and a shift per layer): its plan is scored
-by the proxy once per distinct plan, priced in FLOPs, parameters and predicted latency, saved under
-``plans/``, and judged against the budget as an Optuna constraint (``slack`` <= 0 fits).
+by the proxy once per distinct plan (across the workers of a shared study too), priced in FLOPs,
+parameters and predicted latency, saved under ``plans/`` and in the study (so any worker's run dir holds
+every plan), and judged against the budget as an Optuna constraint (``slack`` <= 0 fits).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from dac_search.plan import RankPlan
 from dac_search.rundir import TrialRow, write_trials
 from dac_search.search.context import PlanScore, SearchContext
 from dac_search.search.refine import Refinement
-from dac_search.search.study import WORKER
+from dac_search.search.study import WORKER, claimed_trials, is_surplus
 
 TPE_EVERY = 4  # one trial in four is TPE's; the others refine the best feasible plan
 
@@ -29,24 +31,37 @@ def plan_path(trial: int) -> str:
 class Objective:
     """Optuna's objective: (proxy score, objective cost) of the trial's plan, both minimised."""
 
-    def __init__(self, ctx: SearchContext, run_dir: Path) -> None:
+    def __init__(self, ctx: SearchContext, run_dir: Path, total: int) -> None:
         self.ctx = ctx
         self.run_dir = run_dir
+        self.total = total
         self.scores: dict[str, PlanScore] = {}  # plan JSON -> score: TPE and refinement repeat plans
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        try:
+            return self._run(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # another worker failed this trial (our heartbeat was late) and queued it again: give it up
+            # rather than end this worker (optuna#5582)
+            raise optuna.TrialPruned(f"trial {trial.number} was retried by another worker") from None
+
+    def _run(self, trial: optuna.Trial) -> tuple[float, float]:
         ctx = self.ctx
         trial.set_user_attr("worker", WORKER)
+        if is_surplus(trial.study, trial.number, self.total):  # other workers took the last trials
+            trial.study.stop()
+            raise optuna.TrialPruned(f"the study's {self.total} trials are taken")
         log_lambda = trial.suggest_float("log_lambda", *ctx.space_range)
         shifts = {layer.name: trial.suggest_int(ctx.space.shift_param(layer.name), -1, 1) for layer in ctx.space.layers}
         plan = ctx.space.plan(log_lambda, shifts)
         key = plan.to_json()
         if key not in self.scores:
-            self.scores[key] = ctx.score(plan)
+            self.scores[key] = scored_before(trial.study, plan) or ctx.score(plan)
         score = self.scores[key]
         cost = ctx.costs.cost(plan)
         relative = plan_path(trial.number)
         plan.save(self.run_dir / relative)
+        trial.set_user_attr(PLAN_ATTR, plan.to_dict())
         slack = ctx.budget.slack(ctx.budget_cost(plan)) / ctx.budget.value
         for name, value in (("plan", relative), ("flops", cost.flops), ("params", cost.params),
                             ("latency_ms", ctx.latency(plan)), ("agreement", score.agreement), ("kl", score.kl),
@@ -56,9 +71,15 @@ class Objective:
         return score.value, ctx.objective_cost(plan)
 
 
+def stop_at_total(total: int) -> optuna.study.MaxTrialsCallback:
+    """Optuna's stop once ``total`` trials are complete, counting the ones other workers are running:
+    workers sharing a study end together at ``total`` (``is_surplus`` prunes a trial asked for too late)."""
+    return optuna.study.MaxTrialsCallback(total, states=(TrialState.COMPLETE, TrialState.RUNNING))
+
+
 class AfterTrial:
-    """Optuna's callback: the live view, trials.csv rewritten (a run cut off anywhere stays valid), the
-    stop once ``total`` trials are complete, and the next refinement move queued."""
+    """Optuna's callback: the live view, trials.csv rewritten (a run cut off anywhere stays valid), and
+    the next refinement move queued."""
 
     def __init__(self, ctx: SearchContext, run_dir: Path, total: int,
                  shown: Callable[[float, float, bool], None]) -> None:
@@ -70,17 +91,34 @@ class AfterTrial:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE:
             self.shown(trial.values[0], trial.values[1], trial.user_attrs.get("slack", 1) <= 0)
-        write_trials(self.run_dir, rows_of(study))
-        if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= self.total:
-            study.stop()
-        elif (trial.number + 1) % TPE_EVERY:  # every TPE_EVERY-th trial is left to TPE, to explore the front
+        write_trials(self.run_dir, rows_of(study, self.run_dir))
+        # the stop at the total is stop_at_total's; every TPE_EVERY-th trial is left to TPE, to explore the front
+        if claimed_trials(study) < self.total and (trial.number + 1) % TPE_EVERY:
             self.refinement.enqueue_next(study)
 
 
-def rows_of(study: optuna.Study) -> list[TrialRow]:
-    """Every trial of the study as a row of trials.csv (latency as the tables predict it)."""
+PLAN_ATTR = "plan_layers"  # the trial's plan (RankPlan.to_dict) in the study, for every worker's run dir
+
+
+def scored_before(study: optuna.Study, plan: RankPlan) -> PlanScore | None:
+    """The score a complete trial of any worker already has for ``plan``: no plan is scored twice."""
+    data = plan.to_dict()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        attrs = trial.user_attrs
+        if attrs.get(PLAN_ATTR) == data and attrs.get("kl") is not None:
+            return PlanScore(trial.values[0], attrs["kl"], attrs["kl_additive"], attrs.get("agreement"))
+    return None
+
+
+def rows_of(study: optuna.Study, run_dir: Path | None = None) -> list[TrialRow]:
+    """Every trial of the study as a row of trials.csv (latency as the tables predict it); with
+    ``run_dir``, the plans other workers saved in the study are written to it first."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
+        if run_dir is not None and trial.state == TrialState.COMPLETE and PLAN_ATTR in trial.user_attrs:
+            path = run_dir / plan_path(trial.number)  # not the attr's path: a study is shared data
+            if not path.exists():
+                RankPlan.from_dict(trial.user_attrs[PLAN_ATTR]).save(path)
         attrs = trial.user_attrs
         done = trial.state == TrialState.COMPLETE
         rows.append(TrialRow(

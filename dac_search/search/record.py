@@ -10,6 +10,7 @@ from dac_search.budget import Budget
 from dac_search.proxies.synthetic import resolve_kind
 from dac_search.rundir import Baseline, DeviceInfo, ProxyInfo, RunInfo, UniformPoint
 from dac_search.search.context import SearchContext
+from dac_search.search.identity import SearchIdentity
 
 PROXY_KIND = "geometric mean of the whole-plan KL and the sum of single-layer KLs"
 
@@ -29,7 +30,7 @@ def versions() -> tuple[tuple[str, str], ...]:
             ("onnxruntime", onnxruntime.__version__), ("python", platform.python_version()))
 
 
-def run_info(ctx: SearchContext, started: str, *, partial: bool, baseline: Baseline,
+def run_info(ctx: SearchContext, identity: SearchIdentity, started: str, *, partial: bool, baseline: Baseline,
              uniform: Sequence[UniformPoint], budget: Budget | None = None,
              trials_complete: int | None = None) -> RunInfo:
     """run.json of the search of ``ctx``; ``budget``: resolved on the original timed beside the front,
@@ -43,4 +44,5 @@ def run_info(ctx: SearchContext, started: str, *, partial: bool, baseline: Basel
         correction=config.correction, seed=config.seed, n_trials=config.trials,
         proxy=ProxyInfo(PROXY_KIND, resolve_kind(ctx.model, config.inputs, ctx.input_shape),
                         int(ctx.proxy.inputs.shape[0]), ctx.proxy.held_out),
-        versions=versions(), baseline=baseline, uniform=tuple(uniform), trials_complete=trials_complete)
+        versions=versions(), baseline=baseline, uniform=tuple(uniform), trials_complete=trials_complete,
+        study=identity.name, settings=identity.settings)

@@ -1,7 +1,9 @@
-"""The Optuna study: storage in the run dir (or any URL), resume, stale trials, warm starts."""
+"""The Optuna study: storage in the run dir (or any URL shared by workers), its identity, resume, stale
+trials, warm starts, and the stop at the study's total."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -15,25 +17,61 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dac_search.errors import ConfigError
 from dac_search.redact import mask_url
+from dac_search.search.identity import SearchIdentity, refuse_difference
 from dac_search.search.space import SearchSpace
 
-STUDY_NAME = "dac-search"
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 CLAIM_WITHIN_S = 10.0  # a live worker claims its trial within milliseconds of asking for it
 
 
-def open_study(storage_url: str, seed: int) -> optuna.Study:
-    """The study of a run; the budget is a constraint each trial sets (``Trial.set_constraint``)."""
+def open_study(storage_url: str, seed: int, identity: SearchIdentity) -> tuple[optuna.Study, bool]:
+    """The study of a search and whether this worker created it; the budget is a constraint each trial
+    sets (``Trial.set_constraint``). A study searched with other settings is refused in one line."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(storage_url, heartbeat_interval=30, grace_period=120,
+            # pre-ping: an overnight worker's pooled connection may have been dropped by the server
+            storage = RDBStorage(storage_url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=30,
+                                 grace_period=120,
                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
     except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
-        raise ConfigError(f"cannot open the study storage {mask_url(storage_url)}: {type(exc).__name__}") from None
+        raise ConfigError(f"cannot open the study storage {mask_url(storage_url)}: {_reason(exc)}") from None
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
-    return optuna.create_study(storage=storage, sampler=sampler, study_name=STUDY_NAME,
-                               directions=["minimize", "minimize"], load_if_exists=True)
+    try:  # only one worker creates a study, even when several start at once (the storage's unique key)
+        study = optuna.create_study(storage=storage, sampler=sampler, study_name=identity.name,
+                                    directions=["minimize", "minimize"])
+        study.set_user_attr("settings", identity.settings_dict)
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        # a joining worker samples on from its own seed: the same seed in every worker would have them
+        # all propose the same plans until their histories differ
+        joiner = optuna.samplers.TPESampler(seed=_worker_seed(seed), n_startup_trials=10)
+        study = optuna.load_study(storage=storage, sampler=joiner, study_name=identity.name)
+    refuse_difference(f"study {identity.name!r}", _settings(study), identity.settings)
+    return study, False
+
+
+def _worker_seed(seed: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{WORKER}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of a storage error, password masked: what the user can act on (a wrong host, a
+    missing driver) without sqlalchemy's page of context."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return mask_url(f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__)
+
+
+def _settings(study: optuna.Study, wait_s: float = 10.0) -> dict[str, str]:
+    """The settings the study's creator recorded; a study just created by another worker gets them
+    within milliseconds, a study from before settings were recorded has none."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        settings = study.user_attrs.get("settings")
+        if settings is not None or time.monotonic() > deadline or study.get_trials(deepcopy=False):
+            return dict(settings or {})
+        time.sleep(0.2)
 
 
 def fail_dead_trials(study: optuna.Study, claim_within_s: float = CLAIM_WITHIN_S) -> int:
@@ -91,9 +129,21 @@ def _alive(pid: int) -> bool:
 
 
 def enqueue_warm_starts(study: optuna.Study, space: SearchSpace, log_lambdas: Sequence[float]) -> None:
-    """Start from the additive-model optimum at several targets (every shift 0)."""
-    if study.get_trials(deepcopy=False):
-        return
+    """Start from the additive-model optimum at several targets (every shift 0). Called by the worker
+    that created the study only, so several workers starting at once enqueue them once."""
     for log_lambda in log_lambdas:
         params = {"log_lambda": log_lambda, **{space.shift_param(layer.name): 0 for layer in space.layers}}
-        study.enqueue_trial(params, user_attrs={"warm_start": True})
+        study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+
+
+def claimed_trials(study: optuna.Study) -> int:
+    """Trials complete or running: what counts towards the study's total while workers share it."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
+
+
+def is_surplus(study: optuna.Study, number: int, total: int) -> bool:
+    """Whether trial ``number`` came after the study's ``total`` was already taken by other workers'
+    complete or running trials (workers ask for trials at once: the lower numbers win)."""
+    before = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+              if t.number < number]
+    return len(before) >= total

@@ -8,6 +8,7 @@ import socket
 import pytest
 from optuna.trial import TrialState
 
+from dac_search.search.identity import SearchIdentity
 from dac_search.search.study import WORKER, fail_dead_trials, open_study
 
 # ask() outside optimize() is how a killed worker leaves its trial; Optuna warns about heartbeats
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 
 
 def _study(tmp_path):
-    return open_study(f"sqlite:///{tmp_path / 'study.db'}", seed=0)
+    return open_study(f"sqlite:///{tmp_path / 'study.db'}", 0, SearchIdentity("test", ()))[0]
 
 
 def test_a_trial_killed_before_its_worker_claimed_it_is_failed_and_its_fixed_params_retried(tmp_path) -> None:
