@@ -41,6 +41,7 @@ from proxy_fidelity import random_plan, spearman  # noqa: E402
 from dac_search.allocate import FIRST_CONV, METHODS, allocate, eligible_layers, table_ranks  # noqa: E402
 from dac_search.budget import parse_budget  # noqa: E402
 from dac_search.cost import CostModel  # noqa: E402
+from dac_search.methods import PLAN_METHODS  # noqa: E402
 from dac_search.eval_data import IMAGENET_MEAN, IMAGENET_STD, EvalData, load_eval_data, top1  # noqa: E402
 from dac_search.plan import RankPlan  # noqa: E402
 from dac_search.proxies import cached_layer_sensitivity, default_proxy  # noqa: E402
@@ -63,6 +64,7 @@ class Case:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     uniform_method: str
+    search_methods: tuple[str, ...] | None = None  # None: the search's default under a FLOPs budget
 
 
 CASES = {
@@ -70,7 +72,7 @@ CASES = {
                  str(ASSETS / "cifar10-nobn" / "cifar_net-d75fd60a.pth"), (1, 3, 32, 32),
                  ASSETS / "cifar10" / "cifar10_test_a.npz", NOBN_MEAN, NOBN_STD, "dac"),
     "mobilenet_v2": Case("mobilenet_v2", "IMAGENET1K_V1", (1, 3, 224, 224), ASSETS / "imagenet" / "sample_a.tsv",
-                         IMAGENET_MEAN, IMAGENET_STD, "channel"),
+                         IMAGENET_MEAN, IMAGENET_STD, "channel", PLAN_METHODS),
 }
 
 
@@ -87,7 +89,7 @@ def search_plan(case: Case, kind: str, target: float, trials: int) -> RankPlan:
     with tempfile.TemporaryDirectory() as tmp:
         config = SearchConfig(model=case.spec, weights=case.weights, input_shape=case.shape,
                               budget=parse_budget(f"{target * 100:g}%flops"), device="none", trials=trials,
-                              out=Path(tmp) / "run", inputs=kind)
+                              out=Path(tmp) / "run", inputs=kind, methods=case.search_methods)
         outcome = run_search(config)
         if not outcome.feasible:
             raise SystemExit(f"the search found no plan within {target:.0%} FLOPs for {case.spec}")
@@ -153,7 +155,8 @@ def run_case(name: str, case: Case, targets: list[float], kinds: list[str], rows
                 kept = costs.cost(plan).flops / costs.baseline.flops
                 cells.append(f"{top1(decompose_model(model, plan, dense=True), data):.2f} ({kept:.0%})")
             what = {"uniform": f"uniform {case.uniform_method} + refit", "greedy": "greedy on KL + refit",
-                    "search": f"search, {trials} trials"}[row]
+                    "search": f"search, {trials} trials" + (
+                        f" ({','.join(case.search_methods)})" if case.search_methods else "")}[row]
             body.append([label, what, *cells])
     original = top1(model, data)
     title = (f"**{name}**: original top-1 {original:.2f}% on {len(data)} images of {case.data.name}; cells: "

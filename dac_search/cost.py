@@ -4,9 +4,10 @@ Shapes are traced once with a sample input; after that the cost of a plan is ari
 search can price thousands of plans without building a single layer. FLOPs count the
 multiply-adds of every Conv2d and Linear for one image (batch 1), the convention of the DAC paper.
 
-A pruned producer is priced at its kept output channels, its consumer at as many input channels (and
-factorised at that width if the plan says so), its BatchNorm without the removed channels' affine
-parameters: exactly what ``count_cost`` finds on the built model. A removed branch (rank 0) costs no
+A pruned producer is priced at its kept output channels, the depthwise convs it passes through at as many
+channels, its consumer at as many input channels (and factorised at that width if the plan says so), the
+BatchNorms on the way without the removed channels' affine parameters: exactly what ``count_cost`` finds
+on the built model. A removed branch (rank 0) costs no
 multiply-adds and its constant's parameters.
 """
 
@@ -129,15 +130,21 @@ def count_cost(model: nn.Module, input_shape: Sequence[int]) -> Cost:
 def trace_geometry(model: nn.Module, input_shape: Sequence[int],
                    methods: Sequence[str] = ("dac",)) -> dict[str, ConvGeometry]:
     """Geometry of every conv one of ``methods`` can take, in execution order, from one forward pass."""
+    return _geometry_of(model, input_shape, decomposable_layers(model, methods))
+
+
+def _geometry_of(model: nn.Module, input_shape: Sequence[int],
+                 convs: Mapping[str, nn.Module]) -> dict[str, ConvGeometry]:
     found: dict[str, ConvGeometry] = {}
+    if not convs:
+        return found
 
     def recorder(name: str) -> Hook:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             found.setdefault(name, ConvGeometry.of(name, module, inputs[0].shape[-2:], output.shape[-2:]))
         return hook
 
-    _run_once(model, input_shape,
-              {conv: recorder(name) for name, conv in decomposable_layers(model, methods).items()})
+    _run_once(model, input_shape, {conv: recorder(name) for name, conv in convs.items()})
     return found
 
 
@@ -156,6 +163,17 @@ class CostModel:
         self.baseline = count_cost(model, input_shape)
         self._model = model  # read again only for a plan that prunes
         self._sites: dict[str, PruneSite | str] | None = None
+        self._passed: dict[str, ConvGeometry] | None = None
+
+    def _original(self, name: str) -> ConvGeometry:
+        """A conv's traced geometry: a decomposable one, or a depthwise conv a pruning passes through."""
+        if name in self.traced:
+            return self.traced[name]
+        if self._passed is None:  # traced on first use: only plans that prune through depthwise convs need it
+            passed = {dw for site in self.sites().values() if not isinstance(site, str) for dw, _ in site.through}
+            self._passed = _geometry_of(self._model, self.input_shape,
+                                        {name: self._model.get_submodule(name) for name in passed})
+        return self._passed[name]
 
     def sites(self) -> dict[str, PruneSite | str]:
         """The model's prune sites (``prune_sites``), traced on first use."""
@@ -171,14 +189,14 @@ class CostModel:
             return frozenset()
 
     def layer(self, name: str, choice: LayerChoice | None = None) -> Cost:
-        return conv_cost(self.traced[name], choice)
+        return conv_cost(self._original(name), choice)
 
     def cost(self, plan: RankPlan | Mapping[str, Any]) -> Cost:
         plan = RankPlan.coerce(plan)
         pruned, factorised = plan.split()
         geometry, total = self._pruned(pruned, factorised, plan.correction)
         for name in {*factorised.layers, *geometry}:
-            shape = geometry.get(name, self.traced[name])
+            shape = geometry.get(name) or self._original(name)
             if plan.correction is not None and name in factorised.layers:
                 shape = replace(shape, bias=True)  # a correction fits the factorised layer's bias
             total = total - self.layer(name) + conv_cost(shape, factorised.layers.get(name))
@@ -205,6 +223,12 @@ class CostModel:
                 if after is not None and after.affine:
                     total = total - Cost(0, 2 * consumer.out_channels)
             geometry[site.consumer] = consumer
+            for depthwise, depthwise_norm in site.through:
+                geometry[depthwise] = replace(self._original(depthwise), in_channels=rank, out_channels=rank,
+                                              groups=rank)
+                norm = self._model.get_submodule(depthwise_norm) if depthwise_norm else None
+                if norm is not None and norm.affine:
+                    total = total - Cost(0, 2 * (width - rank))
         for name, site in sites.items():  # a refitted consumer with no bias and no BatchNorm to fold it into
             refitted = (correction == "refit" and 0 < pruned[name] < self.traced[name].out_channels
                         and site.consumer not in factorised.layers)

@@ -308,3 +308,36 @@ def test_a_removed_branch_round_trips_exports_and_its_consumer_cannot_be_factori
                                           "layer1.1.conv2": {"method": "dac", "rank": 2}}})
     with pytest.raises(PlanError, match="non-negative integer"):
         LayerChoice("prune", -1)
+
+
+# --- through depthwise convs: MobileNet-V2's inverted residuals --------------------------------------
+
+def test_an_inverted_residual_is_pruned_through_its_depthwise_conv_at_the_exact_cost(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            with torch.no_grad():
+                module.weight.uniform_(0.2, 1.5)
+                module.bias.normal_(0, 0.5)
+    sites = prune_sites(model)
+    expand = sites["features.2.conv.0.0"]
+    assert expand.through == (("features.2.conv.1.0", "features.2.conv.1.1"),) and expand.consumer == "features.2.conv.2"
+    assert expand.last_norm == "features.2.conv.1.1" and not expand.removable
+    assert isinstance(sites["features.2.conv.1.0"], str)  # a depthwise conv is passed through, not a producer
+    plan = {"input_shape": list(SMALL), "layers": {
+        "features.2.conv.0.0": {"method": "prune", "rank": 50},     # the stride-2 block of 24 channels
+        "features.4.conv.0.0": {"method": "prune", "rank": 100},    # a block with a residual add
+        "features.4.conv.2": {"method": "channel", "rank": 8}}}     # its projection, factorised at the new width
+    built = decompose_model(model, plan)
+    depthwise = built.get_submodule("features.4.conv.1.0")
+    assert (depthwise.in_channels, depthwise.out_channels, depthwise.groups) == (100, 100, 100)
+    assert built.get_submodule("features.4.conv.1.1").num_features == 100
+    assert count_cost(built, SMALL) == CostModel(model, SMALL).cost(plan)
+    with torch.no_grad():
+        assert built(torch.randn(2, *SMALL[1:])).shape == (2, 10)
+    full = {"input_shape": list(SMALL), "layers": {"features.4.conv.0.0": {"method": "prune", "rank": 144}}}
+    assert _max_diff(model, decompose_model(model, full), SMALL) < 1e-5  # every channel kept: the same network
+    export_onnx(built, tmp_path / "m.onnx", SMALL)
+    onnx.checker.check_model(str(tmp_path / "m.onnx"))
+

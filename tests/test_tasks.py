@@ -72,15 +72,25 @@ def test_a_task_model_is_scored_on_its_raw_outputs_and_exports_to_onnx(spec: str
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.slow  # single-layer proxies of the ASPP head
-def test_a_segmentation_search_runs_from_the_command_line(tmp_path: Path) -> None:
+# An SSD searched from the command line is SSDlite: VGG16-SSD300's single-layer proxies alone take about
+# 5 minutes on 2 cores (its scoring and export are tested above).
+@pytest.mark.slow  # single-layer proxies of a whole detector or segmenter
+@pytest.mark.parametrize(("spec", "shape", "methods", "inputs"), [
+    ("ssdlite320_mobilenet_v3_large", "1,3,160,160", "channel", "distilled"),
+    ("deeplabv3_resnet50", "1,3,32,32", "dac", "distilled")])
+def test_a_task_model_is_searched_and_its_plan_exported_from_the_command_line(spec: str, shape: str, methods: str,
+                                                                               inputs: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = run_cli("--model", "deeplabv3_mobilenet_v3_large", "--weights", "none", "--input-shape", "1,3,32,32",
-                     "--device", "none", "--budget", "90%flops", "--methods", "dac", "--trials", "3",
-                     "--correction", "none", "--proxy-images", "2", "--out", str(out))
+    result = run_cli("--model", spec, "--weights", "none", "--input-shape", shape, "--device", "none",
+                     "--budget", "90%flops", "--methods", methods, "--trials", "3", "--correction", "none",
+                     "--proxy-images", "2", "--out", str(out))
     assert result.returncode == 0, result.stderr
     run = json.loads((out / "run.json").read_text())
-    assert run["proxy"]["inputs"] == "distilled" and run["trials_complete"] == 3
+    assert run["proxy"]["inputs"] == inputs and run["trials_complete"] == 3
+    exported = run_cli("export", str(out), "--pick", "best", "--format", "onnx", "-o", str(tmp_path / "m.onnx"))
+    assert exported.returncode == 0, exported.stderr
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert len(session.get_outputs()) == (2 if spec.startswith("ssd") else 1)  # the raw head outputs
 
 
 def test_a_task_model_without_the_shape_it_needs_is_one_line(tmp_path: Path) -> None:

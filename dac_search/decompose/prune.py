@@ -2,13 +2,19 @@
 
 A *producer* conv is prunable when its output goes only through a BatchNorm2d and/or a ReLU (ReLU6) into
 exactly one conv with groups == 1 (its *consumer*): ``layerX.Y.conv1`` of a CIFAR BasicBlock, ``conv1`` and
-``conv2`` of a torchvision Bottleneck. Then channel j of the producer, its BatchNorm and input channel j of
-the consumer can go together and the rest of the network never sees a difference in shape. A conv whose
+``conv2`` of a torchvision Bottleneck. Depthwise convs on the way (one filter per channel, each with its
+BatchNorm and activation) are passed *through*: the expansion conv of a MobileNet-V2 inverted residual is
+a producer, its depthwise 3x3 goes with it, the projection is the consumer. Then channel j of the producer,
+of its BatchNorm and of everything passed through, and input channel j of the consumer can go together and
+the rest of the network never sees a difference in shape. A conv whose
 output meets a residual add (or a pool, a concat, the model's output) is refused: removing its channels
 would change the width of everything the add joins. The structure is read from ``torch.fx.symbolic_trace``.
 
-Channel j's importance is ``|gamma_j| * ||W_consumer[:, j]||`` (gamma the BatchNorm weight; without one,
-the producer's output filter norm takes its place): how much of the consumer's input it can carry. The
+Channel j's importance is ``|gamma_j| * ||W_consumer[:, j]||`` (gamma the weight of the last BatchNorm
+before the consumer; without one, the producer's output filter norm takes its place): how much of the
+consumer's input it can carry. (The spread of the channel's activation of N(beta_j, gamma_j^2), which
+discounts a channel its BatchNorm shifts below zero before a ReLU, ranks better uncorrected but worse with
+the default refit: ResNet-56 at half width 84.30% against 86.74%, MobileNet-V2 alike within noise.) The
 top r are kept in their original order. The pruned model is made of plain, smaller ``nn.Conv2d`` and
 ``nn.BatchNorm2d`` modules, so it exports and runs as an ordinary network. Nothing here corrects the
 result (``dac_search.decompose_model`` refits the consumers when the plan asks for ``refit``).
@@ -35,8 +41,8 @@ from torch import fx, nn
 
 from dac_search.errors import PlanError
 
-RULE = ("prune takes a conv whose output goes only through a BatchNorm2d and/or a ReLU into exactly one conv "
-        "with groups=1")
+RULE = ("prune takes a conv whose output goes only through a BatchNorm2d and/or a ReLU (and depthwise convs "
+        "with theirs) into exactly one conv with groups=1")
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6)
 _ACTIVATION_FUNCTIONS = (F.relu, F.relu6, torch.relu, torch.relu_)
 _ACTIVATION_METHODS = ("relu", "relu_")
@@ -49,6 +55,7 @@ class PruneSite:
     ``consumer_norm``: a BatchNorm2d with running statistics that alone reads the consumer's output; a
     refitted consumer's bias is folded into it, so the pruned model keeps the original's parameters.
     ``removal``: why the branch cannot be removed (rank 0), or "" where it can.
+    ``through``: the depthwise convs between producer and consumer, in order, each with its BatchNorm.
     """
 
     producer: str
@@ -56,6 +63,12 @@ class PruneSite:
     consumer: str
     consumer_norm: str | None = None
     removal: str = "the branch was not checked"
+    through: tuple[tuple[str, str | None], ...] = ()
+
+    @property
+    def last_norm(self) -> str | None:
+        """The BatchNorm right before the consumer: what its input channels' scale is read off."""
+        return self.through[-1][1] if self.through else self.norm
 
     @property
     def removable(self) -> bool:
@@ -89,8 +102,13 @@ class Pruning:
         for name, site in self.sites.items():
             if name in removed:
                 out.update(_removed_branch(model, site))
-            elif site.norm is not None:
+                continue
+            if site.norm is not None:
                 out[site.norm] = slice_norm(model.get_submodule(site.norm), self.keep[name])
+            for depthwise, norm in site.through:
+                out[depthwise] = slice_conv(model.get_submodule(depthwise), self.keep[name])
+                if norm is not None:
+                    out[norm] = slice_norm(model.get_submodule(norm), self.keep[name])
         return out
 
     def apply(self, model: nn.Module) -> nn.Module:
@@ -198,16 +216,14 @@ def _site(name: str, node: fx.Node, modules: Mapping[str, nn.Module], calls: Cou
         return f"the conv is called {calls[name]} times"
     if conv.groups != 1:
         return f"it is a grouped conv (groups={conv.groups}), whose output channels cannot go one by one"
-    norm: str | None = None
-    user = _sole_user(node, "its output", modules)
-    if isinstance(user, fx.Node) and user.op == "call_module" and isinstance(modules[str(user.target)],
-                                                                             nn.BatchNorm2d):
-        norm = str(user.target)
-        if calls[norm] > 1:
-            return f"its BatchNorm {norm} is called {calls[norm]} times"
-        user = _sole_user(user, f"the output of {norm}", modules)
-    if isinstance(user, fx.Node) and _is_activation(user, modules):
-        user = _sole_user(user, "the activation's output", modules)
+    norm, user = _walk(node, "its output", modules, calls)
+    passed: list[tuple[str, str | None]] = []
+    while isinstance(user, fx.Node) and _is_depthwise(user, modules):
+        depthwise = str(user.target)
+        if calls[depthwise] > 1:
+            return f"the depthwise conv {depthwise} after it is called {calls[depthwise]} times"
+        depthwise_norm, user = _walk(user, f"the output of {depthwise}", modules, calls)
+        passed.append((depthwise, depthwise_norm))
     if isinstance(user, str):
         return user
     module = modules.get(str(user.target)) if user.op == "call_module" else None
@@ -221,7 +237,35 @@ def _site(name: str, node: fx.Node, modules: Mapping[str, nn.Module], calls: Cou
         return f"its consumer {consumer} is a grouped conv (groups={module.groups})"
     consumer_norm = _norm_after(user, modules, calls)
     end = next(iter(user.users)) if consumer_norm else user
-    return PruneSite(name, norm, consumer, consumer_norm, _removal(node, end, (conv, module), modules))
+    removal = ("its branch passes through a depthwise conv" if passed
+               else _removal(node, end, (conv, module), modules))
+    return PruneSite(name, norm, consumer, consumer_norm, removal, tuple(passed))
+
+
+def _walk(node: fx.Node, what: str, modules: Mapping[str, nn.Module],
+          calls: Counter[str]) -> tuple[str | None, fx.Node | str]:
+    """From a conv's output through its optional BatchNorm and activation: the BatchNorm, and the next
+    node or why there is not exactly one."""
+    norm: str | None = None
+    user = _sole_user(node, what, modules)
+    if isinstance(user, fx.Node) and user.op == "call_module" and isinstance(modules[str(user.target)],
+                                                                             nn.BatchNorm2d):
+        norm = str(user.target)
+        if calls[norm] > 1:
+            return norm, f"the BatchNorm {norm} is called {calls[norm]} times"
+        user = _sole_user(user, f"the output of {norm}", modules)
+    if isinstance(user, fx.Node) and _is_activation(user, modules):
+        user = _sole_user(user, "the activation's output", modules)
+    return norm, user
+
+
+def _is_depthwise(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
+    """One filter per channel, as many outputs as inputs: channel j depends on channel j alone."""
+    if node.op != "call_module":
+        return False
+    conv = modules[str(node.target)]
+    return (isinstance(conv, nn.Conv2d) and conv.groups > 1
+            and conv.groups == conv.in_channels == conv.out_channels)
 
 
 _ADDS = (operator.add, operator.iadd, torch.add)
@@ -319,7 +363,7 @@ def hidden_importance(model: nn.Module, site: PruneSite) -> torch.Tensor:
     """|gamma_j| * ||W_consumer[:, j]|| per output channel j of the producer (why: see the module doc)."""
     consumer = model.get_submodule(site.consumer).weight.detach()
     reach = consumer.transpose(0, 1).reshape(consumer.shape[1], -1).norm(dim=1)
-    norm = model.get_submodule(site.norm) if site.norm else None
+    norm = model.get_submodule(site.last_norm) if site.last_norm else None
     if norm is not None and norm.weight is not None:
         scale = norm.weight.detach().abs()
     elif norm is not None:  # a non-affine BatchNorm normalises every channel alike
@@ -359,14 +403,17 @@ def prune_model(model: nn.Module, ranks: Mapping[str, int]) -> nn.Module:
 
 def slice_conv(conv: nn.Conv2d, out_keep: torch.Tensor | None = None,
                in_keep: torch.Tensor | None = None) -> nn.Conv2d:
-    """A plain conv of ``conv``'s geometry holding only the kept output and input channels (groups == 1)."""
+    """A plain conv of ``conv``'s geometry holding only the kept output and input channels (groups == 1),
+    or, for a depthwise conv, only the kept channels (``out_keep``: its inputs go with its outputs)."""
     weight = conv.weight.detach()
     if out_keep is not None:
         weight = weight[out_keep]
     if in_keep is not None:
         weight = weight[:, in_keep]
-    out = nn.utils.skip_init(nn.Conv2d, weight.shape[1], weight.shape[0], conv.kernel_size, stride=conv.stride,
-                             padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+    groups = weight.shape[0] if depthwise else conv.groups
+    out = nn.utils.skip_init(nn.Conv2d, weight.shape[1] * groups, weight.shape[0], conv.kernel_size,
+                             stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=groups,
                              bias=conv.bias is not None, padding_mode=conv.padding_mode,
                              device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
