@@ -13,7 +13,8 @@ For each kind of synthetic input, every row is fitted and chosen on that kind al
 only measure): uniform (DAC on the BN-free net; the channel method on MobileNet-V2, whose 1x1 convs hold
 its FLOPs and which DAC cannot take), greedy on the single-layer KL table with a refit (every
 factorisation), and the search (``dac-search --device none --budget <t>%flops --inputs <kind>``, its best
-plan by proxy). Every plan is rebuilt from the plan alone by ``decompose_model``, as an export is.
+plan by proxy; on MobileNet-V2 with ``--methods dac,spatial,channel,prune``: its hidden widths are where
+pruning applies). Every plan is rebuilt from the plan alone by ``decompose_model``, as an export is.
 
 ``--fidelity N``: also, per model and kind, Spearman's rho between the search's whole-plan proxy (KL of
 the refitted model on held-out synthetic inputs) and real top-1 over N different random plans between

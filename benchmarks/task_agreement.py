@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ASSETS, markdown, split  # noqa: E402
 from proxy_fidelity import spearman  # noqa: E402
 
-from dac_search.allocate import allocate  # noqa: E402
+from dac_search.allocate import allocate_uniform  # noqa: E402
 from dac_search.commands._common import parse_shape  # noqa: E402
 from dac_search.cost import CostModel  # noqa: E402
 from dac_search.eval_data import IMAGENET_MEAN, IMAGENET_STD, load_eval_data  # noqa: E402
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         reference = masks(model, pixels)
     rows, proxies, agreements = [], [], []
     for rank in (int(r) for r in split(args.ranks)):
-        plan = replace(allocate("uniform", model, shape, rank, "dac"), model=spec, input_shape=shape,
+        plan = replace(allocate_uniform(model, shape, rank, "dac"), model=spec, input_shape=shape,
                        correction="refit")
         score = proxy.score(plan).kl
         decomposed = decompose_model(model, plan)
