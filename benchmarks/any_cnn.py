@@ -42,8 +42,8 @@ from proxy_fidelity import random_plan, spearman  # noqa: E402
 from dac_search.allocate import FIRST_CONV, METHODS, allocate, eligible_layers, table_ranks  # noqa: E402
 from dac_search.budget import parse_budget  # noqa: E402
 from dac_search.cost import CostModel  # noqa: E402
-from dac_search.methods import PLAN_METHODS  # noqa: E402
 from dac_search.eval_data import IMAGENET_MEAN, IMAGENET_STD, EvalData, load_eval_data, top1  # noqa: E402
+from dac_search.methods import PLAN_METHODS  # noqa: E402
 from dac_search.plan import RankPlan  # noqa: E402
 from dac_search.proxies import cached_layer_sensitivity, default_proxy  # noqa: E402
 from dac_search.proxies.apply import decompose_model  # noqa: E402

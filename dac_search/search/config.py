@@ -68,11 +68,18 @@ class SearchConfig:
     def has_device(self) -> bool:
         return self.device != "none"
 
+    @property
+    def model_label(self) -> str:
+        """The model as a short name: a file spec's stem, else the spec."""
+        return Path(self.model.split(":")[0]).stem if ("/" in self.model or ":" in self.model) else self.model
+
+    @property
+    def device_label(self) -> str:
+        return Path(self.device).stem if self.device.endswith(".toml") else self.device
+
     def default_out(self, root: Path = Path("reports")) -> Path:
-        device = Path(self.device).stem if self.device.endswith(".toml") else self.device
         budget = self.budget.text.replace("%", "pct").replace(" ", "")
-        model = Path(self.model.split(":")[0]).stem if ("/" in self.model or ":" in self.model) else self.model
-        return root / f"{model}-{device}-{budget}"
+        return root / f"{self.model_label}-{self.device_label}-{budget}"
 
 
 def parse_duration(text: str) -> float:

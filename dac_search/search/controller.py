@@ -22,8 +22,8 @@ from dac_search.search.baselines import eval_data, uniform_baseline, with_top1
 from dac_search.search.config import SearchConfig
 from dac_search.search.context import SearchContext, build_context
 from dac_search.search.final import DeviceTimer, FinalFront, measured_front, unmeasured_front
-from dac_search.search.live import LiveView
 from dac_search.search.identity import LEGACY_STUDY, SearchIdentity, identity_of, refuse_difference
+from dac_search.search.live import LiveView
 from dac_search.search.objective import AfterTrial, Objective, rows_of, stop_at_total
 from dac_search.search.record import now, run_info
 from dac_search.search.study import enqueue_warm_starts, fail_dead_trials, open_study

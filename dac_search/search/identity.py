@@ -11,7 +11,6 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from dac_search.errors import ConfigError
 from dac_search.search.config import SearchConfig
@@ -44,9 +43,7 @@ def identity_of(config: SearchConfig, study: str | None = None) -> SearchIdentit
     settings = settings_of(config)
     if study is None:
         digest = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:8]
-        model = Path(config.model.split(":")[0]).stem if ("/" in config.model or ":" in config.model) else config.model
-        device = Path(config.device).stem if config.device.endswith(".toml") else config.device
-        study = _UNSAFE.sub("_", f"{model}-{device}-{config.budget.text}-{digest}")
+        study = _UNSAFE.sub("_", f"{config.model_label}-{config.device_label}-{config.budget.text}-{digest}")
     return SearchIdentity(study, settings)
 
 
