@@ -9,6 +9,7 @@ from profilers.devices import DeviceConfig, devices_dir, list_devices, load_devi
 from profilers.errors import (
     AuthFailed,
     BadModel,
+    DeviceBusy,
     DeviceOutOfMemory,
     DeviceUnreachable,
     HostKeyMismatch,
@@ -26,6 +27,7 @@ __all__ = [
     "AuthFailed",
     "BadModel",
     "Conditions",
+    "DeviceBusy",
     "DeviceConfig",
     "DeviceOutOfMemory",
     "DeviceUnreachable",

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,14 +66,25 @@ def job(
     runtime: str,
     threads: int | None,
     settings: MeasureSettings,
+    lease: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    document = {
         "models": list(models),
         "input_shape": [list(shape) for shape in input_shapes],
         "runtime": runtime,
         "threads": threads,
         "settings": settings.to_dict(),
     }
+    return {**document, "lease": lease} if lease else document
+
+
+LEASE_FILE = "lease"  # in the device's workdir (the local device: in this user's cache dir)
+HOLDER = f"{socket.gethostname()}:{os.getpid()}"  # who measures: written into the lease file
+
+
+def lease(path: str, wait_s: float) -> dict[str, Any]:
+    """The job's lease: the device is measured by one runner at a time (see runner.py)."""
+    return {"path": path, "holder": HOLDER, "wait_s": wait_s}
 
 
 def info_argument(runtime: str, threads: int | None) -> str:
@@ -98,6 +111,8 @@ def decode(outcome: RunnerOutcome, ctx: Context) -> dict[str, Any]:
         raise errors.DeviceOutOfMemory(f"runner on {where} was killed (SIGKILL), most likely out of memory")
     if status == runner.EXIT_BAD_MODEL:
         raise errors.BadModel(f"{ctx.runtime} cannot run {message} on {where}")
+    if status == runner.EXIT_LEASE_TIMEOUT:
+        raise errors.DeviceBusy(f"{where} is being measured by {message}: its lease was not released in time")
     if status == runner.EXIT_ORPHANED:
         raise errors.RunnerFailed(f"runner on {where} lost its caller and stopped")
     if status != 0 or document is None or not document.get("ok"):
@@ -120,6 +135,8 @@ def results(
         }
     )
     rows = document["results"]
+    held = document.get("lease") or {}
+    window = (float(held["start"]), float(held["end"])) if "start" in held and "end" in held else None
     if len(rows) != len(artifacts):
         raise errors.RunnerFailed(f"runner on {ctx.device} returned {len(rows)} results for {len(artifacts)} models")
     return [
@@ -132,6 +149,8 @@ def results(
             number=int(row["number"]),
             attempts=int(row["attempts"]),
             stable=bool(row["stable"]),
+            lease_waited_s=float(held.get("waited_s", 0.0)),
+            window=window,
         )
         for artifact, shape, row in zip(artifacts, input_shapes, rows)
     ]

@@ -62,6 +62,8 @@ class LatencyResult:
     number: int = 1  # inferences timed together in one repeat
     attempts: int = 1  # measurements made before the samples were steady enough (or retries ran out)
     stable: bool = True  # CoV within the limit and no throttling in the kept attempt
+    lease_waited_s: float = 0.0  # how long the runner waited for another measurement of the device to end
+    window: tuple[float, float] | None = None  # device clock (epoch s): the measurement's start and end
     median_ms: float = field(init=False)
     iqr_ms: float = field(init=False)
     p90_ms: float = field(init=False)
@@ -77,6 +79,7 @@ class LatencyResult:
         data = asdict(self)
         data["input_shape"] = list(self.input_shape)
         data["samples_ms"] = list(self.samples_ms)
+        data["window"] = list(self.window) if self.window else None
         return data
 
     @classmethod
@@ -90,6 +93,8 @@ class LatencyResult:
             number=int(data.get("number", 1)),
             attempts=int(data.get("attempts", 1)),
             stable=bool(data.get("stable", True)),
+            lease_waited_s=float(data.get("lease_waited_s", 0.0)),
+            window=tuple(float(t) for t in data["window"]) if data.get("window") else None,
         )
 
 

@@ -23,7 +23,8 @@ RUNTIMES = ("onnxruntime", "torch")
 HOST_KEY_POLICIES = ("strict", "accept-new")
 DEVICES_DIR_ENV = "DAC_SEARCH_DEVICES_DIR"
 
-_COMMON_KEYS = {"name", "kind", "python", "runtime", "threads", "cpus", "timeout_s", "description", "measure"}
+_COMMON_KEYS = {"name", "kind", "python", "runtime", "threads", "cpus", "timeout_s", "lease_wait_s", "description",
+                "measure"}
 _SSH_KEYS = {
     "host", "hosts", "port", "user", "key", "known_hosts", "host_key", "workdir", "connect_timeout_s", "retries",
 }
@@ -47,6 +48,7 @@ class DeviceConfig:
     cpus: tuple[int, ...] = ()  # pin the runner to these cores (taskset)
     workdir: str = "~/.cache/dac-search"  # on the device: runner and models, by content hash
     timeout_s: float = 600.0  # allowance per runner call; each model measured adds its nominal time x3
+    lease_wait_s: float | None = None  # how long a runner waits for another measurement of the device to end
     connect_timeout_s: float = 10.0
     retries: int = 3  # reconnects after a transient fault
     description: str = ""
@@ -64,6 +66,11 @@ class DeviceConfig:
         m = settings or self.measure
         per_model = m.warmup_s + m.repeats * m.repeat_s * m.max_attempts + m.cooldown_s * m.max_attempts
         return self.timeout_s + 3.0 * per_model * max(1, n_models)
+
+    def lease_wait(self, n_models: int, settings: MeasureSettings | None = None) -> float:
+        """Seconds a runner waits for the device's lease: ``lease_wait_s``, by default as long as another
+        runner call like its own may take (one measurement ahead of it in the queue)."""
+        return self.lease_wait_s if self.lease_wait_s is not None else self.runner_timeout(n_models, settings)
 
 
 def devices_dir() -> Path:
@@ -149,6 +156,7 @@ class _Parser:
             "threads": self.integer("threads", None, minimum=1),
             "cpus": self.cpus(),
             "timeout_s": self.number("timeout_s", 600.0),
+            "lease_wait_s": self.number("lease_wait_s", 1.0) if "lease_wait_s" in self.data else None,
             "description": self.string("description", ""),
             "measure": self.measure(),
             "source": self.source,

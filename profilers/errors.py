@@ -54,5 +54,9 @@ class BadModel(ProfilerError):
     """The runtime refused to load or run the model file."""
 
 
+class DeviceBusy(ProfilerError):
+    """Another measurement held the device's lease past the wait allowed (its holder is named)."""
+
+
 class RunnerFailed(ProfilerError):
     """The runner stopped in a way none of the other errors describe."""

@@ -44,13 +44,16 @@ class LocalProfiler(Profiler):
         if missing:
             raise errors.BadModel(f"no such model file: {missing[0]}")
         shapes = _protocol.shapes(input_shape, len(paths))
+        wait = self.config.lease_wait(len(paths), settings)
         document = _protocol.job(
-            [str(p) for p in paths], shapes, ctx.runtime, self.config.threads, settings or self.config.measure
+            [str(p) for p in paths], shapes, ctx.runtime, self.config.threads, settings or self.config.measure,
+            _protocol.lease(str(local_lease_path()), wait),
         )
         with tempfile.TemporaryDirectory(prefix="dac-search-") as tmp:
             job_path = Path(tmp) / "job.json"
             job_path.write_text(json.dumps(document), encoding="utf-8")
-            outcome = self._run(["--job", str(job_path)], self.config.runner_timeout(len(paths), settings), tmp)
+            limit = self.config.runner_timeout(len(paths), settings) + wait
+            outcome = self._run(["--job", str(job_path)], limit, tmp)
         return _protocol.results(_protocol.decode(outcome, ctx), paths, shapes, ctx)
 
     def info(self, *, runtime: str | None = None) -> dict[str, Any]:
@@ -109,6 +112,14 @@ class LocalProfiler(Profiler):
                 _kill_group(process.pid)
                 process.wait()
         return _protocol.RunnerOutcome(process.returncode, stdout, stderr, time.monotonic() - start, limit_s)
+
+
+def local_lease_path() -> Path:
+    """This machine's lease, per user (a shared file in /tmp would let another user hold it for good):
+    every local device config and every search of this user measure one at a time."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dac-search"
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return root / _protocol.LEASE_FILE
 
 
 def _kill_group(pid: int) -> None:

@@ -14,7 +14,15 @@ Job (JSON)::
      "input_shape": [1, 3, 32, 32]  (or one shape per model: [[1, 16, 32, 32], [1, 32, 16, 16]]),
      "models": ["/path/a.onnx", "/path/b.onnx"],
      "settings": {"warmup_s": 0.5, "repeat_s": 0.1, "repeats": 10, "max_cov": 0.05,
-                  "max_attempts": 3, "cooldown_s": 0.0}}
+                  "max_attempts": 3, "cooldown_s": 0.0},
+     "lease": {"path": "/home/pi/.cache/dac-search/lease", "holder": "laptop:4242", "wait_s": 900}}
+
+Lease (optional): the runner takes an exclusive ``flock`` on ``path`` before it loads anything and holds
+it until it exits, so two searches, or two workers, never time models on one device at once (their
+timings would both be wrong, and nothing would say so). The kernel releases it when the runner dies,
+killed or orphaned by a dropped SSH session. A runner that waits says so on stderr; one that waits past
+``wait_s`` exits with ``EXIT_LEASE_TIMEOUT``, naming the holder written in the file. The result then
+carries ``lease``: the holder, the seconds waited and the device clock's start and end of the measurement.
 
 Protocol: the device is warmed up for ``warmup_s`` in all, every model for at least ``repeat_s`` (a single
 model gets the whole ``warmup_s``), and the number of inferences per repeat is calibrated so that one
@@ -49,6 +57,7 @@ EXIT_RUNTIME_MISSING = 4
 EXIT_OUT_OF_MEMORY = 5
 EXIT_BAD_MODEL = 6
 EXIT_ORPHANED = 7
+EXIT_LEASE_TIMEOUT = 8
 
 DEFAULT_SETTINGS: dict[str, float] = {
     "warmup_s": 0.5,
@@ -75,6 +84,46 @@ class RuntimeMissing(Exception):
 
 class BadModel(Exception):
     """The runtime refused to load or run a model file."""
+
+
+class LeaseTimeout(Exception):
+    """Another measurement held the device's lease for longer than this job may wait."""
+
+
+_held_leases: list[Any] = []  # open lock files: the lease lasts as long as this process
+
+
+def take_lease(lease: dict[str, Any]) -> dict[str, Any]:
+    """Wait for the device's lease (see the module doc) and hold it; returns what the result reports."""
+    import fcntl
+
+    path, holder, wait_s = str(lease["path"]), str(lease.get("holder", "?")), float(lease.get("wait_s", 900))
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+", encoding="utf-8")
+    started = time.monotonic()
+    said = False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            waited = time.monotonic() - started
+            if waited >= wait_s:
+                handle.seek(0)
+                other = handle.read().strip() or "another process"
+                handle.close()
+                raise LeaseTimeout(f"{other}; waited {waited:.0f} s") from None
+            if not said:
+                handle.seek(0)
+                sys.stderr.write(f"waiting for the device lease held by {handle.read().strip() or '?'}\n")
+                sys.stderr.flush()
+                said = True
+            time.sleep(0.05)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{holder} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    _held_leases.append(handle)
+    return {"holder": holder, "waited_s": time.monotonic() - started, "start": time.time()}
 
 
 # --------------------------------------------------------------------------------------------- statistics
@@ -310,6 +359,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     if not paths:
         raise JobError("job lists no models")
     settings = _settings(dict(job.get("settings") or {}))
+    lease = take_lease(job["lease"]) if job.get("lease") else None
     version, make_session = _load_runtime(runtime, int(threads) if threads else None)
 
     before = conditions()
@@ -349,8 +399,11 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     ]
     throttle_events = sum(a["throttled"] for a in attempts)
     after = conditions()
+    if lease is not None:
+        lease["end"] = time.time()
     return {
         "ok": True,
+        "lease": lease,
         "runtime": runtime,
         "runtime_version": version,
         "threads": int(threads) if threads else None,
@@ -434,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("out_of_memory", str(exc) or "MemoryError", EXIT_OUT_OF_MEMORY)
     except BadModel as exc:
         return _fail("bad_model", str(exc), EXIT_BAD_MODEL)
+    except LeaseTimeout as exc:
+        return _fail("lease_timeout", str(exc), EXIT_LEASE_TIMEOUT)
     except (JobError, OSError, ValueError) as exc:
         return _fail("bad_job", f"{type(exc).__name__}: {exc}", EXIT_BAD_JOB)
 

@@ -151,13 +151,15 @@ class SshProfiler(Profiler):
             raise errors.BadModel(f"no such model file: {missing[0]}")
         shapes = _protocol.shapes(input_shape, len(paths))
         ctx = self._context(runtime)
-        limit = self.config.runner_timeout(len(paths), settings)
+        wait = self.config.lease_wait(len(paths), settings)
+        limit = self.config.runner_timeout(len(paths), settings) + wait  # the lease's wait, then the measuring
 
         def attempt() -> _protocol.RunnerOutcome:
             runner = self._stage_runner()
             remote_models = [self._stage(path, "models") for path in paths]
             job = _protocol.job(
-                remote_models, shapes, ctx.runtime, self.config.threads, settings or self.config.measure
+                remote_models, shapes, ctx.runtime, self.config.threads, settings or self.config.measure,
+                _protocol.lease(f"{self._remote_workdir()}/{_protocol.LEASE_FILE}", wait),
             )
             tmp = self._mktemp()
             try:
