@@ -27,11 +27,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
              "read back with dac_search.export.load_pt_export",
     )
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    parser.add_argument("--model", help="the run's model spec, named again: needed where it runs code (file.py:fn, "
+                        "module:fn, a TorchScript file), since a run dir someone sends you may name any")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    exported = export_run(args.run_dir, args.output, args.fmt, args.pick)
+    exported = export_run(args.run_dir, args.output, args.fmt, args.pick, args.model)
     row = exported.row
     details = [f"trial {row.trial}", f"proxy {row.proxy:.4g}"]
     if row.latency_ms is not None:

@@ -66,10 +66,11 @@ def export_pt(model: nn.Module, path: str | os.PathLike[str], plan: RankPlan, sp
     return Path(path)
 
 
-def load_pt_export(path: str | os.PathLike[str]) -> nn.Module:
-    """Rebuild a ``pt`` export: the architecture from its spec and plan, every weight from the file."""
+def load_pt_export(path: str | os.PathLike[str], model: str | None = None) -> nn.Module:
+    """Rebuild a ``pt`` export: the architecture from its spec and plan, every weight from the file.
+    ``model``: the spec named again, where the recorded one runs code (``dac_search.zoo.trusted_spec``)."""
     from dac_search.decompose import replace_layers
-    from dac_search.zoo import load_model
+    from dac_search.zoo import load_model, trusted_spec
 
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
@@ -77,14 +78,15 @@ def load_pt_export(path: str | os.PathLike[str]) -> nn.Module:
         raise ConfigError(f"cannot read {path}: {type(exc).__name__}") from None
     if not isinstance(record, dict) or record.get("format") != PT_FORMAT:
         raise ConfigError(f"{path} is not a dac-search pt export ({PT_FORMAT})")
-    model = replace_layers(load_model(record["model"], weights=record["weights"]), record["plan"])  # every weight comes from the file
+    spec = trusted_spec(str(record["model"]), model, str(path))
+    built = replace_layers(load_model(spec, weights=record["weights"]), record["plan"])  # every weight from the file
     for key in record["state_dict"]:  # a correction may have given a factor the bias it lacked
         owner, _, name = key.rpartition(".")
-        module = model.get_submodule(owner) if owner else model
+        module = built.get_submodule(owner) if owner else built
         if name == "bias" and isinstance(module, nn.Conv2d) and module.bias is None:
             module.bias = nn.Parameter(torch.zeros(module.out_channels))
-    model.load_state_dict(record["state_dict"])
-    return model.eval()
+    built.load_state_dict(record["state_dict"])
+    return built.eval()
 
 
 def export_model(model: nn.Module, path: str | os.PathLike[str], plan: RankPlan, spec: str,

@@ -21,7 +21,7 @@ from dac_search.pareto import best_row, front_rows
 from dac_search.plan import RankPlan
 from dac_search.proxies.apply import decompose_model
 from dac_search.rundir import RunResults, TrialRow, load_run
-from dac_search.zoo import load_model
+from dac_search.zoo import load_model, trusted_spec
 
 
 @dataclass(frozen=True)
@@ -65,22 +65,24 @@ def plan_file(results: RunResults, row: TrialRow) -> Path:
     return path
 
 
-def build_model(results: RunResults, row: TrialRow) -> nn.Module:
-    """The decomposed model of ``row``, in eval mode: the run's model and weights with the trial's plan."""
+def build_model(results: RunResults, row: TrialRow, model: str | None = None) -> nn.Module:
+    """The decomposed model of ``row``, in eval mode: the run's model and weights with the trial's plan.
+    ``model``: the spec named again by the user, needed where the recorded one runs code (``trusted_spec``)."""
     info = results.info
-    model = load_model(info.model, weights=info.weights)
-    return decompose_model(model, plan_file(results, row))
+    spec = trusted_spec(info.model, model, str(results.run_dir / "run.json"))
+    return decompose_model(load_model(spec, weights=info.weights), plan_file(results, row))
 
 
-def export_run(run_dir: str | Path, output: str | Path, fmt: str, pick: str = "best") -> ExportedModel:
+def export_run(run_dir: str | Path, output: str | Path, fmt: str, pick: str = "best",
+               model: str | None = None) -> ExportedModel:
     """Write the model of the picked plan to ``output`` atomically (a file is either whole or absent)."""
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     results = load_run(run_dir)
     row = pick_trial(results, pick)
-    model = build_model(results, row)
+    built = build_model(results, row, model)
     info = results.info
     plan = RankPlan.load(plan_file(results, row))
     plan = replace(plan, model=info.model, input_shape=tuple(info.input_shape))
-    path = export_model(model, output, plan, info.model, info.weights, fmt, {"trial": row.trial})
+    path = export_model(built, output, plan, info.model, info.weights, fmt, {"trial": row.trial})
     return ExportedModel(path=Path(path), fmt=fmt, row=row)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from dac_search.errors import ModelLoadError
+from dac_search.errors import ConfigError, ModelLoadError
 from dac_search.zoo.cifar_resnet import DEPTHS, CifarResNet
 from dac_search.zoo.tasks import DEFAULT_SHAPES, as_searchable, detection_models, segmentation_models
 from dac_search.zoo.weights import apply_state_dict, fetch_checkpoint, read_state_dict, url_hash_prefix, weights_name
@@ -37,7 +37,7 @@ CIFAR_MODELS = tuple(f"cifar10-resnet{depth}" for depth in DEPTHS)
 _TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
 RANDOM_WEIGHTS = "none"  # --weights none: random initialisation
 
-__all__ = ["CIFAR_MODELS", "RANDOM_WEIGHTS", "default_input_shape", "known_models", "load_model"]
+__all__ = ["CIFAR_MODELS", "RANDOM_WEIGHTS", "default_input_shape", "known_models", "load_model", "trusted_spec"]
 
 
 @functools.cache
@@ -50,6 +50,21 @@ def _torchvision_models() -> list[str]:
 
 def known_models() -> list[str]:
     return [*CIFAR_MODELS, *_torchvision_models()]
+
+
+def trusted_spec(recorded: str, given: str | None, where: str) -> str:
+    """The model spec a recorded file (a run dir's run.json, a pt export) may be rebuilt from.
+
+    A named model is data; a ``file.py:function``, ``module:function`` or TorchScript spec runs code, and
+    a run dir or export someone sent you may name any: it runs only when the user names it again."""
+    if given is None:
+        if recorded not in known_models():
+            raise ConfigError(f"{where} names the model {recorded!r}, which runs code from a file; to run it, "
+                              f"name it again: --model {recorded}")
+        return recorded
+    if given != recorded:
+        raise ConfigError(f"--model {given!r} is not the model {where} was made with ({recorded!r})")
+    return given
 
 
 def default_input_shape(spec: str) -> tuple[int, int, int, int] | None:

@@ -59,3 +59,34 @@ def test_export_pt_reloads_to_the_same_model(run_dir: Path, tmp_path: Path, expe
     assert record["plan"]["layers"] == plan_of(BEST).to_dict()["layers"]
     with torch.no_grad():
         torch.testing.assert_close(load_pt_export(output)(SAMPLE), expected, rtol=0, atol=0)
+
+
+def test_a_run_dir_whose_model_runs_code_is_exported_only_when_the_user_names_it(
+        run_dir: Path, tmp_path: Path, expected: torch.Tensor, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import shutil
+
+    from dac_search.errors import ConfigError
+
+    marker = tmp_path / "ran"
+    (tmp_path / "net.py").write_text(
+        "from pathlib import Path\nfrom dac_search.zoo import load_model\n"
+        f"def build():\n    Path({str(marker)!r}).touch()\n    return load_model('cifar10-resnet20')\n")
+    spec = f"{tmp_path / 'net.py'}:build"
+    sent = tmp_path / "sent-run"
+    shutil.copytree(run_dir, sent)
+    record = json.loads((sent / "run.json").read_text())
+    (sent / "run.json").write_text(json.dumps({**record, "model": spec}))
+    output = tmp_path / "out" / "m.pt"
+    assert main(["export", str(sent), "--format", "pt", "-o", str(output)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--model {spec}" in err and not marker.exists() and not output.exists()
+    assert main(["export", str(sent), "--format", "pt", "-o", str(output), "--model", "cifar10-resnet56"]) == 2
+    export(sent, output, "--format", "pt", "--model", spec)  # named again: trusted
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(ConfigError, match="runs code"):
+        load_pt_export(output)  # the export records the spec: it is code again for whoever loads it
+    assert not marker.exists()
+    with torch.no_grad():
+        torch.testing.assert_close(load_pt_export(output, model=spec)(SAMPLE), expected, rtol=0, atol=0)
