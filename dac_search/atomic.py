@@ -1,4 +1,9 @@
-"""All-or-nothing file writes: a reader (or a crash) never sees half a file."""
+"""All-or-nothing file writes: a reader, a crash or a power cut never leaves half a file.
+
+The data is fsynced before the rename and the directory after it: without that, a power cut can leave
+``run.json`` empty and a resume then fails. Files get the mode the user's umask gives (0644 under the
+usual 022), not a fixed one. A write the disk refuses (full, read-only) is one line naming the file.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,21 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from dac_search.errors import ConfigError
+from dac_search.errors import ConfigError, DacSearchError
 
-FILE_MODE = 0o644  # mkstemp makes 0600; results are meant to be read by others (a web server, a colleague)
+
+def _umask() -> int:
+    """The process's umask, read once at import (reading it means setting it: not from threads)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # mkstemp makes 0600; results are meant for others too, as the umask allows
+
+
+class WriteFailed(DacSearchError):
+    """The disk refused a write (full, read-only, gone): an environment failure, exit code 1."""
 
 
 @contextlib.contextmanager
@@ -29,9 +46,21 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
+        _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, target)
+        _fsync(target.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        raise WriteFailed(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _fsync(path: str | os.PathLike[str], flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
