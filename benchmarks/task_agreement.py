@@ -47,20 +47,19 @@ from dac_search.zoo import load_model  # noqa: E402
 from dac_search.zoo.tasks import DEFAULT_SHAPES, RawDetector, detection_models, segmentation_models  # noqa: E402
 
 MATCH_IOU = 0.5
+_MEAN, _STD = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def images(path: Path, shape: tuple[int, ...], limit: int) -> torch.Tensor:
     """Real images at ``shape``'s size with pixels in [0, 1] (the detectors normalise inside)."""
     data = load_eval_data(path, IMAGENET_MEAN, IMAGENET_STD, size=shape[2:])
     x = torch.cat([batch for batch, _ in data.batches(64)])[:limit]
-    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x * std + mean).clamp(0, 1)
+    return (x * _STD + _MEAN).clamp(0, 1)
 
 
 def masks(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
-        return torch.cat([model((batch - mean) / std)["out"].argmax(1) for batch in pixels.split(8)])
+        return torch.cat([model((batch - _MEAN) / _STD)["out"].argmax(1) for batch in pixels.split(8)])
 
 
 def mask_agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:

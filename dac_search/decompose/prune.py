@@ -260,12 +260,13 @@ def _walk(node: fx.Node, what: str, modules: Mapping[str, nn.Module],
 
 
 def _is_depthwise(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
+    return node.op == "call_module" and is_depthwise(modules[str(node.target)])
+
+
+def is_depthwise(module: nn.Module) -> bool:
     """One filter per channel, as many outputs as inputs: channel j depends on channel j alone."""
-    if node.op != "call_module":
-        return False
-    conv = modules[str(node.target)]
-    return (isinstance(conv, nn.Conv2d) and conv.groups > 1
-            and conv.groups == conv.in_channels == conv.out_channels)
+    return (isinstance(module, nn.Conv2d) and module.groups > 1
+            and module.groups == module.in_channels == module.out_channels)
 
 
 _ADDS = (operator.add, operator.iadd, torch.add)
@@ -410,8 +411,7 @@ def slice_conv(conv: nn.Conv2d, out_keep: torch.Tensor | None = None,
         weight = weight[out_keep]
     if in_keep is not None:
         weight = weight[:, in_keep]
-    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
-    groups = weight.shape[0] if depthwise else conv.groups
+    groups = weight.shape[0] if is_depthwise(conv) else conv.groups
     out = nn.utils.skip_init(nn.Conv2d, weight.shape[1] * groups, weight.shape[0], conv.kernel_size,
                              stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=groups,
                              bias=conv.bias is not None, padding_mode=conv.padding_mode,

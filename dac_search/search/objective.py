@@ -18,7 +18,7 @@ from dac_search.plan import RankPlan
 from dac_search.rundir import TrialRow, write_trials
 from dac_search.search.context import PlanScore, SearchContext
 from dac_search.search.refine import Refinement
-from dac_search.search.study import WORKER, claimed_trials, is_surplus
+from dac_search.search.study import CLAIMED, WORKER, claimed_trials, is_surplus
 
 TPE_EVERY = 4  # one trial in four is TPE's; the others refine the best feasible plan
 
@@ -74,7 +74,7 @@ class Objective:
 def stop_at_total(total: int) -> optuna.study.MaxTrialsCallback:
     """Optuna's stop once ``total`` trials are complete, counting the ones other workers are running:
     workers sharing a study end together at ``total`` (``is_surplus`` prunes a trial asked for too late)."""
-    return optuna.study.MaxTrialsCallback(total, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    return optuna.study.MaxTrialsCallback(total, states=CLAIMED)
 
 
 class AfterTrial:

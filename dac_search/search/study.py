@@ -136,14 +136,14 @@ def enqueue_warm_starts(study: optuna.Study, space: SearchSpace, log_lambdas: Se
         study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
 
 
+CLAIMED = (TrialState.COMPLETE, TrialState.RUNNING)  # what counts towards the total while workers share a study
+
+
 def claimed_trials(study: optuna.Study) -> int:
-    """Trials complete or running: what counts towards the study's total while workers share it."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
+    return len(study.get_trials(deepcopy=False, states=CLAIMED))
 
 
 def is_surplus(study: optuna.Study, number: int, total: int) -> bool:
     """Whether trial ``number`` came after the study's ``total`` was already taken by other workers'
     complete or running trials (workers ask for trials at once: the lower numbers win)."""
-    before = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-              if t.number < number]
-    return len(before) >= total
+    return sum(t.number < number for t in study.get_trials(deepcopy=False, states=CLAIMED)) >= total
