@@ -54,6 +54,8 @@ class SearchConfig:
 
         if self.inputs != AUTO and self.inputs not in KINDS:
             raise ConfigError(f"--inputs takes {AUTO} or one of {', '.join(KINDS)}, got {self.inputs!r}")
+        if self.study is not None and not self.study.strip():
+            raise ConfigError("--study needs a name")
         if self.proxy_images < 2:
             raise ConfigError(f"--proxy-images must be at least 2, got {self.proxy_images}")
         if self.budget.kind == "latency" and self.device == "none":

@@ -131,7 +131,7 @@ def test_malformed_budgets_exit_2_with_one_line(budget, tmp_path) -> None:
 
 def test_bad_search_arguments_exit_2(tmp_path) -> None:
     for args in (["--trials", "0"], ["--methods", "dac,tucker"], ["--device", "no-such-device"],
-                 ["--timeout", "soon"], ["--inputs", "photos"]):
+                 ["--timeout", "soon"], ["--inputs", "photos"], ["--study", ""]):
         result = run_cli("--model", "cifar10-resnet20", "--budget", "50%flops", "--out", str(tmp_path / "r"), *args)
         assert result.returncode == 2, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
