@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown, method_counts, split  # noqa: E402
 from latency_quality import paired, run_search, uniform_plan  # noqa: E402
 
-from dac_search.commands._common import parse_shape  # noqa: E402
 from dac_search.cost import CostModel  # noqa: E402
 from dac_search.export import export_onnx  # noqa: E402
 from dac_search.plan import RankPlan  # noqa: E402
 from dac_search.proxies.apply import decompose_model  # noqa: E402
+from dac_search.shapes import parse_shape  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402
 
 UNIFORM_RANKS = (1, 2)

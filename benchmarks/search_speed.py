@@ -21,7 +21,6 @@ import torch
 from _common import method_counts
 
 from dac_search.budget import parse_budget
-from dac_search.commands._common import parse_shape
 from dac_search.export.run import pick_trial
 from dac_search.plan import RankPlan
 from dac_search.proxies.correction import default_input_count
@@ -29,6 +28,7 @@ from dac_search.rundir import load_run
 from dac_search.search.config import SearchConfig
 from dac_search.search.controller import run_search
 from dac_search.search.live import LiveView
+from dac_search.shapes import parse_shape
 
 
 class TimedView(LiveView):

@@ -38,11 +38,11 @@ from _common import ASSETS, markdown, split  # noqa: E402
 from proxy_fidelity import spearman  # noqa: E402
 
 from dac_search.allocate import allocate_uniform  # noqa: E402
-from dac_search.commands._common import parse_shape  # noqa: E402
 from dac_search.cost import CostModel  # noqa: E402
 from dac_search.eval_data import IMAGENET_MEAN, IMAGENET_STD, load_eval_data  # noqa: E402
 from dac_search.proxies import default_proxy  # noqa: E402
 from dac_search.proxies.apply import decompose_model  # noqa: E402
+from dac_search.shapes import parse_shape  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402
 from dac_search.zoo.tasks import DEFAULT_SHAPES, RawDetector, detection_models, segmentation_models  # noqa: E402
 

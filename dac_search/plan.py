@@ -24,8 +24,9 @@ from types import MappingProxyType
 from typing import Any
 
 from dac_search.atomic import write_text_atomic
-from dac_search.errors import PlanError
+from dac_search.errors import ConfigError, PlanError
 from dac_search.methods import PLAN_METHODS, STRUCTURAL, default_variant, variants_of
+from dac_search.shapes import checked_shape
 
 PLAN_FORMAT = "dac-search/plan@1"
 
@@ -120,8 +121,13 @@ class RankPlan:
         if not isinstance(layers, Mapping):
             raise PlanError("a plan needs a 'layers' object: layer name -> {method, rank}")
         shape = data.get("input_shape")
-        if shape is not None and (not isinstance(shape, list) or not all(isinstance(v, int) and v > 0 for v in shape)):
-            raise PlanError(f"input_shape must be a list of positive integers, got {shape!r}")
+        if shape is not None:
+            if not isinstance(shape, list):
+                raise PlanError(f"input_shape must be a list of four positive integers, got {shape!r}")
+            try:
+                shape = list(checked_shape(shape, "input_shape"))
+            except ConfigError as exc:
+                raise PlanError(str(exc)) from None
         choices = {str(name): LayerChoice.from_dict(choice, where=f"layer {name!r}") for name, choice in layers.items()}
         correction = data.get("correction")
         if correction is not None and not isinstance(correction, str):

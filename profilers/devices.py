@@ -7,6 +7,7 @@ reached with keys or the ssh-agent only.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tomllib
@@ -169,7 +170,7 @@ class _Parser:
                 key=self.path("key"),
                 known_hosts=self.path("known_hosts"),
                 host_key=self.choice("host_key", HOST_KEY_POLICIES, "strict"),
-                workdir=self.string("workdir", "~/.cache/dac-search"),
+                workdir=self.workdir(),
                 connect_timeout_s=self.number("connect_timeout_s", 10.0),
                 retries=self.integer("retries", 3, minimum=0),
             )
@@ -200,9 +201,15 @@ class _Parser:
 
     def number(self, key: str, default: float) -> float:
         value = self.data.get(key, default)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        if not _is_number(value) or value <= 0:
             raise self.fail(key, f"must be a positive number, got {value!r}")
         return float(value)
+
+    def workdir(self) -> str:
+        value = self.string("workdir", "~/.cache/dac-search").strip()
+        if not value or value in ("~", "/") or "\0" in value:  # the cache would be the home or root dir itself
+            raise self.fail("workdir", f"must name a directory of its own, like ~/.cache/dac-search, got {value!r}")
+        return value
 
     def path(self, key: str) -> Path | None:
         value = self.string(key, "")
@@ -250,7 +257,7 @@ class _Parser:
         for key, value in raw.items():
             if key not in names:
                 raise self.fail(f"measure.{key}", f"unknown key (known: {', '.join(names)})")
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            if not _is_number(value) or value < 0:
                 raise self.fail(f"measure.{key}", f"must be a non-negative number, got {value!r}")
             values[key] = value
         for key, minimum in (("repeats", 2), ("max_attempts", 1)):
@@ -259,6 +266,11 @@ class _Parser:
                     raise self.fail(f"measure.{key}", f"must be an integer >= {minimum}, got {values[key]!r}")
                 values[key] = int(values[key])
         return MeasureSettings(**values)
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float: TOML also reads ``nan`` and ``inf``, which would make a timeout never end."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _parse_cpu_list(text: str) -> list[int]:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import paramiko
 from paramiko.ssh_exception import NoValidConnectionsError
 
-from profilers import _protocol, _sshio, errors
+from profilers import _known_hosts, _protocol, _sshio, errors
 from profilers.base import LatencyResult, MeasureSettings, Profiler
 from profilers.devices import DeviceConfig
 from profilers.errors import DeviceConfigError
@@ -90,14 +90,24 @@ class _RejectUnknown(paramiko.MissingHostKeyPolicy):
         raise _UnknownHostKey(key)
 
 
+class _RevokedKey(Exception):
+    def __init__(self, key: paramiko.PKey) -> None:
+        super().__init__(key.get_name())
+        self.key = key
+
+
 class _AcceptNew(paramiko.MissingHostKeyPolicy):
     """OpenSSH's ``StrictHostKeyChecking=accept-new``: trust a host seen for the first time and record it;
-    a changed key is still refused (paramiko raises BadHostKeyException before asking a policy)."""
+    a changed key is still refused (paramiko raises BadHostKeyException before asking a policy), and so is
+    a revoked one."""
 
-    def __init__(self, known_hosts: Path) -> None:
+    def __init__(self, known_hosts: Path, revoked: _known_hosts.Revoked) -> None:
         self.known_hosts = known_hosts
+        self.revoked = revoked
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        if key in self.revoked:
+            raise _RevokedKey(key)
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self.known_hosts.open("a", encoding="utf-8") as handle:
             handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
@@ -238,10 +248,10 @@ class SshProfiler(Profiler):
                 raise DeviceConfigError(f"{self._config_name()}: key: {key} does not exist")
         client = paramiko.SSHClient()
         try:
-            if self.known_hosts.is_file():
-                client.get_host_keys().load(str(self.known_hosts))
+            revoked = _known_hosts.read_known_hosts([self.known_hosts, _known_hosts.SYSTEM_KNOWN_HOSTS],
+                                                    client.get_host_keys())
             if self.config.host_key == "accept-new":
-                client.set_missing_host_key_policy(_AcceptNew(self.known_hosts))
+                client.set_missing_host_key_policy(_AcceptNew(self.known_hosts, revoked))
             else:
                 client.set_missing_host_key_policy(_RejectUnknown())
             client.connect(
@@ -258,8 +268,16 @@ class SshProfiler(Profiler):
             )
             transport = client.get_transport()
             assert transport is not None
+            if transport.get_remote_server_key() in revoked:
+                raise _RevokedKey(transport.get_remote_server_key())
             transport.set_keepalive(KEEPALIVE_S)
             return client
+        except _RevokedKey as exc:
+            client.close()
+            raise errors.HostKeyMismatch(
+                f"host key of {self._where()} ({exc.key.get_name()} {exc.key.fingerprint}) is marked @revoked "
+                f"in {self.known_hosts} or {_known_hosts.SYSTEM_KNOWN_HOSTS}: refused"
+            ) from None
         except paramiko.BadHostKeyException as exc:
             client.close()
             raise errors.HostKeyMismatch(

@@ -111,3 +111,9 @@ def test_bad_plan_files(tmp_path) -> None:
         RankPlan.load(tmp_path / "bad.json")
     with pytest.raises(PlanError, match="format"):
         RankPlan.from_dict({"format": "other@2", "layers": {}})
+
+
+@pytest.mark.parametrize("shape", [[1, 3, True, 32], [1, 3, 32], "1,3,32,32", [1, 3, 65536, 65536]])
+def test_a_plans_input_shape_is_four_positive_integers_of_sane_size(shape) -> None:
+    with pytest.raises(PlanError, match="input_shape"):
+        RankPlan.from_dict({"layers": {}, "input_shape": shape})

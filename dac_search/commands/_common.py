@@ -10,24 +10,15 @@ from torch import nn
 
 from dac_search.errors import ConfigError
 from dac_search.plan import RankPlan
+from dac_search.shapes import parse_shape
 from dac_search.zoo import default_input_shape, load_model
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``1,3,32,32`` or ``1x3x32x32`` -> (1, 3, 32, 32)."""
-    try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"--input-shape must be integers like 1,3,224,224, got {text!r}") from None
-    if len(shape) < 2 or any(v <= 0 for v in shape):
-        raise ConfigError(f"--input-shape must be at least two positive integers, got {text!r}")
-    return shape
-
-
 def console() -> Console:
-    """A rich console that does not squeeze tables to 80 columns when writing to a file or pipe."""
-    out = Console()
-    return out if out.is_terminal else Console(width=140)
+    """A rich console that does not squeeze tables to 80 columns when writing to a file or pipe. Markup is
+    off: model specs, host names and device messages are printed as they are (``[pi4]:2222``, ``x[/y]``)."""
+    out = Console(markup=False)
+    return out if out.is_terminal else Console(width=140, markup=False)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

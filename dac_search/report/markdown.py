@@ -8,14 +8,14 @@ from dac_search.report.tables import TextTable, condition_items, pareto_table, s
 
 def render_markdown(data: ReportData) -> str:
     info = data.results.info
-    lines = [f"# dac-search report: {info.model}", ""]
+    lines = [f"# dac-search report: {_escape(info.model)}", ""]
     if info.partial:
         lines += [
             f"> **Partial run**: the search was interrupted or is still running "
             f"({data.counts.total} of {info.n_trials} trials). The front may still improve.",
             "",
         ]
-    lines += [f"> {note}" for note in data.notes]
+    lines += [f"> {_escape(note)}" for note in data.notes]
     if data.notes:
         lines.append("")
     lines += ["## Summary", "", *_definitions(summary_items(data)), ""]
@@ -27,8 +27,11 @@ def render_markdown(data: ReportData) -> str:
 
 
 def _escape(text: str) -> str:
-    """Keep a cell in its column: a literal pipe would start a new one."""
-    return text.replace("|", "\\|")
+    """Recorded text (a model spec, a command, a device's description) as text: ``&``, ``<`` and ``>`` as
+    entities, so no HTML is rendered from it; a pipe escaped and line breaks as spaces, so a cell stays
+    in its row and column."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return " ".join(text.replace("|", "\\|").splitlines())
 
 
 def _definitions(items: tuple[tuple[str, str], ...]) -> list[str]:

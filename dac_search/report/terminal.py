@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from dac_search.report.summary import ReportData
 from dac_search.report.tables import budget_text, pareto_table
@@ -14,7 +15,7 @@ def pareto_rich_table(data: ReportData) -> Table:
     info = data.results.info
     text = pareto_table(data)
     table = Table(
-        title=f"Pareto front: {info.model}, budget {budget_text(info.budget)}",
+        title=Text(f"Pareto front: {info.model}, budget {budget_text(info.budget)}"),  # a spec is not markup
         caption="PARTIAL RUN: interrupted or still running" if info.partial else None,
         caption_style="bold yellow",
         box=box.SIMPLE_HEAD,
@@ -30,7 +31,7 @@ def pareto_rich_table(data: ReportData) -> Table:
 
 def print_pareto(data: ReportData, console: Console | None = None) -> None:
     """Print the table and the notes (no plan within budget, front computed from trials.csv ...)."""
-    out = console if console is not None else Console()
+    out = console if console is not None else Console(markup=False)
     out.print(pareto_rich_table(data))
     for note in data.notes:
         out.print(note, style="yellow", markup=False, highlight=False)

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from dac_search.decompose import max_rank
-from dac_search.eval_data import EvalData, load_eval_data, top1
+from dac_search.eval_data import EvalData, top1
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies.apply import decompose_model
 from dac_search.rundir import TrialRow, UniformPoint
@@ -35,12 +35,6 @@ def uniform_baseline(ctx: SearchContext) -> list[UniformPoint]:
         rows.append(UniformPoint(rank=rank, flops=cost.flops, params=cost.params, proxy=ctx.score(plan).value,
                                  latency_ms=ctx.latency(plan), top1=None))
     return rows
-
-
-def eval_data(ctx: SearchContext) -> EvalData:
-    """The labelled images of ``--eval-data``, sized and normalised as the model expects."""
-    norm = {k: v for k, v in (("mean", ctx.config.mean), ("std", ctx.config.std)) if v is not None}
-    return load_eval_data(ctx.config.eval_data, size=tuple(ctx.input_shape[2:]), **norm)
 
 
 def with_top1(ctx: SearchContext, run_dir: Path, front: Sequence[TrialRow], data: EvalData) -> tuple[list[TrialRow], float]:

@@ -17,6 +17,7 @@ from dac_search.allocate import FIRST_CONV, eligible_layers, table_choices
 from dac_search.budget import Budget
 from dac_search.cost import CostModel
 from dac_search.errors import ConfigError
+from dac_search.eval_data import EvalData, load_eval_data
 from dac_search.latency import LatencyTable, LatencyTableBuilder, table_settings
 from dac_search.methods import variants_of
 from dac_search.plan import LayerChoice, RankPlan
@@ -158,15 +159,35 @@ class DeviceSetup:
     info: dict
 
 
-def build_context(config: SearchConfig, say: Say, warn: Say) -> SearchContext:
-    """Model, costs, device table, proxy, space and the resolved budget: the search's set-up, in that order
-    (the device first, so a bad or unreachable one fails before minutes of distillation)."""
+@dataclass(frozen=True)
+class SearchInputs:
+    """What the user gave, loaded and checked before the run dir is touched: the model runs on the input
+    shape once (``CostModel``), and ``--eval-data`` is read, so a typo costs seconds, not a night."""
+
+    model: nn.Module
+    input_shape: tuple[int, ...]
+    costs: CostModel
+    eval_data: EvalData | None
+
+
+def load_inputs(config: SearchConfig) -> SearchInputs:
     model = load_model(config.model, config.weights)
     shape = config.input_shape or default_input_shape(config.model)
     if shape is None:
         raise ConfigError(f"model {config.model!r} needs --input-shape N,C,H,W")
     shape = tuple(shape)
     costs = CostModel(model, shape)
+    data = None
+    if config.eval_data:
+        norm = {k: v for k, v in (("mean", config.mean), ("std", config.std)) if v is not None}
+        data = load_eval_data(config.eval_data, size=tuple(shape[2:]), **norm)
+    return SearchInputs(model, shape, costs, data)
+
+
+def build_context(config: SearchConfig, inputs: SearchInputs, say: Say, warn: Say) -> SearchContext:
+    """Costs, device table, proxy, space and the resolved budget: the search's set-up, in that order
+    (the device first, so a bad or unreachable one fails before minutes of distillation)."""
+    model, shape, costs = inputs.model, inputs.input_shape, inputs.costs
     cands = candidates(model, costs, config.methods)
     if not cands:
         raise ConfigError(f"model {config.model!r} has no conv a factorisation can help")

@@ -16,11 +16,12 @@ import optuna
 from optuna.trial import TrialState
 
 from dac_search.errors import ConfigError
+from dac_search.eval_data import EvalData
 from dac_search.proxies.apply import decompose_model
 from dac_search.rundir import Baseline, RunInfo, TrialRow, read_run_info, write_pareto, write_run, write_trials
-from dac_search.search.baselines import eval_data, uniform_baseline, with_top1
+from dac_search.search.baselines import uniform_baseline, with_top1
 from dac_search.search.config import SearchConfig
-from dac_search.search.context import SearchContext, build_context
+from dac_search.search.context import SearchContext, build_context, load_inputs
 from dac_search.search.final import DeviceTimer, FinalFront, measured_front, unmeasured_front
 from dac_search.search.identity import LEGACY_STUDY, SearchIdentity, identity_of, refuse_difference
 from dac_search.search.live import LiveView
@@ -51,17 +52,19 @@ def run_search(config: SearchConfig, view_factory: Callable[..., LiveView] = Liv
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if config.has_device:
         load_device(config.device)  # a bad device config is one line before anything is written
+    # a shared storage is opened before any set-up: a wrong URL must not wait for minutes of distillation
+    opened = open_study(config.storage, config.seed, identity) if config.storage else None
+    inputs = load_inputs(config)  # a model, input shape or --eval-data it cannot use: before anything is written
     (run_dir / "plans").mkdir(parents=True, exist_ok=True)
-    # opened before any set-up: a wrong storage URL must not wait for minutes of distillation
-    study, created = open_study(config.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}", config.seed,
-                                identity)
+    study, created = opened or open_study(f"sqlite:///{(run_dir / 'study.db').resolve()}", config.seed, identity)
     view = view_factory(config.trials, _cost_text(config))
     with view:
-        ctx = build_context(config, view.say, view.console.print)
+        ctx = build_context(config, inputs, view.say, view.warn)
         if ctx.pool is not None:
             view.hosts = ctx.pool.status
         try:
-            return _search(ctx, identity, study, created, run_dir, view, previous.created if previous else now())
+            return _search(ctx, inputs.eval_data, identity, study, created, run_dir, view,
+                           previous.created if previous else now())
         finally:
             ctx.close()
 
@@ -90,10 +93,9 @@ def _previous_run(run_dir: Path, config: SearchConfig, identity: SearchIdentity)
     return previous
 
 
-def _search(ctx: SearchContext, identity: SearchIdentity, study: optuna.Study, created: bool, run_dir: Path,
-            view: LiveView, started: str) -> SearchOutcome:
+def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity, study: optuna.Study, created: bool,
+            run_dir: Path, view: LiveView, started: str) -> SearchOutcome:
     config = ctx.config
-    data = eval_data(ctx) if config.eval_data else None  # read now: a bad path must not wait for the end
     baseline = Baseline(flops=ctx.costs.baseline.flops, params=ctx.costs.baseline.params,
                         latency_ms=ctx.table.original_ms if ctx.table else None, latency_iqr_ms=None,
                         proxy=0.0, top1=None)

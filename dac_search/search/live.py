@@ -8,6 +8,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 
 class LiveView:
@@ -15,7 +16,7 @@ class LiveView:
 
     def __init__(self, total: int, describe_cost: Callable[[float], str],
                  hosts: Callable[[], dict[str, str]] | None = None) -> None:
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, markup=False)  # device and user text as it is
         self.total = total
         self.done = 0
         self.started = time.monotonic()
@@ -42,7 +43,12 @@ class LiveView:
         if self._live:
             self._live.refresh()
         else:
-            self.console.print(f"[dim]{message}[/dim]")
+            self.console.print(Text(message, style="dim"))
+
+    def warn(self, message: str) -> None:
+        """A warning that stays on screen (a host set aside, a host key added). Device and user text is
+        printed as it is: ``[pi4]:2222`` is not rich markup."""
+        self.console.print(Text(message, style="yellow"))
 
     def trial_done(self, proxy: float, cost: float, feasible: bool) -> None:
         self.done += 1

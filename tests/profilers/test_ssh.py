@@ -104,6 +104,33 @@ def test_unknown_host_refused_by_default_and_accepted_with_accept_new(sshd: SshS
         assert profiler.info()["runtime"] == "onnxruntime"
 
 
+def test_known_hosts_are_read_as_openssh_reads_them(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Markers and odd lines are skipped line by line; @revoked wins; the system file counts too."""
+    from profilers import _known_hosts
+
+    entry = f"[127.0.0.1]:{sshd.port} ssh-ed25519 {sshd.host_public_key}"
+    user_file = tmp_path / "known_hosts"
+    user_file.write_text(f"# a comment\n@cert-authority *.example.com ssh-ed25519 {sshd.host_public_key}\n"
+                         f"garbage line that is no key\n{entry}\n")
+    with _profiler(sshd, tmp_path, known_hosts=str(user_file)) as profiler:
+        assert profiler.info()["runtime"] == "onnxruntime"
+    system_file = tmp_path / "ssh_known_hosts"
+    system_file.write_text(entry + "\n")
+    monkeypatch.setattr(_known_hosts, "SYSTEM_KNOWN_HOSTS", system_file)
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    with _profiler(sshd, tmp_path, known_hosts=str(empty)) as profiler:
+        assert profiler.info()["runtime"] == "onnxruntime"
+    user_file.write_text(user_file.read_text() + f"@revoked * ssh-ed25519 {sshd.host_public_key}\n")
+    for policy in ("strict", "accept-new"):
+        with _profiler(sshd, tmp_path, known_hosts=str(user_file), host_key=policy) as profiler:
+            with pytest.raises(HostKeyMismatch, match="marked @revoked"):
+                profiler.info()
+    assert "@revoked" in user_file.read_text().splitlines()[-1]  # accept-new added nothing
+
+
 def test_closed_port_is_unreachable(sshd: SshServer, tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

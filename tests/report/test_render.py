@@ -138,3 +138,24 @@ def test_run_interrupted_before_any_trial_still_renders(partial_dir: Path) -> No
     assert 'id="partial-banner"' in html and "0 of 30 trials" in html
     assert "no completed trials yet" in html and "no Pareto plan files yet" in html
     assert [r[0] for r in table_rows(html, "pareto-table")] == ["original"]
+
+
+def test_recorded_text_is_text_in_every_view(run_dir: Path) -> None:
+    """A model spec or command is shown as written: no HTML from report.md, no rich markup on the terminal,
+    and a newline does not break a markdown row."""
+    spec = "nets/<b>x</b>.py:make&[bold]y[/bold]"
+
+    def odd(run: dict) -> None:
+        run["model"] = spec
+        run["command"] = f"dac-search --model '{spec}' --study 'a|b\nc'"
+
+    edit_run_json(run_dir, odd)
+    _, md_path = write_reports(run_dir)
+    md = md_path.read_text(encoding="utf-8")
+    assert md.startswith("# dac-search report: nets/&lt;b&gt;x&lt;/b&gt;.py:make&amp;[bold]y[/bold]\n")
+    assert "<b>" not in md
+    command = next(line for line in md.splitlines() if "--study" in line)
+    assert "a\\|b c" in command  # pipe escaped, newline a space: the row stays one row
+    console = Console(record=True, width=200)
+    print_pareto(build_report_data(load_run(run_dir)), console)
+    assert f"Pareto front: {spec}" in console.export_text()

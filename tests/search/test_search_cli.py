@@ -131,10 +131,24 @@ def test_malformed_budgets_exit_2_with_one_line(budget, tmp_path) -> None:
 
 def test_bad_search_arguments_exit_2(tmp_path) -> None:
     for args in (["--trials", "0"], ["--methods", "dac,tucker"], ["--device", "no-such-device"],
-                 ["--timeout", "soon"], ["--inputs", "photos"], ["--study", ""]):
+                 ["--timeout", "soon"], ["--inputs", "photos"], ["--study", ""], ["--input-shape", "1,3,32"],
+                 ["--input-shape", "1,3,100000,100000"], ["--budget", "1e400gflops"]):
         result = run_cli("--model", "cifar10-resnet20", "--budget", "50%flops", "--out", str(tmp_path / "r"), *args)
         assert result.returncode == 2, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--input-shape", "1,1,32,32"], "the model cannot run on input shape 1,1,32,32: "),
+    (["--eval-data", "no/such/images.npz"], "no/such/images.npz"),
+    (["--model", "x[/y]"], "unknown model 'x[/y]'"),
+])
+def test_input_the_model_cannot_use_is_one_line_before_anything_is_written(hub_cache, tmp_path, args, message) -> None:
+    result = run_cli("--model", "cifar10-resnet20", "--device", "none", "--budget", "50%flops",
+                     "--out", str(tmp_path / "r"), *args)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_bad_storage_url_fails_before_any_set_up_and_hides_its_password(tmp_path) -> None:
