@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,10 @@ class Context:
     python: str
     runtime: str
     host: str | None = None
+    local_names: tuple[tuple[str, str], ...] = ()  # (path on the device, the user's file): said in errors
+
+    def named(self, paths: Sequence[str], locals_: Sequence[Path]) -> Context:
+        return replace(self, local_names=tuple((remote, str(local)) for remote, local in zip(paths, locals_)))
 
 
 def runner_digest() -> str:
@@ -96,6 +100,8 @@ def decode(outcome: RunnerOutcome, ctx: Context) -> dict[str, Any]:
     where = f"{ctx.device}" + (f" ({ctx.host})" if ctx.host and ctx.host != ctx.device else "")
     document = _last_json_line(outcome.stdout)
     message = str(document.get("message", "")) if document else ""
+    for remote, local in ctx.local_names:  # the device's cache names mean nothing to the user
+        message = message.replace(remote, local).replace(remote.rpartition("/")[2], local)
     status = outcome.status
     if status in _TIMEOUT_STATUS and outcome.elapsed_s >= outcome.limit_s - 1.0:
         raise errors.MeasurementTimeout(

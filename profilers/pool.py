@@ -1,8 +1,9 @@
 """End-to-end latency of model files on a device or a pool of identical hosts.
 
 Each host gets its own profiler and thread; batches of model files are handed out from one queue, each
-measured in one interleaved session. A host that fails is set aside with a warning naming it, and its
-batch goes back to the queue for the others.
+measured in one interleaved session. A host that cannot be reached or used is set aside with a warning
+naming it, and its batch goes back to the queue for the others; a batch that fails on a healthy host is
+that batch's error (see ``_spread``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from pathlib import Path
 
 from profilers.base import LatencyResult, Profiler
 from profilers.devices import DeviceConfig
-from profilers.errors import ProfilerError
+from profilers.errors import AuthFailed, DeviceUnreachable, HostKeyMismatch, ProfilerError, RuntimeMissing, UnknownHost
 from profilers.factory import make_profiler
 
 Warn = Callable[[str], None]
+# Faults of the host, not of the batch it was given: the only ones that set a host aside.
+HOST_FAULTS: tuple[type[ProfilerError], ...] = (DeviceUnreachable, AuthFailed, HostKeyMismatch, UnknownHost,
+                                                RuntimeMissing)
 
 
 @dataclass(frozen=True)
@@ -88,14 +92,21 @@ class DevicePool:
         return [paired[i] for i in range(len(models))]
 
     def _spread(self, batches: list[list[Path]], input_shape: Sequence[int]) -> list[tuple[str, list[LatencyResult]]]:
-        """Each batch measured in one interleaved session on whichever healthy host is free."""
+        """Each batch measured in one interleaved session on whichever healthy host is free.
+
+        Only a fault of the host itself (no connection, refused keys or host key, no runtime) sets it aside
+        and hands its batch to the others; a fault of one batch (a model the runtime refuses, out of
+        memory, a timeout) is that batch's error, raised once the others are done, and the host stays.
+        Anything else a thread meets is raised as one line naming the host.
+        """
         if not batches:
             return []
         todo: queue.Queue[int] = queue.Queue()
         for index in range(len(batches)):
             todo.put(index)
         results: dict[int, tuple[str, list[LatencyResult]]] = {}
-        errors: list[ProfilerError] = []
+        host_faults: list[ProfilerError] = []
+        batch_faults: list[ProfilerError] = []
         lock = threading.Lock()
 
         def work(host: str, profiler: Profiler) -> None:
@@ -107,12 +118,23 @@ class DevicePool:
                 self.state[host] = "measuring"
                 try:
                     measured = profiler.measure_many(batches[index], input_shape)
-                except ProfilerError as exc:
+                except HOST_FAULTS as exc:
                     with lock:
-                        errors.append(exc)
+                        host_faults.append(exc)
                     self.state[host] = "failed"
                     todo.put(index)
                     self.warn(f"device {self.config.name} host {host} set aside: {exc}")
+                    return
+                except ProfilerError as exc:
+                    with lock:
+                        batch_faults.append(exc)
+                    self.state[host] = "idle"
+                    continue
+                except Exception as exc:  # a bug or an environment fault: one line naming the host, not silence
+                    with lock:
+                        batch_faults.append(ProfilerError(
+                            f"device {self.config.name} host {host}: {type(exc).__name__}: {exc}"))
+                    self.state[host] = "idle"
                     return
                 with lock:
                     results[index] = (host, measured)
@@ -125,8 +147,10 @@ class DevicePool:
             thread.start()
         for thread in threads:
             thread.join()
+        if batch_faults:
+            raise batch_faults[0]
         if len(results) < len(batches):
-            raise errors[-1] if errors else ProfilerError(f"device {self.config.name}: no healthy host left")
+            raise host_faults[-1] if host_faults else ProfilerError(f"device {self.config.name}: no healthy host left")
         return [results[i] for i in range(len(batches))]
 
     def close(self) -> None:

@@ -164,11 +164,13 @@ class SshProfiler(Profiler):
         wait = self.config.lease_wait(len(paths), settings)
         limit = self.config.runner_timeout(len(paths), settings) + wait  # the lease's wait, then the measuring
 
+        staged: list[str] = []
+
         def attempt() -> _protocol.RunnerOutcome:
             runner = self._stage_runner()
-            remote_models = [self._stage(path, "models") for path in paths]
+            staged[:] = [self._stage(path, "models") for path in paths]
             job = _protocol.job(
-                remote_models, shapes, ctx.runtime, self.config.threads, settings or self.config.measure,
+                staged, shapes, ctx.runtime, self.config.threads, settings or self.config.measure,
                 _protocol.lease(f"{self._remote_workdir()}/{_protocol.LEASE_FILE}", wait),
             )
             tmp = self._mktemp()
@@ -179,7 +181,7 @@ class SshProfiler(Profiler):
                 self._remove(tmp)
 
         outcome = self._with_retries(attempt)
-        return _protocol.results(_protocol.decode(outcome, ctx), paths, shapes, ctx)
+        return _protocol.results(_protocol.decode(outcome, ctx.named(staged, paths)), paths, shapes, ctx)
 
     def info(self, *, runtime: str | None = None) -> dict[str, Any]:
         ctx = self._context(runtime)

@@ -8,7 +8,8 @@ import pytest
 from torch import nn
 
 from dac_search.latency import measure_beside
-from profilers import HostKeyMismatch, UnknownHost, load_device
+from profilers import BadModel, HostKeyMismatch, UnknownHost, load_device
+from profilers.base import Profiler
 from profilers.errors import ProfilerError
 from profilers.pool import DevicePool
 
@@ -54,6 +55,39 @@ def test_a_failing_host_is_set_aside_and_the_others_finish(sshd: SshServer, tmp_
     assert len(results) == 4 and {r.conditions.host for r in [*results, *again]} == {"127.0.0.1"}
     assert pool.state["localhost"] == "failed" and pool.measured == {"127.0.0.1": 5, "localhost": 0}
     assert len(warnings) == 1 and "host localhost set aside" in warnings[0] and "\n" not in warnings[0]
+
+
+def test_a_bad_model_is_its_own_error_and_sets_no_host_aside(sshd: SshServer, tmp_path: Path) -> None:
+    warnings: list[str] = []
+    pool = _pool(sshd, tmp_path, ("127.0.0.1", "localhost"), warnings)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    try:
+        with pytest.raises(BadModel, match="broken"):
+            pool.measure([*_models(tmp_path, 3), broken], SHAPE)
+        assert len(pool.measure(_models(tmp_path, 2), SHAPE)) == 2
+    finally:
+        pool.close()
+    assert warnings == [] and set(pool.state.values()) == {"idle"}
+
+
+def test_an_unexpected_error_in_a_host_thread_is_one_line_naming_the_host(tmp_path: Path) -> None:
+    class Exploding(Profiler):
+        name, runtime = "exploding", "onnxruntime"
+
+        def measure_many(self, artifacts, input_shape, *, runtime=None, settings=None):
+            raise KeyError("runtime_version")
+
+        def info(self, *, runtime=None):
+            return {}
+
+        def close(self) -> None:
+            pass
+
+    pool = DevicePool(load_device("local"), lambda _: None, {"board-7": Exploding()})
+    with pytest.raises(ProfilerError) as raised:
+        pool.measure(_models(tmp_path, 1), SHAPE)
+    assert str(raised.value) == "device local host board-7: KeyError: 'runtime_version'"
 
 
 def test_a_pool_with_no_healthy_host_names_the_device(sshd: SshServer, tmp_path: Path) -> None:
