@@ -18,6 +18,7 @@ from profilers.errors import (
     RunnerFailed,
     RuntimeMissing,
     UnknownHost,
+    UnsafeWorkdir,
 )
 from profilers.factory import make_profiler
 from profilers.local import LocalProfiler
@@ -42,6 +43,7 @@ __all__ = [
     "RuntimeMissing",
     "SshProfiler",
     "UnknownHost",
+    "UnsafeWorkdir",
     "devices_dir",
     "list_devices",
     "load_device",

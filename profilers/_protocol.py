@@ -21,7 +21,7 @@ from profilers.base import Conditions, LatencyResult, MeasureSettings
 
 RUNNER_PATH = Path(runner.__file__).resolve()
 _TIMEOUT_STATUS = (124, 128 + signal.SIGKILL)  # coreutils timeout: TERM worked / KILL was needed
-_NOT_RUNNABLE_STATUS = (126, 127)  # command found but not executable / not found
+NOT_RUNNABLE_STATUS = (126, 127)  # command found but not executable / not found
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def decode(outcome: RunnerOutcome, ctx: Context) -> dict[str, Any]:
         )
     if status == runner.EXIT_RUNTIME_MISSING:
         raise errors.RuntimeMissing(f"{ctx.runtime} is not importable by {ctx.python} on {where}")
-    if status in _NOT_RUNNABLE_STATUS:
+    if status in NOT_RUNNABLE_STATUS:
         raise errors.RuntimeMissing(f"{ctx.python} is not an executable python on {where}")
     if status == runner.EXIT_OUT_OF_MEMORY:
         raise errors.DeviceOutOfMemory(f"out of memory on {where}: {message}")
@@ -122,7 +122,7 @@ def decode(outcome: RunnerOutcome, ctx: Context) -> dict[str, Any]:
     if status == runner.EXIT_ORPHANED:
         raise errors.RunnerFailed(f"runner on {where} lost its caller and stopped")
     if status != 0 or document is None or not document.get("ok"):
-        detail = message or _last_line(outcome.stderr) or "no output"
+        detail = message or last_line(outcome.stderr) or "no output"
         raise errors.RunnerFailed(f"runner on {where} failed (exit status {status}): {detail}")
     return document
 
@@ -174,6 +174,6 @@ def _last_json_line(text: str) -> dict[str, Any] | None:
     return None
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""

@@ -1,4 +1,4 @@
-"""Remote command execution and content-addressed upload over one paramiko connection.
+"""Remote command execution and uploads over one paramiko connection.
 
 Only transport mechanics live here: no retries, no policy. Connection faults surface as the exceptions in
 ``TRANSIENT`` so the caller can reconnect; a command running past its deadline raises ``DeadlineExceeded``.
@@ -82,16 +82,9 @@ def _drain(channel: paramiko.Channel, out: bytearray, err: bytearray) -> None:
         err += channel.recv_stderr(_CHUNK)
 
 
-def upload(sftp: paramiko.SFTPClient, local: Path, remote: str) -> bool:
-    """Put ``local`` at ``remote`` unless a file of that size is already there (names are content hashes,
-    so size is only a guard against a torn earlier upload). Written under a temporary name and renamed,
-    so a reader never sees half a file. Returns True when bytes were sent."""
-    size = local.stat().st_size
-    try:
-        if sftp.stat(remote).st_size == size:
-            return False
-    except FileNotFoundError:
-        pass
+def upload(sftp: paramiko.SFTPClient, local: Path, remote: str) -> None:
+    """Put ``local`` at ``remote``, private. Written under a temporary name and renamed, so a reader never
+    sees half a file; a leftover of a dropped connection is removed by the cache's pruning."""
     partial = f"{remote}.part-{secrets.token_hex(4)}"
     try:
         sftp.put(str(local), partial, confirm=True)
@@ -100,7 +93,6 @@ def upload(sftp: paramiko.SFTPClient, local: Path, remote: str) -> bool:
     except BaseException:
         _remove_quietly(sftp, partial)
         raise
-    return True
 
 
 def write_private(sftp: paramiko.SFTPClient, remote: str, data: bytes) -> None:

@@ -28,6 +28,7 @@ _COMMON_KEYS = {"name", "kind", "python", "runtime", "threads", "cpus", "timeout
                 "measure"}
 _SSH_KEYS = {
     "host", "hosts", "port", "user", "key", "known_hosts", "host_key", "workdir", "connect_timeout_s", "retries",
+    "cache_mb", "keepalive_s", "keepalive_misses",
 }
 
 
@@ -52,6 +53,9 @@ class DeviceConfig:
     lease_wait_s: float | None = None  # how long a runner waits for another measurement of the device to end
     connect_timeout_s: float = 10.0
     retries: int = 3  # reconnects after a transient fault
+    cache_mb: float = 2048.0  # the device's cache of uploaded models, least recently used evicted above it
+    keepalive_s: float = 15.0  # OpenSSH's ServerAliveInterval: a keepalive that expects a reply ...
+    keepalive_misses: int = 3  # ... ServerAliveCountMax: this many unanswered and the connection is dead
     description: str = ""
     measure: MeasureSettings = field(default_factory=MeasureSettings)
     source: Path | None = None
@@ -173,6 +177,9 @@ class _Parser:
                 workdir=self.workdir(),
                 connect_timeout_s=self.number("connect_timeout_s", 10.0),
                 retries=self.integer("retries", 3, minimum=0),
+                cache_mb=self.number("cache_mb", 2048.0),
+                keepalive_s=self.number("keepalive_s", 15.0),
+                keepalive_misses=self.integer("keepalive_misses", 3, minimum=1),
             )
         return DeviceConfig(**values)
 

@@ -38,6 +38,15 @@ class UnknownHost(ProfilerError):
     """The device is not in known_hosts and the config does not say ``host_key = "accept-new"``."""
 
 
+class UnsafeWorkdir(ProfilerError):
+    """The device's workdir belongs to another user or others may write to it: a runner there could be
+    someone else's."""
+
+
+class NoSftp(ProfilerError):
+    """The device's sshd offers no SFTP subsystem, which uploads need."""
+
+
 class RuntimeMissing(ProfilerError):
     """The device's python cannot import the runtime (or the python itself is missing)."""
 

@@ -16,13 +16,23 @@ from pathlib import Path
 
 from profilers.base import LatencyResult, Profiler
 from profilers.devices import DeviceConfig
-from profilers.errors import AuthFailed, DeviceUnreachable, HostKeyMismatch, ProfilerError, RuntimeMissing, UnknownHost
+from profilers.errors import (
+    AuthFailed,
+    DeviceUnreachable,
+    HostKeyMismatch,
+    NoSftp,
+    ProfilerError,
+    RuntimeMissing,
+    UnknownHost,
+    UnsafeWorkdir,
+)
 from profilers.factory import make_profiler
 
 Warn = Callable[[str], None]
 # Faults of the host, not of the batch it was given: the only ones that set a host aside.
-HOST_FAULTS: tuple[type[ProfilerError], ...] = (DeviceUnreachable, AuthFailed, HostKeyMismatch, UnknownHost,
-                                                RuntimeMissing)
+HOST_FAULTS: tuple[type[ProfilerError], ...] = (
+    DeviceUnreachable, AuthFailed, HostKeyMismatch, UnknownHost, UnsafeWorkdir, NoSftp, RuntimeMissing,
+)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import paramiko
 from paramiko.ssh_exception import NoValidConnectionsError
 
-from profilers import _known_hosts, _protocol, _sshio, errors
+from profilers import _cache, _known_hosts, _protocol, _sshio, errors
 from profilers.base import LatencyResult, MeasureSettings, Profiler
 from profilers.devices import DeviceConfig
 from profilers.errors import DeviceConfigError
@@ -40,6 +40,8 @@ DEADLINE_GRACE_S = 30.0  # local patience beyond the remote limit before giving 
 # stdin EOF and stops). Arguments stay positional, so nothing is ever spliced into the script.
 _RUN_SCRIPT = 'd="$1"; shift; trap \'rm -rf -- "$d"\' EXIT; cd -- "$d" || exit 90; TMPDIR="$d" "$@"'
 _MKTEMP_SCRIPT = 'umask 077; mktemp -d "${TMPDIR:-/tmp}/dac-search.XXXXXXXXXX"'
+# Prints: our uid, then owner and octal mode of the workdir and its models dir (busybox stat has -c too).
+_WORKDIR_SCRIPT = 'umask 077; mkdir -p -- "$1/models" && id -u && stat -c "%u %a" -- "$1" "$1/models"'
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ class SshProfiler(Profiler):
         self._sftp: paramiko.SFTPClient | None = None
         self._workdir: str | None = None
         self._digests: dict[tuple[str, int, int], str] = {}
+        self._verified: set[str] = set()  # remote files hashed on the device since this connection opened
 
     # ------------------------------------------------------------------------------------------ interface
 
@@ -167,8 +170,8 @@ class SshProfiler(Profiler):
         staged: list[str] = []
 
         def attempt() -> _protocol.RunnerOutcome:
-            runner = self._stage_runner()
-            staged[:] = [self._stage(path, "models") for path in paths]
+            runner, *models = self._staged(paths)
+            staged[:] = models
             job = _protocol.job(
                 staged, shapes, ctx.runtime, self.config.threads, settings or self.config.measure,
                 _protocol.lease(f"{self._remote_workdir()}/{_protocol.LEASE_FILE}", wait),
@@ -188,7 +191,7 @@ class SshProfiler(Profiler):
         argument = _protocol.info_argument(ctx.runtime, self.config.threads)
 
         def attempt() -> _protocol.RunnerOutcome:
-            runner = self._stage_runner()
+            (runner,) = self._staged([])
             tmp = self._mktemp()
             try:
                 return self._run_runner(tmp, [runner, "--info", argument], self.config.timeout_s)
@@ -203,6 +206,7 @@ class SshProfiler(Profiler):
         sftp, client = self._sftp, self._client
         self._client = self._sftp = None
         self._workdir = None
+        self._verified = set()
         with contextlib.suppress(OSError, *_sshio.TRANSIENT):  # closing a broken connection may complain
             if sftp is not None:
                 sftp.close()
@@ -315,7 +319,8 @@ class SshProfiler(Profiler):
     # ------------------------------------------------------------------------------------------ remote files
 
     def _remote_workdir(self) -> str:
-        """The per-device cache dir (absolute), created private on first use of a connection."""
+        """The per-device cache dir (absolute), created private on first use of a connection, and refused
+        when it is another user's or others may write to it (they could plant a runner there)."""
         if self._workdir is None:
             sftp = self._sftp_client()
             home = sftp.normalize(".")
@@ -324,28 +329,56 @@ class SshProfiler(Profiler):
                 workdir = home + workdir[1:]
             elif not workdir.startswith("/"):
                 workdir = f"{home}/{workdir}"
-            completed = self._exec(shlex.join(["mkdir", "-p", "-m", "700", "--", f"{workdir}/models"]), 60.0)
-            if completed.status != 0:
+            completed = self._exec(shlex.join(["/bin/sh", "-c", _WORKDIR_SCRIPT, "sh", workdir]), 60.0)
+            lines = completed.stdout.split()
+            if completed.status != 0 or len(lines) != 5:
                 raise errors.RunnerFailed(f"{self._where()}: cannot create {workdir}: {completed.stderr.strip()}")
+            uid, owners = lines[0], lines[1::2]
+            for path, owner, mode in zip((workdir, f"{workdir}/models"), owners, lines[2::2]):
+                if owner != uid:
+                    raise errors.UnsafeWorkdir(f"{self._where()}: workdir {path} belongs to uid {owner}, not to "
+                                               f"{self.target.user} (uid {uid}): set a workdir of your own")
+                if int(mode, 8) & 0o022:
+                    raise errors.UnsafeWorkdir(f"{self._where()}: workdir {path} is writable by others (mode "
+                                               f"{mode}): chmod 700 it, or set a workdir of your own")
             self._workdir = workdir
         return self._workdir
 
-    def _stage_runner(self) -> str:
-        return self._stage(_protocol.RUNNER_PATH, "", name=f"runner-{_protocol.runner_digest()}.py")
-
-    def _stage(self, local: Path, subdir: str, *, name: str | None = None) -> str:
-        """Upload by content hash into the device cache; skipped when the device already has it."""
-        remote_dir = self._remote_workdir() + (f"/{subdir}" if subdir else "")
-        remote = f"{remote_dir}/{name or self._digest(local) + local.suffix}"
-        try:
-            sent = _sshio.upload(self._sftp_client(), local, remote)
-        except PermissionError as exc:
-            raise errors.RunnerFailed(f"{self._where()}: cannot write {remote}: {exc}") from None
-        if sent:
-            log.info("%s: uploaded %s -> %s", self._where(), local.name, remote)
-        return remote
+    def _staged(self, paths: Sequence[Path]) -> list[str]:
+        """The runner and ``paths`` in the device's cache, checked by content (see ``_cache``): uploads what
+        is missing or differs, prunes the cache. Returns the remote paths, the runner's first."""
+        workdir = self._remote_workdir()
+        names = [f"{workdir}/runner-{_protocol.runner_digest()}.py",
+                 *(f"{workdir}/models/{self._digest(path)[:32]}{path.suffix}" for path in paths)]
+        wanted = dict(zip(names, [_protocol.RUNNER_PATH, *paths]))  # a file listed twice is staged once
+        check = {remote: self._digest(local) for remote, local in wanted.items() if remote not in self._verified}
+        touch = [remote for remote in wanted if remote in self._verified]
+        request = _cache.request(f"{workdir}/models", check, touch, int(self.config.cache_mb * 1e6))
+        limit = self.config.timeout_s  # hashing a large model on a slow board takes seconds, not minutes
+        command = ["timeout", "-k", str(KILL_AFTER_S), str(math.ceil(limit)), self.config.python_path, "-c",
+                   _cache.SCRIPT, request]
+        completed = self._exec(shlex.join(command), limit + DEADLINE_GRACE_S)
+        if completed.status in _protocol.NOT_RUNNABLE_STATUS:
+            raise errors.RuntimeMissing(f"{self.config.python_path} is not an executable python on {self._where()}")
+        if completed.status != 0:
+            raise errors.RunnerFailed(f"{self._where()}: cannot check the device's cache: "
+                                      f"{_protocol.last_line(completed.stderr) or f'exit status {completed.status}'}")
+        answer = _cache.answer(completed.stdout)
+        if answer.evicted:
+            log.info("%s: evicted %d file(s) from the cache (now %.0f MB)", self._where(), answer.evicted,
+                     answer.bytes / 1e6)
+        for remote, local in wanted.items():
+            if remote not in answer.present:
+                try:
+                    _sshio.upload(self._sftp_client(), local, remote)
+                except PermissionError as exc:
+                    raise errors.RunnerFailed(f"{self._where()}: cannot write {remote}: {exc}") from None
+                log.info("%s: uploaded %s -> %s", self._where(), local.name, remote)
+            self._verified.add(remote)
+        return names
 
     def _digest(self, path: Path) -> str:
+        """sha256 of a local file, remembered while it is unchanged."""
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns)
         if key not in self._digests:
@@ -353,7 +386,7 @@ class SshProfiler(Profiler):
             with path.open("rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
-            self._digests[key] = digest.hexdigest()[:32]
+            self._digests[key] = digest.hexdigest()
         return self._digests[key]
 
     def _mktemp(self) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -22,11 +24,14 @@ from profilers import (
     RuntimeMissing,
     SshProfiler,
     UnknownHost,
+    UnsafeWorkdir,
+    _cache,
     load_device,
     make_profiler,
 )
+from profilers import runner as runner_module
 
-from .conftest import SshServer, processes_matching, python_without_onnxruntime, wait_until_gone
+from .conftest import SshServer, processes_matching, python_without_onnxruntime, tiny_onnx, wait_until_gone
 
 
 def _profiler(sshd: SshServer, tmp_path: Path, **overrides: object) -> SshProfiler:
@@ -68,6 +73,61 @@ def test_upload_is_skipped_when_device_has_the_file(
     assert second == []
     cached = list((tmp_path / "device-cache" / "models").iterdir())
     assert len(cached) == 1 and cached[0].suffix == ".onnx" and (cached[0].stat().st_mode & 0o077) == 0
+
+
+def test_a_planted_or_torn_file_in_the_cache_is_replaced_before_it_runs(
+    sshd: SshServer, tmp_path: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    """Names are content hashes, but a name proves nothing: the bytes are checked on the device."""
+    small = tiny_models[0]
+    with _profiler(sshd, tmp_path) as profiler:
+        profiler.measure(small, (1, 3, 16, 16))
+    cache = tmp_path / "device-cache"
+    runner = next(cache.glob("runner-*.py"))
+    (model,) = (cache / "models").iterdir()
+    runner.write_text("import pathlib; pathlib.Path(__file__).with_name('planted').touch()\n")
+    model.write_bytes(model.read_bytes()[:10])  # same name, other bytes: a torn or planted upload
+    with _profiler(sshd, tmp_path) as profiler:
+        assert profiler.measure(small, (1, 3, 16, 16)).n == 5
+    assert not (cache / "planted").exists()
+    assert runner.read_bytes() == Path(runner_module.__file__).read_bytes()
+    assert model.stat().st_size == small.stat().st_size
+
+
+@pytest.mark.parametrize(("setup", "message"), [
+    (lambda cache: (cache / "models").mkdir(parents=True) or os.chmod(cache, 0o777), "writable by others"),
+    (lambda cache: cache.mkdir() or os.chown(cache, 12345, -1), "belongs to uid 12345"),
+])
+def test_a_workdir_others_can_write_is_refused(sshd: SshServer, tmp_path: Path, setup, message: str) -> None:
+    cache = tmp_path / "device-cache"
+    if message.startswith("belongs") and os.geteuid() != 0:
+        pytest.skip("only root can give a directory to another user")
+    setup(cache)
+    with _profiler(sshd, tmp_path) as profiler:
+        with pytest.raises(UnsafeWorkdir, match=message):
+            profiler.info()
+    assert not list(cache.glob("runner-*.py"))
+
+
+def test_the_device_cache_evicts_least_recently_used_models_above_its_cap(sshd: SshServer, tmp_path: Path) -> None:
+    models = [tiny_onnx(tmp_path / f"m{i}.onnx", channels=8 + i) for i in range(3)]
+    cache = tmp_path / "device-cache" / "models"
+    with _profiler(sshd, tmp_path, cache_mb=1.5 * max(p.stat().st_size for p in models) / 1e6) as profiler:
+        profiler.measure(models[0], (1, 3, 16, 16))
+        profiler.measure(models[1], (1, 3, 16, 16))
+        old = time.time() - 2 * _cache.MIN_AGE_S
+        for index, path in enumerate(sorted(cache.iterdir(), key=lambda p: p.stat().st_mtime)):
+            os.utime(path, (old + index, old + index))  # both unused for long; m0 the least recently
+        (cache / "x.onnx.part-dead").write_bytes(b"torn")
+        os.utime(cache / "x.onnx.part-dead", (old, old))
+        (cache / "y.onnx.part-live").write_bytes(b"uploading now")
+        profiler.measure(models[2], (1, 3, 16, 16))
+    names = sorted(p.name for p in cache.iterdir())
+    assert len(names) == 3 and "x.onnx.part-dead" not in names and "y.onnx.part-live" in names
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest()[:32] for p in models}
+    kept = {name.split(".")[0] for name in names if name.endswith(".onnx")}
+    assert len(kept) == 2 and kept < digests
+    assert hashlib.sha256(models[0].read_bytes()).hexdigest()[:32] not in kept  # the least recently used went
 
 
 def test_ssh_config_alias_is_honoured(sshd: SshServer, tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
@@ -160,7 +220,8 @@ def test_python_without_runtime(sshd: SshServer, tmp_path: Path, tiny_models: tu
 def test_hanging_runner_is_killed_on_the_device(sshd: SshServer, tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
     marker = f"dac-hang-{uuid.uuid4().hex}"
     python = tmp_path / "hangpython"
-    python.write_text(f'#!/bin/sh\nexec {sys.executable} -c "import time; time.sleep(600)" {marker} "$@"\n')
+    python.write_text(f'#!/bin/sh\ncase "$*" in *--job*) exec {sys.executable} -c "import time; time.sleep(600)" '
+                      f'{marker} "$@";; esac\nexec {sys.executable} "$@"\n')  # the runner hangs, nothing else
     python.chmod(0o755)
     start = time.monotonic()
     with _profiler(sshd, tmp_path, python=str(python), timeout_s=1) as profiler:
