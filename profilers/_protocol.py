@@ -86,9 +86,10 @@ LEASE_FILE = "lease"  # in the device's workdir (the local device: in this user'
 HOLDER = f"{socket.gethostname()}:{os.getpid()}"  # who measures: written into the lease file
 
 
-def lease(path: str, wait_s: float) -> dict[str, Any]:
-    """The job's lease: the device is measured by one runner at a time (see runner.py)."""
-    return {"path": path, "holder": HOLDER, "wait_s": wait_s}
+def lease(path: str, wait_s: float, *, holder: str = HOLDER, evict: bool = False) -> dict[str, Any]:
+    """The job's lease: the device is measured by one runner at a time (see runner.py). ``evict`` takes it
+    from an orphaned runner of the same ``holder`` (a retry after a dropped connection)."""
+    return {"path": path, "holder": holder, "wait_s": wait_s, "evict": evict}
 
 
 def info_argument(runtime: str, threads: int | None) -> str:

@@ -10,6 +10,7 @@ import io
 import secrets
 import select
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,36 @@ _CHUNK = 1 << 16
 _POLL_S = 0.1
 
 
+class ConnectionLost(ConnectionError):
+    """The device stopped answering keepalives: the connection is dead though TCP has not noticed."""
+
+
+class Keepalive:
+    """OpenSSH's ``ServerAliveInterval``/``ServerAliveCountMax`` for paramiko, whose own keepalive wants no
+    reply and so never notices a board that dropped off the network: every ``interval_s`` a
+    ``keepalive@openssh.com`` request that wants one; ``misses`` intervals without an answer and the
+    connection is dead (``dead``), minutes before any measurement limit."""
+
+    def __init__(self, transport: paramiko.Transport, interval_s: float, misses: int) -> None:
+        self.transport, self.interval_s, self.misses = transport, interval_s, misses
+        self._answered = time.monotonic()
+        threading.Thread(target=self._loop, name="ssh-keepalive", daemon=True).start()
+
+    @property
+    def dead(self) -> bool:
+        return time.monotonic() - self._answered > self.interval_s * self.misses
+
+    def _loop(self) -> None:
+        while self.transport.is_active():
+            asked = time.monotonic()
+            # any answer counts, a refusal too; returns early only when the transport closes
+            self.transport.global_request("keepalive@openssh.com", wait=True)
+            if not self.transport.is_active():
+                return
+            self._answered = time.monotonic()
+            time.sleep(max(0.0, self.interval_s - (self._answered - asked)))
+
+
 class DeadlineExceeded(Exception):
     """The command did not finish before the local deadline (the remote ``timeout`` should have fired first)."""
 
@@ -42,10 +73,12 @@ class Completed:
     elapsed_s: float
 
 
-def run(client: paramiko.SSHClient, command: str, deadline_s: float, *, open_timeout_s: float = 30.0) -> Completed:
+def run(client: paramiko.SSHClient, command: str, deadline_s: float, *, open_timeout_s: float = 30.0,
+        keepalive: Keepalive | None = None) -> Completed:
     """Run ``command``; read stdout and stderr together as they come, so neither pipe fills and blocks the
     remote side, and only then take the exit status. The channel's stdin stays open until we return: the
-    runner treats its EOF as "caller gone"."""
+    runner treats its EOF as "caller gone". A ``keepalive`` that finds the connection dead closes it and
+    raises ``ConnectionLost``, a transient fault."""
     transport = client.get_transport()
     if transport is None or not transport.is_active():
         raise EOFError("the SSH connection is closed")
@@ -62,6 +95,10 @@ def run(client: paramiko.SSHClient, command: str, deadline_s: float, *, open_tim
                 break
             if channel.closed or not transport.is_active():
                 break
+            if keepalive is not None and keepalive.dead:
+                transport.close()
+                raise ConnectionLost(f"no answer to {keepalive.misses} keepalives in "
+                                     f"{keepalive.interval_s * keepalive.misses:.0f} s")
             if time.monotonic() - start > deadline_s:
                 raise DeadlineExceeded(f"no answer within {deadline_s:.0f} s")
             select.select([fd], [], [], _POLL_S)

@@ -15,7 +15,8 @@ Job (JSON)::
      "models": ["/path/a.onnx", "/path/b.onnx"],
      "settings": {"warmup_s": 0.5, "repeat_s": 0.1, "repeats": 10, "max_cov": 0.05,
                   "max_attempts": 3, "cooldown_s": 0.0},
-     "lease": {"path": "/home/pi/.cache/dac-search/lease", "holder": "laptop:4242", "wait_s": 900}}
+     "lease": {"path": "/home/pi/.cache/dac-search/lease", "holder": "laptop:4242", "wait_s": 900,
+               "evict": false}}
 
 Lease (optional): the runner takes an exclusive ``flock`` on ``path`` before it loads anything and holds
 it until it exits, so two searches, or two workers, never time models on one device at once (their
@@ -94,36 +95,67 @@ _held_leases: list[Any] = []  # open lock files: the lease lasts as long as this
 
 
 def take_lease(lease: dict[str, Any]) -> dict[str, Any]:
-    """Wait for the device's lease (see the module doc) and hold it; returns what the result reports."""
+    """Wait for the device's lease (see the module doc) and hold it; returns what the result reports.
+
+    With ``evict``, a lease held by a runner of the same ``holder`` is taken from it: that runner is an
+    orphan of a connection that dropped (its caller is retrying now), still measuring, so its process
+    group is stopped (TERM, then KILL) instead of waited for.
+    """
     import fcntl
+    import signal
 
     path, holder, wait_s = str(lease["path"]), str(lease.get("holder", "?")), float(lease.get("wait_s", 900))
     handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+", encoding="utf-8")
     started = time.monotonic()
-    said = False
+    said = evicted = False
     while True:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
         except BlockingIOError:
             waited = time.monotonic() - started
+            other = _lease_record(handle)
             if waited >= wait_s:
-                handle.seek(0)
-                other = handle.read().strip() or "another process"
                 handle.close()
-                raise LeaseTimeout(f"{other}; waited {waited:.0f} s") from None
-            if not said:
-                handle.seek(0)
-                sys.stderr.write(f"waiting for the device lease held by {handle.read().strip() or '?'}\n")
+                raise LeaseTimeout(f"{_lease_text(other)}; waited {waited:.0f} s") from None
+            pgid = other.get("pgid")
+            if lease.get("evict") and other.get("holder") == holder and isinstance(pgid, int) and pgid > 1 \
+                    and pgid != os.getpgid(0) and (not evicted or waited > 5.0):
+                try:
+                    os.killpg(pgid, signal.SIGKILL if evicted else signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                if not evicted:
+                    sys.stderr.write(f"stopped the orphaned runner of {holder} (process group {pgid})\n")
+                evicted = True
+            elif not said:
+                sys.stderr.write(f"waiting for the device lease held by {_lease_text(other)}\n")
                 sys.stderr.flush()
                 said = True
             time.sleep(0.05)
     handle.seek(0)
     handle.truncate()
-    handle.write(f"{holder} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.write(json.dumps({"holder": holder, "pgid": os.getpgid(0), "pid": os.getpid(),
+                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
     handle.flush()
     _held_leases.append(handle)
-    return {"holder": holder, "waited_s": time.monotonic() - started, "start": time.time()}
+    return {"holder": holder, "waited_s": time.monotonic() - started, "start": time.time(), "evicted": evicted}
+
+
+def _lease_record(handle: Any) -> dict[str, Any]:
+    """What the lease's holder wrote: who, its process group, since when."""
+    handle.seek(0)
+    text = handle.read().strip()
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {"holder": text or "another process"}
+    return record if isinstance(record, dict) else {"holder": text}
+
+
+def _lease_text(record: dict[str, Any]) -> str:
+    since = f" since {record['since']}" if record.get("since") else ""
+    return f"{record.get('holder', 'another process')}{since}"
 
 
 # --------------------------------------------------------------------------------------------- statistics

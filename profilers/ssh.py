@@ -33,7 +33,6 @@ from profilers.errors import DeviceConfigError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-KEEPALIVE_S = 15
 KILL_AFTER_S = 5  # the runner gets TERM at its limit and KILL this much later
 DEADLINE_GRACE_S = 30.0  # local patience beyond the remote limit before giving up on the channel
 # Run in a private temp dir ($1), removed on exit even when the connection drops (the runner then sees
@@ -145,6 +144,8 @@ class SshProfiler(Profiler):
         self._workdir: str | None = None
         self._digests: dict[tuple[str, int, int], str] = {}
         self._verified: set[str] = set()  # remote files hashed on the device since this connection opened
+        self._keepalive: _sshio.Keepalive | None = None
+        self._holder = f"{_protocol.HOLDER} {self.target}"  # this profiler's runners, in the device's lease
 
     # ------------------------------------------------------------------------------------------ interface
 
@@ -169,13 +170,14 @@ class SshProfiler(Profiler):
 
         staged: list[str] = []
 
-        def attempt() -> _protocol.RunnerOutcome:
+        def attempt(retrying: bool) -> _protocol.RunnerOutcome:
             runner, *models = self._staged(paths)
             staged[:] = models
-            job = _protocol.job(
-                staged, shapes, ctx.runtime, self.config.threads, settings or self.config.measure,
-                _protocol.lease(f"{self._remote_workdir()}/{_protocol.LEASE_FILE}", wait),
-            )
+            # on a retry, our runner of the dropped connection may still be measuring: take the lease from it
+            lease = _protocol.lease(f"{self._remote_workdir()}/{_protocol.LEASE_FILE}", wait, holder=self._holder,
+                                    evict=retrying)
+            job = _protocol.job(staged, shapes, ctx.runtime, self.config.threads, settings or self.config.measure,
+                                lease)
             tmp = self._mktemp()
             try:
                 _sshio.write_private(self._sftp_client(), f"{tmp}/job.json", json.dumps(job).encode())
@@ -190,7 +192,7 @@ class SshProfiler(Profiler):
         ctx = self._context(runtime)
         argument = _protocol.info_argument(ctx.runtime, self.config.threads)
 
-        def attempt() -> _protocol.RunnerOutcome:
+        def attempt(retrying: bool) -> _protocol.RunnerOutcome:
             (runner,) = self._staged([])
             tmp = self._mktemp()
             try:
@@ -215,9 +217,9 @@ class SshProfiler(Profiler):
 
     # ------------------------------------------------------------------------------------------ connection
 
-    def _with_retries(self, operation: Callable[[], T]) -> T:
-        """Run ``operation`` on a live connection; on a transient fault reconnect and retry with backoff.
-        A measurement timeout is not transient: it propagates at once."""
+    def _with_retries(self, operation: Callable[[bool], T]) -> T:
+        """Run ``operation`` on a live connection; on a transient fault reconnect and retry with backoff
+        (``operation(True)``: a retry). A measurement timeout is not transient: it propagates at once."""
         attempts = self.config.retries + 1
         last: BaseException | None = None
         for attempt in range(attempts):
@@ -225,7 +227,7 @@ class SshProfiler(Profiler):
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
                 self._connection()
-                return operation()
+                return operation(attempt > 0)
             except _sshio.DeadlineExceeded:
                 self.close()  # closing the channel's connection makes the runner see EOF and stop
                 raise errors.MeasurementTimeout(
@@ -276,7 +278,7 @@ class SshProfiler(Profiler):
             assert transport is not None
             if transport.get_remote_server_key() in revoked:
                 raise _RevokedKey(transport.get_remote_server_key())
-            transport.set_keepalive(KEEPALIVE_S)
+            self._keepalive = _sshio.Keepalive(transport, self.config.keepalive_s, self.config.keepalive_misses)
             return client
         except _RevokedKey as exc:
             client.close()
@@ -416,7 +418,8 @@ class SshProfiler(Profiler):
         return _protocol.RunnerOutcome(done.status, done.stdout, done.stderr, done.elapsed_s, limit_s)
 
     def _exec(self, command: str, deadline_s: float) -> _sshio.Completed:
-        return _sshio.run(self._connection(), command, deadline_s, open_timeout_s=self.config.connect_timeout_s * 3)
+        return _sshio.run(self._connection(), command, deadline_s, open_timeout_s=self.config.connect_timeout_s * 3,
+                          keepalive=self._keepalive)
 
     def _context(self, runtime: str | None) -> _protocol.Context:
         return _protocol.Context(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +33,14 @@ from profilers import (
 )
 from profilers import runner as runner_module
 
-from .conftest import SshServer, processes_matching, python_without_onnxruntime, tiny_onnx, wait_until_gone
+from .conftest import (
+    SshServer,
+    _descendants,
+    processes_matching,
+    python_without_onnxruntime,
+    tiny_onnx,
+    wait_until_gone,
+)
 
 
 def _profiler(sshd: SshServer, tmp_path: Path, **overrides: object) -> SshProfiler:
@@ -266,6 +275,53 @@ def test_sshd_killed_mid_measurement_then_reconnects(
     try:
         assert profiler.measure(tiny_models[0], (1, 3, 16, 16), runtime="onnxruntime").n == 5
     finally:
+        profiler.close()
+
+
+def test_a_board_that_stops_answering_is_noticed_by_keepalives_and_its_orphaned_runner_stopped(
+    sshd: SshServer, tmp_path: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    """A board gone silent (its sshd stopped with SIGSTOP: TCP stays up, nothing answers) is noticed after
+    two missed keepalives, not after the measurement limit; the retry stops the runner the dead connection
+    left measuring before it measures, so the two never overlap."""
+    slow = {"warmup_s": 8.0, "repeat_s": 0.005, "repeats": 5, "max_attempts": 1}
+    profiler = _profiler(sshd, tmp_path, measure=slow, keepalive_s=0.5, keepalive_misses=2, timeout_s=120)
+    marker = str(tmp_path / "device-cache")
+    outcome: dict[str, object] = {}
+
+    def measure() -> None:
+        try:
+            outcome["result"] = profiler.measure(tiny_models[0], (1, 3, 16, 16))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = exc
+
+    def runners() -> list[int]:
+        return [pid for pid in processes_matching(marker) if "--job" in _cmdline(pid)
+                and Path(f"/proc/{pid}/comm").read_text().strip().startswith("python")]
+
+    thread = threading.Thread(target=measure)
+    thread.start()
+    stopped: list[int] = []
+    try:
+        deadline = time.monotonic() + 20
+        while not runners():
+            assert time.monotonic() < deadline, "the runner never started"
+            time.sleep(0.05)
+        (orphan,) = runners()
+        stopped = _descendants(sshd.process.pid, only_comm="sshd")
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        silent_at = time.monotonic()
+        while Path(f"/proc/{orphan}").exists() and time.monotonic() - silent_at < 20:
+            time.sleep(0.05)
+        assert time.monotonic() - silent_at < 6, "the orphaned runner was not stopped by the retry"
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        assert isinstance(outcome.get("result"), LatencyResult), outcome
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         profiler.close()
 
 
