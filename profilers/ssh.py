@@ -9,7 +9,6 @@ is removed when the runner exits, whatever happens to the connection.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import hashlib
 import json
 import logging
@@ -18,7 +17,6 @@ import shlex
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +24,7 @@ import paramiko
 from paramiko.ssh_exception import NoValidConnectionsError
 
 from profilers import _cache, _known_hosts, _protocol, _sshio, errors
+from profilers._ssh_target import SshTarget, resolve_target
 from profilers.base import LatencyResult, MeasureSettings, Profiler
 from profilers.devices import DeviceConfig
 from profilers.errors import DeviceConfigError
@@ -41,43 +40,6 @@ _RUN_SCRIPT = 'd="$1"; shift; trap \'rm -rf -- "$d"\' EXIT; cd -- "$d" || exit 9
 _MKTEMP_SCRIPT = 'umask 077; mktemp -d "${TMPDIR:-/tmp}/dac-search.XXXXXXXXXX"'
 # Prints: our uid, then owner and octal mode of the workdir and its models dir (busybox stat has -c too).
 _WORKDIR_SCRIPT = 'umask 077; mkdir -p -- "$1/models" && id -u && stat -c "%u %a" -- "$1" "$1/models"'
-
-
-@dataclass(frozen=True)
-class SshTarget:
-    """Where to connect, after applying ~/.ssh/config to the configured host."""
-
-    alias: str
-    hostname: str
-    port: int
-    user: str
-    key_files: tuple[str, ...]
-
-    @property
-    def known_hosts_name(self) -> str:
-        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
-
-    def __str__(self) -> str:
-        return f"{self.user}@{self.hostname}:{self.port}"
-
-
-def resolve_target(config: DeviceConfig, host: str, ssh_config: Path | None = None) -> SshTarget:
-    """Explicit config values win over ~/.ssh/config, which wins over the defaults (port 22, local user)."""
-    path = ssh_config or Path("~/.ssh/config").expanduser()
-    entry: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            entry = dict(paramiko.SSHConfig.from_path(str(path)).lookup(host))
-        except (OSError, paramiko.ssh_exception.ConfigParseError) as exc:
-            raise DeviceConfigError(f"{path}: cannot read ssh config: {exc}") from None
-    keys = (str(config.key),) if config.key else tuple(str(Path(k).expanduser()) for k in entry.get("identityfile", ()))
-    return SshTarget(
-        alias=host,
-        hostname=str(entry.get("hostname", host)),
-        port=config.port or int(entry.get("port", 22)),
-        user=config.user or str(entry.get("user") or getpass.getuser()),
-        key_files=keys,
-    )
 
 
 class _UnknownHostKey(Exception):
@@ -136,10 +98,16 @@ class SshProfiler(Profiler):
         self.name = config.name
         self.runtime = config.runtime
         self.threads = config.threads
-        self.target = resolve_target(config, host or config.hosts[0], ssh_config)
-        self.known_hosts = config.known_hosts or Path("~/.ssh/known_hosts").expanduser()
+        self.target = resolve_target(host or config.hosts[0], port=config.port, user=config.user, key=config.key,
+                                     ssh_config=ssh_config)
+        # the config's known_hosts, else the ssh config's UserKnownHostsFile list; the first is written to
+        listed = (config.known_hosts,) if config.known_hosts else self.target.known_hosts
+        self.known_hosts_files = (*(listed or (Path("~/.ssh/known_hosts").expanduser(),)),
+                                  _known_hosts.SYSTEM_KNOWN_HOSTS)
+        self.known_hosts = self.known_hosts_files[0]
         self.backoff_s = backoff_s
         self._client: paramiko.SSHClient | None = None
+        self._jump_clients: list[paramiko.SSHClient] = []  # ProxyJump hops of the open connection
         self._sftp: paramiko.SFTPClient | None = None
         self._workdir: str | None = None
         self._digests: dict[tuple[str, int, int], str] = {}
@@ -205,15 +173,15 @@ class SshProfiler(Profiler):
         return {**described, **document}
 
     def close(self) -> None:
-        sftp, client = self._sftp, self._client
+        sftp, client, jumps = self._sftp, self._client, self._jump_clients
         self._client = self._sftp = None
+        self._jump_clients = []
         self._workdir = None
         self._verified = set()
-        with contextlib.suppress(OSError, *_sshio.TRANSIENT):  # closing a broken connection may complain
-            if sftp is not None:
-                sftp.close()
-            if client is not None:
-                client.close()
+        for closable in (sftp, client, *reversed(jumps)):
+            with contextlib.suppress(OSError, *_sshio.TRANSIENT):  # closing a broken connection may complain
+                if closable is not None:
+                    closable.close()
 
     # ------------------------------------------------------------------------------------------ connection
 
@@ -250,14 +218,38 @@ class SshProfiler(Profiler):
         return self._client
 
     def _connect(self) -> paramiko.SSHClient:
-        target, timeout = self.target, self.config.connect_timeout_s
+        """The device's connection, through its ProxyJump hops (each a direct-tcpip channel of the one before,
+        each hop's host key checked like the device's)."""
+        sock: paramiko.Channel | None = None
+        hops = [*self.target.jumps, self.target]
+        try:
+            for hop, after in zip(hops, hops[1:]):
+                jump = self._open(hop, sock, f"{self.name} jump host {hop.hostname}:{hop.port}")
+                self._jump_clients.append(jump)
+                transport = jump.get_transport()
+                assert transport is not None
+                sock = transport.open_channel("direct-tcpip", (after.hostname, after.port), ("127.0.0.1", 0),
+                                              timeout=self.config.connect_timeout_s)
+            client = self._open(self.target, sock, self._where())
+        except BaseException:
+            for jump in reversed(self._jump_clients):
+                jump.close()
+            self._jump_clients = []
+            raise
+        transport = client.get_transport()
+        assert transport is not None
+        self._keepalive = _sshio.Keepalive(transport, self.config.keepalive_s, self.config.keepalive_misses)
+        return client
+
+    def _open(self, target: SshTarget, sock: paramiko.Channel | None, where: str) -> paramiko.SSHClient:
+        """One authenticated connection to ``target`` (over ``sock`` when it is behind a jump host)."""
+        timeout = self.config.connect_timeout_s
         for key in target.key_files:
             if not Path(key).is_file():
                 raise DeviceConfigError(f"{self._config_name()}: key: {key} does not exist")
         client = paramiko.SSHClient()
         try:
-            revoked = _known_hosts.read_known_hosts([self.known_hosts, _known_hosts.SYSTEM_KNOWN_HOSTS],
-                                                    client.get_host_keys())
+            revoked = _known_hosts.read_known_hosts(self.known_hosts_files, client.get_host_keys())
             if self.config.host_key == "accept-new":
                 client.set_missing_host_key_policy(_AcceptNew(self.known_hosts, revoked))
             else:
@@ -273,40 +265,40 @@ class SshProfiler(Profiler):
                 banner_timeout=timeout,
                 auth_timeout=timeout,
                 channel_timeout=timeout,
+                sock=sock,
             )
             transport = client.get_transport()
             assert transport is not None
             if transport.get_remote_server_key() in revoked:
                 raise _RevokedKey(transport.get_remote_server_key())
-            self._keepalive = _sshio.Keepalive(transport, self.config.keepalive_s, self.config.keepalive_misses)
             return client
         except _RevokedKey as exc:
             client.close()
             raise errors.HostKeyMismatch(
-                f"host key of {self._where()} ({exc.key.get_name()} {exc.key.fingerprint}) is marked @revoked "
-                f"in {self.known_hosts} or {_known_hosts.SYSTEM_KNOWN_HOSTS}: refused"
+                f"host key of {where} ({exc.key.get_name()} {exc.key.fingerprint}) is marked @revoked "
+                f"in {' or '.join(map(str, self.known_hosts_files))}: refused"
             ) from None
         except paramiko.BadHostKeyException as exc:
             client.close()
             raise errors.HostKeyMismatch(
-                f"host key of {self._where()} does not match {self.known_hosts} "
+                f"host key of {where} does not match {self.known_hosts} "
                 f"(got {exc.key.get_name()} {exc.key.fingerprint}); if the device was reinstalled, "
                 f"remove the old key with: ssh-keygen -R {shlex.quote(target.known_hosts_name)}"
             ) from None
         except _UnknownHostKey as exc:
             client.close()
             raise errors.UnknownHost(
-                f"{self._where()} is not in {self.known_hosts} ({exc.key.get_name()} {exc.key.fingerprint}); "
+                f"{where} is not in {self.known_hosts} ({exc.key.get_name()} {exc.key.fingerprint}); "
                 f'connect once with ssh, or set host_key = "accept-new" in the device config'
             ) from None
         except paramiko.AuthenticationException as exc:
             client.close()
             keys = ", ".join(target.key_files) or "default keys and ssh-agent"
-            raise errors.AuthFailed(f"{self._where()} refused authentication with {keys}: {exc}") from None
+            raise errors.AuthFailed(f"{where} refused authentication with {keys}: {exc}") from None
         except socket.gaierror as exc:
             client.close()
             raise errors.DeviceUnreachable(
-                f"{self._where()}: cannot resolve {target.hostname}: {exc.strerror}"
+                f"{where}: cannot resolve {target.hostname}: {exc.strerror}"
             ) from None
         except BaseException:
             client.close()
@@ -314,7 +306,15 @@ class SshProfiler(Profiler):
 
     def _sftp_client(self) -> paramiko.SFTPClient:
         if self._sftp is None:
-            self._sftp = self._connection().open_sftp()
+            client = self._connection()
+            try:
+                self._sftp = client.open_sftp()
+            except paramiko.SSHException:
+                transport = client.get_transport()
+                if transport is None or not transport.is_active():
+                    raise  # the connection broke: transient, retried
+                raise errors.NoSftp(f"{self._where()} offers no SFTP subsystem, which uploads need: add "
+                                    f"'Subsystem sftp internal-sftp' to its sshd_config") from None
             self._sftp.get_channel().settimeout(self.config.connect_timeout_s * 3)
         return self._sftp
 

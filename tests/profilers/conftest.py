@@ -213,12 +213,10 @@ def _keygen(path: Path) -> str:
     return path.with_suffix(".pub").read_text().split()[1]
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    """OpenSSH's sshd on 127.0.0.1 at a free port, with generated host and client keys."""
+def make_sshd(directory: Path, *, sftp: bool = True) -> SshServer:
+    """OpenSSH's sshd on 127.0.0.1 at a free port, with generated host and client keys (not started)."""
     require(SSHD.exists() and shutil.which("ssh-keygen") is not None,
             f"{SSHD} or ssh-keygen is missing (install the openssh-server package)")
-    directory = tmp_path_factory.mktemp("sshd")
     host_public = _keygen(directory / "host_ed25519")
     _keygen(directory / "client_ed25519")
     (directory / "authorized_keys").write_text((directory / "client_ed25519.pub").read_text())
@@ -237,7 +235,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
                 "KbdInteractiveAuthentication no",
                 "PubkeyAuthentication yes",
                 "PermitRootLogin prohibit-password",
-                "Subsystem sftp internal-sftp",
+                *(["Subsystem sftp internal-sftp"] if sftp else []),
                 "MaxStartups 100",
                 "MaxSessions 50",
                 "LogLevel ERROR",
@@ -249,7 +247,13 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     known_hosts.write_text(f"[127.0.0.1]:{port} ssh-ed25519 {host_public}\n")
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    server = SshServer(directory, port, getpass.getuser(), directory / "client_ed25519", known_hosts, host_public)
+    return SshServer(directory, port, getpass.getuser(), directory / "client_ed25519", known_hosts, host_public)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """The real sshd most SSH tests share (same port and keys for the whole session)."""
+    server = make_sshd(tmp_path_factory.mktemp("sshd"))
     server.start()
     try:
         yield server

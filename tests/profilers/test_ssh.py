@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from profilers import (
@@ -23,6 +25,7 @@ from profilers import (
     HostKeyMismatch,
     LatencyResult,
     MeasurementTimeout,
+    NoSftp,
     RuntimeMissing,
     SshProfiler,
     UnknownHost,
@@ -32,10 +35,12 @@ from profilers import (
     make_profiler,
 )
 from profilers import runner as runner_module
+from tests.conftest import require
 
 from .conftest import (
     SshServer,
     _descendants,
+    make_sshd,
     processes_matching,
     python_without_onnxruntime,
     tiny_onnx,
@@ -148,6 +153,40 @@ def test_ssh_config_alias_is_honoured(sshd: SshServer, tmp_path: Path, tiny_mode
     with SshProfiler(config, ssh_config=ssh_config) as profiler:
         assert str(profiler.target) == f"{sshd.user}@127.0.0.1:{sshd.port}"
         assert profiler.measure(tiny_models[0], (1, 3, 16, 16)).n == 5
+
+
+def test_aliases_resolve_as_openssh_does_with_include_and_proxyjump(
+    sshd: SshServer, tmp_path: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    """The alias lives in an included file and reaches the board through a jump host (here the same sshd):
+    ``ssh -G`` resolves both, and the connection is a channel of the jump host's."""
+    require(shutil.which("ssh") is not None, "the OpenSSH client (ssh) is missing")
+    (tmp_path / "config.d").mkdir()
+    (tmp_path / "config.d" / "boards").write_text(
+        f"Host jumpbox\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n  IdentityFile {sshd.client_key}\n"
+        f"Host board\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n  IdentityFile {sshd.client_key}\n"
+        f"  ProxyJump jumpbox\n"
+    )
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(f"Include {tmp_path / 'config.d'}/*\n")
+    config = load_device(sshd.device_toml(tmp_path / "d.toml", host="board", port=None, user=None, key=None))
+    with SshProfiler(config, ssh_config=ssh_config) as profiler:
+        assert str(profiler.target) == f"{sshd.user}@127.0.0.1:{sshd.port}"
+        assert [str(hop) for hop in profiler.target.jumps] == [f"{sshd.user}@127.0.0.1:{sshd.port}"]
+        assert profiler.measure(tiny_models[0], (1, 3, 16, 16)).n == 5
+        assert isinstance(profiler._connection().get_transport().sock, paramiko.Channel)
+
+
+def test_a_device_without_sftp_is_one_line_saying_so(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    (tmp_path / "sshd").mkdir()
+    server = make_sshd(tmp_path / "sshd", sftp=False)
+    server.start()
+    try:
+        with _profiler(server, tmp_path) as profiler:
+            with pytest.raises(NoSftp, match="offers no SFTP subsystem"):
+                profiler.measure(tiny_models[0], (1, 3, 16, 16))
+    finally:
+        server.kill_all()
 
 
 def test_wrong_host_key_is_refused(sshd: SshServer, tmp_path: Path) -> None:
@@ -337,3 +376,25 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+@pytest.mark.parametrize("openssh", [True, False])
+def test_an_alias_resolves_with_openssh_or_with_paramikos_parser(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, openssh: bool
+) -> None:
+    from profilers import _ssh_target
+
+    if openssh:
+        require(shutil.which("ssh") is not None, "the OpenSSH client (ssh) is missing")
+    else:
+        monkeypatch.setattr(_ssh_target.shutil, "which", lambda name: None)
+    key = tmp_path / "id_board"
+    key.write_text("not read here")
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host pi4\n  HostName 10.1.2.3\n  Port 2222\n  User pi\n  IdentityFile {key}\n"
+                      f"  UserKnownHostsFile {tmp_path / 'kh1'} {tmp_path / 'kh2'}\n  ProxyJump admin@gate:2200\n")
+    target = _ssh_target.resolve_target("pi4", ssh_config=config)
+    assert (target.hostname, target.port, target.user, target.key_files) == ("10.1.2.3", 2222, "pi", (str(key),))
+    assert target.known_hosts == (tmp_path / "kh1", tmp_path / "kh2")
+    assert [(hop.hostname, hop.port, hop.user) for hop in target.jumps] == [("gate", 2200, "admin")]
+    assert _ssh_target.resolve_target("pi4", port=22, user="me", ssh_config=config).known_hosts_name == "10.1.2.3"
