@@ -138,3 +138,17 @@ def test_torchvision_weights_are_read_with_weights_only(tmp_path: Path) -> None:
     with _weights_only_loads(), pytest.raises(pickle.UnpicklingError):
         _api.load_state_dict_from_url(url, model_dir=str(tmp_path))
     assert "payload" in _api.load_state_dict_from_url(url, model_dir=str(tmp_path), weights_only=False)
+
+
+def test_a_file_matching_only_the_names_prefix_is_refused_where_the_full_digest_is_pinned(
+    torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """8 hex digits are 32 bits: a planted file can be ground to match them, the full digest it cannot."""
+    from dac_search.zoo import weights
+
+    real = weights.FULL_SHA256[MOBILENET_V1]
+    assert weights.sha256_of(torch_home / "hub" / "checkpoints" / MOBILENET_V1) == real
+    assert load_model("mobilenet_v2", weights="IMAGENET1K_V1") is not None
+    monkeypatch.setitem(weights.FULL_SHA256, MOBILENET_V1, real[:8] + "0" * 56)  # same prefix, other file
+    with pytest.raises(WeightsUnavailableError, match=f"has sha256 {real}, expected {real[:8]}0000"):
+        load_model("mobilenet_v2", weights="IMAGENET1K_V1")

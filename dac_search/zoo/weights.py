@@ -50,12 +50,26 @@ def url_hash_prefix(url: str) -> str:
     return prefix if re.fullmatch(r"[0-9a-f]{6,64}", prefix) else ""
 
 
+# Full sha256 of checkpoint files whose bytes this project has checked itself. Upstream names carry only a
+# prefix (8 hex digits: 32 bits, which a planted file can be ground to match); for these files the whole
+# digest is required. Files not listed (resnet32/44/110, other torchvision weights) are checked against
+# their name's prefix, as torch.hub itself does.
+FULL_SHA256 = {
+    "resnet20-12fca82f.th": "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
+    "resnet56-4bfd9763.th": "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367",
+    "mobilenet_v2-b0353104.pth": "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+}
+
+
 def fetch_checkpoint(url: str, sha256_prefix: str, what: str = "the weights") -> Path:
-    """The cached file for ``url``, downloading it when missing; its sha256 must start with the prefix.
+    """The cached file for ``url``, downloading it when missing; its sha256 must be the full digest pinned
+    in ``FULL_SHA256``, else start with the prefix.
 
     Offline, the error names the one file to fetch and where torch.hub's cache expects it.
     """
-    path = hub_checkpoint_path(os.path.basename(url))
+    name = os.path.basename(url)
+    expected = FULL_SHA256.get(name, sha256_prefix)
+    path = hub_checkpoint_path(name)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -66,9 +80,10 @@ def fetch_checkpoint(url: str, sha256_prefix: str, what: str = "the weights") ->
                 f"cannot download {what} ({reason}): put {url} at {path} (torch.hub's checkpoint cache), "
                 f"or pass --weights PATH") from None
     actual = sha256_of(path)
-    if not actual.startswith(sha256_prefix):
+    if not actual.startswith(expected):
         raise WeightsUnavailableError(
-            f"{path} has sha256 {actual[:16]}..., expected {sha256_prefix}...: delete it to download again")
+            f"{path} has sha256 {actual}, expected {expected}{'' if len(expected) == 64 else '...'}: "
+            f"delete it to download again")
     return path
 
 
