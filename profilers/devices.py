@@ -18,9 +18,9 @@ from typing import Any
 
 from profilers.base import MeasureSettings
 from profilers.errors import DeviceConfigError
+from profilers.runner import RUNTIMES
 
 KINDS = ("local", "ssh")
-RUNTIMES = ("onnxruntime", "torch")
 HOST_KEY_POLICIES = ("strict", "accept-new")
 DEVICES_DIR_ENV = "DAC_SEARCH_DEVICES_DIR"
 

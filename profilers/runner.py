@@ -10,7 +10,7 @@ Usage::
 
 Job (JSON)::
 
-    {"runtime": "onnxruntime" | "torch", "threads": 4 | null,
+    {"runtime": "onnxruntime" | "torch" | "litert", "threads": 4 | null,
      "input_shape": [1, 3, 32, 32]  (or one shape per model: [[1, 16, 32, 32], [1, 32, 16, 16]]),
      "models": ["/path/a.onnx", "/path/b.onnx"],
      "settings": {"warmup_s": 0.5, "repeat_s": 0.1, "repeats": 10, "max_cov": 0.05,
@@ -68,7 +68,7 @@ DEFAULT_SETTINGS: dict[str, float] = {
     "max_attempts": 3,
     "cooldown_s": 0.0,
 }
-RUNTIMES = ("onnxruntime", "torch")
+RUNTIMES = ("onnxruntime", "torch", "litert")
 
 # vcgencmd get_throttled bits that mean "happening now": under-voltage, frequency capped, throttled,
 # soft temperature limit. The high bits (<< 16) mean "has happened since boot".
@@ -303,7 +303,40 @@ def _load_runtime(name: str, threads: int | None) -> tuple[str, Callable[[str, l
 
         return torch.__version__, make_torch
 
+    if name == "litert":  # TensorFlow Lite's successor; its CPU path is XNNPACK, what a Pi deploys with
+        try:
+            import numpy as np
+            from ai_edge_litert import interpreter as litert
+        except ImportError as exc:
+            raise RuntimeMissing(str(exc)) from exc
+
+        def make_litert(path: str, shape: list[int]) -> Callable[[], Any]:
+            try:
+                model = litert.Interpreter(model_path=path, num_threads=threads or None)
+                model.allocate_tensors()
+                (entry,) = model.get_input_details()
+                if list(entry["shape"]) != list(shape):
+                    model.resize_tensor_input(entry["index"], shape)
+                    model.allocate_tensors()
+                model.set_tensor(entry["index"], np.random.default_rng(0).random(shape, dtype=np.float32))
+            except MemoryError:
+                raise
+            except Exception as exc:  # the interpreter raises ValueError and RuntimeError for a bad file
+                raise _classify(exc, path) from exc
+            return model.invoke
+
+        return _litert_version(litert), make_litert
+
     raise JobError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
+
+
+def _litert_version(module: Any) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("ai-edge-litert")
+    except Exception:  # an interpreter installed some other way
+        return str(getattr(module, "__version__", "unknown"))
 
 
 def _classify(exc: BaseException, path: str) -> BaseException:

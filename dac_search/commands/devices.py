@@ -9,6 +9,7 @@ from rich.table import Table
 from dac_search.commands._common import console
 from profilers import devices_dir, list_devices, load_device, make_profiler
 from profilers.devices import DEVICES_DIR_ENV
+from profilers.runner import RUNTIMES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     check = actions.add_parser("check", help="connect to a device and print what it is")
     check.add_argument("device", help=f"a device name (from the list, or from ${DEVICES_DIR_ENV} when set) "
                                       f"or a path to a .toml file")
-    check.add_argument("--runtime", choices=("onnxruntime", "torch"),
+    check.add_argument("--runtime", choices=RUNTIMES,
                        help="the runtime to check (default: the config's)")
     parser.set_defaults(run=run)
 

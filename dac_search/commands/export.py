@@ -1,4 +1,4 @@
-"""``dac-search export RUN_DIR [--pick best|TRIAL] --format onnx|torchscript|pt -o FILE``."""
+"""``dac-search export RUN_DIR [--pick best|TRIAL] --format onnx|torchscript|pt|tflite -o FILE``."""
 
 from __future__ import annotations
 

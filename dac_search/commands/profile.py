@@ -12,12 +12,11 @@ from rich.table import Table
 
 from dac_search.commands._common import add_model_args, console, load_from_args
 from dac_search.errors import ConfigError
-from dac_search.export import export_onnx, export_torchscript
+from dac_search.export import export_for
 from dac_search.plan import RankPlan
 from dac_search.proxies.apply import decompose_model
 from profilers import LatencyResult, load_device, make_profiler
-
-_EXPORTERS = {"onnxruntime": (export_onnx, ".onnx"), "torch": (export_torchscript, ".pt")}
+from profilers.runner import RUNTIMES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_model_args(parser)
     parser.add_argument("--plan", help="a plan JSON: measure the model decomposed by it")
     parser.add_argument("--device", required=True, help="a name from configs/devices or a path to a .toml file")
-    parser.add_argument("--runtime", choices=tuple(_EXPORTERS), help="default: the device's runtime")
+    parser.add_argument("--runtime", choices=RUNTIMES, help="default: the device's runtime")
     parser.add_argument("--batch", type=int, help="batch size (replaces N of the input shape)")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON instead of a table")
     parser.set_defaults(run=run)
@@ -42,9 +41,8 @@ def run(args: argparse.Namespace) -> int:
         shape = (args.batch, *shape[1:])
     model = decompose_model(loaded.module, plan) if plan is not None else loaded.module
     runtime = args.runtime or device.runtime
-    export, suffix = _EXPORTERS[runtime]
     with tempfile.TemporaryDirectory(prefix="dac-search-profile-") as tmp, make_profiler(device) as profiler:
-        artifact = export(model, Path(tmp) / f"{Path(loaded.spec).stem}{suffix}", shape)
+        artifact = export_for(runtime, model, Path(tmp) / Path(loaded.spec).stem, shape)
         result = profiler.measure(artifact, shape, runtime=runtime)
     if args.json:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")

@@ -7,15 +7,17 @@ from dac_search.export.formats import (
     FORMATS,
     ONNX_OPSET,
     PT_FORMAT,
+    export_for,
     export_model,
     export_onnx,
     export_pt,
+    export_tflite,
     export_torchscript,
     format_of,
     load_pt_export,
 )
 
 __all__ = [
-    "EXPORT_FORMATS", "FORMATS", "ONNX_OPSET", "PT_FORMAT", "export_model", "export_onnx", "export_pt",
-    "export_torchscript", "format_of", "load_pt_export",
+    "EXPORT_FORMATS", "FORMATS", "ONNX_OPSET", "PT_FORMAT", "export_for", "export_model", "export_onnx", "export_pt",
+    "export_tflite", "export_torchscript", "format_of", "load_pt_export",
 ]

@@ -1,9 +1,10 @@
-"""Write a model to ONNX or TorchScript, atomically: a file is either whole or absent."""
+"""Write a model to ONNX, TorchScript or LiteRT, atomically: a file is either whole or absent."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import pickle
 import warnings
@@ -18,8 +19,9 @@ from dac_search.atomic import atomic_path
 from dac_search.errors import ConfigError
 from dac_search.plan import RankPlan
 
-FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".pt": "pt"}
-EXPORT_FORMATS = ("onnx", "torchscript", "pt")
+FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".pt": "pt", ".tflite": "tflite"}
+EXPORT_FORMATS = ("onnx", "torchscript", "pt", "tflite")
+LITERT_EXTRA = "pip install 'dac-search[litert]'"
 ONNX_OPSET = 17
 PT_FORMAT = "dac-search/export@1"
 
@@ -50,6 +52,31 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike[str], input_sha
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.trace(model.eval(), sample, check_trace=False), str(tmp))
+    return Path(path)
+
+
+def export_tflite(model: nn.Module, path: str | os.PathLike[str], input_shape: Sequence[int]) -> Path:
+    """A LiteRT (.tflite) flatbuffer, converted here by litert-torch: the device needs only ``ai_edge_litert``
+    and numpy to run it. The input stays N,C,H,W as in torch (the converter adds the layout changes)."""
+    # The converter's chatter would break the live view: its progress lines, native INFO lines and the
+    # oneDNN notice on stderr, and a deprecation warning torch logs while torchao is imported.
+    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    try:
+        import litert_torch
+    except ImportError:
+        raise ConfigError(f"LiteRT models are converted by litert-torch, which is not installed: {LITERT_EXTRA}") from None
+    finally:
+        pytree_log.setLevel(level)
+    sample = torch.zeros(tuple(int(v) for v in input_shape))
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        litert_torch.convert(model.eval(), (sample,)).export(str(tmp))
     return Path(path)
 
 
@@ -89,6 +116,15 @@ def load_pt_export(path: str | os.PathLike[str], model: str | None = None) -> nn
     return built.eval()
 
 
+def export_for(runtime: str, model: nn.Module, path_stem: Path, input_shape: Sequence[int]) -> Path:
+    """``model`` in the file format ``runtime`` loads (the suffix is added to ``path_stem``)."""
+    if runtime == "torch":
+        return export_torchscript(model, path_stem.with_suffix(".pt"), input_shape)
+    if runtime == "litert":
+        return export_tflite(model, path_stem.with_suffix(".tflite"), input_shape)
+    return export_onnx(model, path_stem.with_suffix(".onnx"), input_shape)
+
+
 def export_model(model: nn.Module, path: str | os.PathLike[str], plan: RankPlan, spec: str,
                  weights: str | None = None, fmt: str | None = None,
                  provenance: Mapping[str, Any] | None = None) -> Path:
@@ -99,6 +135,8 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], plan: RankPlan,
         return export_onnx(model, path, shape)
     if fmt == "torchscript":
         return export_torchscript(model, path, shape)
+    if fmt == "tflite":
+        return export_tflite(model, path, shape)
     if fmt == "pt":
         return export_pt(model, path, plan, spec, weights, provenance)
     raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")

@@ -5,10 +5,10 @@ nothing of this package."""
 from __future__ import annotations
 
 from dac_search.latency.builder import LatencyTableBuilder, table_settings
-from dac_search.latency.models import export_for, measure_beside, measure_models
+from dac_search.latency.models import measure_beside, measure_models
 from dac_search.latency.table import Correction, LatencyTable, default_candidates
 
 __all__ = [
-    "Correction", "LatencyTable", "LatencyTableBuilder", "default_candidates", "export_for", "measure_beside",
+    "Correction", "LatencyTable", "LatencyTableBuilder", "default_candidates", "measure_beside",
     "measure_models", "table_settings",
 ]

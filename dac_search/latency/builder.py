@@ -26,7 +26,7 @@ from dac_search.cost import trace_geometry
 from dac_search.decompose import METHODS, can_decompose, decompose_conv, replace_layers
 from dac_search.decompose.prune import check_site, prune_sites, slice_conv
 from dac_search.errors import PlanError
-from dac_search.export import export_onnx
+from dac_search.export import export_for
 from dac_search.latency.table import (
     INPUTS,
     CandidateFn,
@@ -227,7 +227,7 @@ class LatencyTableBuilder:
             return []
         with tempfile.TemporaryDirectory(prefix="dac-search-plans-") as tmp:
             paths = [
-                export_onnx(replace_layers(model, plan), Path(tmp) / f"plan-{i}.onnx", input_shape)
+                export_for(self.profiler.runtime, replace_layers(model, plan), Path(tmp) / f"plan-{i}", input_shape)
                 for i, plan in enumerate(plans)
             ]
             shapes = [tuple(int(v) for v in input_shape)] * len(paths)
@@ -247,7 +247,7 @@ class LatencyTableBuilder:
                 paths, shapes = [], []
                 for i, (_, (module, shape)) in enumerate(chunk):
                     built = module if isinstance(module, nn.Module) else module()
-                    paths.append(export_onnx(built, directory / f"m{start + i}.onnx", shape))
+                    paths.append(export_for(self.profiler.runtime, built, directory / f"m{start + i}", shape))
                     shapes.append(shape)
                 for (key, _), timing in zip(chunk, self._timings(paths, shapes, self.settings, directory)):
                     if key.startswith(_MODEL_PREFIX):
@@ -270,9 +270,9 @@ class LatencyTableBuilder:
         """Timings in the cache's units: every runner call also runs a fixed reference conv, and times are
         scaled by how fast the reference ran, so calls at different device speeds (load, heat) agree."""
         cache = self._open_cache()
-        reference = directory / "reference.onnx"
-        if not reference.exists():
-            export_onnx(nn.Conv2d(*REFERENCE_CONV, padding=1), reference, REFERENCE_SHAPE)
+        references = list(directory.glob("reference.*"))
+        reference = references[0] if references else export_for(
+            self.profiler.runtime, nn.Conv2d(*REFERENCE_CONV, padding=1), directory / "reference", REFERENCE_SHAPE)
         timings: list[Timing] = []
         for chunk in _chunks(paths):
             *results, ref = self._run([*paths, reference], [*shapes, REFERENCE_SHAPE], [*chunk, len(paths)], settings)

@@ -13,16 +13,9 @@ from pathlib import Path
 
 from torch import nn
 
-from dac_search.export import export_onnx, export_torchscript
+from dac_search.export import export_for
 from profilers.base import LatencyResult
 from profilers.pool import DevicePool, Paired
-
-
-def export_for(runtime: str, model: nn.Module, path_stem: Path, input_shape: Sequence[int]) -> Path:
-    """``model`` in the format ``runtime`` loads: TorchScript for ``torch``, ONNX for the others."""
-    if runtime == "torch":
-        return export_torchscript(model, path_stem.with_suffix(".pt"), input_shape)
-    return export_onnx(model, path_stem.with_suffix(".onnx"), input_shape)
 
 
 @contextlib.contextmanager

@@ -59,7 +59,7 @@ def test_relative_key_is_relative_to_the_file(tmp_path: Path) -> None:
         ('threads = "four"\n', "threads: must be an integer"),
         ('threads = 0\n', "threads: must be >= 1"),
         ('cpus = "zero"\n', "cpus: must look like"),
-        ('runtime = "tflite"\n', "runtime: must be one of onnxruntime, torch"),
+        ('runtime = "tflite"\n', "runtime: must be one of onnxruntime, torch, litert"),
         ('timeout_s = -1\n', "timeout_s: must be a positive number"),
         ('timeout_s = nan\n', "timeout_s: must be a positive number, got nan"),
         ('timeout_s = inf\n', "timeout_s: must be a positive number, got inf"),

@@ -90,3 +90,23 @@ def test_a_run_dir_whose_model_runs_code_is_exported_only_when_the_user_names_it
     assert not marker.exists()
     with torch.no_grad():
         torch.testing.assert_close(load_pt_export(output, model=spec)(SAMPLE), expected, rtol=0, atol=0)
+
+
+def test_export_best_to_litert_runs_in_the_interpreter_a_pi_deploys(run_dir: Path, tmp_path: Path,
+                                                                     expected: torch.Tensor) -> None:
+    import importlib.util
+
+    from tests.conftest import require
+
+    require(importlib.util.find_spec("litert_torch") is not None and importlib.util.find_spec("ai_edge_litert")
+            is not None, "litert-torch or ai-edge-litert is not installed (pip install 'dac-search[litert]')")
+    from ai_edge_litert.interpreter import Interpreter
+
+    output = export(run_dir, tmp_path / "out" / "best.tflite", "--format", "tflite")
+    interpreter = Interpreter(model_path=str(output))
+    interpreter.allocate_tensors()
+    (entry,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    for image, want in zip(SAMPLE, expected):  # converted for batch 1, the plan's input shape
+        interpreter.set_tensor(entry["index"], image[None].numpy())
+        interpreter.invoke()
+        np.testing.assert_allclose(interpreter.get_tensor(out["index"])[0], want.numpy(), rtol=1e-3, atol=1e-3)
