@@ -27,7 +27,7 @@ from torch import nn
 
 from dac_search.cost import trace_geometry
 from dac_search.decompose import LAYERS, METHODS, max_rank
-from dac_search.export import export_onnx
+from dac_search.export import export_for
 from dac_search.latency import LatencyTableBuilder, default_candidates
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.zoo.cifar_resnet import CifarResNet
@@ -109,7 +109,7 @@ def run_case(name: str, profiler: Profiler, args: argparse.Namespace, cache_dir:
 def run_to_run_cov(profiler: Profiler, runs: int) -> tuple[float, list[float]]:
     """The same model measured in ``runs`` separate runner calls: CoV of their medians."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(CifarResNet(56).eval(), Path(tmp) / "resnet56.onnx", (1, 3, 32, 32))
+        path = export_for(profiler.runtime, CifarResNet(56).eval(), Path(tmp) / "resnet56", (1, 3, 32, 32))
         medians = [profiler.measure(path, (1, 3, 32, 32)).median_ms for _ in range(runs)]
     return statistics.stdev(medians) / statistics.fmean(medians), medians
 

@@ -133,11 +133,12 @@ def count_cost(model: nn.Module, input_shape: Sequence[int]) -> Cost:
 def trace_geometry(model: nn.Module, input_shape: Sequence[int],
                    methods: Sequence[str] = ("dac",)) -> dict[str, ConvGeometry]:
     """Geometry of every conv one of ``methods`` can take, in execution order, from one forward pass."""
-    return _geometry_of(model, input_shape, decomposable_layers(model, methods))
+    return geometry_of(model, input_shape, decomposable_layers(model, methods))
 
 
-def _geometry_of(model: nn.Module, input_shape: Sequence[int],
-                 convs: Mapping[str, nn.Module]) -> dict[str, ConvGeometry]:
+def geometry_of(model: nn.Module, input_shape: Sequence[int],
+                convs: Mapping[str, nn.Module]) -> dict[str, ConvGeometry]:
+    """Geometry of the named ``convs`` (any convs, depthwise too), from one forward pass."""
     found: dict[str, ConvGeometry] = {}
     if not convs:
         return found
@@ -174,7 +175,7 @@ class CostModel:
             return self.traced[name]
         if self._passed is None:  # traced on first use: only plans that prune through depthwise convs need it
             passed = {dw for site in self.sites().values() if not isinstance(site, str) for dw, _ in site.through}
-            self._passed = _geometry_of(self._model, self.input_shape,
+            self._passed = geometry_of(self._model, self.input_shape,
                                         {name: self._model.get_submodule(name) for name in passed})
         return self._passed[name]
 

@@ -12,6 +12,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,11 +75,11 @@ class Completed:
 
 
 def run(client: paramiko.SSHClient, command: str, deadline_s: float, *, open_timeout_s: float = 30.0,
-        keepalive: Keepalive | None = None) -> Completed:
+        keepalive: Keepalive | None = None, on_stderr_line: Callable[[str], None] | None = None) -> Completed:
     """Run ``command``; read stdout and stderr together as they come, so neither pipe fills and blocks the
     remote side, and only then take the exit status. The channel's stdin stays open until we return: the
     runner treats its EOF as "caller gone". A ``keepalive`` that finds the connection dead closes it and
-    raises ``ConnectionLost``, a transient fault."""
+    raises ``ConnectionLost``, a transient fault. ``on_stderr_line`` hears each stderr line as it comes."""
     transport = client.get_transport()
     if transport is None or not transport.is_active():
         raise EOFError("the SSH connection is closed")
@@ -87,9 +88,15 @@ def run(client: paramiko.SSHClient, command: str, deadline_s: float, *, open_tim
     try:
         channel.exec_command(command)
         out, err = bytearray(), bytearray()
+        heard = 0  # bytes of err already handed to on_stderr_line
         fd = channel.fileno()
         while True:
             _drain(channel, out, err)
+            if on_stderr_line is not None and b"\n" in err[heard:]:
+                complete = err.rindex(b"\n") + 1
+                for line in err[heard:complete].decode("utf-8", "replace").splitlines():
+                    on_stderr_line(line)
+                heard = complete
             if channel.exit_status_ready() and (channel.eof_received or channel.closed):
                 _drain(channel, out, err)
                 break

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from profilers.runner import DEFAULT_SETTINGS, summarize
+from profilers.runner import DEFAULT_SETTINGS, WAITING_PREFIX, summarize
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class Profiler(abc.ABC):
 
     * ``measure_many`` measures all artifacts in ONE runner call, interleaved (round-robin repeats), and
       returns results in the order given. Artifacts are local paths (``.onnx`` for onnxruntime, a
-      TorchScript file for torch); a remote profiler uploads them.
+      TorchScript file for torch, ``.tflite`` for litert); a remote profiler uploads them.
     * Only ``profilers.errors.ProfilerError`` subclasses escape; transient faults are retried inside, a
       real timeout is not.
     * ``runtime=None`` and ``settings=None`` mean the device's configured runtime and measure settings.
@@ -117,6 +117,9 @@ class Profiler(abc.ABC):
     name: str
     runtime: str
     threads: int | None
+    # Told what the runner says while it measures (it waits for the device's lease, held by someone):
+    # a pool shows it in the live view. None: nobody listens.
+    on_status: Callable[[str], None] | None = None
 
     @abc.abstractmethod
     def measure_many(
@@ -137,6 +140,11 @@ class Profiler(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections; safe to call twice."""
+
+    def runner_said(self, line: str) -> None:
+        """A stderr line of the runner, as it comes: a wait for the lease is passed to ``on_status``."""
+        if line.startswith(WAITING_PREFIX) and self.on_status is not None:
+            self.on_status(f"waiting for the lease held by {line.removeprefix(WAITING_PREFIX).strip()}")
 
     def measure(
         self,

@@ -9,8 +9,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,17 +102,39 @@ class LocalProfiler(Profiler):
             return _protocol.RunnerOutcome(127, "", f"{command[0]}: not found", 0.0, limit_s)
         except PermissionError:
             return _protocol.RunnerOutcome(126, "", f"{command[0]}: not executable", 0.0, limit_s)
+        # both pipes read as they come (neither fills and blocks the runner); stderr lines are heard at once
+        out, err = _Reader(process.stdout), _Reader(process.stderr, self.runner_said)
         try:
-            stdout, stderr = process.communicate(timeout=limit_s)
+            process.wait(timeout=limit_s)
         except subprocess.TimeoutExpired:
             _kill_group(process.pid)
-            stdout, stderr = process.communicate()
-            return _protocol.RunnerOutcome(124, stdout, stderr, time.monotonic() - start, limit_s)
+            process.wait()
+            return _protocol.RunnerOutcome(124, out.text(), err.text(), time.monotonic() - start, limit_s)
         finally:
             if process.poll() is None:  # interrupted (Ctrl-C): do not leave the runner behind
                 _kill_group(process.pid)
                 process.wait()
-        return _protocol.RunnerOutcome(process.returncode, stdout, stderr, time.monotonic() - start, limit_s)
+        return _protocol.RunnerOutcome(process.returncode, out.text(), err.text(), time.monotonic() - start, limit_s)
+
+
+class _Reader:
+    """One pipe of the runner read to its end on a thread, each line handed to ``on_line`` as it comes."""
+
+    def __init__(self, pipe: Any, on_line: Callable[[str], None] | None = None) -> None:
+        self._lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(pipe, on_line), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe: Any, on_line: Callable[[str], None] | None) -> None:
+        with pipe:
+            for line in pipe:
+                self._lines.append(line)
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+
+    def text(self) -> str:
+        self._thread.join()
+        return "".join(self._lines)
 
 
 def local_lease_path() -> Path:

@@ -65,6 +65,8 @@ class DevicePool:
         hosts = tuple(self._profilers)
         self.state: dict[str, str] = {host: "idle" for host in hosts}
         self.measured: dict[str, int] = {host: 0 for host in hosts}
+        for host, profiler in self._profilers.items():  # "waiting for the lease held by ..." in the live view
+            profiler.on_status = lambda status, host=host: self.state.__setitem__(host, status)
 
     def status(self) -> dict[str, str]:
         """Each host's state and how many models it measured, for the live view."""

@@ -59,6 +59,7 @@ EXIT_OUT_OF_MEMORY = 5
 EXIT_BAD_MODEL = 6
 EXIT_ORPHANED = 7
 EXIT_LEASE_TIMEOUT = 8
+WAITING_PREFIX = "waiting for the device lease held by "  # on stderr while the lease is held by another
 
 DEFAULT_SETTINGS: dict[str, float] = {
     "warmup_s": 0.5,
@@ -129,7 +130,7 @@ def take_lease(lease: dict[str, Any]) -> dict[str, Any]:
                     sys.stderr.write(f"stopped the orphaned runner of {holder} (process group {pgid})\n")
                 evicted = True
             elif not said:
-                sys.stderr.write(f"waiting for the device lease held by {_lease_text(other)}\n")
+                sys.stderr.write(f"{WAITING_PREFIX}{_lease_text(other)}\n")  # the caller shows this line
                 sys.stderr.flush()
                 said = True
             time.sleep(0.05)

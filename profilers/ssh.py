@@ -414,12 +414,13 @@ class SshProfiler(Profiler):
             command += ["taskset", "-c", ",".join(map(str, self.config.cpus))]
         command += [self.config.python_path, *arguments]
         script = shlex.join(["/bin/sh", "-c", _RUN_SCRIPT, "sh", tmp, *command])
-        done = self._exec(script, limit_s + DEADLINE_GRACE_S)
+        done = self._exec(script, limit_s + DEADLINE_GRACE_S, on_stderr_line=self.runner_said)
         return _protocol.RunnerOutcome(done.status, done.stdout, done.stderr, done.elapsed_s, limit_s)
 
-    def _exec(self, command: str, deadline_s: float) -> _sshio.Completed:
+    def _exec(self, command: str, deadline_s: float,
+              on_stderr_line: Callable[[str], None] | None = None) -> _sshio.Completed:
         return _sshio.run(self._connection(), command, deadline_s, open_timeout_s=self.config.connect_timeout_s * 3,
-                          keepalive=self._keepalive)
+                          keepalive=self._keepalive, on_stderr_line=on_stderr_line)
 
     def _context(self, runtime: str | None) -> _protocol.Context:
         return _protocol.Context(

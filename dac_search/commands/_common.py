@@ -13,6 +13,8 @@ from dac_search.plan import RankPlan
 from dac_search.shapes import parse_shape
 from dac_search.zoo import default_input_shape, load_model
 
+STORAGE_ENV = "DAC_SEARCH_STORAGE"  # a storage URL kept out of the command line (and so out of run.json)
+
 
 def console() -> Console:
     """A rich console that does not squeeze tables to 80 columns when writing to a file or pipe. Markup is

@@ -8,13 +8,11 @@ import sys
 from pathlib import Path
 
 from dac_search.budget import FORMS, parse_budget
-from dac_search.commands._common import console
+from dac_search.commands._common import STORAGE_ENV, console
 from dac_search.methods import PLAN_METHODS
 from dac_search.redact import mask_command
 from dac_search.search.config import SearchConfig, parse_duration
 from dac_search.shapes import parse_shape
-
-STORAGE_ENV = "DAC_SEARCH_STORAGE"  # a storage URL kept out of the command line (and so out of run.json)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

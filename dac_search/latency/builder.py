@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from dac_search.atomic import write_text_atomic
-from dac_search.cost import trace_geometry
+from dac_search.cost import geometry_of, trace_geometry
 from dac_search.decompose import METHODS, can_decompose, decompose_conv, replace_layers
-from dac_search.decompose.prune import check_site, prune_sites, slice_conv
+from dac_search.decompose.prune import check_site, is_depthwise, prune_sites, slice_conv
 from dac_search.errors import PlanError
 from dac_search.export import export_for
 from dac_search.latency.table import (
@@ -161,13 +161,21 @@ class LatencyTableBuilder:
             names = [name for name in geometry if offered[name] or can_decompose(model.get_submodule(name), "dac")]
         else:
             names = list(layers)
-        consumers = _consumers(model, offered)
+        consumers, through = _consumers(model, offered)
         names += [c for c in consumers.values() if c not in names]  # timed at their pruned input widths
         unknown = [name for name in names if name not in geometry]
         if unknown:
             raise PlanError(f"layer {unknown[0]!r} is not a decomposable conv of this model")
         inputs = {consumer: [c.rank for c in offered[producer] if c.structural and c.rank]
                   for producer, consumer in consumers.items()}
+        # a depthwise conv a pruned producer's channels pass through runs at the kept width too
+        for producer, depthwise in through.items():
+            for name in depthwise:
+                inputs[name] = sorted({*inputs.get(name, []), *(c.rank for c in offered[producer]
+                                                                  if c.structural and c.rank)})
+        depthwise_names = [name for names_ in through.values() for name in names_]
+        geometry = {**geometry, **geometry_of(model, shape, {n: model.get_submodule(n) for n in depthwise_names})}
+        names += [name for name in depthwise_names if name not in names]
         model_key = _structure_key(model, shape)
         jobs: dict[str, tuple[nn.Module | Callable[[], nn.Module], tuple[int, ...]]] = {}
         if "original" not in cache.models.get(model_key, {}):  # timed in the same calls as its layers
@@ -202,6 +210,7 @@ class LatencyTableBuilder:
             timings=_rows(cache, {geometry[name].key() for name in names}, batch),
             correction=Correction(**stored) if stored else Correction(),
             consumers=consumers,
+            through=through,
         )
 
     def calibrate(
@@ -320,17 +329,24 @@ def _layer_factory(conv: nn.Conv2d, choice: LayerChoice | None) -> Callable[[], 
 
 
 def _slim_factory(conv: nn.Conv2d, width: int) -> Callable[[], nn.Module]:
-    """The dense conv reading ``width`` of its input channels: a pruned producer's consumer."""
+    """The dense conv reading ``width`` of its input channels (a pruned producer's consumer), or a depthwise
+    conv of ``width`` channels (one the pruned channels pass through)."""
+    if is_depthwise(conv):
+        return lambda: slice_conv(conv, out_keep=torch.arange(width))
     return lambda: slice_conv(conv, in_keep=torch.arange(width))
 
 
-def _consumers(model: nn.Module, offered: dict[str, list[LayerChoice]]) -> dict[str, str]:
-    """Producer -> consumer, for every layer offered pruned (the model is traced only when one is)."""
+def _consumers(model: nn.Module, offered: dict[str, list[LayerChoice]]
+               ) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """Producer -> consumer, and producer -> the depthwise convs between them, for every layer offered
+    pruned (the model is traced only when one is)."""
     producers = [name for name, choices in offered.items() if any(c.structural for c in choices)]
     if not producers:
-        return {}
+        return {}, {}
     sites = prune_sites(model)
-    return {name: check_site(sites, name).consumer for name in producers}
+    found = {name: check_site(sites, name) for name in producers}
+    return ({name: site.consumer for name, site in found.items()},
+            {name: tuple(conv for conv, _ in site.through) for name, site in found.items() if site.through})
 
 
 def _chunks(paths: Sequence[Path]) -> list[list[int]]:

@@ -141,10 +141,14 @@ class LatencyTable:
     # producer -> its consumer, for every producer the table prices pruned: a pruned producer's consumer
     # runs at fewer input channels (its row's ``inputs/r`` timings)
     consumers: Mapping[str, str] = field(default_factory=dict)
+    # producer -> the depthwise convs its pruned channels pass through (MobileNet's expansion, then its 3x3):
+    # each runs at the kept width, its row's ``inputs/r`` timings
+    through: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", MappingProxyType(dict(self.layers)))
         object.__setattr__(self, "consumers", MappingProxyType(dict(self.consumers)))
+        object.__setattr__(self, "through", MappingProxyType({p: tuple(d) for p, d in self.through.items()}))
         frozen = {geometry: MappingProxyType(dict(row)) for geometry, row in self.timings.items()}
         object.__setattr__(self, "timings", MappingProxyType(frozen))
 
@@ -194,7 +198,7 @@ class LatencyTable:
             if layer in widths:  # read at a pruned width: the dense conv's slimming applied to whatever runs
                 time *= self.input_ms(layer, widths[layer]) / self.layer_ms(layer)
             total += time - self.layer_ms(layer)
-        return total
+        return total + self._depthwise_change(plan)
 
     def _input_widths(self, plan: RankPlan) -> dict[str, int]:
         """Consumer -> its input width, for every consumer of a producer the plan prunes."""
@@ -206,6 +210,15 @@ class LatencyTable:
                                     "prune among the methods")
                 widths[self.consumers[layer]] = choice.rank
         return widths
+
+    def _depthwise_change(self, plan: RankPlan) -> float:
+        """What the depthwise convs between pruned producers and their consumers save at the kept width."""
+        change = 0.0
+        for layer, choice in plan.layers.items():
+            if choice.structural and choice.rank:
+                for depthwise in self.through.get(layer, ()):
+                    change += self.input_ms(depthwise, choice.rank) - self.layer_ms(depthwise)
+        return change
 
     def predict(self, plan: RankPlan | Mapping[str, Any]) -> float:
         """Predicted latency (ms) of the model decomposed by ``plan`` on this device."""
@@ -255,6 +268,7 @@ class LatencyTable:
             "correction": self.correction.to_dict(),
             "layers": dict(self.layers),
             "consumers": dict(self.consumers),
+            "through": {p: list(d) for p, d in self.through.items()},
             "timings": {g: {k: [t.median_ms, t.iqr_ms] for k, t in row.items()} for g, row in self.timings.items()},
         }
 
@@ -272,6 +286,7 @@ class LatencyTable:
             correction=Correction(**data["correction"]),
             layers=data["layers"],
             consumers=data.get("consumers", {}),
+            through=data.get("through", {}),
             timings={g: {k: Timing(*v) for k, v in row.items()} for g, row in data["timings"].items()},
         )
 

@@ -27,7 +27,7 @@ from dac_search.search.identity import LEGACY_STUDY, SearchIdentity, identity_of
 from dac_search.search.live import LiveView
 from dac_search.search.objective import AfterTrial, Objective, rows_of, stop_at_total
 from dac_search.search.record import now, run_info
-from dac_search.search.study import enqueue_warm_starts, fail_dead_trials, open_study
+from dac_search.search.study import RUN_ATTR, enqueue_warm_starts, fail_dead_trials, open_study
 from profilers.devices import load_device
 
 WARM_START_SHARES = (0.8, 0.6, 0.5, 0.4)
@@ -100,7 +100,7 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
                         latency_ms=ctx.table.original_ms if ctx.table else None, latency_iqr_ms=None,
                         proxy=0.0, top1=None)
     uniform = uniform_baseline(ctx)
-    write_run(run_dir, run_info(ctx, identity, started, partial=True, baseline=baseline, uniform=uniform))
+    _record(run_dir, study, run_info(ctx, identity, started, partial=True, baseline=baseline, uniform=uniform))
 
     retried = fail_dead_trials(study)
     if retried:
@@ -139,10 +139,16 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
         baseline = replace(baseline, top1=original_top1)
     write_pareto(run_dir, front)
     done = sum(p.state == "COMPLETE" for p in rows)
-    write_run(run_dir, run_info(ctx, identity, started, partial=interrupted or done < config.trials, baseline=baseline,
-                                uniform=uniform, budget=budget, trials_complete=done))
+    _record(run_dir, study, run_info(ctx, identity, started, partial=interrupted or done < config.trials,
+                                     baseline=baseline, uniform=uniform, budget=budget, trials_complete=done))
     message = "" if final.feasible else _miss_message(ctx, front)
     return SearchOutcome(run_dir, tuple(front), final.feasible, interrupted, message)
+
+
+def _record(run_dir: Path, study: optuna.Study, info: RunInfo) -> None:
+    """run.json in this worker's run dir, and in the study for ``dac-search report --storage``."""
+    write_run(run_dir, info)
+    study.set_user_attr(RUN_ATTR, info.to_dict())
 
 
 def _final_front(ctx: SearchContext, run_dir: Path, rows: list[TrialRow], view: LiveView,

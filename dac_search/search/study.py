@@ -51,6 +51,22 @@ def open_study(storage_url: str, seed: int, identity: SearchIdentity) -> tuple[o
     return study, False
 
 
+RUN_ATTR = "run"  # the run.json of the worker that last finished: what a report from the storage needs
+
+
+def load_study_from(storage_url: str, name: str) -> optuna.Study:
+    """An existing study, read-only in intent (``dac-search report --storage``); bad URL or name: one line."""
+    try:
+        storage = RDBStorage(storage_url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
+        raise ConfigError(f"cannot open the study storage {mask_url(storage_url)}: {_reason(exc)}") from None
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+        raise ConfigError(f"no study {name!r} in {mask_url(storage_url)} (studies there: {names})") from None
+
+
 def _worker_seed(seed: int) -> int:
     digest = hashlib.sha256(f"{seed}:{WORKER}".encode()).digest()
     return int.from_bytes(digest[:4], "little")

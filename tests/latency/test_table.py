@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,14 @@ def test_a_pruned_producer_is_priced_with_its_consumer_at_the_pruned_width() -> 
     both = RankPlan({"p": LayerChoice("prune", 2), "c": LayerChoice("channel", 2)})
     assert table.predict(both) == pytest.approx(5.0 - 0.7 + 0.8 * 0.3 - 2.0)
     assert LatencyTable.from_dict(table.to_dict()) == table
+    # an expansion, then a depthwise 3x3 its pruned channels pass through, then the projection
+    depthwise = {"original": Timing(0.4, 0.0), "inputs/2": Timing(0.1, 0.0), "inputs/6": Timing(0.3, 0.0)}
+    mobile = LatencyTable(device="d", runtime="onnxruntime", threads=1, input_shape=(1, 3, 8, 8), original_ms=5.4,
+                          layers={"p": "gp", "dw": "gd", "c": "gc"},
+                          timings={"gp": producer, "gd": depthwise, "gc": consumer},
+                          consumers={"p": "c"}, through={"p": ("dw",)})
+    assert mobile.predict(RankPlan({"p": LayerChoice("prune", 2)})) == pytest.approx(5.4 - 0.7 - 1.4 - 0.3)
+    assert LatencyTable.from_dict(mobile.to_dict()) == mobile
     bare = LatencyTable(device="d", runtime="onnxruntime", threads=1, input_shape=(1, 3, 8, 8), original_ms=5.0,
                         layers={"p": "gp", "c": "gc"}, timings={"gp": producer, "gc": consumer})
     with pytest.raises(PlanError, match="cannot price pruning layer 'p'"):
@@ -157,3 +166,23 @@ def test_the_builder_times_a_producer_pruned_and_its_consumer_slimmed(builder: L
     assert table.predict_raw(half) < table.original_ms  # both convs lose half their work
     pruned, = builder.measure_plans(model, SHAPE, [half])
     assert pruned > 0
+
+
+def test_the_builder_times_the_depthwise_convs_a_pruned_producer_passes_through(
+    builder: LatencyTableBuilder,
+) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(  # MobileNet-V2's inverted residual without the shortcut: expand, depthwise, project
+        nn.Conv2d(8, 48, 1), nn.BatchNorm2d(48), nn.ReLU6(), nn.Conv2d(48, 48, 3, padding=1, groups=48),
+        nn.BatchNorm2d(48), nn.ReLU6(), nn.Conv2d(48, 8, 1), nn.BatchNorm2d(8),
+    ).eval()
+
+    def candidates(name: str, conv: nn.Conv2d) -> list[LayerChoice]:
+        return [LayerChoice("prune", 12), LayerChoice("prune", 24)] if name == "0" else []
+
+    table = builder.build(model, SHAPE, candidates=candidates)
+    assert table.consumers == {"0": "6"} and table.through == {"0": ("3",)}
+    assert {"original", "inputs/12", "inputs/24"} <= set(table.timings[table.layers["3"]])
+    quarter = RankPlan({"0": LayerChoice("prune", 12)})
+    without_depthwise = replace(table, through={})
+    assert table.predict_raw(quarter) < without_depthwise.predict_raw(quarter)  # the 3x3 at 12 channels is faster

@@ -82,3 +82,31 @@ def test_a_holder_killed_mid_measurement_frees_the_device_at_once(tmp_path: Path
     holder.wait()
     result = _local(tmp_path, "local-test", lease_wait_s=30).measure(tiny_models[0], (1, 3, 16, 16))
     assert result.lease_waited_s < 1.0  # the kernel released the dead holder's lock
+
+
+def test_a_host_waiting_for_its_lease_says_so_in_the_pools_status(tmp_path: Path, tiny_models) -> None:
+    """What the live view shows while another search measures the device: who holds it."""
+    from profilers.pool import DevicePool
+
+    path = local_lease_path()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from profilers.runner import take_lease; "
+         f"take_lease({{'path': {str(path)!r}, 'holder': 'overnight-search:77'}}); print('held', flush=True); "
+         "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        profiler = _local(tmp_path, "local-test", lease_wait_s=60)
+        pool = DevicePool(profiler.config, lambda _: None, {"local": profiler})
+        with ThreadPoolExecutor(1) as executor:
+            measuring = executor.submit(pool.measure, [tiny_models[0]], (1, 3, 16, 16))
+            deadline = time.monotonic() + 20
+            while "overnight-search:77" not in pool.status()["local"]:
+                assert time.monotonic() < deadline and not measuring.done(), pool.status()
+                time.sleep(0.05)
+            assert pool.status()["local"].startswith("waiting for the lease held by overnight-search:77")
+            holder.send_signal(signal.SIGKILL)
+            (result,) = measuring.result(timeout=60)
+        assert result.lease_waited_s > 0 and pool.status()["local"] == "idle, 1 measured"
+    finally:
+        holder.kill()
+        holder.wait()

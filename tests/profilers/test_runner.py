@@ -109,7 +109,7 @@ def test_runner_imports_only_stdlib_and_runtimes() -> None:
     tree = ast.parse(RUNNER.read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    assert imported - set(sys.stdlib_module_names) == {"numpy", "onnxruntime", "torch"}
+    assert imported - set(sys.stdlib_module_names) == {"numpy", "onnxruntime", "torch", "ai_edge_litert"}
 
 
 def test_job_from_stdin(tmp_path: Path) -> None:

@@ -121,21 +121,32 @@ def test_an_impossible_budget_reports_the_closest_plans(hub_cache, tmp_path) -> 
 
 
 @pytest.mark.parametrize("budget", ["30", "30xs", "-1ms", "150%flops", "0.5x"])
-def test_malformed_budgets_exit_2_with_one_line(budget, tmp_path) -> None:
+def test_malformed_budgets_exit_2_with_one_line(budget, tmp_path, capsys) -> None:
+    from dac_search.cli import main
+
     device = "none" if budget == "0.5x" else "local"
-    result = run_cli("--model", "cifar10-resnet20", "--device", device, f"--budget={budget}", "--out", str(tmp_path / "r"))
-    assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+    code = main(["--model", "cifar10-resnet20", "--device", device, f"--budget={budget}", "--out", str(tmp_path / "r")])
+    stderr = capsys.readouterr().err
+    assert code == 2
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
     assert not (tmp_path / "r").exists()
 
 
-def test_bad_search_arguments_exit_2(tmp_path) -> None:
+def test_bad_search_arguments_exit_2(tmp_path, capsys) -> None:
+    """In one process (each is refused before any set-up): the same main() the console script runs."""
+    from dac_search.cli import main
+
     for args in (["--trials", "0"], ["--methods", "dac,tucker"], ["--device", "no-such-device"],
                  ["--timeout", "soon"], ["--inputs", "photos"], ["--study", ""], ["--input-shape", "1,3,32"],
                  ["--input-shape", "1,3,100000,100000"], ["--budget", "1e400gflops"]):
-        result = run_cli("--model", "cifar10-resnet20", "--budget", "50%flops", "--out", str(tmp_path / "r"), *args)
-        assert result.returncode == 2, (args, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        try:
+            code = main(["--model", "cifar10-resnet20", "--budget", "50%flops", "--out", str(tmp_path / "r"), *args])
+        except SystemExit as exited:  # argparse's own refusals
+            code = exited.code
+        stderr = capsys.readouterr().err
+        assert code == 2, (args, stderr)
+        assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
+        assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -89,6 +89,21 @@ def test_workers_on_one_postgresql_study_add_up_to_the_total_and_survive_a_kill_
     assert "PGPASSWORD" not in (tmp_path / "w1" / "run.json").read_text() and postgres.password not in (
         tmp_path / "w1" / "run.json").read_text()
 
+    # the whole study rendered from the storage alone, as a user without any worker's run dir does
+    name = json.loads((tmp_path / "w1" / "run.json").read_text())["study"]
+    report = subprocess.run(cli("report", "--storage", postgres.url, "--study", name, str(tmp_path / "all")),
+                            capture_output=True, text=True, timeout=TIMEOUT, env=postgres.env)
+    assert report.returncode == 0, report.stderr
+    shared = rows(tmp_path / "all" / "trials.csv")
+    assert sorted(int(r["trial"]) for r in shared) == sorted(t.number for t in trials)
+    assert all((tmp_path / "all" / r["plan"]).is_file() for r in shared if r["state"] == "COMPLETE")
+    recorded = json.loads((tmp_path / "all" / "run.json").read_text())
+    assert recorded["study"] == name and recorded["partial"] is False and recorded["trials_complete"] == total
+    assert (tmp_path / "all" / "report.html").is_file() and "Pareto front" in report.stdout
+    missing = subprocess.run(cli("report", "--storage", postgres.url, "--study", "nope"), capture_output=True,
+                             text=True, timeout=TIMEOUT, env=postgres.env)
+    assert missing.returncode == 2 and "no study 'nope'" in missing.stderr and name in missing.stderr, missing.stderr
+
 
 def test_a_worker_with_other_settings_is_refused_before_any_set_up(postgres, tmp_path) -> None:
     from dac_search.budget import parse_budget
