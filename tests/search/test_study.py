@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import socket
+import subprocess
 
 import pytest
 from optuna.trial import TrialState
@@ -48,8 +48,7 @@ def test_live_workers_keep_their_trials_and_dead_ones_here_lose_them(tmp_path) -
 
 
 def _dead_pid() -> int:
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)
-    return pid
+    """The pid of a process that has ended (a child that exits at once; no fork of this threaded process)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
