@@ -1,4 +1,5 @@
-"""What an input shape may be: one rule for the command line, plan files and run dirs.
+"""What an input shape may be: one rule for the command line, plan files and run dirs, and one way a shape
+the model itself refuses is said.
 
 Every model dac-search handles is a 2-D conv net, so a shape is N,C,H,W. The size cap is there so a typo
 (``1,3,22400,22400``) is refused in one line instead of a 60 GB allocation deep in the first forward pass.
@@ -6,8 +7,12 @@ Every model dac-search handles is a 2-D conv net, so a shape is N,C,H,W. The siz
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
 
 from dac_search.errors import ConfigError
 
@@ -32,3 +37,19 @@ def parse_shape(text: str, where: str = "--input-shape") -> tuple[int, ...]:
     except ValueError:
         raise ConfigError(f"{where} must be integers like 1,3,224,224, got {text!r}") from None
     return checked_shape(values, where)
+
+
+@contextlib.contextmanager
+def refused_by_model(input_shape: Sequence[int]) -> Iterator[None]:
+    """Around the first forward pass of the user's model: a shape it cannot run is bad input, one line."""
+    try:
+        yield
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"the model cannot run on input shape {','.join(map(str, input_shape))}: {detail}") from None
+
+
+def check_model_runs(model: nn.Module, input_shape: Sequence[int]) -> None:
+    """One forward pass of one image, for commands whose first pass would otherwise come deep in an export."""
+    with refused_by_model(input_shape), torch.no_grad():
+        model.eval()(torch.zeros((1, *(int(v) for v in input_shape[1:]))))

@@ -49,6 +49,8 @@ def test_decompose_applies_a_plan_that_prunes_and_factorises(hub_cache, tmp_path
     (["--model", "cifar10-resnet20", "--plan", "{plan_rank}"], "exceeds the limit"),
     (["--model", "cifar10-resnet20", "--rank", "2", "--input-shape", "1,x"], "--input-shape"),
     (["--model", "cifar10-resnet20", "--rank", "x"], "invalid int value"),
+    (["--model", "cifar10-resnet20", "--rank", "2", "--input-shape", "1,1,32,32"],
+     "the model cannot run on input shape 1,1,32,32"),
 ])
 def test_bad_input_is_one_line_and_exit_2(hub_cache, tmp_path, args, message) -> None:
     (tmp_path / "other.json").write_text(json.dumps({"model": "cifar10-resnet56", "layers": {}}))

@@ -10,8 +10,8 @@ from torch import nn
 
 from dac_search.errors import ConfigError
 from dac_search.plan import RankPlan
-from dac_search.shapes import parse_shape
-from dac_search.zoo import default_input_shape, load_model
+from dac_search.shapes import check_model_runs, parse_shape
+from dac_search.zoo import input_shape_of, load_model
 
 STORAGE_ENV = "DAC_SEARCH_STORAGE"  # a storage URL kept out of the command line (and so out of run.json)
 
@@ -49,7 +49,6 @@ def load_from_args(args: argparse.Namespace, plan: RankPlan | None = None) -> Lo
     elif plan is not None and plan.input_shape:
         shape = plan.input_shape
     else:
-        shape = default_input_shape(args.model)
-        if shape is None:
-            raise ConfigError(f"model {args.model!r} needs --input-shape N,C,H,W")
+        shape = input_shape_of(args.model)
+    check_model_runs(module, shape)
     return LoadedModel(args.model, module, tuple(shape))

@@ -26,7 +26,8 @@ from dac_search.proxies.synthetic import resolve_kind
 from dac_search.search.config import SearchConfig
 from dac_search.search.final import Judge
 from dac_search.search.space import LOG_LAMBDA_RANGE, SearchSpace
-from dac_search.zoo import default_input_shape, load_model
+from dac_search.shapes import refused_by_model
+from dac_search.zoo import input_shape_of, load_model
 from profilers.devices import load_device
 from profilers.pool import DevicePool
 
@@ -172,11 +173,9 @@ class SearchInputs:
 
 def load_inputs(config: SearchConfig) -> SearchInputs:
     model = load_model(config.model, config.weights)
-    shape = config.input_shape or default_input_shape(config.model)
-    if shape is None:
-        raise ConfigError(f"model {config.model!r} needs --input-shape N,C,H,W")
-    shape = tuple(shape)
-    costs = CostModel(model, shape)
+    shape = tuple(config.input_shape or input_shape_of(config.model))
+    with refused_by_model(shape):
+        costs = CostModel(model, shape)  # the first forward pass
     data = None
     if config.eval_data:
         norm = {k: v for k, v in (("mean", config.mean), ("std", config.std)) if v is not None}

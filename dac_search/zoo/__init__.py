@@ -37,7 +37,8 @@ CIFAR_MODELS = tuple(f"cifar10-resnet{depth}" for depth in DEPTHS)
 _TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
 RANDOM_WEIGHTS = "none"  # --weights none: random initialisation
 
-__all__ = ["CIFAR_MODELS", "RANDOM_WEIGHTS", "default_input_shape", "known_models", "load_model", "trusted_spec"]
+__all__ = ["CIFAR_MODELS", "RANDOM_WEIGHTS", "default_input_shape", "input_shape_of", "known_models", "load_model",
+           "trusted_spec"]
 
 
 @functools.cache
@@ -65,6 +66,14 @@ def trusted_spec(recorded: str, given: str | None, where: str) -> str:
     if given != recorded:
         raise ConfigError(f"--model {given!r} is not the model {where} was made with ({recorded!r})")
     return given
+
+
+def input_shape_of(spec: str) -> tuple[int, int, int, int]:
+    """The input a named model expects, or the one line saying that the user must give it."""
+    shape = default_input_shape(spec)
+    if shape is None:
+        raise ConfigError(f"model {spec!r} needs --input-shape N,C,H,W")
+    return shape
 
 
 def default_input_shape(spec: str) -> tuple[int, int, int, int] | None:
