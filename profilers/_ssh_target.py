@@ -11,7 +11,7 @@ from __future__ import annotations
 import getpass
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import paramiko
@@ -63,7 +63,7 @@ def resolve_target(host: str, *, port: int | None = None, user: str | None = Non
         user=user or options.get("user", [getpass.getuser()])[0],
         key_files=keys,
         known_hosts=tuple(Path(p).expanduser() for p in options.get("userknownhostsfile", [])),
-        jumps=tuple(hop for jump in jumps for hop in (*jump.jumps, _without_jumps(jump))),
+        jumps=tuple(hop for jump in jumps for hop in (*jump.jumps, replace(jump, jumps=()))),
     )
 
 
@@ -75,10 +75,6 @@ def _jump(spec: str, ssh_config: Path | None, depth: int) -> SshTarget:
         raise DeviceConfigError(f"ProxyJump {spec!r}: expected [user@]host[:port]")
     return resolve_target(host, port=int(port) if port else None, user=user or None, ssh_config=ssh_config,
                           depth=depth + 1)
-
-
-def _without_jumps(target: SshTarget) -> SshTarget:
-    return SshTarget(target.alias, target.hostname, target.port, target.user, target.key_files, target.known_hosts)
 
 
 def _ssh_g(host: str, ssh_config: Path | None) -> dict[str, list[str]]:

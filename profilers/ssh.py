@@ -357,8 +357,7 @@ class SshProfiler(Profiler):
         touch = [remote for remote in wanted if remote in self._verified]
         request = _cache.request(f"{workdir}/models", check, touch, int(self.config.cache_mb * 1e6))
         limit = self.config.timeout_s  # hashing a large model on a slow board takes seconds, not minutes
-        command = ["timeout", "-k", str(KILL_AFTER_S), str(math.ceil(limit)), self.config.python_path, "-c",
-                   _cache.SCRIPT, request]
+        command = _under_timeout([self.config.python_path, "-c", _cache.SCRIPT, request], limit)
         completed = self._exec(shlex.join(command), limit + DEADLINE_GRACE_S)
         if completed.status in _protocol.NOT_RUNNABLE_STATUS:
             raise errors.RuntimeMissing(f"{self.config.python_path} is not an executable python on {self._where()}")
@@ -409,10 +408,8 @@ class SshProfiler(Profiler):
 
     def _run_runner(self, tmp: str, arguments: list[str], limit_s: float) -> _protocol.RunnerOutcome:
         """runner.py under ``timeout`` (TERM to its whole process group, KILL 5 s later) in ``tmp``."""
-        command = ["timeout", "-k", str(KILL_AFTER_S), str(math.ceil(limit_s))]  # plain seconds: busybox too
-        if self.config.cpus:
-            command += ["taskset", "-c", ",".join(map(str, self.config.cpus))]
-        command += [self.config.python_path, *arguments]
+        pinned = ["taskset", "-c", ",".join(map(str, self.config.cpus))] if self.config.cpus else []
+        command = _under_timeout([*pinned, self.config.python_path, *arguments], limit_s)
         script = shlex.join(["/bin/sh", "-c", _RUN_SCRIPT, "sh", tmp, *command])
         done = self._exec(script, limit_s + DEADLINE_GRACE_S, on_stderr_line=self.runner_said)
         return _protocol.RunnerOutcome(done.status, done.stdout, done.stderr, done.elapsed_s, limit_s)
@@ -435,6 +432,12 @@ class SshProfiler(Profiler):
 
     def _config_name(self) -> str:
         return str(self.config.source) if self.config.source else f"device {self.name}"
+
+
+def _under_timeout(command: list[str], limit_s: float) -> list[str]:
+    """``command`` killed on the device at ``limit_s`` (TERM to its process group, KILL ``KILL_AFTER_S``
+    later), in plain seconds, which busybox's ``timeout`` reads too."""
+    return ["timeout", "-k", str(KILL_AFTER_S), str(math.ceil(limit_s)), *command]
 
 
 def _describe(exc: BaseException | None) -> str:
