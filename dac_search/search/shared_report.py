@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from dac_search.errors import ConfigError
-from dac_search.rundir import RunInfo, write_pareto, write_run, write_trials
+from dac_search.rundir import PLANS_DIR, RunInfo, write_pareto, write_run, write_trials
 from dac_search.search.final import Judge, unmeasured_front
 from dac_search.search.objective import rows_of
 from dac_search.search.study import RUN_ATTR, load_study_from
@@ -25,7 +25,7 @@ def write_study_run(storage_url: str, name: str, run_dir: Path) -> Path:
     info = RunInfo.from_dict(recorded, where=f"study {name!r}")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is a file")
-    (run_dir / "plans").mkdir(parents=True, exist_ok=True)
+    (run_dir / PLANS_DIR).mkdir(parents=True, exist_ok=True)
     rows = rows_of(study, run_dir)
     complete = [row for row in rows if row.state == "COMPLETE"]
     write_trials(run_dir, rows)
