@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/latency_quality.py [--model cifar10-resnet56] [--budgets 0.8,0.7,0.6,0.5,0.4]
         [--trials 100] [--device local] [--eval-data cifar10_test_a.npz] [--out DIR] [--svg FILE]
-        [--methods LIST] [--threads 1]
+        [--methods LIST] [--threads 1] [--correction stream]
 
 For every budget the real command runs (``dac-search --model M --budget Bx --device D``, data-free: no
 ``--eval-data``, so the best plan is the one the proxy picks), ``dac-search export --format onnx``
@@ -39,6 +39,7 @@ from dac_search.export import export_onnx  # noqa: E402
 from dac_search.export.run import ExportedModel, export_run  # noqa: E402
 from dac_search.plan import LayerChoice, RankPlan  # noqa: E402
 from dac_search.proxies.apply import decompose_model  # noqa: E402
+from dac_search.search.config import SearchConfig  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402
 from dac_search.zoo.cifar_resnet import CifarResNet  # noqa: E402
 from profilers import load_device  # noqa: E402
@@ -64,7 +65,7 @@ def onnx_top1(path: Path, data: EvalData) -> float:
 def run_search(args: argparse.Namespace, budget: str, out: Path, *extra: str) -> tuple[ExportedModel, float]:
     """The user's command, then the export ``dac-search export --format onnx`` makes of its best plan."""
     command = [*CLI, "--model", args.model, "--budget", budget, "--device", args.device, "--trials", str(args.trials),
-               "--out", str(out), *extra]
+               "--correction", args.correction, "--out", str(out), *extra]
     if args.methods:
         command += ["--methods", args.methods]
     start = time.monotonic()
@@ -73,10 +74,10 @@ def run_search(args: argparse.Namespace, budget: str, out: Path, *extra: str) ->
     return export_run(out, out / "best.onnx", "onnx", model=args.model), seconds  # our own spec: trusted
 
 
-def uniform_plan(costs: CostModel, rank: int, spec: str) -> RankPlan:
-    """The paper's allocation: one DAC rank on every k x k conv but the first, refit as the search's plans are."""
+def uniform_plan(costs: CostModel, rank: int, spec: str, correction: str) -> RankPlan:
+    """The paper's allocation: one DAC rank on every k x k conv but the first, corrected as the search's plans are."""
     names = list(costs.geometry)[1:]  # the convs DAC can take: k x k, k > 1
-    return RankPlan({n: LayerChoice("dac", rank, "stacked") for n in names}, spec, costs.input_shape, "refit")
+    return RankPlan({n: LayerChoice("dac", rank, "stacked") for n in names}, spec, costs.input_shape, correction)
 
 
 def paired(device: str, reference: Path, models: list[Path], shape: tuple[int, ...] = INPUT_SHAPE) -> list[float]:
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="keep the run dirs here (default: a temporary dir)")
     parser.add_argument("--svg", type=Path, default=Path("latency_quality.svg"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the uniform plans' refit")
+    parser.add_argument("--correction", default=SearchConfig.correction,
+                        help="passed to --correction, and used by the uniform plans (default: the search's own)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     budgets = [float(b) for b in split(args.budgets)]
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                             "top1": onnx_top1(exported.path, data), "flops": row.flops / base_flops,
                             "search_s": seconds, "search_ratio": row.latency_ratio, "methods": method_counts(RankPlan.load(out / row.plan))})
         for rank in UNIFORM_RANKS:
-            plan = uniform_plan(costs, rank, args.model)
+            plan = uniform_plan(costs, rank, args.model, args.correction)
             path = export_onnx(decompose_model(model, plan), root / f"uniform-{rank}.onnx", INPUT_SHAPE)
             entries.append({"kind": "uniform DAC", "label": f"r={rank}", "onnx": path, "top1": onnx_top1(path, data),
                             "flops": costs.cost(plan).flops / base_flops})

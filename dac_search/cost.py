@@ -24,7 +24,7 @@ from dac_search.decompose.prune import PruneSite, check_site, check_width, prune
 from dac_search.decompose.surgery import decomposable_layers
 from dac_search.errors import PlanError
 from dac_search.methods import METHODS
-from dac_search.plan import LayerChoice, RankPlan
+from dac_search.plan import REFITS, LayerChoice, RankPlan
 
 Hook = Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]
 
@@ -231,7 +231,7 @@ class CostModel:
                 if norm is not None and norm.affine:
                     total = total - Cost(0, 2 * (width - rank))
         for name, site in sites.items():  # a refitted consumer with no bias and no BatchNorm to fold it into
-            refitted = (correction == "refit" and 0 < pruned[name] < self.traced[name].out_channels
+            refitted = (correction in REFITS and 0 < pruned[name] < self.traced[name].out_channels
                         and site.consumer not in factorised.layers)
             consumer = geometry[site.consumer]
             if refitted and not consumer.bias and site.consumer_norm is None:

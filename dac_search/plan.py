@@ -83,6 +83,10 @@ class LayerChoice:
             raise PlanError(f"{where}: {exc}") from None
 
 
+CORRECTIONS = ("bias", "refit", "stream")  # what a plan's "correction" may name (dac_search.proxies.correction)
+REFITS = ("refit", "stream")  # the corrections that refit weights, pruned layers' consumers included
+
+
 @dataclass(frozen=True)
 class RankPlan:
     """Layer name -> LayerChoice, plus the model and input shape it was made for."""

@@ -263,7 +263,7 @@ def test_every_cifar_block_can_lose_its_branch_but_not_a_projection_or_a_bottlen
     assert "\n" not in str(info.value) and "prune at rank 0 removes the residual branch" in str(info.value)
 
 
-@pytest.mark.parametrize("correction", [None, "bias", "refit"])
+@pytest.mark.parametrize("correction", [None, "bias", "refit", "stream"])
 def test_a_removed_branch_is_a_constant_the_cost_model_prices_exactly(correction: str | None) -> None:
     model = _random_resnet20()
     plan = {"input_shape": list(CIFAR), "correction": correction,

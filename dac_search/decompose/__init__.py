@@ -15,7 +15,16 @@ from dac_search.decompose.factors import (
     refusal,
 )
 from dac_search.decompose.layers import LAYERS, ChannelConv2d, DacConv2d, FactorizedConv2d, SpatialConv2d
-from dac_search.decompose.prune import PruneSite, Pruning, plan_pruning, prune_model, prune_ranks, prune_sites
+from dac_search.decompose.prune import (
+    PruneSite,
+    Pruning,
+    Shortcut,
+    plan_pruning,
+    prune_model,
+    prune_ranks,
+    prune_sites,
+    residual_shortcuts,
+)
 from dac_search.decompose.surgery import (
     check_plan,
     decomposable_layers,
@@ -30,5 +39,6 @@ __all__ = [
     "DAC_VARIANTS", "LAYERS", "METHODS", "PLAN_METHODS", "STRUCTURAL", "ChannelConv2d", "DacConv2d",
     "FactorizedConv2d", "LayerFactors", "PruneSite", "Pruning", "SpatialConv2d", "can_decompose",
     "check_decomposable", "check_plan", "decomposable_layers", "decompose_conv", "factorize", "max_rank",
-    "plan_pruning", "prune_model", "prune_ranks", "prune_sites", "rank_limit", "refusal", "replace_layers", "validate_plan",
+    "Shortcut", "plan_pruning", "prune_model", "prune_ranks", "prune_sites", "rank_limit", "refusal", "replace_layers",
+    "residual_shortcuts", "validate_plan",
 ]

@@ -324,8 +324,10 @@ def _norm_after(node: fx.Node, modules: Mapping[str, nn.Module], calls: Counter[
 
 def prune_sites(model: nn.Module) -> dict[str, PruneSite | str]:
     """Every conv of ``model`` in graph order: its prune site, or why it cannot be pruned."""
-    graph = _trace(model)
-    modules = dict(model.named_modules())
+    return _sites(_trace(model), dict(model.named_modules()))
+
+
+def _sites(graph: fx.Graph, modules: Mapping[str, nn.Module]) -> dict[str, PruneSite | str]:
     calls = Counter(str(node.target) for node in graph.nodes if node.op == "call_module")
     out: dict[str, PruneSite | str] = {}
     for node in graph.nodes:
@@ -333,6 +335,51 @@ def prune_sites(model: nn.Module) -> dict[str, PruneSite | str]:
         if node.op == "call_module" and isinstance(modules.get(name), nn.Conv2d) and name not in out:
             out[name] = _site(name, node, modules, calls)
     return out
+
+
+@dataclass(frozen=True)
+class Shortcut:
+    """The parameter-free shortcut a residual branch is added to: the add computes
+    ``norm(consumer(...)) + path(x)``, ``x`` the branch's input (the producer's input)."""
+
+    producer: str
+    consumer: str
+    norm: str | None  # the consumer's BatchNorm, between it and the add
+    path: fx.GraphModule  # x -> the shortcut's value (identity, option A's subsample and pad, ...)
+
+
+def residual_shortcuts(model: nn.Module) -> dict[str, Shortcut]:
+    """Consumer -> its shortcut, for every removable branch (a prune site whose branch can go at rank 0):
+    the branches whose last conv can be fitted to the residual stream rather than to its own output."""
+    graph = _trace(model)
+    modules = dict(model.named_modules())
+    nodes = {str(node.target): node for node in graph.nodes if node.op == "call_module"}
+    out: dict[str, Shortcut] = {}
+    for site in _sites(graph, modules).values():
+        if isinstance(site, str) or not site.removable:
+            continue
+        end = nodes[site.consumer_norm] if site.consumer_norm else nodes[site.consumer]
+        add = next(iter(end.users))
+        other = next(arg for arg in add.args[:2] if arg is not end)
+        source = nodes[site.producer].args[0]
+        out[site.consumer] = Shortcut(site.producer, site.consumer, site.consumer_norm,
+                                      _path_module(model, other, source))
+    return out
+
+
+def _path_module(model: nn.Module, end: fx.Node, source: fx.Node) -> fx.GraphModule:
+    """The parameter-free chain of one-input nodes from ``source`` to ``end`` as a module of its own."""
+    chain = []
+    node = end
+    while node is not source:
+        chain.append(node)
+        node = node.all_input_nodes[0]
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {source: graph.placeholder("x")}
+    for node in reversed(chain):
+        env[node] = graph.node_copy(node, lambda n: env[n])
+    graph.output(env[end])
+    return fx.GraphModule(model, graph)
 
 
 def check_site(sites: Mapping[str, PruneSite | str], name: str) -> PruneSite:

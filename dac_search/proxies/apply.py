@@ -28,12 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from dac_search.decompose import Pruning, check_plan, replace_layers
+from dac_search.decompose import Pruning, check_plan, replace_layers, residual_shortcuts
 from dac_search.decompose.prune import branch_constant
 from dac_search.errors import ConfigError
 from dac_search.plan import RankPlan
 from dac_search.proxies._hooks import removing
 from dac_search.proxies.correction import (
+    REFITS,
+    BranchInputs,
     LayerTarget,
     Reference,
     RefitSettings,
@@ -77,23 +79,31 @@ def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | Non
             raise ConfigError(f"the plan asks for the {plan.correction!r} correction but has no input_shape "
                               "to make the synthetic inputs it is fitted on; add \"input_shape\" to the plan")
         inputs = default_inputs(model, plan.input_shape, kind=plan.inputs)
-    consumers = refitted_consumers(model, pruning, factorised) if plan.correction == "refit" else {}
+    consumers = refitted_consumers(model, pruning, factorised) if plan.correction in REFITS else {}
     removed = pruning.removed
+    branches = stream_branches(model, plan.correction)
     if ref is None:
         ref = reference(model, inputs, [*factorised.layers, *consumers, *(s.consumer for s in removed.values())],
-                        settings)
+                        settings, branches.shortcuts if branches else None)
     workbench = copy.deepcopy(base)
     for site in removed.values():  # a removed branch gives its mean output, under either correction
         constant = branch_constant(model, site, ref.targets[site.consumer].mean)
         with torch.no_grad():
             workbench.get_submodule(site.consumer).bias.copy_(constant)
     handles = [workbench.get_submodule(name).register_forward_pre_hook(
-        _consumer_refit(workbench, name, ref.targets[name], channels, pruning, settings or RefitSettings()))
+        _consumer_refit(workbench, name, ref.targets[name], channels, pruning, settings or RefitSettings(), branches))
         for name, channels in consumers.items()]
     with removing(handles):
-        result = run_plan(base, workbench, factorised, inputs, ref, plan.correction, settings)
+        result = run_plan(base, workbench, factorised, inputs, ref, plan.correction, settings, branches)
     fitted = workbench if pruning.keep else model  # the pruned network with its consumers refitted
     return assemble_dense(fitted, result.layers) if dense else assemble(fitted, factorised, result.layers)
+
+
+def stream_branches(model: nn.Module, correction: str | None) -> BranchInputs | None:
+    """Under ``stream``, the residual branches of ``model`` whose last conv is fitted to the residual stream."""
+    if correction != "stream":
+        return None
+    return BranchInputs(model, residual_shortcuts(model))
 
 
 def refitted_consumers(model: nn.Module, pruning: Pruning, factorised: RankPlan) -> dict[str, torch.Tensor | None]:
@@ -109,7 +119,8 @@ def refitted_consumers(model: nn.Module, pruning: Pruning, factorised: RankPlan)
 
 
 def _consumer_refit(workbench: nn.Module, name: str, target: LayerTarget, channels: torch.Tensor | None,
-                    pruning: Pruning, settings: RefitSettings) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+                    pruning: Pruning, settings: RefitSettings, branches: BranchInputs | None
+                    ) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
     """A pre-hook refitting consumer ``name`` on its first input, in place; its bias folded into the next BN."""
     site = next(site for site in pruning.sites.values() if site.consumer == name)
     done: list[bool] = []
@@ -117,7 +128,8 @@ def _consumer_refit(workbench: nn.Module, name: str, target: LayerTarget, channe
     def hook(conv: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         if done:
             return
-        weight, bias = fit_conv(conv, args[0], target, settings.ridge, channels)  # type: ignore[arg-type]
+        fitted_to = target if branches is None else branches.target(name, target)
+        weight, bias = fit_conv(conv, args[0], fitted_to, settings.ridge, channels)  # type: ignore[arg-type]
         with torch.no_grad():
             conv.weight.copy_(weight)
             if conv.bias is not None:

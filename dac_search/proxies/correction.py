@@ -10,6 +10,11 @@ layer's own.
   BatchNorm statistics; distilled inputs reproduce those statistics).
 - ``refit``: least-squares refit of the last factor (DAC's 1x1, spatial's 1 x kw, channel's 1x1) and
   a bias, ridge-pulled towards the SVD factor; the first factor keeps its SVD.
+- ``stream``: ``refit``, but a refitted conv that ends a residual branch (its BatchNorm's output is added
+  to a parameter-free shortcut) is fitted to the original *residual stream* after the add rather than to
+  its own original output: the error the shortcut carries in from upstream is the branch's to cancel, so
+  it does not pass on to every later block. ResNet-56 at 0.6x latency: 89.82% with ``refit``, 90.42%
+  with ``stream`` (the same plan, 5,000 CIFAR-10 test images).
 
 The pass runs on a *workbench*, a copy of the original model whose planned convs are swapped for
 dense stand-ins computing the same function as the factorised layers (see ``_factors``), and swapped
@@ -25,7 +30,7 @@ import os
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -33,13 +38,13 @@ from torch import nn
 
 from dac_search.decompose import LAYERS, decomposable_layers, factorize, replace_layers, validate_plan
 from dac_search.decompose.factors import LayerFactors
+from dac_search.decompose.prune import Shortcut
 from dac_search.errors import ConfigError
-from dac_search.plan import RankPlan
+from dac_search.plan import CORRECTIONS, REFITS, RankPlan
 from dac_search.proxies import _factors
 from dac_search.proxies._hooks import eval_mode, removing
 from dac_search.proxies.synthetic import AUTO, synthetic_inputs
 
-CORRECTIONS = ("bias", "refit")
 DEFAULT_INPUTS: Mapping[str, Any] = {"kind": AUTO, "n": 64, "seed": 0}  # decompose_model's and the search's
 DEFAULT_PIXELS = 64 * 32 * 32  # the default batch holds about this many input pixels per channel...
 MIN_DEFAULT_INPUTS = 8  # ...but never fewer images than this
@@ -78,6 +83,7 @@ class LayerTarget:
     out_hw: tuple[int, int]
     values: torch.Tensor  # (P, out_channels) original outputs there
     mean: torch.Tensor  # (out_channels,) mean over every position
+    shortcut: torch.Tensor | None = None  # (P, out_channels) the original's shortcut there, for ``stream``
 
 
 @dataclass(frozen=True)
@@ -124,12 +130,15 @@ def _at(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def reference(model: nn.Module, inputs: torch.Tensor, layers: Sequence[str] | None = None,
-              settings: RefitSettings | None = None) -> Reference:
-    """Run the original model once and keep what the corrections need at every decomposable layer."""
+              settings: RefitSettings | None = None, shortcuts: Mapping[str, Shortcut] | None = None) -> Reference:
+    """Run the original model once and keep what the corrections need at every decomposable layer
+    (and, for ``stream``, the shortcut values the layers that end a residual branch are added to)."""
     settings = settings or RefitSettings()
     convs = decomposable_layers(model)
     names = list(convs) if layers is None else list(layers)
     targets: dict[str, LayerTarget] = {}
+    shortcuts = {name: found for name, found in (shortcuts or {}).items() if name in names}
+    branch_inputs = BranchInputs(model, shortcuts)
 
     def capture(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -139,13 +148,65 @@ def reference(model: nn.Module, inputs: torch.Tensor, layers: Sequence[str] | No
             # seeded by the layer's name, so any subset of layers samples the same positions
             index = _sample_index(total, settings.samples, settings.seed + zlib.crc32(name.encode()))
             targets[name] = LayerTarget(index, (int(output.shape[2]), int(output.shape[3])),
-                                        _at(output, index).clone(), output.mean((0, 2, 3)))
+                                        _at(output, index).clone(), output.mean((0, 2, 3)),
+                                        branch_inputs.shortcut_at(name, index))
         return hook
 
-    handles = [convs[name].register_forward_hook(capture(name)) for name in names]
-    with removing(handles), eval_mode(model), torch.no_grad():
-        logits = model(inputs)
+    handles = [convs[name].register_forward_hook(capture(name)) for name in names] + branch_inputs.hooks(model)
+    try:
+        with removing(handles), eval_mode(model), torch.no_grad():
+            logits = model(inputs)
+    finally:
+        branch_inputs.clear()
     return Reference(logits, targets)
+
+
+class BranchInputs:
+    """The inputs of residual branches in one forward pass, captured at their first conv (the producer), so a
+    branch's last conv can be fitted to the residual stream: ``stream``'s target is the original's output
+    plus what the shortcut lost upstream, ``(original shortcut - this network's shortcut)`` divided by the
+    BatchNorm's scale between conv and add (zero where that scale is zero)."""
+
+    def __init__(self, model: nn.Module, shortcuts: Mapping[str, Shortcut]) -> None:
+        self.shortcuts = dict(shortcuts)
+        self._inputs: dict[str, torch.Tensor] = {}
+        self._scales: dict[str, torch.Tensor] = {}
+        for name, found in self.shortcuts.items():
+            out_channels = model.get_submodule(name).out_channels
+            norm = model.get_submodule(found.norm) if found.norm else None
+            scale = torch.ones(out_channels)
+            if norm is not None and norm.weight is not None:
+                gamma = norm.weight.detach()
+                scale = torch.where(gamma.abs() > 1e-12, (norm.running_var + norm.eps).sqrt() / gamma, 0.0)
+            self._scales[name] = scale
+
+    def hooks(self, network: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+        """Pre-hooks capturing each branch's input in ``network`` (the caller removes them)."""
+        def capture(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+            def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+                self._inputs[name] = args[0]
+            return hook
+        return [network.get_submodule(found.producer).register_forward_pre_hook(capture(name))
+                for name, found in self.shortcuts.items()]
+
+    def clear(self) -> None:
+        """Forget the inputs of the last pass (they hold a batch of feature maps per branch)."""
+        self._inputs.clear()
+
+    def shortcut_at(self, name: str, index: torch.Tensor) -> torch.Tensor | None:
+        """The shortcut added to branch ``name``'s output, at flat positions ``index`` (None: not a branch's
+        last conv, or its input not seen)."""
+        found, x = self.shortcuts.get(name), self._inputs.get(name)
+        if found is None or x is None:
+            return None
+        return _at(found.path(x), index).clone()
+
+    def target(self, name: str, target: LayerTarget) -> LayerTarget:
+        """``target`` moved by the residual stream's error at its positions; unchanged where not a branch's end."""
+        here = self.shortcut_at(name, target.index)
+        if here is None or target.shortcut is None:
+            return target
+        return replace(target, values=target.values + (target.shortcut - here) * self._scales[name])
 
 
 def _least_squares(features: torch.Tensor, targets: torch.Tensor, prior: torch.Tensor,
@@ -239,10 +300,13 @@ def initial_layers(model: nn.Module, plan: RankPlan) -> dict[str, FittedLayer]:
 
 
 def run_plan(model: nn.Module, workbench: nn.Module, plan: RankPlan, inputs: torch.Tensor,
-             ref: Reference | None, correction: str | None, settings: RefitSettings | None = None) -> PassResult:
+             ref: Reference | None, correction: str | None, settings: RefitSettings | None = None,
+             branches: BranchInputs | None = None) -> PassResult:
     """One forward pass of the plan's model on ``inputs``, fitting ``correction`` layer after layer.
 
     ``workbench``: a deep copy of ``model`` (reused across calls; left as it was found).
+    ``branches``: under ``stream``, where residual branches start and end (their inputs are captured in
+    this pass, also for the caller's own refits).
     """
     check_correction(correction)
     validate_plan(model, plan)
@@ -254,12 +318,19 @@ def run_plan(model: nn.Module, workbench: nn.Module, plan: RankPlan, inputs: tor
     handles = []
     for name, stand in stands.items():
         conv = model.get_submodule(name)
-        if correction == "refit":
-            handles.append(stand.register_forward_pre_hook(_refit_hook(name, conv, layers, ref, settings)))
+        if correction in REFITS:
+            handles.append(stand.register_forward_pre_hook(_refit_hook(name, conv, layers, ref, settings, branches)))
         elif correction == "bias":
             handles.append(stand.register_forward_hook(_bias_hook(name, layers, ref)))
-    with removing(handles), _swapped(workbench, stands), eval_mode(workbench), torch.no_grad():
-        logits = workbench(inputs)
+    with _swapped(workbench, stands):
+        if correction == "stream" and branches is not None:
+            handles += branches.hooks(workbench)  # on the producers as this pass runs them (stand-ins too)
+        try:
+            with removing(handles), eval_mode(workbench), torch.no_grad():
+                logits = workbench(inputs)
+        finally:
+            if branches is not None:
+                branches.clear()
     return PassResult(logits, layers)
 
 
@@ -272,13 +343,15 @@ def evaluate(model: nn.Module, workbench: nn.Module, layers: Mapping[str, Fitted
 
 
 def _refit_hook(name: str, conv: nn.Conv2d, layers: dict[str, FittedLayer], ref: Reference | None,
-                settings: RefitSettings) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+                settings: RefitSettings, branches: BranchInputs | None
+                ) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
     done: list[bool] = []
 
     def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         if done or ref is None:  # fitted on the first call only
             return
-        layers[name] = refit(conv, layers[name].factors, args[0], ref.targets[name], settings.ridge)
+        target = ref.targets[name] if branches is None else branches.target(name, ref.targets[name])
+        layers[name] = refit(conv, layers[name].factors, args[0], target, settings.ridge)
         _set_stand_in(module, conv, layers[name])  # type: ignore[arg-type]
         done.append(True)
     return hook

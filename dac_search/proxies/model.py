@@ -25,7 +25,7 @@ from dac_search.errors import ConfigError
 from dac_search.methods import default_variant
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies._hooks import eval_mode
-from dac_search.proxies.apply import decompose_model
+from dac_search.proxies.apply import decompose_model, stream_branches
 from dac_search.proxies.correction import (
     PassResult,
     Reference,
@@ -46,7 +46,7 @@ from dac_search.proxies.outputs import ProxyScore, compare, distributions_of
 class ModelProxy:
     """Scores plans of one model on fixed synthetic inputs, with an optional data-free correction.
 
-    ``correction``: None, ``"bias"`` or ``"refit"`` (see ``correction.py``). A plan naming a different
+    ``correction``: None, ``"bias"``, ``"refit"`` or ``"stream"`` (see ``correction.py``). A plan naming a different
     correction is refused, so what is scored is what ``decompose_model`` rebuilds. ``fit_inputs``: fit the
     correction on these and score on ``inputs`` (held out). Scored on the images it was fitted on, a
     refit looks better than it is, and more so the more it can fit: on ResNet-20 held-out scoring
@@ -63,11 +63,13 @@ class ModelProxy:
         self.settings = settings or RefitSettings()
         self.fit_inputs = inputs if fit_inputs is None or correction is None else fit_inputs
         self._workbench = copy.deepcopy(model).eval()  # planned convs are swapped in and out of it
+        self._branches = stream_branches(model, correction)
         with eval_mode(model), torch.no_grad():
             if correction is None:
                 self._reference = Reference(model(inputs), {})
             else:
-                self._reference = reference(model, self.fit_inputs, settings=self.settings)
+                self._reference = reference(model, self.fit_inputs, settings=self.settings,
+                                            shortcuts=self._branches.shortcuts if self._branches else None)
             self._scored_logits = model(inputs) if self.held_out else self._reference.logits
         self._distributions = distributions_of(model, self._scored_logits)
 
@@ -90,7 +92,7 @@ class ModelProxy:
 
     def _run(self, plan: RankPlan) -> PassResult:
         return run_plan(self.model, self._workbench, plan, self.fit_inputs, self._reference, self.correction,
-                        self.settings)
+                        self.settings, self._branches)
 
     def build(self, plan: RankPlan | Mapping[str, Any], *, dense: bool = False) -> nn.Module:
         """The decomposed (and corrected) model the score judged, with real factorised layers, in eval mode.

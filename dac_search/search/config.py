@@ -32,7 +32,7 @@ class SearchConfig:
     # under a FLOPs or parameter budget, where each beat or tied DAC alone in all six search cells of
     # benchmarks/quality.py (README) and pruning was not measured to help.
     methods: tuple[str, ...] | None = None
-    correction: str | None = "refit"
+    correction: str | None = "stream"
     inputs: str = "auto"  # the kind of synthetic inputs (dac_search.proxies.synthetic)
     proxy_images: int = 64
     measure_points: int = 8  # Pareto points measured end to end at the end

@@ -9,6 +9,7 @@ import socket
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import optuna
@@ -24,16 +25,32 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 CLAIM_WITHIN_S = 10.0  # a live worker claims its trial within milliseconds of asking for it
 
 
-def open_study(storage_url: str, seed: int, identity: SearchIdentity) -> tuple[optuna.Study, bool]:
+@dataclass(frozen=True)
+class Heartbeat:
+    """How a worker on another host that died mid-trial is noticed: every live worker beats for its running
+    trial each ``interval_s``; a trial without a beat for ``grace_s`` is failed by the next worker that
+    asks for a trial, and queued again (at most ``retries`` times)."""
+
+    interval_s: int = 30
+    grace_s: int = 120
+    retries: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.interval_s < self.grace_s:
+            raise ConfigError(f"a heartbeat needs 0 < interval < grace, got {self.interval_s} s and {self.grace_s} s")
+
+
+def open_study(storage_url: str, seed: int, identity: SearchIdentity,
+               heartbeat: Heartbeat = Heartbeat()) -> tuple[optuna.Study, bool]:
     """The study of a search and whether this worker created it; the budget is a constraint each trial
     sets (``Trial.set_constraint``). A study searched with other settings is refused in one line."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # pre-ping: an overnight worker's pooled connection may have been dropped by the server
-            storage = RDBStorage(storage_url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=30,
-                                 grace_period=120,
-                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+            storage = RDBStorage(storage_url, engine_kwargs=engine_settings(storage_url),
+                                 heartbeat_interval=heartbeat.interval_s, grace_period=heartbeat.grace_s,
+                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                     max_retry=heartbeat.retries))
     except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
         raise ConfigError(f"cannot open the study storage {mask_url(storage_url)}: {_reason(exc)}") from None
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
@@ -51,13 +68,33 @@ def open_study(storage_url: str, seed: int, identity: SearchIdentity) -> tuple[o
     return study, False
 
 
+POOL_SIZE, POOL_OVERFLOW = 2, 2  # a worker's connections: its own and the heartbeat thread's, and a spare pair
+
+
+def engine_settings(storage_url: str) -> dict[str, object]:
+    """SQLAlchemy engine settings of one worker's storage.
+
+    Pre-ping: an overnight worker's pooled connection may have been dropped by the server. A small pool:
+    every worker holds at most ``POOL_SIZE + POOL_OVERFLOW`` connections, so a server's
+    ``max_connections`` bounds the workers knowingly (optuna#1347: SQLAlchemy's default of 5 + 10 per
+    worker exhausts a server of 100 at seven workers). On PostgreSQL each connection carries the worker's
+    name (``application_name``), so ``pg_stat_activity`` tells whose connections are open.
+    """
+    settings: dict[str, object] = {"pool_pre_ping": True}
+    if not storage_url.startswith("sqlite"):
+        settings.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+    if storage_url.startswith("postgresql"):
+        settings["connect_args"] = {"application_name": f"dac-search {WORKER}"[:63]}
+    return settings
+
+
 RUN_ATTR = "run"  # the run.json of the worker that last finished: what a report from the storage needs
 
 
 def load_study_from(storage_url: str, name: str) -> optuna.Study:
     """An existing study, read-only in intent (``dac-search report --storage``); bad URL or name: one line."""
     try:
-        storage = RDBStorage(storage_url, engine_kwargs={"pool_pre_ping": True})
+        storage = RDBStorage(storage_url, engine_kwargs=engine_settings(storage_url))
     except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
         raise ConfigError(f"cannot open the study storage {mask_url(storage_url)}: {_reason(exc)}") from None
     try:

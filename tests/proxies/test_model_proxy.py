@@ -40,7 +40,7 @@ def mixed_plan() -> RankPlan:
                      "layer3.0.conv1": LayerChoice("channel", 24)}, "cifar10-resnet20", SHAPE)
 
 
-@pytest.mark.parametrize("correction", [None, "bias", "refit"])
+@pytest.mark.parametrize("correction", [None, "bias", "refit", "stream"])
 def test_score_judges_exactly_the_model_build_returns(resnet20: nn.Module, distilled: torch.Tensor,
                                                       mixed_plan: RankPlan, correction: str | None) -> None:
     proxy = ModelProxy(resnet20, distilled, correction)
@@ -69,7 +69,7 @@ def test_held_out_scoring_fits_on_one_batch_and_scores_another(resnet20: nn.Modu
         assert torch.allclose(rebuilt(scored), built(scored), atol=1e-5)  # fitted on ``fit`` only
 
 
-@pytest.mark.parametrize("correction", [None, "refit"])
+@pytest.mark.parametrize("correction", [None, "refit", "stream"])
 def test_a_plan_that_prunes_is_scored_on_the_model_decompose_model_builds(
         resnet20: nn.Module, distilled: torch.Tensor, correction: str | None) -> None:
     fit, scored = distilled[:8], distilled[8:]

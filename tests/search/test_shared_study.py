@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from dac_search.search.study import POOL_OVERFLOW, POOL_SIZE
 from tests.postgres import PostgresServer
 from tests.search.test_search_cli import SEARCH, TIMEOUT, cli, rows
 
@@ -43,6 +46,35 @@ def _running_trial_of(server: PostgresServer, run_dir: Path, pid: int):
     return next((t for t in trials if str(t.user_attrs.get("worker", "")).endswith(f":{pid}")), None)
 
 
+class ConnectionWatch:
+    """The most connections each dac-search worker held at once, read from pg_stat_activity as they run."""
+
+    def __init__(self, server: PostgresServer) -> None:
+        import psycopg
+
+        self._connection = psycopg.connect(server.url, password=server.password, autocommit=True)
+        self.most: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.05):
+            counts = self._connection.execute(
+                "SELECT application_name, count(*) FROM pg_stat_activity "
+                "WHERE application_name LIKE 'dac-search %' GROUP BY application_name").fetchall()
+            for name, count in counts:
+                self.most[name] = max(self.most.get(name, 0), count)
+
+    def __enter__(self) -> ConnectionWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._connection.close()
+
+
 @pytest.mark.slow  # three workers and a rerun
 def test_workers_on_one_postgresql_study_add_up_to_the_total_and_survive_a_kill_9(hub_cache, postgres,
                                                                                    tmp_path) -> None:
@@ -53,14 +85,18 @@ def test_workers_on_one_postgresql_study_add_up_to_the_total_and_survive_a_kill_
         return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 env=postgres.env)
 
-    first = worker(0)  # the caches of the set-up are filled once, then the others start from them
-    _wait_for(lambda: _running_trial_of(postgres, tmp_path / "w0", first.pid))
-    victim, third = worker(1), worker(2)
-    running = _wait_for(lambda: _running_trial_of(postgres, tmp_path / "w1", victim.pid))
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    for process in (first, third):
-        assert process.wait(timeout=TIMEOUT) == 0, process.stderr.read()
+    with ConnectionWatch(postgres) as connections:
+        first = worker(0)  # the caches of the set-up are filled once, then the others start from them
+        _wait_for(lambda: _running_trial_of(postgres, tmp_path / "w0", first.pid))
+        victim, third = worker(1), worker(2)
+        running = _wait_for(lambda: _running_trial_of(postgres, tmp_path / "w1", victim.pid))
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        for process in (first, third):
+            assert process.wait(timeout=TIMEOUT) == 0, process.stderr.read()
+    # every worker was seen by its name, none over its small pool (optuna#1347: connection exhaustion)
+    assert {f"dac-search {socket.gethostname()}:{p.pid}"[:63] for p in (first, victim, third)} <= set(connections.most)
+    assert max(connections.most.values()) <= POOL_SIZE + POOL_OVERFLOW, connections.most
     rerun = subprocess.run(cli(*ARGS, "--trials", str(total), "--storage", postgres.url, "--out",
                                str(tmp_path / "w1")), capture_output=True, text=True, timeout=TIMEOUT,
                            env=postgres.env)

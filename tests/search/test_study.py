@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 
 import pytest
 from optuna.trial import TrialState
 
+from dac_search.errors import ConfigError
 from dac_search.search.identity import SearchIdentity
-from dac_search.search.study import WORKER, fail_dead_trials, open_study
+from dac_search.search.study import WORKER, Heartbeat, fail_dead_trials, open_study
 
 # ask() outside optimize() is how a killed worker leaves its trial; Optuna warns about heartbeats
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
@@ -45,6 +47,32 @@ def test_live_workers_keep_their_trials_and_dead_ones_here_lose_them(tmp_path) -
     assert states[live.number] == states[remote.number] == TrialState.RUNNING
     assert states[dead.number] == TrialState.FAIL
     assert sum(s == TrialState.WAITING for s in states.values()) == 1
+
+
+def test_a_trial_whose_worker_on_another_host_stopped_beating_is_failed_and_retried_by_a_live_worker(tmp_path) -> None:
+    """The heartbeat is the only sign of a worker on another machine: a trial it stopped beating for longer
+    than the grace is failed by the next live worker's bookkeeping and queued again with its parameters."""
+    study = open_study(f"sqlite:///{tmp_path / 'study.db'}", 0, SearchIdentity("test", ()),
+                       Heartbeat(interval_s=1, grace_s=2))[0]
+    beating, silent = study.ask(), study.ask()
+    for trial, worker in ((beating, "host-a:1"), (silent, "host-b:1")):
+        trial.suggest_float("log_lambda", 0.0, 2.0)
+        trial.set_user_attr("worker", worker)
+        study._storage.record_heartbeat(trial._trial_id)
+    time.sleep(3.5)  # the storage's clock has whole seconds: over 3 s is over the grace of 2 whatever the rounding
+    study._storage.record_heartbeat(beating._trial_id)  # host-a is alive, host-b went silent
+    assert fail_dead_trials(study, claim_within_s=0.2) == 0  # nothing dead on this host...
+    trials = study.get_trials(deepcopy=False)
+    assert trials[beating.number].state == TrialState.RUNNING
+    assert trials[silent.number].state == TrialState.FAIL  # ...but host-b's trial is stale
+    retry = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(retry) == 1 and retry[0].params == trials[silent.number].params
+    assert retry[0].system_attrs["failed_trial"] == silent.number
+
+
+def test_a_heartbeat_needs_an_interval_shorter_than_its_grace() -> None:
+    with pytest.raises(ConfigError, match="interval < grace"):
+        Heartbeat(interval_s=60, grace_s=30)
 
 
 def _dead_pid() -> int:
