@@ -2,12 +2,12 @@
 
     .venv/bin/python benchmarks/quality.py [--models cifar10-resnet20,cifar10-resnet56]
         [--targets 0.6,0.5,0.4] [--rows uniform,energy,greedy,greedy+refit] [--methods dac,spatial,channel,mixed]
-        [--lazy] [--search-trials 100] [--limit 5000] [--threads 1]
+        [--lazy] [--search-trials 100] [--search-correction stream] [--limit 5000] [--threads 1]
 
 Everything the allocators and corrections see is data-free (distilled inputs, made once per model and
 cached); the shared real test images only measure the result. Every plan is rebuilt from the plan
 alone with ``decompose_model`` (its correction refitted on the default synthetic inputs), as an export would.
-The search row is ``dac-search --device none --budget <target>%flops`` (refit, held-out KL, the
+The search row is ``dac-search --device none --budget <target>%flops`` (``--search-correction``, held-out KL, the
 defaults), reporting its best feasible plan by proxy. Greedy reads the single-layer KL table of ``default_proxy`` (a correction fitted on the default distilled
 batch, scored on a second one; cached under the dac-search cache dir, minutes for ResNet-56 on first use).
 """
@@ -82,17 +82,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default="dac,spatial,channel,mixed")
     parser.add_argument("--lazy", action="store_true", help="add lazy greedy + refit (re-measures whole plans)")
     parser.add_argument("--search-trials", type=int, default=100, help="trials per search row (0: no search)")
+    parser.add_argument("--search-correction", default=SearchConfig.correction,
+                        help="the search rows' --correction (default: the search's own)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     targets = [float(t) for t in split(args.targets)]
     for spec in split(args.models):
         print(run_model(spec, targets, split(args.rows), split(args.methods), args.lazy, args.limit,
-                        args.search_trials))
+                        args.search_trials, args.search_correction))
         print()
 
 
 def run_model(spec: str, targets: list[float], rows: list[str], methods: list[str], lazy: bool,
-              limit: int | None, search_trials: int = 0) -> str:
+              limit: int | None, search_trials: int = 0, search_correction: str | None = SearchConfig.correction) -> str:
     started = time.perf_counter()
     model = load_model(spec)
     costs = CostModel(model, INPUT_SHAPE)
@@ -129,7 +131,7 @@ def run_model(spec: str, targets: list[float], rows: list[str], methods: list[st
     for method in methods if search_trials else ():
         cells = []
         for target in targets:
-            plan = search_plan(spec, method, target, search_trials)
+            plan = search_plan(spec, method, target, search_trials, search_correction)
             kept = costs.cost(plan).flops / costs.baseline.flops
             cells.append(f"{real_top1(spec, plan, limit):.2f} ({kept:.0%})")
         body.append([f"search, {search_trials} trials", method, *cells])
@@ -150,12 +152,13 @@ def _plan(row: Row, model: torch.nn.Module, method: str, target: float, table_fo
     return RankPlan(plan.layers, plan.model, plan.input_shape, row.correction)
 
 
-def search_plan(spec: str, method: str, target: float, trials: int) -> RankPlan:
+def search_plan(spec: str, method: str, target: float, trials: int, correction: str | None) -> RankPlan:
     """The search's best feasible plan by proxy (FLOPs budget, no device: the proxy is what differs)."""
     methods = METHODS if method == "mixed" else (method,)
     with tempfile.TemporaryDirectory() as tmp:
         config = SearchConfig(model=spec, budget=parse_budget(f"{target * 100:g}%flops"), device="none",
-                              trials=trials, out=Path(tmp) / "run", methods=methods)
+                              trials=trials, out=Path(tmp) / "run", methods=methods,
+                              correction=None if correction == "none" else correction)
         outcome = run_search(config)
         if not outcome.feasible:
             raise SystemExit(f"search found no plan within {target:.0%} FLOPs for {spec}")

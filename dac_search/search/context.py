@@ -25,6 +25,7 @@ from dac_search.proxies import ModelProxy, cached_layer_sensitivity, default_pro
 from dac_search.proxies.synthetic import resolve_kind
 from dac_search.search.config import SearchConfig
 from dac_search.search.final import Judge
+from dac_search.search.refine import LATENCY_MARGINS
 from dac_search.search.space import LOG_LAMBDA_RANGE, SearchSpace
 from dac_search.shapes import refused_by_model
 from dac_search.zoo import input_shape_of, load_model
@@ -97,9 +98,16 @@ class SearchContext:
         cost = self.costs.cost(plan)
         return float(cost.flops if self.budget.kind == "flops" else cost.params)
 
-    def fits(self, plan: RankPlan) -> bool:
-        """The plan meets the budget as the tables price it (exact for FLOPs, predicted for latency)."""
-        return self.budget.slack(self.budget_cost(plan)) <= 0
+    @property
+    def margins(self) -> tuple[float, ...]:
+        """The shares of the budget the warm starts and the refinement leave free, in turn: a latency table's
+        predictions err by a few percent (``refine.LATENCY_MARGINS``); FLOPs and parameters are exact."""
+        return LATENCY_MARGINS if self.budget.kind == "latency" else (0.0,)
+
+    def slack(self, plan: RankPlan) -> float:
+        """How far the plan is over the budget as the tables price it (exact for FLOPs, predicted for
+        latency), as a share of the budget: <= 0 fits."""
+        return self.budget.slack(self.budget_cost(plan)) / self.budget.value
 
     def baseline_cost(self) -> float:
         """The original's cost in the budget's unit."""

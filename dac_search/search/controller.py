@@ -106,7 +106,8 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
     if retried:
         view.say(f"{retried} trial(s) left running by a killed worker failed and queued again")
     target = ctx.budget.value / ctx.baseline_cost()
-    shares = sorted({min(target, 0.99), *(s for s in WARM_START_SHARES if s < 0.99)}, reverse=True)
+    shares = sorted({*(min(target * (1 - m), 0.99) for m in ctx.margins), *(s for s in WARM_START_SHARES if s < 0.99)},
+                    reverse=True)
     if created or not study.get_trials(deepcopy=False):  # once per study, not once per worker
         enqueue_warm_starts(study, ctx.space, [ctx.space.log_lambda_for(s, ctx.share) for s in shares])
 

@@ -62,7 +62,7 @@ class Objective:
         relative = plan_path(trial.number)
         plan.save(self.run_dir / relative)
         trial.set_user_attr(PLAN_ATTR, plan.to_dict())
-        slack = ctx.budget.slack(ctx.budget_cost(plan)) / ctx.budget.value
+        slack = ctx.slack(plan)
         for name, value in (("plan", relative), ("flops", cost.flops), ("params", cost.params),
                             ("latency_ms", ctx.latency(plan)), ("agreement", score.agreement), ("kl", score.kl),
                             ("kl_additive", score.additive), ("slack", slack)):
@@ -86,7 +86,7 @@ class AfterTrial:
         self.run_dir = run_dir
         self.total = total
         self.shown = shown
-        self.refinement = Refinement(ctx.space, ctx.fits)
+        self.refinement = Refinement(ctx.space, ctx.slack, ctx.margins)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE:

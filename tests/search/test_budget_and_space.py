@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import optuna
 import pytest
 
 from dac_search.budget import parse_budget
@@ -13,7 +14,7 @@ from dac_search.methods import METHODS
 from dac_search.plan import LayerChoice
 from dac_search.search.config import SearchConfig, parse_duration
 from dac_search.search.context import worth_scoring
-from dac_search.search.refine import moves, propose
+from dac_search.search.refine import Refinement, moves, plan_of, propose
 from dac_search.search.space import LayerOptions, SearchSpace
 
 
@@ -100,6 +101,35 @@ def test_refinement_trades_rank_between_layers_within_the_budget() -> None:
     tried = {space.plan(lam, {"a": 0, "b": 0}).to_json()}
     assert propose(space, start, tried, within) != best  # a move is tried once
     assert propose(space, start, set(), lambda plan: False) is None  # nothing fits: no proposal
+
+
+def test_the_refinement_takes_turns_at_margins_under_the_budget() -> None:
+    """Under a latency budget the moves start from, and stay within, each margin in turn, so plans a little
+    under the budget are refined too, not only the edge, where predictions err either way."""
+    space = SearchSpace([_unit("a", *EVEN), _unit("b", *EVEN)], "m", (1, 3, 8, 8))
+    cost = {None: 0.5, 3: 0.3, 1: 0.1}
+
+    def slack(plan) -> float:  # budget 0.8 of the 1.0 the two units cost kept
+        ranks = {name: plan.layers[name].rank if name in plan.layers else None for name in ("a", "b")}
+        return (sum(cost[r] for r in ranks.values()) - 0.8) / 0.8
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    distributions = {"log_lambda": optuna.distributions.FloatDistribution(-5, 3),
+                     **{space.shift_param(n): optuna.distributions.IntDistribution(-1, 1) for n in ("a", "b")}}
+    for lam, proxy in ((0.0, 0.1), (0.5, 0.6)):  # a and b at rank 3, a quarter under; both at rank 1, far under
+        params = {"log_lambda": lam, "shift:a": 0, "shift:b": 0}
+        study.add_trial(optuna.create_trial(params=params, distributions=distributions, values=[proxy, 0.0],
+                                            user_attrs={"slack": slack(plan_of(space, params))}))
+    assert [t.user_attrs["slack"] for t in study.trials] == pytest.approx([-0.25, -0.75])
+    refinement = Refinement(space, slack, (0.0, 0.5))
+    refinement.enqueue_next(study)  # two trials: the turn of margin 0.0, from the best plan that fits
+    queued = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs for t in queued] == [{"refined_from": 0, "margin": 0.0}]
+    study._storage.set_trial_state_values(queued[0]._trial_id, optuna.trial.TrialState.FAIL)  # that move ran
+    refinement.enqueue_next(study)  # three trials: margin 0.5, from the only plan within half the budget
+    queued = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs for t in queued] == [{"refined_from": 1, "margin": 0.5}]
+    assert slack(plan_of(space, queued[0].system_attrs["fixed_params"])) <= -0.5
 
 
 def test_every_method_is_a_candidate_by_default() -> None:
