@@ -143,7 +143,10 @@ def fail_dead_trials(study: optuna.Study, claim_within_s: float = CLAIM_WITHIN_S
                 continue
         elif not _dead_here(str(trial.user_attrs["worker"])):
             continue
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker starting at the same moment failed it first, and queued its retry
         params = trial.system_attrs.get("fixed_params") or trial.params
         if params:
             study.enqueue_trial(params, user_attrs={"retry_of": trial.number})

@@ -49,6 +49,22 @@ def test_live_workers_keep_their_trials_and_dead_ones_here_lose_them(tmp_path) -
     assert sum(s == TrialState.WAITING for s in states.values()) == 1
 
 
+def test_two_workers_failing_one_dead_trial_at_once_fail_it_once(tmp_path, monkeypatch) -> None:
+    """Two workers started together after a crash both read the dead worker's trial as RUNNING; the one
+    that comes second finds it failed already and neither fails nor queues it again."""
+    study = _study(tmp_path)
+    dead = study.ask()
+    dead.suggest_float("log_lambda", 0.0, 2.0)
+    dead.set_user_attr("worker", f"{socket.gethostname()}:{_dead_pid()}")
+    read_a_moment_ago = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert fail_dead_trials(study, claim_within_s=0.2) == 1
+    fresh = study.get_trials
+    monkeypatch.setattr(study, "get_trials", lambda deepcopy=True, states=None: (
+        read_a_moment_ago if states == (TrialState.RUNNING,) else fresh(deepcopy=deepcopy, states=states)))
+    assert fail_dead_trials(study, claim_within_s=0.2) == 0
+    assert [t.state for t in fresh(deepcopy=False)] == [TrialState.FAIL, TrialState.WAITING]  # one retry
+
+
 def test_a_trial_whose_worker_on_another_host_stopped_beating_is_failed_and_retried_by_a_live_worker(tmp_path) -> None:
     """The heartbeat is the only sign of a worker on another machine: a trial it stopped beating for longer
     than the grace is failed by the next live worker's bookkeeping and queued again with its parameters."""
