@@ -39,7 +39,6 @@ from dac_search.export import export_onnx  # noqa: E402
 from dac_search.export.run import ExportedModel, export_run  # noqa: E402
 from dac_search.plan import LayerChoice, RankPlan  # noqa: E402
 from dac_search.proxies.apply import decompose_model  # noqa: E402
-from dac_search.search.config import SearchConfig  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402
 from dac_search.zoo.cifar_resnet import CifarResNet  # noqa: E402
 from profilers import load_device  # noqa: E402
@@ -121,8 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="keep the run dirs here (default: a temporary dir)")
     parser.add_argument("--svg", type=Path, default=Path("latency_quality.svg"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the uniform plans' refit")
-    parser.add_argument("--correction", default=SearchConfig.correction,
-                        help="passed to --correction, and used by the uniform plans (default: the search's own)")
+    parser.add_argument("--correction", default="stream",
+                        help="passed to --correction, and used by the uniform plans (default: stream, the search's "
+                        "own under a latency budget)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     budgets = [float(b) for b in split(args.budgets)]

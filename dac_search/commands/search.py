@@ -12,7 +12,7 @@ from dac_search.commands._common import STORAGE_ENV, console
 from dac_search.methods import PLAN_METHODS
 from dac_search.plan import CORRECTIONS
 from dac_search.redact import mask_command
-from dac_search.search.config import SearchConfig, parse_duration
+from dac_search.search.config import AUTO_CORRECTION, SearchConfig, parse_duration
 from dac_search.shapes import parse_shape
 
 
@@ -33,10 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", help=f"comma list of {', '.join(PLAN_METHODS)} (default: all of them under "
                         "a latency budget, every factorisation but prune under a FLOPs or parameter budget)")
-    parser.add_argument("--correction", choices=("none", *CORRECTIONS), default="stream",
+    parser.add_argument("--correction", choices=(AUTO_CORRECTION, "none", *CORRECTIONS), default=AUTO_CORRECTION,
                         help="data-free correction on distilled inputs: bias, refit (each refitted conv to its own "
-                        "original output) or stream (default: as refit, but a residual branch's last conv to the "
-                        "original residual stream)")
+                        "original output) or stream (as refit, but a residual branch's last conv to the original "
+                        "residual stream); default auto: stream under a latency budget, refit under others")
     parser.add_argument("--inputs", default="auto", help="synthetic inputs: distilled (matching BatchNorm statistics), "
                         "impressions (confident classifier outputs, for models without BatchNorm), gaussian; "
                         "default auto: distilled where the model has BatchNorm, impressions where not")

@@ -9,6 +9,9 @@ from pathlib import Path
 from dac_search.budget import Budget
 from dac_search.errors import ConfigError
 from dac_search.methods import METHODS, PLAN_METHODS
+from dac_search.plan import CORRECTIONS
+
+AUTO_CORRECTION = "auto"  # the search's default correction, resolved by the budget's kind
 
 _DURATION = re.compile(r"^(?P<num>[0-9]*\.?[0-9]+)(?P<unit>s|m|h|d)?$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -32,7 +35,10 @@ class SearchConfig:
     # under a FLOPs or parameter budget, where each beat or tied DAC alone in all six search cells of
     # benchmarks/quality.py (README) and pruning was not measured to help.
     methods: tuple[str, ...] | None = None
-    correction: str | None = "stream"
+    # "auto": stream under a latency budget, where it beat refit at all five budgets of
+    # benchmarks/latency_quality.py; refit under a FLOPs or parameter budget, where stream was not better in
+    # every cell of benchmarks/quality.py (ResNet-20 at 40% FLOPs: 85.46% against 86.60%). None: no correction.
+    correction: str | None = AUTO_CORRECTION
     inputs: str = "auto"  # the kind of synthetic inputs (dac_search.proxies.synthetic)
     proxy_images: int = 64
     measure_points: int = 8  # Pareto points measured end to end at the end
@@ -44,6 +50,11 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.methods is None:
             object.__setattr__(self, "methods", PLAN_METHODS if self.budget.kind == "latency" else METHODS)
+        if self.correction == AUTO_CORRECTION:
+            object.__setattr__(self, "correction", "stream" if self.budget.kind == "latency" else "refit")
+        if self.correction is not None and self.correction not in CORRECTIONS:
+            raise ConfigError(f"--correction takes {AUTO_CORRECTION}, none or one of {', '.join(CORRECTIONS)}, "
+                              f"got {self.correction!r}")
         unknown = [m for m in self.methods if m not in PLAN_METHODS]
         if unknown or not self.methods:
             raise ConfigError(f"--methods takes a comma list of {', '.join(PLAN_METHODS)}, "

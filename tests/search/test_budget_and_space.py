@@ -132,6 +132,15 @@ def test_the_refinement_takes_turns_at_margins_under_the_budget() -> None:
     assert slack(plan_of(space, queued[0].system_attrs["fixed_params"])) <= -0.5
 
 
+def test_the_default_correction_is_stream_under_a_latency_budget_and_refit_under_others() -> None:
+    assert SearchConfig("cifar10-resnet20", parse_budget("0.6x")).correction == "stream"
+    assert SearchConfig("cifar10-resnet20", parse_budget("50%flops"), device="none").correction == "refit"
+    assert SearchConfig("cifar10-resnet20", parse_budget("0.6x"), correction="refit").correction == "refit"
+    assert SearchConfig("cifar10-resnet20", parse_budget("0.6x"), correction=None).correction is None
+    with pytest.raises(ConfigError, match="--correction takes auto"):
+        SearchConfig("cifar10-resnet20", parse_budget("0.6x"), correction="strem")
+
+
 def test_every_method_is_a_candidate_by_default() -> None:
     assert SearchConfig("cifar10-resnet20", parse_budget("0.6x")).methods == (*METHODS, "prune")
     assert SearchConfig("cifar10-resnet20", parse_budget("50%flops"), device="none").methods == METHODS
