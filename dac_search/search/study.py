@@ -200,6 +200,14 @@ def claimed_trials(study: optuna.Study) -> int:
 
 
 def is_surplus(study: optuna.Study, number: int, total: int) -> bool:
-    """Whether trial ``number`` came after the study's ``total`` was already taken by other workers'
-    complete or running trials (workers ask for trials at once: the lower numbers win)."""
-    return sum(t.number < number for t in study.get_trials(deepcopy=False, states=CLAIMED)) >= total
+    """Whether trial ``number`` started after the study's ``total`` was already taken by complete or running
+    trials. Trials are ordered by their start, then number: every worker reads the same order from the
+    storage, so exactly ``total`` go on. (Ordered by number alone, a queued retry, numbered when it was
+    queued but started last, went on past the total: 25 complete trials of 24.)"""
+    claimed = study.get_trials(deepcopy=False, states=CLAIMED)
+
+    def start(trial: FrozenTrial) -> tuple[datetime, int]:
+        return trial.datetime_start or datetime.max, trial.number
+
+    mine = next((start(t) for t in claimed if t.number == number), (datetime.max, number))
+    return sum(start(t) < mine for t in claimed if t.number != number) >= total

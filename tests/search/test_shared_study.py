@@ -46,6 +46,19 @@ def _running_trial_of(server: PostgresServer, run_dir: Path, pid: int):
     return next((t for t in trials if str(t.user_attrs.get("worker", "")).endswith(f":{pid}")), None)
 
 
+def _kill_mid_trial(server: PostgresServer, run_dir: Path, process: subprocess.Popen):
+    """SIGKILL ``process`` in the middle of a trial, and that trial. A trial lasts a fraction of a second:
+    the process is stopped first, and killed only if the trial it was seen running is running still."""
+    while True:
+        seen = _wait_for(lambda: _running_trial_of(server, run_dir, process.pid))
+        process.send_signal(signal.SIGSTOP)
+        if _study(server, run_dir).trials[seen.number].state == TrialState.RUNNING:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return seen
+        process.send_signal(signal.SIGCONT)  # it finished that trial between the two looks: catch the next
+
+
 class ConnectionWatch:
     """The most connections each dac-search worker held at once, read from pg_stat_activity as they run."""
 
@@ -89,9 +102,7 @@ def test_workers_on_one_postgresql_study_add_up_to_the_total_and_survive_a_kill_
         # the first worker fills the set-up's caches and is killed in its first trial: a worker that starts
         # later could find every trial taken before its own set-up ends, and never be caught mid-trial
         victim = worker(0)
-        running = _wait_for(lambda: _running_trial_of(postgres, tmp_path / "w0", victim.pid))
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
+        running = _kill_mid_trial(postgres, tmp_path / "w0", victim)
         second, third = worker(1), worker(2)  # both from the warm caches, at once
         for process in (second, third):
             assert process.wait(timeout=TIMEOUT) == 0, process.stderr.read()

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from dac_search.errors import ConfigError
 from dac_search.search.identity import SearchIdentity
-from dac_search.search.study import WORKER, Heartbeat, fail_dead_trials, open_study
+from dac_search.search.study import WORKER, Heartbeat, fail_dead_trials, is_surplus, open_study
 
 # ask() outside optimize() is how a killed worker leaves its trial; Optuna warns about heartbeats
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
@@ -63,6 +63,18 @@ def test_two_workers_failing_one_dead_trial_at_once_fail_it_once(tmp_path, monke
         read_a_moment_ago if states == (TrialState.RUNNING,) else fresh(deepcopy=deepcopy, states=states)))
     assert fail_dead_trials(study, claim_within_s=0.2) == 0
     assert [t.state for t in fresh(deepcopy=False)] == [TrialState.FAIL, TrialState.WAITING]  # one retry
+
+
+def test_a_queued_retry_that_starts_after_the_total_was_taken_is_surplus(tmp_path) -> None:
+    """A retry is numbered when it is queued but may start after later-numbered trials took the total."""
+    study = _study(tmp_path)
+    study.enqueue_trial({"log_lambda": 1.0}, user_attrs={"retry_of": 7})  # trial 0, waiting
+    for _ in range(2):  # trials 1 and 2 start first
+        study._storage.create_new_trial(study._study_id)
+    retry = study.ask()  # the queued trial 0 starts last
+    assert retry.number == 0
+    assert is_surplus(study, 0, total=2) and not is_surplus(study, 0, total=3)
+    assert not is_surplus(study, 1, total=2) and not is_surplus(study, 2, total=2) and is_surplus(study, 2, total=1)
 
 
 def test_a_trial_whose_worker_on_another_host_stopped_beating_is_failed_and_retried_by_a_live_worker(tmp_path) -> None:
