@@ -54,7 +54,7 @@ PlanLike = RankPlan | Mapping[str, Any] | str | os.PathLike[str]
 
 def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | None = None, *,
                     settings: RefitSettings | None = None, dense: bool = False,
-                    ref: Reference | None = None) -> nn.Module:
+                    ref: Reference | None = None, branches: BranchInputs | None = None) -> nn.Module:
     """The model ``plan`` names, in eval mode: a deep copy of ``model``, the original left untouched.
 
     ``plan``: a ``RankPlan``, its dict form or a path to its JSON. A plan with a correction needs its
@@ -63,7 +63,8 @@ def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | Non
     ``inputs``: fit the correction on these instead (what a ``ModelProxy`` scored with).
     ``dense``: the same function with dense convs, to measure accuracy fast on CPU (never to deploy).
     ``ref``: the original model's reference on ``inputs`` at every layer, when the caller has it already
-    (a ``ModelProxy`` does), so it is not computed again.
+    (a ``ModelProxy`` does), so it is not computed again; ``branches``: likewise, under ``stream``, the
+    residual branches of ``model`` (``stream_branches``), so the model is not traced again.
     """
     plan = RankPlan.coerce(plan)
     check_correction(plan.correction)
@@ -81,7 +82,8 @@ def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | Non
         inputs = default_inputs(model, plan.input_shape, kind=plan.inputs)
     consumers = refitted_consumers(model, pruning, factorised) if plan.correction in REFITS else {}
     removed = pruning.removed
-    branches = stream_branches(model, plan.correction)
+    if branches is None:
+        branches = stream_branches(model, plan.correction)
     if ref is None:
         ref = reference(model, inputs, [*factorised.layers, *consumers, *(s.consumer for s in removed.values())],
                         settings, branches.shortcuts if branches else None)

@@ -305,8 +305,8 @@ def run_plan(model: nn.Module, workbench: nn.Module, plan: RankPlan, inputs: tor
     """One forward pass of the plan's model on ``inputs``, fitting ``correction`` layer after layer.
 
     ``workbench``: a deep copy of ``model`` (reused across calls; left as it was found).
-    ``branches``: under ``stream``, where residual branches start and end (their inputs are captured in
-    this pass, also for the caller's own refits).
+    ``branches``: under ``stream`` (None otherwise), where residual branches start and end (their inputs are
+    captured in this pass, also for the caller's own refits).
     """
     check_correction(correction)
     validate_plan(model, plan)
@@ -323,7 +323,7 @@ def run_plan(model: nn.Module, workbench: nn.Module, plan: RankPlan, inputs: tor
         elif correction == "bias":
             handles.append(stand.register_forward_hook(_bias_hook(name, layers, ref)))
     with _swapped(workbench, stands):
-        if correction == "stream" and branches is not None:
+        if branches is not None:
             handles += branches.hooks(workbench)  # on the producers as this pass runs them (stand-ins too)
         try:
             with removing(handles), eval_mode(workbench), torch.no_grad():

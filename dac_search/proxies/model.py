@@ -128,7 +128,8 @@ class ModelProxy:
         """A plan that prunes changes widths, which the workbench's swap-in stand-ins cannot: it is built
         whole, by the function that builds every exported model, fitted on this proxy's inputs."""
         ref = self._reference if self.correction is not None else None
-        return decompose_model(self.model, plan, self.fit_inputs, settings=self.settings, dense=dense, ref=ref)
+        return decompose_model(self.model, plan, self.fit_inputs, settings=self.settings, dense=dense, ref=ref,
+                               branches=self._branches)
 
 
 def _prunes(plan: RankPlan) -> bool:
