@@ -33,6 +33,7 @@ from dac_search.decompose.prune import branch_constant
 from dac_search.errors import ConfigError
 from dac_search.plan import RankPlan
 from dac_search.proxies._hooks import removing
+from dac_search.proxies.replay import PartialPass
 from dac_search.proxies.correction import (
     REFITS,
     BranchInputs,
@@ -54,7 +55,8 @@ PlanLike = RankPlan | Mapping[str, Any] | str | os.PathLike[str]
 
 def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | None = None, *,
                     settings: RefitSettings | None = None, dense: bool = False,
-                    ref: Reference | None = None, branches: BranchInputs | None = None) -> nn.Module:
+                    ref: Reference | None = None, branches: BranchInputs | None = None,
+                    partial: PartialPass | None = None) -> nn.Module:
     """The model ``plan`` names, in eval mode: a deep copy of ``model``, the original left untouched.
 
     ``plan``: a ``RankPlan``, its dict form or a path to its JSON. A plan with a correction needs its
@@ -64,7 +66,9 @@ def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | Non
     ``dense``: the same function with dense convs, to measure accuracy fast on CPU (never to deploy).
     ``ref``: the original model's reference on ``inputs`` at every layer, when the caller has it already
     (a ``ModelProxy`` does), so it is not computed again; ``branches``: likewise, under ``stream``, the
-    residual branches of ``model`` (``stream_branches``), so the model is not traced again.
+    residual branches of ``model`` (``stream_branches``), so the model is not traced again. ``partial``: the
+    part of the fitting pass to run (a ``ModelProxy`` scoring one layer's change replays the front before it
+    and stops after its last fitted layer).
     """
     plan = RankPlan.coerce(plan)
     check_correction(plan.correction)
@@ -96,7 +100,7 @@ def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | Non
         _consumer_refit(workbench, name, ref.targets[name], channels, pruning, settings or RefitSettings(), branches))
         for name, channels in consumers.items()]
     with removing(handles):
-        result = run_plan(base, workbench, factorised, inputs, ref, plan.correction, settings, branches)
+        result = run_plan(base, workbench, factorised, inputs, ref, plan.correction, settings, branches, partial)
     fitted = workbench if pruning.keep else model  # the pruned network with its consumers refitted
     return assemble_dense(fitted, result.layers) if dense else assemble(fitted, factorised, result.layers)
 

@@ -43,6 +43,7 @@ from dac_search.errors import ConfigError
 from dac_search.plan import CORRECTIONS, REFITS, RankPlan
 from dac_search.proxies import _factors
 from dac_search.proxies._hooks import eval_mode, removing
+from dac_search.proxies.replay import PartialPass, Prefix, run_network
 from dac_search.proxies.synthetic import AUTO, synthetic_inputs
 
 DEFAULT_INPUTS: Mapping[str, Any] = {"kind": AUTO, "n": 64, "seed": 0}  # decompose_model's and the search's
@@ -104,9 +105,10 @@ class FittedLayer:
 
 @dataclass(frozen=True)
 class PassResult:
-    """The logits of the (corrected) decomposed model on the inputs, and what each layer became."""
+    """The logits of the (corrected) decomposed model on the inputs (None: the pass stopped once its layers
+    were fitted), and what each layer became."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     layers: Mapping[str, FittedLayer]
 
 
@@ -301,12 +303,13 @@ def initial_layers(model: nn.Module, plan: RankPlan) -> dict[str, FittedLayer]:
 
 def run_plan(model: nn.Module, workbench: nn.Module, plan: RankPlan, inputs: torch.Tensor,
              ref: Reference | None, correction: str | None, settings: RefitSettings | None = None,
-             branches: BranchInputs | None = None) -> PassResult:
+             branches: BranchInputs | None = None, partial: PartialPass | None = None) -> PassResult:
     """One forward pass of the plan's model on ``inputs``, fitting ``correction`` layer after layer.
 
     ``workbench``: a deep copy of ``model`` (reused across calls; left as it was found).
     ``branches``: under ``stream`` (None otherwise), where residual branches start and end (their inputs are
     captured in this pass, also for the caller's own refits).
+    ``partial``: replay the unchanged front, stop once the last layer is fitted (see ``replay``).
     """
     check_correction(correction)
     validate_plan(model, plan)
@@ -327,7 +330,7 @@ def run_plan(model: nn.Module, workbench: nn.Module, plan: RankPlan, inputs: tor
             handles += branches.hooks(workbench)  # on the producers as this pass runs them (stand-ins too)
         try:
             with removing(handles), eval_mode(workbench), torch.no_grad():
-                logits = workbench(inputs)
+                logits = run_network(workbench, inputs, partial)
         finally:
             if branches is not None:
                 branches.clear()
@@ -335,11 +338,14 @@ def run_plan(model: nn.Module, workbench: nn.Module, plan: RankPlan, inputs: tor
 
 
 def evaluate(model: nn.Module, workbench: nn.Module, layers: Mapping[str, FittedLayer],
-             inputs: torch.Tensor) -> torch.Tensor:
-    """Logits of the model made of ``layers`` (already fitted) on other ``inputs``, via dense stand-ins."""
+             inputs: torch.Tensor, prefix: Prefix | None = None) -> torch.Tensor:
+    """Logits of the model made of ``layers`` (already fitted) on other ``inputs``, via dense stand-ins
+    (``prefix``: the unchanged front of the pass, replayed)."""
     stands = {name: _stand_in(model.get_submodule(name), layer) for name, layer in layers.items()}
     with _swapped(workbench, stands), eval_mode(workbench), torch.no_grad():
-        return workbench(inputs)
+        logits = run_network(workbench, inputs, PartialPass(prefix))
+    assert logits is not None
+    return logits
 
 
 def _refit_hook(name: str, conv: nn.Conv2d, layers: dict[str, FittedLayer], ref: Reference | None,

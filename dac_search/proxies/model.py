@@ -13,8 +13,9 @@ the refit (1.2 s held out).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -39,8 +40,11 @@ from dac_search.proxies.correction import (
     reference,
     run_plan,
 )
+from dac_search.decompose.prune import check_site, prune_sites
+from dac_search.errors import PlanError
 from dac_search.proxies.layer import RankChoice, resolve_ranks
 from dac_search.proxies.outputs import ProxyScore, compare, distributions_of
+from dac_search.proxies.replay import PartialPass, Prefix, record_prefix, run_network, verify_prefix
 
 
 class ModelProxy:
@@ -72,6 +76,7 @@ class ModelProxy:
                                             shortcuts=self._branches.shortcuts if self._branches else None)
             self._scored_logits = model(inputs) if self.held_out else self._reference.logits
         self._distributions = distributions_of(model, self._scored_logits)
+        self._front: _Front | None = None  # set while scoring one layer's changes (``changing``)
 
     @property
     def held_out(self) -> bool:
@@ -90,9 +95,34 @@ class ModelProxy:
                               f"{self.correction!r}")
         return replace(plan, correction=self.correction)
 
-    def _run(self, plan: RankPlan) -> PassResult:
+    def _run(self, plan: RankPlan, partial: PartialPass | None = None) -> PassResult:
         return run_plan(self.model, self._workbench, plan, self.fit_inputs, self._reference, self.correction,
-                        self.settings, self._branches)
+                        self.settings, self._branches, partial)
+
+    @contextmanager
+    def changing(self, layer: str) -> Iterator[None]:
+        """Within it, a plan that changes only ``layer`` is scored without computing again what comes before
+        that layer (replayed from one recorded pass of the original), and its fit stops after the last layer
+        it fits when it is scored on other inputs: what a table of single-layer changes needs (the same
+        scores, about a quarter of the passes on resnet50). Any other plan is scored as outside it."""
+        with eval_mode(self.model), torch.no_grad():
+            fit = record_prefix(self.model, self.fit_inputs, layer)
+            scored = fit if not self.held_out else record_prefix(self.model, self.inputs, layer)
+        usable = (fit is not None and scored is not None
+                  and verify_prefix(self._workbench, fit, self._reference.logits)
+                  and (scored is fit or verify_prefix(self._workbench, scored, self._scored_logits)))
+        self._front = _Front(layer, fit, scored, self._consumer(layer)) if usable else None
+        try:
+            yield
+        finally:
+            self._front = None
+
+    def _consumer(self, layer: str) -> str | None:
+        """The conv a pruned ``layer`` feeds (the last one its pruning refits), None if it cannot be pruned."""
+        try:
+            return check_site(prune_sites(self.model), layer).consumer
+        except PlanError:
+            return None
 
     def build(self, plan: RankPlan | Mapping[str, Any], *, dense: bool = False) -> nn.Module:
         """The decomposed (and corrected) model the score judged, with real factorised layers, in eval mode.
@@ -114,22 +144,42 @@ class ModelProxy:
         plan = self._plan(plan)
         if not plan.layers:
             return ProxyScore(0.0, 1.0 if self._distributions else None)
+        front = self._front if self._front is not None and set(plan.layers) == {self._front.layer} else None
         if _prunes(plan):
-            with torch.no_grad():
-                return compare(self._scored_logits, self._pruned(plan, dense=True)(self.inputs), self._distributions)
-        result = self._run(plan)
+            fit = None if front is None else PartialPass(
+                front.fit, front.consumer if self.held_out else None)
+            network = self._pruned(plan, dense=True, partial=fit)
+            with eval_mode(network), torch.no_grad():
+                logits = run_network(network, self.inputs, PartialPass(front and front.scored))
+            assert logits is not None
+            return compare(self._scored_logits, logits, self._distributions)
+        if front is None:
+            result = self._run(plan)
+        else:
+            result = self._run(plan, PartialPass(front.fit, front.layer if self.held_out else None))
         if not self.held_out:  # the fitting pass already ran on the scored inputs
+            assert result.logits is not None
             return compare(self._scored_logits, result.logits, self._distributions)
-        return compare(self._scored_logits, evaluate(self.model, self._workbench, result.layers, self.inputs),
-                       self._distributions)
+        logits = evaluate(self.model, self._workbench, result.layers, self.inputs, front and front.scored)
+        return compare(self._scored_logits, logits, self._distributions)
 
 
-    def _pruned(self, plan: RankPlan, dense: bool) -> nn.Module:
+    def _pruned(self, plan: RankPlan, dense: bool, partial: PartialPass | None = None) -> nn.Module:
         """A plan that prunes changes widths, which the workbench's swap-in stand-ins cannot: it is built
         whole, by the function that builds every exported model, fitted on this proxy's inputs."""
         ref = self._reference if self.correction is not None else None
         return decompose_model(self.model, plan, self.fit_inputs, settings=self.settings, dense=dense, ref=ref,
-                               branches=self._branches)
+                               branches=self._branches, partial=partial)
+
+
+@dataclass(frozen=True)
+class _Front:
+    """The recorded front of the original before ``layer``, on the fitting and the scored inputs."""
+
+    layer: str
+    fit: Prefix
+    scored: Prefix
+    consumer: str | None
 
 
 def _prunes(plan: RankPlan) -> bool:
@@ -161,8 +211,12 @@ def layer_sensitivity(proxy: ModelProxy, layers: Sequence[str] | None = None, me
         conv = convs.get(name)
         if conv is None:
             raise ConfigError(f"layer {name!r} is not a decomposable conv of this model")
-        for method in methods:
-            for rank in resolve_ranks(ranks, name, method, rank_limit(conv, method)):
+        wanted = [(method, rank) for method in methods for rank in resolve_ranks(ranks, name, method,
+                                                                                 rank_limit(conv, method))]
+        if not wanted:
+            continue
+        with proxy.changing(name):
+            for method, rank in wanted:
                 choice = LayerChoice(method, rank, default_variant(method))
                 table[(name, method, rank)] = proxy.score(RankPlan({name: choice})).kl
     return table
