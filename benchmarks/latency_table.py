@@ -6,6 +6,10 @@ time of the table is set against measuring every plan end to end. Also: run-to-r
 
     python benchmarks/latency_table.py                 # 50 plans, resnet56 b1/b32 and resnet50 b1
     python benchmarks/latency_table.py --plans 10 --cases resnet56-b1
+    python benchmarks/latency_table.py --table-settings table,repeats=10:repeat_s=0.1:max_attempts=2
+
+``--table-settings``: one table per entry, each built in its own fresh cache and judged against the same
+end-to-end measurements (``table``: what a search uses; else ``key=value`` pairs of ``MeasureSettings``).
 
 Weights do not change latency, so models are built untrained (no download needed).
 """
@@ -13,13 +17,14 @@ Weights do not change latency, so models are built untrained (no download needed
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torchvision
@@ -28,10 +33,12 @@ from torch import nn
 from dac_search.cost import trace_geometry
 from dac_search.decompose import LAYERS, METHODS, max_rank
 from dac_search.export import export_for
-from dac_search.latency import LatencyTableBuilder, default_candidates
+from dac_search.latency import LatencyTable, LatencyTableBuilder, default_candidates
+from dac_search.latency.builder import TABLE_SETTINGS, BuildStats
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.zoo.cifar_resnet import CifarResNet
 from profilers import Profiler, load_device, make_profiler
+from profilers.base import MeasureSettings
 
 CASES = {
     "resnet56-b1": (lambda: CifarResNet(56), (1, 3, 32, 32)),
@@ -43,6 +50,7 @@ CASES = {
 @dataclass(frozen=True)
 class CaseResult:
     case: str
+    settings: str
     layers: int
     table_models: int
     table_device_s: float
@@ -69,12 +77,23 @@ def random_plan(model: nn.Module, layers: Sequence[str], rng: random.Random) -> 
     return RankPlan(chosen)
 
 
-def run_case(name: str, profiler: Profiler, args: argparse.Namespace, cache_dir: Path) -> CaseResult:
+def parse_settings(text: str) -> MeasureSettings:
+    """``table`` (the settings a search's table uses on this device) or ``repeats=5:repeat_s=0.05``."""
+    if text == "table":
+        return TABLE_SETTINGS
+    fields = {f.name: f.type for f in dataclasses.fields(MeasureSettings)}
+    values = dict(pair.split("=", 1) for pair in text.split(":"))
+    return replace(MeasureSettings(), **{k: (int if "int" in str(fields[k]) else float)(v) for k, v in values.items()})
+
+
+def run_case(name: str, profiler: Profiler, args: argparse.Namespace, cache_dir: Path) -> list[CaseResult]:
     make, shape = CASES[name]
     model = make().eval()
-    builder = LatencyTableBuilder(profiler, cache_dir=cache_dir)
-    table = builder.build(model, shape, candidates=default_candidates(points=args.points))
-    table_cost = builder.stats
+    tables = []
+    for i, text in enumerate(args.table_settings.split(",")):
+        builder = LatencyTableBuilder(profiler, cache_dir=cache_dir / f"{name}-{i}", settings=parse_settings(text))
+        tables.append((text, builder.build(model, shape, candidates=default_candidates(points=args.points)),
+                       builder.stats))
     rng = random.Random(args.seed)
     layers = list(trace_geometry(model, shape))
     calibration = [random_plan(model, layers, rng) for _ in range(args.calibration)]
@@ -85,14 +104,23 @@ def run_case(name: str, profiler: Profiler, args: argparse.Namespace, cache_dir:
     measured = measure.measure_plans(model, shape, [RankPlan(), *calibration, *plans])
     e2e_s = (time.monotonic() - start) * len(plans) / (len(plans) + len(calibration) + 1)
     original, calibration_ms, plans_ms = measured[0], measured[1 : 1 + len(calibration)], measured[1 + len(calibration):]
+    return [_judged(name, text, table, cost, len(layers), e2e_s, original, list(zip(calibration, calibration_ms)),
+                    list(zip(plans, plans_ms))) for text, table, cost in tables]
+
+
+def _judged(name: str, settings: str, table: LatencyTable, table_cost: BuildStats, layers: int, e2e_s: float,
+            original: float, calibration: list[tuple[RankPlan, float]], plans: list[tuple[RankPlan, float]]
+            ) -> CaseResult:
+    """One table's predictions against the plans' end-to-end measurements."""
     anchored = table.with_original(original)
-    calibrated = anchored.calibrated(list(zip(calibration, calibration_ms)))
-    raw_errors = [anchored.predict_raw(p) / m - 1 for p, m in zip(plans, plans_ms)]
-    errors = [calibrated.predict(p) / m - 1 for p, m in zip(plans, plans_ms)]
+    calibrated = anchored.calibrated(calibration)
+    raw_errors = [anchored.predict_raw(p) / m - 1 for p, m in plans]
+    errors = [calibrated.predict(p) / m - 1 for p, m in plans]
     c = calibrated.correction
     return CaseResult(
         case=name,
-        layers=len(layers),
+        settings=settings,
+        layers=layers,
         table_models=table_cost.measured,
         table_device_s=table_cost.device_s,
         plans=len(plans),
@@ -124,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cov-runs", type=int, default=10)
     parser.add_argument("--cache-dir", type=Path, help="reuse layer timings (default: a fresh temporary dir)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--table-settings", default="table", help="comma-separated; see the module doc")
     args = parser.parse_args(argv)
     cases = [case for case in args.cases.split(",") if case]
     unknown = set(cases) - set(CASES)
@@ -136,17 +165,17 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{info['runtime']} {info['runtime_version']}, threads {info['threads'] or 'default'}\n")
         results = []
         for case in cases:
-            results.append(run_case(case, profiler, args, args.cache_dir or Path(fresh)))
+            results += run_case(case, profiler, args, args.cache_dir or Path(fresh))
             print(f"... {case} done", file=sys.stderr, flush=True)
         cov, medians = run_to_run_cov(profiler, args.cov_runs)
 
-    header = ["case", "layers", "table: models timed", "table: device s", "plans", "end to end: device s",
+    header = ["case", "table settings", "layers", "table: models timed", "table: device s", "plans", "end to end: device s",
               "within ±10% (raw)", "within ±10% (corrected)", "median error", "worst error", "correction scale",
               "original ms"]
     print("| " + " | ".join(header) + " |")
     print("|---|" + "---:|" * (len(header) - 1))
     for r in results:
-        row = [r.case, r.layers, r.table_models, f"{r.table_device_s:.0f}", r.plans, f"{r.e2e_device_s:.0f}",
+        row = [r.case, r.settings, r.layers, r.table_models, f"{r.table_device_s:.0f}", r.plans, f"{r.e2e_device_s:.0f}",
                f"{r.within_raw:.0%}", f"{r.within:.0%}", f"{r.median_error:.1%}", f"{r.worst_error:.1%}",
                r.correction, f"{r.original_ms:.3f}"]
         print("| " + " | ".join(map(str, row)) + " |")
