@@ -32,10 +32,15 @@ from dac_search.shapes import parse_shape
 
 
 class TimedView(LiveView):
-    """The live view, remembering when the first and the last trial finished."""
+    """The live view, remembering when each set-up step began and when the first and the last trial finished."""
 
     first_trial_at: float | None = None
     last_trial_at: float | None = None
+    steps: list[tuple[float, str]] = []
+
+    def say(self, message: str) -> None:
+        TimedView.steps.append((time.monotonic(), message))
+        super().say(message)
 
     def trial_done(self, proxy: float, cost: float, feasible: bool) -> None:
         now = time.monotonic()
@@ -63,10 +68,12 @@ def main() -> None:
     print("| device | budget | set-up s | trials | trials s | trials/min | final measurement s | total s "
           "| best plan: measured ratio, FLOPs kept, methods |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    setups = []
     for device in args.devices.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["DAC_SEARCH_CACHE"] = str(Path(tmp) / "cache")
             TimedView.first_trial_at = TimedView.last_trial_at = None
+            TimedView.steps = []
             budget = args.budget if device == "none" else args.latency_budget
             config = SearchConfig(model=args.model, budget=parse_budget(budget), device=device,
                                   input_shape=shape, trials=args.trials, out=Path(tmp) / "run",
@@ -79,6 +86,20 @@ def main() -> None:
             rate = (args.trials - 1) / (last - first) * 60 if last > first else float("nan")
             print(f"| {device} | {budget} | {first - start:.1f} | {args.trials} | {last - first:.1f} | {rate:.0f} "
                   f"| {start + total - last:.1f} | {total:.1f} | {_best(Path(tmp) / 'run')} |", flush=True)
+            setups.append((device, _steps(start, first)))
+    for device, steps in setups:
+        print(f"\nset-up of `{device}`, step by step:\n\n| step | s |\n|---|---:|")
+        for message, seconds in steps:
+            print(f"| {message} | {seconds:.1f} |")
+
+
+def _steps(start: float, first_trial: float) -> list[tuple[str, float]]:
+    """Each set-up message the search said and the seconds until the next one (the last: until the first
+    trial ended)."""
+    said = [(at, message) for at, message in TimedView.steps if at < first_trial]
+    ends = [at for at, _ in said[1:]] + [first_trial]
+    return [("loading the model", said[0][0] - start)] * bool(said) + [
+        (message, end - at) for (at, message), end in zip(said, ends)]
 
 
 def _best(run_dir: Path) -> str:
