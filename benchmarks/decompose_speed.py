@@ -18,7 +18,7 @@ from dac_search.decompose import factors as factors_module
 
 
 def one_pass(model: torch.nn.Module, method: str, variant: str | None) -> tuple[float, float, int]:
-    factors_module._CACHE.clear()  # pay for every SVD again
+    factors_module.clear_cache()  # pay for every SVD again
     layers = decomposable_layers(model, (method,))  # the 1x1 convs with channel only
     start = time.perf_counter()
     for conv in layers.values():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import itertools
 
 import pytest
@@ -96,7 +98,22 @@ def test_one_svd_per_layer_and_method_is_cached() -> None:
     assert factorize(conv, "dac") is first
     with torch.no_grad():
         conv.weight.mul_(2)  # an in-place edit invalidates the cached factors
-    assert factorize(conv, "dac") is not first
+    doubled = factorize(conv, "dac")
+    assert doubled is not first and torch.allclose(doubled.s, 2 * first.s)
+
+
+def test_a_copy_of_a_model_reuses_its_factors_until_its_weights_change() -> None:
+    """A plan that prunes is built on a copy of the model: its unpruned layers' weights are new tensors of the
+    same values, and must not cost an SVD each again."""
+    conv = nn.Conv2d(8, 16, 3)
+    first = factorize(conv, "channel")
+    copied = copy.deepcopy(conv)
+    assert factorize(copied, "channel") is first
+    assert factorize(copied, "dac") is factorize(conv, "dac")
+    with torch.no_grad():
+        copied.weight[0].zero_()
+    assert factorize(copied, "channel") is not first
+    assert factorize(nn.Conv2d(8, 16, 3), "channel") is not first  # other values, same shape
 
 
 @pytest.mark.parametrize("conv,message", [

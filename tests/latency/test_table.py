@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from dac_search.errors import PlanError
-from dac_search.latency import Correction, LatencyTable, LatencyTableBuilder
+from dac_search.latency import Correction, LatencyTable, LatencyTableBuilder, table_settings
 from dac_search.latency.table import Timing, candidate_key, rank_grid
 from dac_search.plan import LayerChoice, RankPlan
 from profilers import LocalProfiler, MeasureSettings, load_device
@@ -186,3 +186,11 @@ def test_the_builder_times_the_depthwise_convs_a_pruned_producer_passes_through(
     quarter = RankPlan({"0": LayerChoice("prune", 12)})
     without_depthwise = replace(table, through={})
     assert table.predict_raw(quarter) < without_depthwise.predict_raw(quarter)  # the 3x3 at 12 channels is faster
+
+
+def test_a_table_times_each_layer_once_with_half_a_devices_repeats() -> None:
+    """A device's own warm-up and cooldown stay; its repeats are halved, each half as long, one attempt."""
+    device = MeasureSettings(warmup_s=2.0, repeat_s=0.2, repeats=12, max_attempts=3, cooldown_s=5.0)
+    assert table_settings(device) == MeasureSettings(warmup_s=2.0, repeat_s=0.1, repeats=6, max_attempts=1,
+                                                     max_cov=device.max_cov, cooldown_s=5.0)
+    assert table_settings(replace(device, repeats=4)).repeats == 3  # never fewer than three to take a median of
