@@ -103,7 +103,8 @@ def run_case(name: str, profiler: Profiler, args: argparse.Namespace, cache_dir:
     start = time.monotonic()
     measured = measure.measure_plans(model, shape, [RankPlan(), *calibration, *plans])
     e2e_s = (time.monotonic() - start) * len(plans) / (len(plans) + len(calibration) + 1)
-    original, calibration_ms, plans_ms = measured[0], measured[1 : 1 + len(calibration)], measured[1 + len(calibration):]
+    original, calibration_ms = measured[0], measured[1 : 1 + len(calibration)]
+    plans_ms = measured[1 + len(calibration):]
     return [_judged(name, text, table, cost, len(layers), e2e_s, original, list(zip(calibration, calibration_ms)),
                     list(zip(plans, plans_ms))) for text, table, cost in tables]
 
@@ -169,13 +170,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"... {case} done", file=sys.stderr, flush=True)
         cov, medians = run_to_run_cov(profiler, args.cov_runs)
 
-    header = ["case", "table settings", "layers", "table: models timed", "table: device s", "plans", "end to end: device s",
+    header = ["case", "table settings", "layers", "table: models timed", "table: device s", "plans",
+              "end to end: device s",
               "within ±10% (raw)", "within ±10% (corrected)", "median error", "worst error", "correction scale",
               "original ms"]
     print("| " + " | ".join(header) + " |")
     print("|---|" + "---:|" * (len(header) - 1))
     for r in results:
-        row = [r.case, r.settings, r.layers, r.table_models, f"{r.table_device_s:.0f}", r.plans, f"{r.e2e_device_s:.0f}",
+        row = [r.case, r.settings, r.layers, r.table_models, f"{r.table_device_s:.0f}", r.plans,
+               f"{r.e2e_device_s:.0f}",
                f"{r.within_raw:.0%}", f"{r.within:.0%}", f"{r.median_error:.1%}", f"{r.worst_error:.1%}",
                r.correction, f"{r.original_ms:.3f}"]
         print("| " + " | ".join(map(str, row)) + " |")

@@ -33,7 +33,6 @@ from dac_search.decompose.prune import branch_constant
 from dac_search.errors import ConfigError
 from dac_search.plan import RankPlan
 from dac_search.proxies._hooks import removing
-from dac_search.proxies.replay import PartialPass
 from dac_search.proxies.correction import (
     REFITS,
     BranchInputs,
@@ -49,6 +48,7 @@ from dac_search.proxies.correction import (
     reference,
     run_plan,
 )
+from dac_search.proxies.replay import PartialPass
 
 PlanLike = RankPlan | Mapping[str, Any] | str | os.PathLike[str]
 

@@ -33,15 +33,17 @@ def test_the_single_layer_table_scores_what_each_plan_scores_alone(resnet20: nn.
     table = layer_sensitivity(proxy, LAYERS, ["dac", "spatial", "channel", "prune"], _ranks)
     assert len(table) > 20
     for (name, method, rank), kl in table.items():
-        alone = proxy.score(RankPlan({name: LayerChoice(method, rank, default_variant(method))})).kl  # outside ``changing``: whole passes
+        choice = LayerChoice(method, rank, default_variant(method))
+        alone = proxy.score(RankPlan({name: choice})).kl  # outside ``changing``: whole passes
         assert kl == pytest.approx(alone, rel=1e-4, abs=1e-9), (name, method, rank)
     assert len({round(v, 12) for v in table.values()}) > len(table) // 2  # not one value everywhere
 
 
 def test_within_changing_a_plan_of_other_layers_is_scored_whole(resnet20: nn.Module, distilled: torch.Tensor) -> None:
     proxy = ModelProxy(resnet20, distilled[8:], "refit", fit_inputs=distilled[:8])
-    plan = RankPlan({"layer1.0.conv1": LayerChoice("dac", 1, "stacked"), "layer2.0.conv1": LayerChoice("dac", 1, "stacked")})
-    other = RankPlan({"layer1.0.conv1": LayerChoice("dac", 1, "stacked")})
+    one = LayerChoice("dac", 1, "stacked")
+    plan = RankPlan({"layer1.0.conv1": one, "layer2.0.conv1": one})
+    other = RankPlan({"layer1.0.conv1": one})
     outside = proxy.score(plan).kl, proxy.score(other).kl
     with proxy.changing("layer2.0.conv1"):  # the plans change an earlier layer: nothing may be replayed
         inside = proxy.score(plan).kl, proxy.score(other).kl
