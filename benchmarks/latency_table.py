@@ -17,7 +17,6 @@ Weights do not change latency, so models are built untrained (no download needed
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import random
 import statistics
 import sys
@@ -81,9 +80,9 @@ def parse_settings(text: str) -> MeasureSettings:
     """``table`` (the settings a search's table uses on this device) or ``repeats=5:repeat_s=0.05``."""
     if text == "table":
         return TABLE_SETTINGS
-    fields = {f.name: f.type for f in dataclasses.fields(MeasureSettings)}
+    default = MeasureSettings()
     values = dict(pair.split("=", 1) for pair in text.split(":"))
-    return replace(MeasureSettings(), **{k: (int if "int" in str(fields[k]) else float)(v) for k, v in values.items()})
+    return replace(default, **{k: type(getattr(default, k))(v) for k, v in values.items()})  # each as its default's type
 
 
 def run_case(name: str, profiler: Profiler, args: argparse.Namespace, cache_dir: Path) -> list[CaseResult]:

@@ -29,6 +29,11 @@ class _Stop(Exception):
     """Raised from a hook to end a forward pass early."""
 
 
+def _stop(*hook_args: Any) -> None:
+    """A forward hook or pre-hook that ends the pass."""
+    raise _Stop
+
+
 @dataclass(frozen=True)
 class Prefix:
     """What the original network's modules before ``cut`` returned on ``inputs``, call by call."""
@@ -67,12 +72,9 @@ def record_prefix(model: nn.Module, inputs: torch.Tensor, cut: str) -> Prefix | 
             recorded.setdefault(name, []).append(_clone(output))  # cloned: later in-place ops change it
         return hook
 
-    def stop(module: nn.Module, args: tuple[Any, ...]) -> None:
-        raise _Stop
-
     handles = [module.register_forward_hook(keep(name)) for name, module in model.named_modules()
                if name and name not in around and name != cut and name.rpartition(".")[0] in around]
-    handles.append(model.get_submodule(cut).register_forward_pre_hook(stop))
+    handles.append(model.get_submodule(cut).register_forward_pre_hook(_stop))
     with removing(handles), eval_mode(model), torch.no_grad():
         try:
             model(inputs)
@@ -126,9 +128,7 @@ def run_network(network: nn.Module, inputs: torch.Tensor, partial: PartialPass |
         raise ValueError("a prefix replays the inputs it was recorded on")
     handles = []
     if partial.stop_after is not None:
-        def stop(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            raise _Stop
-        handles.append(network.get_submodule(partial.stop_after).register_forward_hook(stop))
+        handles.append(network.get_submodule(partial.stop_after).register_forward_hook(_stop))
     with removing(handles):
         try:
             if partial.prefix is None:
