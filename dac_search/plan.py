@@ -6,7 +6,8 @@ JSON form (layers not listed are kept as they are)::
      "correction": "refit", "layers": {"layer1.0.conv1": {"method": "dac", "rank": 3, "variant": "stacked"}}}
 
 ``correction`` (optional): fitted on synthetic inputs of the kind ``inputs`` names (optional; absent:
-``auto``, decided by the model), so the plan alone rebuilds the model the search scored.
+``auto``, decided by the model), ``fit_images`` of them (optional; absent: ``FIT_SCALE`` times the batch the
+search scores with, see ``dac_search.proxies.correction.fit_of``), so the plan alone rebuilds its model.
 
 ``{"method": "prune", "rank": r}`` on a producer conv keeps r of its output channels, and ``"rank": 0``
 removes the residual branch it starts (see ``dac_search.decompose.prune``); its consumer may be factorised in the same plan. One name, one choice:
@@ -98,9 +99,14 @@ class RankPlan:
     correction: str | None = None
     # The kind of synthetic inputs the correction is fitted on (dac_search.proxies.synthetic); None = auto.
     inputs: str | None = None
+    # How many synthetic images the correction is fitted on; None = the default for the input shape.
+    fit_images: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", MappingProxyType(dict(sorted(self.layers.items()))))
+        images = self.fit_images
+        if images is not None and (isinstance(images, bool) or not isinstance(images, int) or images < 1):
+            raise PlanError(f"fit_images must be a positive integer or null, got {images!r}")
         if self.input_shape is not None:
             object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
 
@@ -111,6 +117,8 @@ class RankPlan:
             out["correction"] = self.correction
         if self.inputs is not None:
             out["inputs"] = self.inputs
+        if self.fit_images is not None:
+            out["fit_images"] = self.fit_images
         out["layers"] = {name: choice.to_dict() for name, choice in self.layers.items()}
         return out
 
@@ -140,7 +148,7 @@ class RankPlan:
         if inputs is not None and not isinstance(inputs, str):
             raise PlanError(f"inputs must be a kind of synthetic inputs or null, got {inputs!r}")
         return cls(layers=choices, model=data.get("model"), input_shape=tuple(shape) if shape else None,
-                   correction=correction, inputs=inputs)
+                   correction=correction, inputs=inputs, fit_images=data.get("fit_images"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

@@ -68,6 +68,10 @@ def test_plan_json_round_trip(tmp_path) -> None:
     forced = replace(plan, correction="refit", inputs="gaussian")
     assert json.loads(forced.to_json())["inputs"] == "gaussian" and RankPlan.coerce(forced.to_dict()) == forced
     assert RankPlan.coerce(forced.to_dict()).split()[1].inputs == "gaussian"  # what decompose_model refits on
+    assert "fit_images" not in data  # the default fit is not written
+    fitted = replace(forced, fit_images=256)
+    assert json.loads(fitted.to_json())["fit_images"] == 256 and RankPlan.coerce(fitted.to_dict()) == fitted
+    assert RankPlan.coerce(fitted.to_dict()).split()[1].fit_images == 256
 
 
 def test_decompose_model_is_a_deep_copy_and_accepts_every_plan_form(tmp_path) -> None:
@@ -111,6 +115,12 @@ def test_bad_plan_files(tmp_path) -> None:
         RankPlan.load(tmp_path / "bad.json")
     with pytest.raises(PlanError, match="format"):
         RankPlan.from_dict({"format": "other@2", "layers": {}})
+
+
+@pytest.mark.parametrize("images", [0, -3, True, 2.5, "256"])
+def test_a_plans_fit_images_is_a_positive_integer(images) -> None:
+    with pytest.raises(PlanError, match="fit_images"):
+        RankPlan.from_dict({"layers": {}, "fit_images": images})
 
 
 @pytest.mark.parametrize("shape", [[1, 3, True, 32], [1, 3, 32], "1,3,32,32", [1, 3, 65536, 65536]])

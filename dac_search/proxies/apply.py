@@ -1,8 +1,9 @@
 """A plan applied to a model: pruning, the factorised layers, then the plan's correction. One plan, one model.
 
 ``decompose_model`` is what the search scored, what ``dac-search export`` writes and what a Python user
-gets from the same plan file: the correction (``refit``, ``bias``) is fitted on the default synthetic
-inputs of the plan's input shape, made deterministically (seed 0), so the plan alone rebuilds the model.
+gets from the same plan file: the correction (``refit``, ``bias``) is fitted on synthetic inputs of the
+plan's input shape, as many as the plan names (``fit_of``: by default four times the batch the search scored
+with), made deterministically (seed 0), so the plan alone rebuilds the model.
 
 Pruning (``dac_search.decompose.prune``) comes first: the factorised layers and their correction work on
 the pruned network. Under ``refit`` a pruned producer's consumer conv is refitted too (weight and bias,
@@ -44,6 +45,7 @@ from dac_search.proxies.correction import (
     check_correction,
     default_inputs,
     fit_conv,
+    fit_of,
     initial_layers,
     reference,
     run_plan,
@@ -83,7 +85,9 @@ def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | Non
         if plan.input_shape is None:
             raise ConfigError(f"the plan asks for the {plan.correction!r} correction but has no input_shape "
                               "to make the synthetic inputs it is fitted on; add \"input_shape\" to the plan")
-        inputs = default_inputs(model, plan.input_shape, kind=plan.inputs)
+        images, fit_settings = fit_of(plan.input_shape, plan.fit_images)
+        inputs = default_inputs(model, plan.input_shape, kind=plan.inputs, n=images)
+        settings = settings or fit_settings
     consumers = refitted_consumers(model, pruning, factorised) if plan.correction in REFITS else {}
     removed = pruning.removed
     if branches is None:

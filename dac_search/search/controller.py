@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from dac_search.errors import ConfigError
 from dac_search.eval_data import EvalData
-from dac_search.proxies.apply import decompose_model
+from dac_search.plan import RankPlan
 from dac_search.rundir import Baseline, RunInfo, TrialRow, read_run_info, write_pareto, write_run, write_trials
 from dac_search.search.baselines import uniform_baseline, with_top1
 from dac_search.search.config import SearchConfig
@@ -158,7 +158,9 @@ def _final_front(ctx: SearchContext, run_dir: Path, rows: list[TrialRow], view: 
     complete = [p for p in rows if p.state == "COMPLETE"]
     if ctx.pool is None or not measure:
         return unmeasured_front(complete, ctx.judge)
-    timer = DeviceTimer(ctx.pool, lambda p: decompose_model(ctx.model, run_dir / p.plan), ctx.model,
+    # built by the proxy, fitted on its own inputs: the plan's architecture, which is all a timing sees, without
+    # distilling the plan's larger fit in the middle of a search (the export pays that once)
+    timer = DeviceTimer(ctx.pool, lambda p: ctx.proxy.build(RankPlan.load(run_dir / p.plan)), ctx.model,
                         ctx.input_shape, paired=ctx.budget.relative_latency)
     return measured_front(complete, ctx.judge, timer, ctx.config.measure_points * 2, view.say, ctx.pool.config.name)
 

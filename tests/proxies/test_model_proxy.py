@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -133,14 +134,26 @@ def test_decompose_model_makes_its_default_inputs_from_the_plan_alone(monkeypatc
     with torch.no_grad():
         first, second = decompose_model(model, plan)(x), decompose_model(model, plan)(x)
     assert torch.equal(first, second)
-    assert len(list((tmp_path / "synthetic").glob("*.pt"))) == 1
+    assert len(list((tmp_path / "synthetic").glob("*.pt"))) == 1  # the plan's fit, FIT_SCALE x 8 images
     with pytest.raises(ConfigError, match="no input_shape"):
         decompose_model(model, RankPlan(plan.layers, None, None, "refit"))
-    proxy = default_proxy(model, (1, 3, 8, 8), "refit")  # fitted where decompose_model fits, scored elsewhere
-    assert proxy.held_out and len(list((tmp_path / "synthetic").glob("*.pt"))) == 2
+    proxy = default_proxy(model, (1, 3, 8, 8), "refit")  # the search's batch of 8, scored on 8 others
+    assert proxy.held_out and len(list((tmp_path / "synthetic").glob("*.pt"))) == 3
+    as_scored = replace(plan, fit_images=8)  # a plan can name the scoring batch: then it is the proxy's model
     with torch.no_grad():
-        assert torch.allclose(proxy.build(plan)(x), first, atol=1e-6)
+        assert torch.allclose(proxy.build(plan)(x), decompose_model(model, as_scored)(x), atol=1e-6)
+        assert not torch.allclose(first, decompose_model(model, as_scored)(x), atol=1e-4)
     assert not default_proxy(model, (1, 3, 8, 8)).held_out
+
+
+def test_a_plan_is_fitted_on_more_images_and_positions_than_the_search_scores_with() -> None:
+    from dac_search.proxies.correction import FIT_SCALE, RefitSettings, fit_of
+
+    images, settings = fit_of((1, 3, 32, 32))
+    assert (images, settings.samples) == (FIT_SCALE * 64, FIT_SCALE * RefitSettings().samples)
+    assert fit_of((1, 3, 224, 224))[0] == FIT_SCALE * 8
+    assert fit_of((1, 3, 32, 32), 64) == (64, RefitSettings())  # the scoring batch's own settings
+    assert fit_of((1, 3, 32, 32), 16)[1].samples == 1024
 
 
 def test_layer_sensitivity_measures_single_layer_changes(resnet20: nn.Module, distilled: torch.Tensor) -> None:
