@@ -1,9 +1,10 @@
 """A plan applied to a model: pruning, the factorised layers, then the plan's correction. One plan, one model.
 
-``decompose_model`` is what the search scored, what ``dac-search export`` writes and what a Python user
-gets from the same plan file: the correction (``refit``, ``bias``) is fitted on synthetic inputs of the
-plan's input shape, as many as the plan names (``fit_of``: by default four times the batch the search scored
-with), made deterministically (seed 0), so the plan alone rebuilds the model.
+``decompose_model`` is the model a plan names: what ``dac-search export`` writes and what a Python user gets
+from the same plan file. The correction (``refit``, ``bias``, ``stream``) is fitted on synthetic inputs of the
+plan's input shape, as many as the plan names (``fit_of``: by default four times the batch the search scores
+plans with, so the same layers as scored, fitted on more evidence), made deterministically (seed 0), so the
+plan alone rebuilds the model.
 
 Pruning (``dac_search.decompose.prune``) comes first: the factorised layers and their correction work on
 the pruned network. Under ``refit`` a pruned producer's consumer conv is refitted too (weight and bias,

@@ -50,7 +50,8 @@ class ModelProxy:
     """Scores plans of one model on fixed synthetic inputs, with an optional data-free correction.
 
     ``correction``: None, ``"bias"``, ``"refit"`` or ``"stream"`` (see ``correction.py``). A plan naming a different
-    correction is refused, so what is scored is what ``decompose_model`` rebuilds. ``fit_inputs``: fit the
+    correction is refused; ``build`` gives the model the score judged (``decompose_model`` builds a plan's
+    own model, with the same layers fitted on more images: ``fit_of``). ``fit_inputs``: fit the
     correction on these and score on ``inputs`` (held out). Scored on the images it was fitted on, a
     refit looks better than it is, and more so the more it can fit: on ResNet-20 held-out scoring
     raised the proxy's Spearman rho against real top-1 from 0.87 to 0.94 (``default_proxy`` does it).
@@ -193,8 +194,8 @@ def _prunes(plan: RankPlan) -> bool:
 
 def default_proxy(model: nn.Module, input_shape: Sequence[int], correction: str | None = None,
                   inputs: str | None = None) -> ModelProxy:
-    """The proxy a plan file's correction agrees with: fitted on ``default_inputs`` of kind ``inputs`` (what
-    ``decompose_model`` refits on), scored on a second batch (next seed) when there is a correction to fit."""
+    """The search's proxy: fitted on ``default_inputs`` of kind ``inputs`` (a plan's own model is fitted on more,
+    ``fit_of``), scored on a second batch (next seed) when there is a correction to fit."""
     fit = default_inputs(model, input_shape, kind=inputs)
     if correction is None:
         return ModelProxy(model, fit)

@@ -250,7 +250,7 @@ def _proxy(config: SearchConfig, model: nn.Module, shape: tuple[int, ...], say: 
     torch.manual_seed(config.seed)
     kind = resolve_kind(model, config.inputs, shape)
     if config.correction:
-        # Fitted on the inputs decompose_model() refits on (an exported plan rebuilds what was scored), and
+        # Fitted on the default batch (a plan's own model is fitted on FIT_SCALE times as many, once), and
         # scored on a second distilled batch: a refit scored where it was fitted flatters high ranks.
         say(f"making the {kind} inputs the correction is fitted on and scored on")
         return default_proxy(model, shape, config.correction, config.plan_inputs)
