@@ -436,7 +436,7 @@ def fit_of(input_shape: Sequence[int], fit_images: int | None = None) -> tuple[i
 
     A plan names its own count (``fit_images``); without one, ``FIT_SCALE`` times the search's scoring batch.
     The search ranks plans with the smaller fit, which it pays on every trial; the model a plan names is
-    built once, so it gets four times the evidence: more images, and as many more sampled positions per layer.
+    built once, so it gets ``FIT_SCALE`` times the evidence: more images, and as many more sampled positions per layer.
     On the best ResNet-56 plans of five latency budgets (0.8x to 0.4x) that added 0.0, 0.4, 0.7, 1.0 and 2.3
     points of real top-1 with the same layers; eight or sixteen times added -0.1 to +0.4 more, for two to five
     times the distillation, and more positions for the same images added nothing.
