@@ -17,10 +17,11 @@ class Option:
     """One way to run a layer, its cost and its proxy penalty.
 
     ``choice``: what the option does - a ``LayerChoice`` (None keeps the original) in the greedy
-    allocator; in the search space, the (layer, choice) pairs of a unit of layers (``()`` keeps them).
+    allocator; in the search space, the (layer, choice or None, precision) triples of a unit of layers
+    (``()`` keeps them).
     """
 
-    choice: LayerChoice | tuple[tuple[str, LayerChoice], ...] | None
+    choice: LayerChoice | tuple[tuple[str, LayerChoice | None, str], ...] | None
     cost: float
     penalty: float
 

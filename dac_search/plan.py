@@ -1,9 +1,17 @@
 """A rank plan: which layers to factorise, how and to what rank. Data that is saved and replayed.
 
-JSON form (layers not listed are kept as they are)::
+JSON form (layers not listed are kept as they are, in fp32)::
 
-    {"format": "dac-search/plan@1", "model": "cifar10-resnet56", "input_shape": [1, 3, 32, 32],
-     "correction": "refit", "layers": {"layer1.0.conv1": {"method": "dac", "rank": 3, "variant": "stacked"}}}
+    {"format": "dac-search/plan@2", "model": "cifar10-resnet56", "input_shape": [1, 3, 32, 32],
+     "correction": "refit", "quantization": {"calibration": "percentile", "percentile": 99.99, ...},
+     "layers": {"layer1.0.conv1": {"method": "dac", "rank": 3, "variant": "stacked", "precision": "int8"},
+                "layer1.0.conv2": {"precision": "int8"}}}
+
+``precision`` (optional, ``fp32`` when absent) is how the layer runs as deployed; an entry with a precision
+alone keeps the layer dense at that precision. A plan with an int8 layer carries its ``quantization``
+scheme (``dac_search.precision.QuantScheme``, the default filled in when absent); its other ops
+(additions, pooling, the classifier) run in int8 too, as ONNX Runtime's quantizer leaves them, and its
+fp32 convs stay float. Format ``plan@1`` (no precision) is still read.
 
 ``correction`` (optional): fitted on synthetic inputs of the kind ``inputs`` names (optional; absent:
 ``auto``, decided by the model), ``fit_images`` of them (optional; absent: ``FIT_SCALE`` times the batch the
@@ -27,9 +35,11 @@ from typing import Any
 from dac_search.atomic import write_text_atomic
 from dac_search.errors import ConfigError, PlanError
 from dac_search.methods import PLAN_METHODS, STRUCTURAL, default_variant, variants_of
+from dac_search.precision import FP32, INT8, QuantScheme, check_precision
 from dac_search.shapes import checked_shape
 
-PLAN_FORMAT = "dac-search/plan@1"
+PLAN_FORMAT = "dac-search/plan@2"
+READABLE_FORMATS = ("dac-search/plan@1", PLAN_FORMAT)  # @1: every layer fp32
 
 
 @dataclass(frozen=True)
@@ -71,7 +81,7 @@ class LayerChoice:
     def from_dict(cls, data: Mapping[str, Any], where: str = "layer") -> LayerChoice:
         if not isinstance(data, Mapping):
             raise PlanError(f"{where}: expected an object with method and rank, got {data!r}")
-        unknown = set(data) - {"method", "rank", "variant"}
+        unknown = set(data) - {"method", "rank", "variant", "precision"}
         if unknown:
             raise PlanError(f"{where}: unknown keys {sorted(unknown)}")
         method = data.get("method", "dac")
@@ -101,9 +111,19 @@ class RankPlan:
     inputs: str | None = None
     # How many synthetic images the correction is fitted on; None = the default for the input shape.
     fit_images: int | None = None
+    # Layer -> precision as deployed, for every layer not in fp32 (kept or replaced alike).
+    precisions: Mapping[str, str] = field(default_factory=dict)
+    # How the int8 layers are quantized; filled with the default when a layer is int8, None otherwise.
+    quantization: QuantScheme | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", MappingProxyType(dict(sorted(self.layers.items()))))
+        precisions = {name: check_precision(p, f"layer {name!r}") for name, p in self.precisions.items() if p != FP32}
+        object.__setattr__(self, "precisions", MappingProxyType(dict(sorted(precisions.items()))))
+        if not precisions:
+            object.__setattr__(self, "quantization", None)
+        elif self.quantization is None:
+            object.__setattr__(self, "quantization", QuantScheme())
         images = self.fit_images
         if images is not None and (isinstance(images, bool) or not isinstance(images, int) or images < 1):
             raise PlanError(f"fit_images must be a positive integer or null, got {images!r}")
@@ -119,15 +139,39 @@ class RankPlan:
             out["inputs"] = self.inputs
         if self.fit_images is not None:
             out["fit_images"] = self.fit_images
-        out["layers"] = {name: choice.to_dict() for name, choice in self.layers.items()}
+        if self.quantization is not None:
+            out["quantization"] = self.quantization.to_dict()
+        layers: dict[str, dict[str, Any]] = {}
+        for name in sorted({*self.layers, *self.precisions}):
+            entry = self.layers[name].to_dict() if name in self.layers else {}
+            if name in self.precisions:
+                entry["precision"] = self.precisions[name]
+            layers[name] = entry
+        out["layers"] = layers
         return out
+
+    def precision_of(self, layer: str) -> str:
+        return self.precisions.get(layer, FP32)
+
+    @property
+    def int8_layers(self) -> frozenset[str]:
+        return frozenset(name for name, p in self.precisions.items() if p == INT8)
+
+    @property
+    def changed(self) -> bool:
+        """True when the plan changes anything: a layer replaced, pruned or in another precision."""
+        return bool(self.layers or self.precisions)
+
+    def in_fp32(self) -> RankPlan:
+        """The same layers, every one in fp32: the float model the int8 one is quantized from."""
+        return replace(self, precisions={}, quantization=None)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RankPlan:
         if not isinstance(data, Mapping):
             raise PlanError("a plan must be a JSON object")
         fmt = data.get("format", PLAN_FORMAT)
-        if fmt != PLAN_FORMAT:
+        if fmt not in READABLE_FORMATS:
             raise PlanError(f"unsupported plan format {fmt!r} (expected {PLAN_FORMAT!r})")
         layers = data.get("layers")
         if not isinstance(layers, Mapping):
@@ -140,7 +184,16 @@ class RankPlan:
                 shape = list(checked_shape(shape, "input_shape"))
             except ConfigError as exc:
                 raise PlanError(str(exc)) from None
-        choices = {str(name): LayerChoice.from_dict(choice, where=f"layer {name!r}") for name, choice in layers.items()}
+        choices, precisions = {}, {}
+        for name, entry in layers.items():
+            where = f"layer {name!r}"
+            if isinstance(entry, Mapping) and "precision" in entry:
+                precisions[str(name)] = check_precision(entry["precision"], where)
+                if set(entry) == {"precision"}:
+                    continue  # the layer kept dense, at that precision
+            choices[str(name)] = LayerChoice.from_dict(
+                {k: v for k, v in entry.items() if k != "precision"} if isinstance(entry, Mapping) else entry, where)
+        scheme = data.get("quantization")
         correction = data.get("correction")
         if correction is not None and not isinstance(correction, str):
             raise PlanError(f"correction must be a name or null, got {correction!r}")
@@ -148,7 +201,8 @@ class RankPlan:
         if inputs is not None and not isinstance(inputs, str):
             raise PlanError(f"inputs must be a kind of synthetic inputs or null, got {inputs!r}")
         return cls(layers=choices, model=data.get("model"), input_shape=tuple(shape) if shape else None,
-                   correction=correction, inputs=inputs, fit_images=data.get("fit_images"))
+                   correction=correction, inputs=inputs, fit_images=data.get("fit_images"), precisions=precisions,
+                   quantization=None if scheme is None else QuantScheme.from_dict(scheme))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

@@ -11,6 +11,7 @@ from dac_search.budget import FORMS, parse_budget
 from dac_search.commands._common import STORAGE_ENV, console
 from dac_search.methods import PLAN_METHODS
 from dac_search.plan import CORRECTIONS
+from dac_search.precision import parse_precisions
 from dac_search.redact import mask_command
 from dac_search.search.config import AUTO_CORRECTION, SearchConfig, parse_duration
 from dac_search.shapes import parse_shape
@@ -33,6 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", help=f"comma list of {', '.join(PLAN_METHODS)} (default: all of them under "
                         "a latency budget, every factorisation but prune under a FLOPs or parameter budget)")
+    parser.add_argument("--precision", help="comma list of fp32, int8: the precisions each layer may run in "
+                        "(default: both under a latency budget, fp32 under a FLOPs or parameter budget); "
+                        "fp32 narrows to float layers")
     parser.add_argument("--correction", choices=(AUTO_CORRECTION, "none", *CORRECTIONS), default=AUTO_CORRECTION,
                         help="data-free correction on distilled inputs: bias, refit (each refitted conv to its own "
                         "original output) or stream (as refit, but a residual branch's last conv to the original "
@@ -60,6 +64,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         methods=None if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
         correction=None if args.correction == "none" else args.correction, inputs=args.inputs,
         proxy_images=args.proxy_images,
+        precisions=None if args.precision is None else parse_precisions(args.precision),
         eval_data=args.eval_data, mean=parse_floats(args.mean) if args.mean else None,
         std=parse_floats(args.std) if args.std else None,
         command=mask_command(["dac-search", *sys.argv[1:]]))

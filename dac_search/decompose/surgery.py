@@ -58,6 +58,13 @@ def check_plan(model: nn.Module, plan: RankPlan) -> Pruning:
     A factorised consumer of a pruned producer is checked at its pruned input width.
     """
     seen: dict[int, str] = {}
+    for name in plan.precisions:  # a layer in another precision is any conv of the model
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise PlanError(f"the plan gives layer {name!r} a precision, but this model has no such layer") from None
+        if not isinstance(module, nn.Conv2d):
+            raise PlanError(f"layer {name!r} is a {type(module).__name__}; a plan sets the precision of convs")
     for name in plan.layers:
         try:
             module = model.get_submodule(name)

@@ -117,7 +117,13 @@ def load_pt_export(path: str | os.PathLike[str], model: str | None = None) -> nn
 
 
 def export_for(runtime: str, model: nn.Module, path_stem: Path, input_shape: Sequence[int]) -> Path:
-    """``model`` in the file format ``runtime`` loads (the suffix is added to ``path_stem``)."""
+    """``model`` in the file format ``runtime`` loads (the suffix is added to ``path_stem``); an int8 model
+    (``dac_search.export.int8.Int8Model``) as the quantized file, for a runtime that has int8 kernels."""
+    from dac_search.export.int8 import Int8Model, check_int8_runtime
+
+    if isinstance(model, Int8Model):
+        check_int8_runtime(runtime)
+        return model.write_onnx(path_stem.with_suffix(".onnx"))
     if runtime == "torch":
         return export_torchscript(model, path_stem.with_suffix(".pt"), input_shape)
     if runtime == "litert":
@@ -129,8 +135,17 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], plan: RankPlan,
                  weights: str | None = None, fmt: str | None = None,
                  provenance: Mapping[str, Any] | None = None) -> Path:
     """Write ``model`` (already decomposed by ``plan``) in the format ``fmt`` or the one ``path`` names."""
+    from dac_search.export.int8 import Int8Model
+
     fmt = format_of(path, fmt)
     shape = plan.input_shape
+    if isinstance(model, Int8Model):
+        if fmt == "onnx":
+            return model.write_onnx(path)  # the QDQ model that was scored and timed
+        if fmt != "pt":
+            raise ConfigError(f"the plan has int8 layers, which dac-search writes as ONNX (QDQ) only; "
+                              f"use --format onnx, or pt for the float weights and the plan")
+        model = model.model  # the float weights; the plan's quantization rebuilds the int8 model
     if fmt == "onnx":
         return export_onnx(model, path, shape)
     if fmt == "torchscript":

@@ -27,6 +27,7 @@ from dac_search.decompose import METHODS, can_decompose, decompose_conv, replace
 from dac_search.decompose.prune import check_site, is_depthwise, prune_sites, slice_conv
 from dac_search.errors import PlanError
 from dac_search.export import export_for
+from dac_search.export.int8 import Int8Model, int8_for_timing
 from dac_search.latency.table import (
     INPUTS,
     CandidateFn,
@@ -37,6 +38,7 @@ from dac_search.latency.table import (
     default_candidates,
 )
 from dac_search.plan import LayerChoice, RankPlan
+from dac_search.precision import FP32
 from profilers.base import LatencyResult, MeasureSettings, Profiler
 
 CACHE_ENV = "DAC_SEARCH_LATENCY_CACHE"
@@ -151,9 +153,11 @@ class LatencyTableBuilder:
         *,
         candidates: CandidateFn | None = None,
         layers: Iterable[str] | None = None,
+        precisions: Sequence[str] = (FP32,),
     ) -> LatencyTable:
         """Time the original model end to end and every (unique) layer geometry alone, original and each
-        candidate; only what the cache lacks is measured, in batches of one runner call each.
+        candidate, in each of ``precisions`` (a pruned width in fp32 only); only what the cache lacks is
+        measured, in batches of one runner call each.
 
         ``layers``: by default every conv DAC can take (timed even with no candidate: a plan may still
         name it) and every other conv a candidate replaces (a 1x1 by ``channel``).
@@ -190,8 +194,11 @@ class LatencyTableBuilder:
         seen: set[str] = set()
         for name in names:
             geo, conv = geometry[name], model.get_submodule(name)
-            layer_jobs = [(candidate_key(choice), _layer_factory(conv, choice), geo.in_channels)
-                          for choice in [None, *offered.get(name, [])] if choice is None or choice.rank]
+            layer_jobs = [(candidate_key(choice, precision), _layer_factory(conv, choice, precision, geo.in_channels,
+                                                                            geo.in_hw, batch), geo.in_channels)
+                          for precision in precisions
+                          for choice in [None, *offered.get(name, [])]
+                          if (choice is None or choice.rank) and (precision == FP32 or not (choice and choice.structural))]
             layer_jobs += [(f"{INPUTS}/{width}", _slim_factory(conv, width), width) for width in inputs.get(name, [])]
             for candidate, factory, channels in layer_jobs:
                 key = cache.layer_key(geo.key(), batch, candidate)
@@ -243,7 +250,8 @@ class LatencyTableBuilder:
             return []
         with tempfile.TemporaryDirectory(prefix="dac-search-plans-") as tmp:
             paths = [
-                export_for(self.profiler.runtime, replace_layers(model, plan), Path(tmp) / f"plan-{i}", input_shape)
+                export_for(self.profiler.runtime, _timed_model(model, plan, input_shape), Path(tmp) / f"plan-{i}",
+                           input_shape)
                 for i, plan in enumerate(plans)
             ]
             shapes = [tuple(int(v) for v in input_shape)] * len(paths)
@@ -324,15 +332,30 @@ class LatencyTableBuilder:
         return self._cache
 
 
-def _layer_factory(conv: nn.Conv2d, choice: LayerChoice | None) -> Callable[[], nn.Module]:
+def _layer_factory(conv: nn.Conv2d, choice: LayerChoice | None, precision: str = FP32, channels: int = 0,
+                   hw: Sequence[int] = (), batch: int = 1) -> Callable[[], nn.Module]:
     """Builds the layer to time only when its turn comes (hundreds of candidates, built one chunk at a time).
 
-    A pruned producer is the dense conv at its kept outputs (which channels does not change its time)."""
+    A pruned producer is the dense conv at its kept outputs (which channels does not change its time); an
+    int8 layer is quantized alone, with the quantize and dequantize at its edges."""
+    if precision != FP32:
+        make = _layer_factory(conv, choice)
+        return lambda: int8_for_timing(make(), (batch, channels, *hw))
     if choice is None:
         return lambda: conv
     if choice.structural:
         return lambda: slice_conv(conv, out_keep=torch.arange(choice.rank))
     return lambda: decompose_conv(conv, choice.rank, choice.method, choice.variant)
+
+
+def _timed_model(model: nn.Module, plan: RankPlan, input_shape: Sequence[int]) -> nn.Module:
+    """The plan's architecture, its int8 layers quantized on random inputs: what a timing needs (the
+    activation ranges change the int8 model's values, not its speed)."""
+    built = replace_layers(model, plan)
+    if not plan.int8_layers:
+        return built
+    assert plan.quantization is not None
+    return Int8Model(built, plan.int8_layers, plan.quantization, None, input_shape)
 
 
 def _slim_factory(conv: nn.Conv2d, width: int) -> Callable[[], nn.Module]:

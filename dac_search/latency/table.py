@@ -29,6 +29,7 @@ from dac_search.decompose import LAYERS, METHODS, max_rank
 from dac_search.errors import ConfigError, PlanError
 from dac_search.methods import variants_of
 from dac_search.plan import LayerChoice, RankPlan
+from dac_search.precision import FP32, PRECISIONS
 
 ORIGINAL = "original"
 INPUTS = "inputs"  # candidate key prefix: the conv dense at fewer input channels, ``inputs/16``
@@ -37,11 +38,12 @@ TABLE_FORMAT = "dac-search/latency-table@1"
 CandidateFn = Callable[[str, nn.Conv2d], Iterable[LayerChoice]]
 
 
-def candidate_key(choice: LayerChoice | None) -> str:
-    """``original``, ``dac/3/stacked``, ``channel/16``."""
+def candidate_key(choice: LayerChoice | None, precision: str = FP32) -> str:
+    """``original``, ``dac/3/stacked``, ``channel/16``; in int8 ``original@int8``, ``dac/3/stacked@int8``."""
+    suffix = "" if precision == FP32 else f"@{precision}"
     if choice is None:
-        return ORIGINAL
-    return f"{choice.method}/{choice.rank}" + (f"/{choice.variant}" if choice.variant else "")
+        return ORIGINAL + suffix
+    return f"{choice.method}/{choice.rank}" + (f"/{choice.variant}" if choice.variant else "") + suffix
 
 
 def rank_grid(limit: int, points: int = 10) -> list[int]:
@@ -152,16 +154,19 @@ class LatencyTable:
         frozen = {geometry: MappingProxyType(dict(row)) for geometry, row in self.timings.items()}
         object.__setattr__(self, "timings", MappingProxyType(frozen))
 
-    def layer_ms(self, layer: str, choice: LayerChoice | None = None) -> float:
-        """Time of one layer alone, kept (``None``) or replaced; ranks between timed ones interpolated."""
+    def layer_ms(self, layer: str, choice: LayerChoice | None = None, precision: str = FP32) -> float:
+        """Time of one layer alone, kept (``None``) or replaced, in ``precision`` (an int8 layer alone includes
+        the quantize and dequantize at its edges); ranks between timed ones interpolated."""
         row = self._row(layer)
         if choice is None:
-            if ORIGINAL not in row:
-                raise PlanError(f"latency table has no timing of layer {layer!r}")
-            return row[ORIGINAL].median_ms
+            key = candidate_key(None, precision)
+            if key not in row:
+                what = "" if precision == FP32 else f" in {precision} (rebuild the table with that precision)"
+                raise PlanError(f"latency table has no timing of layer {layer!r}{what}")
+            return row[key].median_ms
         if choice.rank == 0:  # a removed branch: nothing of the conv runs
             return 0.0
-        return self._interpolated(row, layer, choice.method, choice.rank, choice.variant)
+        return self._interpolated(row, layer, choice.method, choice.rank, choice.variant, precision)
 
     def input_ms(self, layer: str, width: int) -> float:
         """Time of one layer alone, dense, reading only ``width`` of its input channels (a pruned
@@ -169,17 +174,20 @@ class LatencyTable:
         return 0.0 if width == 0 else self._interpolated(self._row(layer), layer, INPUTS, width, None)
 
     def _interpolated(self, row: Mapping[str, Timing], layer: str, prefix: str, rank: int,
-                      variant: str | None) -> float:
-        """``prefix/rank[/variant]`` from the row, linearly interpolated between the ranks timed."""
+                      variant: str | None, precision: str = FP32) -> float:
+        """``prefix/rank[/variant][@precision]`` from the row, linearly interpolated between the ranks timed."""
         tail = [variant] if variant else []
-        ranks = sorted(int(parts[1]) for parts in (key.split("/") for key in row)
+        suffix = "" if precision == FP32 else f"@{precision}"
+        ranks = sorted(int(parts[1]) for parts in (key.removesuffix(suffix).split("/") for key in row
+                                                   if key.endswith(suffix) and (suffix or "@" not in key))
                        if parts[0] == prefix and parts[2:] == tail)
         if not ranks:
-            name = "/".join([prefix, *tail])
-            raise PlanError(f"latency table has no {name} timings for layer {layer!r}; rebuild it with that method")
+            name = "/".join([prefix, *tail]) + suffix
+            raise PlanError(f"latency table has no {name} timings for layer {layer!r}; rebuild it with that "
+                            "method and precision")
 
         def at(r: int) -> float:
-            return row["/".join([prefix, str(r), *tail])].median_ms
+            return row["/".join([prefix, str(r), *tail]) + suffix].median_ms
 
         if len(ranks) == 1:
             return at(ranks[0])
@@ -192,9 +200,9 @@ class LatencyTable:
         plan = RankPlan.coerce(plan)
         total = self.original_ms
         widths = self._input_widths(plan)
-        for layer in sorted({*plan.layers, *widths}):
+        for layer in sorted({*plan.layers, *widths, *plan.precisions}):
             choice = plan.layers.get(layer)
-            time = self.layer_ms(layer, choice)
+            time = self.layer_ms(layer, choice, plan.precision_of(layer))
             if layer in widths:  # read at a pruned width: the dense conv's slimming applied to whatever runs
                 time *= self.input_ms(layer, widths[layer]) / self.layer_ms(layer)
             total += time - self.layer_ms(layer)
@@ -223,14 +231,19 @@ class LatencyTable:
     def predict(self, plan: RankPlan | Mapping[str, Any]) -> float:
         """Predicted latency (ms) of the model decomposed by ``plan`` on this device."""
         plan = RankPlan.coerce(plan)
-        return self.correction.apply(self.original_ms, self.predict_raw(plan), changed=bool(plan.layers))
+        return self.correction.apply(self.original_ms, self.predict_raw(plan), changed=plan.changed)
 
-    def fastest_variant(self, layer: str, method: str, rank: int) -> str | None:
+    def fastest_variant(self, layer: str, method: str, rank: int, precision: str = FP32) -> str | None:
         """The variant of ``method`` at ``rank`` that runs fastest on this device (None: no variants)."""
         variants = variants_of(method)
         if variants == (None,):
             return None
-        return min(variants, key=lambda variant: self.layer_ms(layer, LayerChoice(method, rank, variant)))
+        return min(variants, key=lambda variant: self.layer_ms(layer, LayerChoice(method, rank, variant), precision))
+
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions this table has timings in."""
+        found = {key.partition("@")[2] or FP32 for row in self.timings.values() for key in row}
+        return tuple(p for p in PRECISIONS if p in found)
 
     def with_original(self, original_ms: float) -> LatencyTable:
         """Re-anchored on a fresh end-to-end measurement of the original model (say, one taken alongside
@@ -247,7 +260,7 @@ class LatencyTable:
         """A copy whose correction is fitted on (plan, measured ms) pairs. The measurements should come
         from the same session as ``original_ms`` (see ``with_original``): the fit is on changes from it."""
         deltas = [(self.predict_raw(plan) - self.original_ms, ms - self.original_ms)
-                  for plan, ms in pairs if plan.layers]
+                  for plan, ms in pairs if plan.changed]
         return replace(self, correction=Correction.fit(deltas, self.original_ms))
 
     def _row(self, layer: str) -> Mapping[str, Timing]:

@@ -35,6 +35,7 @@ from dac_search.decompose.prune import branch_constant
 from dac_search.errors import ConfigError
 from dac_search.plan import RankPlan
 from dac_search.proxies._hooks import removing
+from dac_search.proxies.calibration import quantized
 from dac_search.proxies.correction import (
     REFITS,
     BranchInputs,
@@ -62,6 +63,10 @@ def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | Non
                     partial: PartialPass | None = None) -> nn.Module:
     """The model ``plan`` names, in eval mode: a deep copy of ``model``, the original left untouched.
 
+    A plan with int8 layers gives its int8 model (``dac_search.export.int8.Int8Model``: called, it runs the
+    quantized file in ONNX Runtime), calibrated as the plan's ``quantization`` says; ``dense`` gives the
+    float model alone.
+
     ``plan``: a ``RankPlan``, its dict form or a path to its JSON. A plan with a correction needs its
     ``input_shape`` (every plan the search writes has it) to make the synthetic inputs the correction is
     fitted on; without one this raises ``ConfigError`` rather than return a model the plan does not name.
@@ -74,6 +79,17 @@ def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | Non
     and stops after its last fitted layer).
     """
     plan = RankPlan.coerce(plan)
+    built = float_model(model, plan, inputs, settings=settings, dense=dense, ref=ref, branches=branches,
+                        partial=partial)
+    if plan.int8_layers and not dense:
+        return quantized(built, plan, model)
+    return built
+
+
+def float_model(model: nn.Module, plan: RankPlan, inputs: torch.Tensor | None = None, *,
+                settings: RefitSettings | None = None, dense: bool = False, ref: Reference | None = None,
+                branches: BranchInputs | None = None, partial: PartialPass | None = None) -> nn.Module:
+    """The plan's layers, every one in fp32 (``decompose_model`` before quantization)."""
     check_correction(plan.correction)
     pruning = check_plan(model, plan)
     base = pruning.apply(model) if pruning.keep else model

@@ -28,6 +28,7 @@ from dac_search.methods import default_variant
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.proxies._hooks import eval_mode
 from dac_search.proxies.apply import decompose_model, stream_branches
+from dac_search.proxies.calibration import calibration_inputs, quantized
 from dac_search.proxies.correction import (
     PassResult,
     Reference,
@@ -78,6 +79,7 @@ class ModelProxy:
         self._distributions = distributions_of(model, self._scored_logits)
         self._front: _Front | None = None  # set while scoring one layer's changes (``changing``)
         self._sites: dict[str, PruneSite | str] | None = None  # where the model can be pruned, traced once
+        self._calibrations: dict[tuple[Any, ...], torch.Tensor] = {}  # int8 calibration images by scheme
 
     @property
     def held_out(self) -> bool:
@@ -94,7 +96,16 @@ class ModelProxy:
         if plan.correction is not None and plan.correction != self.correction:
             raise ConfigError(f"the plan asks for correction {plan.correction!r} but this proxy applies "
                               f"{self.correction!r}")
-        return replace(plan, correction=self.correction)
+        shape = plan.input_shape or (1, *self.inputs.shape[1:])
+        return replace(plan, correction=self.correction, input_shape=shape)
+
+    def _calibration(self, plan: RankPlan) -> torch.Tensor:
+        """The images the plan's int8 layers are calibrated on (distilled once, kept for the next plan)."""
+        assert plan.quantization is not None and plan.input_shape is not None
+        key = (plan.quantization, plan.inputs, plan.input_shape[1:])
+        if key not in self._calibrations:
+            self._calibrations[key] = calibration_inputs(self.model, plan.input_shape, plan.quantization, plan.inputs)
+        return self._calibrations[key]
 
     def _run(self, plan: RankPlan, partial: PartialPass | None = None) -> PassResult:
         return run_plan(self.model, self._workbench, plan, self.fit_inputs, self._reference, self.correction,
@@ -133,9 +144,13 @@ class ModelProxy:
     def build(self, plan: RankPlan | Mapping[str, Any], *, dense: bool = False) -> nn.Module:
         """The decomposed (and corrected) model the score judged, with real factorised layers, in eval mode.
 
-        ``dense``: the same function with dense convs, to measure accuracy fast (never to deploy).
+        ``dense``: the same function with dense convs, to measure accuracy fast (never to deploy). A plan with
+        int8 layers gives its int8 model (``dense``: its float model), calibrated as the plan says.
         """
         plan = self._plan(plan)
+        if plan.int8_layers:
+            float_model = self.build(plan.in_fp32(), dense=dense)
+            return float_model if dense else quantized(float_model, plan, self.model, self._calibration(plan))
         if _prunes(plan):
             return self._pruned(plan, dense)
         if plan.correction is None or not plan.layers:
@@ -148,6 +163,9 @@ class ModelProxy:
     def score(self, plan: RankPlan | Mapping[str, Any]) -> ProxyScore:
         """KL and agreement of the plan's model against the original on the (scored) synthetic inputs."""
         plan = self._plan(plan)
+        if plan.int8_layers:  # the int8 arithmetic that ships, run by ONNX Runtime
+            with torch.no_grad():
+                return compare(self._scored_logits, self.build(plan)(self.inputs), self._distributions)
         if not plan.layers:
             return ProxyScore(0.0, 1.0 if self._distributions else None)
         front = self._front if self._front is not None and set(plan.layers) == {self._front.layer} else None

@@ -20,7 +20,12 @@ from dac_search.atomic import write_text_atomic
 from dac_search.decompose import decomposable_layers, rank_limit
 from dac_search.errors import ConfigError
 from dac_search.proxies.layer import RankChoice, resolve_ranks
+from dac_search.export.int8 import Int8Model
+from dac_search.plan import RankPlan
+from dac_search.precision import INT8, QuantScheme
+from dac_search.proxies.calibration import calibration_inputs
 from dac_search.proxies.model import ModelProxy, layer_sensitivity
+from dac_search.proxies.outputs import compare, distributions_of
 from dac_search.proxies.synthetic import cache_root, model_fingerprint
 
 Key = tuple[str, str, int]
@@ -48,6 +53,32 @@ def cached_layer_sensitivity(proxy: ModelProxy, layers: Sequence[str], methods: 
         known.update(layer_sensitivity(proxy, todo, methods, lambda name, method: missing[(name, method)]))
         write_text_atomic(path, json.dumps([[*key, value] for key, value in sorted(known.items())]))
     return {(name, method, r): known[(name, method, r)] for (name, method), rs in wanted.items() for r in rs}
+
+
+def cached_int8_sensitivity(proxy: ModelProxy, layers: Sequence[str], scheme: QuantScheme,
+                            say: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Layer -> what putting it alone in int8 adds to the proxy's KL, beyond the int8 ops every int8 plan has
+    (additions, pooling, the classifier: the plan with no conv in int8). One quantized model per layer, run by
+    ONNX Runtime, kept on disk beside the single-layer table (method ``int8:<scheme>``, rank 0)."""
+    path = cache_path(proxy)
+    known = _read(path)
+    method = "int8:" + hashlib.sha256(json.dumps(scheme.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    shape = (1, *proxy.inputs.shape[1:])
+    missing = [name for name in ["", *layers] if (name, method, 0) not in known]
+    if missing:
+        if say is not None:
+            say(f"measuring the int8 proxy of {len(missing)} layers")
+        for name in missing:  # "": no conv in int8, the ops around them only
+            if name:
+                model = proxy.build(RankPlan(precisions={name: INT8}, input_shape=shape, quantization=scheme))
+            else:
+                model = Int8Model(proxy.model, frozenset(), scheme, calibration_inputs(proxy.model, shape, scheme), shape)
+            with torch.no_grad():
+                known[(name, method, 0)] = compare(proxy.reference_logits, model(proxy.inputs),
+                                                   distributions_of(proxy.model, proxy.reference_logits)).kl
+        write_text_atomic(path, json.dumps([[*key, value] for key, value in sorted(known.items())]))
+    base = known[("", method, 0)]
+    return {name: max(known[(name, method, 0)] - base, 0.0) for name in layers}
 
 
 def cache_path(proxy: ModelProxy) -> Path:

@@ -10,6 +10,7 @@ from dac_search.budget import Budget
 from dac_search.errors import ConfigError
 from dac_search.methods import METHODS, PLAN_METHODS
 from dac_search.plan import CORRECTIONS
+from dac_search.precision import FP32, INT8, PRECISIONS
 
 AUTO_CORRECTION = "auto"  # the search's default correction, resolved by the budget's kind
 
@@ -40,6 +41,9 @@ class SearchConfig:
     # every cell of benchmarks/quality.py (ResNet-20 at 40% FLOPs: 85.46% against 86.60%). None: no correction.
     correction: str | None = AUTO_CORRECTION
     inputs: str = "auto"  # the kind of synthetic inputs (dac_search.proxies.synthetic)
+    # None: fp32 and int8 under a latency budget (the deployed model is int8 wherever it pays, and only the
+    # device can say where), fp32 alone under a FLOPs or parameter budget (counts that precision does not change)
+    precisions: tuple[str, ...] | None = None
     proxy_images: int = 64
     measure_points: int = 8  # Pareto points measured end to end at the end
     eval_data: str | None = None
@@ -50,6 +54,11 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.methods is None:
             object.__setattr__(self, "methods", PLAN_METHODS if self.budget.kind == "latency" else METHODS)
+        if self.precisions is None:
+            object.__setattr__(self, "precisions", PRECISIONS if self.budget.kind == "latency" else (FP32,))
+        elif INT8 in self.precisions and self.budget.kind != "latency":
+            raise ConfigError(f"--precision int8 needs a latency budget: int8 changes no FLOPs or parameter count "
+                              f"(budget {self.budget.text!r})")
         if self.correction == AUTO_CORRECTION:
             object.__setattr__(self, "correction", "stream" if self.budget.kind == "latency" else "refit")
         if self.correction is not None and self.correction not in CORRECTIONS:

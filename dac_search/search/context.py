@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -21,7 +21,9 @@ from dac_search.eval_data import EvalData, load_eval_data
 from dac_search.latency import LatencyTable, LatencyTableBuilder, table_settings
 from dac_search.methods import variants_of
 from dac_search.plan import LayerChoice, RankPlan
+from dac_search.precision import FP32, INT8, INT8_RUNTIMES, QuantScheme
 from dac_search.proxies import ModelProxy, cached_layer_sensitivity, default_proxy, synthetic_inputs
+from dac_search.proxies.sensitivity import cached_int8_sensitivity
 from dac_search.proxies.synthetic import resolve_kind
 from dac_search.search.config import SearchConfig
 from dac_search.search.final import Judge
@@ -69,19 +71,31 @@ class SearchContext:
     table: LatencyTable | None
     device_info: dict | None
     penalties: dict[tuple[str, str, int], float]  # single-layer KL of every (layer, method, rank)
+    precisions: tuple[str, ...] = (FP32,)  # offered: the config's, less int8 where the device has no int8 path
+    quantization: QuantScheme = QuantScheme()  # every int8 plan's scheme
+    int8_penalties: dict[str, float] = field(default_factory=dict)  # what the layer alone in int8 adds to the KL
 
     def score(self, plan: RankPlan) -> PlanScore:
         whole = self.proxy.score(plan)
-        additive = sum(self.penalty(name, choice) for name, choice in plan.layers.items())
+        additive = sum(self.penalty(name, plan.layers.get(name), plan.precision_of(name))
+                       for name in {*plan.layers, *plan.precisions})
         return PlanScore(math.sqrt(max(whole.kl, 0.0) * max(additive, 0.0)), whole.kl, additive, whole.agreement)
 
-    def penalty(self, name: str, choice: LayerChoice) -> float:
-        """Single-layer KL; for a choice outside the space (the paper's uniform ranks), from the same disk
-        cache as the rest, so a resumed search does not measure it again."""
-        key = (name, choice.method, choice.rank)
-        if key not in self.penalties:
-            self.penalties.update(cached_layer_sensitivity(self.proxy, [name], [choice.method], [choice.rank]))
-        return self.penalties[key]
+    def penalty(self, name: str, choice: LayerChoice | None, precision: str = FP32) -> float:
+        """Single-layer KL of replacing the layer by ``choice`` (None: kept) in ``precision``: the choice's own
+        KL plus, in int8, what the layer alone in int8 adds. A choice outside the space (the paper's uniform
+        ranks) comes from the same disk cache as the rest, so a resumed search does not measure it again."""
+        total = 0.0
+        if choice is not None:
+            key = (name, choice.method, choice.rank)
+            if key not in self.penalties:
+                self.penalties.update(cached_layer_sensitivity(self.proxy, [name], [choice.method], [choice.rank]))
+            total += self.penalties[key]
+        if precision == INT8:
+            if name not in self.int8_penalties:
+                self.int8_penalties.update(cached_int8_sensitivity(self.proxy, [name], self.quantization))
+            total += self.int8_penalties[name]
+        return total
 
     def latency(self, plan: RankPlan) -> float | None:
         return None if self.table is None else self.table.predict(plan)
@@ -140,14 +154,13 @@ def candidates(model: nn.Module, costs: CostModel, methods: tuple[str, ...]) -> 
     return {name: table_choices(model, costs, name, methods) for name in layers}
 
 
-def worth_scoring(name: str, choices: Sequence[LayerChoice],
-                  change: Callable[[Mapping[str, LayerChoice]], float]) -> list[LayerChoice]:
+def worth_scoring(name: str, choices: Sequence[LayerChoice], change: Callable[[RankPlan], float]) -> list[LayerChoice]:
     """The choices a trade-off could pick, known before any proxy is measured: cheaper than the layer kept,
     and cheaper than every higher rank of the same method (a higher rank loses less; one that also runs
     faster leaves the lower rank nothing, as long as the proxy does not rise with rank). On a CPU runtime
     many factorised ranks run slower than the dense conv or than a higher rank: on ResNet-20 (local,
     onnxruntime) this leaves 269 of 465 single-layer proxies to measure, the slow part of the set-up."""
-    costs = {c: change({name: c}) for c in choices}
+    costs = {c: change(RankPlan({name: c})) for c in choices}
     kept = []
     for method in dict.fromkeys(c.method for c in choices):
         cheapest = 0.0  # the layer kept
@@ -198,7 +211,10 @@ def build_context(config: SearchConfig, inputs: SearchInputs, say: Say, warn: Sa
     cands = candidates(model, costs, config.methods)
     if not cands:
         raise ConfigError(f"model {config.model!r} has no conv a factorisation can help")
-    device = _device_setup(config, model, shape, cands, say, warn) if config.has_device else None
+    precisions = _precisions(config, warn)
+    if INT8 in precisions:  # the input conv stays as it is, but may run in int8
+        cands = {next(iter(costs.geometry)): [], **cands}
+    device = _device_setup(config, model, shape, cands, precisions, say, warn) if config.has_device else None
     if device is not None:
         cands = {n: [_fastest(device.table, n, c) for c in cs] for n, cs in cands.items()}
     table = device.table if device else None
@@ -212,11 +228,14 @@ def build_context(config: SearchConfig, inputs: SearchInputs, say: Say, warn: Sa
         return [c.rank for c in cands[name] if c.method == method]
 
     penalties = cached_layer_sensitivity(proxy, [n for n, cs in cands.items() if cs], config.methods, offered, say)
-    space = SearchSpace.build(cands, change,
-                              lambda name, c: penalties[(name, c.method, c.rank)], config.model, shape,
-                              config.correction, _pairs(costs, cands), config.plan_inputs)
-    ctx = SearchContext(config, model, shape, costs, budget, proxy, space, device and device.pool, table,
-                        device and device.info, penalties)
+    scheme = QuantScheme()
+    int8 = cached_int8_sensitivity(proxy, list(cands), scheme, say) if INT8 in precisions else {}
+    ctx = SearchContext(config, model, shape, costs, budget, proxy, None, device and device.pool,  # type: ignore[arg-type]
+                        table, device and device.info, penalties, precisions, scheme, int8)
+    space = SearchSpace.build(cands, change, ctx.penalty, config.model, shape, config.correction,
+                              _pairs(costs, cands), config.plan_inputs, precisions,
+                              scheme if INT8 in precisions else None)
+    ctx = replace(ctx, space=space)
     if device is None:
         return ctx
     # Layers alone miss fusion and memory traffic, and cached timings are from another session: re-anchor
@@ -234,15 +253,28 @@ def _baseline(kind: str, costs: CostModel, table: LatencyTable | None) -> float 
             "flops": costs.baseline.flops, "params": costs.baseline.params}[kind]
 
 
+def _precisions(config: SearchConfig, warn: Say) -> tuple[str, ...]:
+    """The config's precisions, less int8 on a device whose runtime dac-search writes no int8 model for."""
+    precisions = tuple(config.precisions)
+    if INT8 not in precisions or not config.has_device:
+        return precisions
+    runtime = load_device(config.device).runtime
+    if runtime in INT8_RUNTIMES:
+        return precisions
+    warn(f"device {config.device!r} runs {runtime}, which has no int8 path in dac-search: searching fp32 layers only")
+    return tuple(p for p in precisions if p != INT8)
+
+
 def _device_setup(config: SearchConfig, model: nn.Module, shape: tuple[int, ...],
-                  cands: dict[str, list[LayerChoice]], say: Say, warn: Say) -> DeviceSetup:
+                  cands: dict[str, list[LayerChoice]], precisions: tuple[str, ...], say: Say,
+                  warn: Say) -> DeviceSetup:
     device = load_device(config.device)
     pool = DevicePool(device, warn)
     info = {"name": device.name, "runtime": device.runtime, **pool.primary.info()}
     say(f"building the latency table on {device.name}")
     builder = LatencyTableBuilder(pool.primary, settings=table_settings(device.measure))
     table_cands = {n: [v for c in cs for v in _variants(c)] for n, cs in cands.items()}
-    table = builder.build(model, shape, candidates=lambda name, conv: table_cands.get(name, []))
+    table = builder.build(model, shape, candidates=lambda name, conv: table_cands.get(name, []), precisions=precisions)
     return DeviceSetup(pool, builder, table, info)
 
 
@@ -259,14 +291,13 @@ def _proxy(config: SearchConfig, model: nn.Module, shape: tuple[int, ...], say: 
     return ModelProxy(model, inputs)
 
 
-def _change_share(budget: Budget, costs: CostModel,
-                  table: LatencyTable | None) -> Callable[[Mapping[str, LayerChoice]], float]:
-    """The cost change of the plan making only ``changes``, as a share of the original, in the search's
-    objective (a pruned producer's change includes its consumer's)."""
+def _change_share(budget: Budget, costs: CostModel, table: LatencyTable | None) -> Callable[[RankPlan], float]:
+    """The cost change of a plan of a few changes, as a share of the original, in the search's objective
+    (a pruned producer's change includes its consumer's)."""
     if budget.objective == "latency_ms":
         assert table is not None
-        return lambda changes: table.predict_raw(RankPlan(changes)) / table.original_ms - 1.0
-    return lambda changes: costs.cost(RankPlan(changes)).flops / costs.baseline.flops - 1.0
+        return lambda plan: table.predict_raw(plan) / table.original_ms - 1.0
+    return lambda plan: costs.cost(plan).flops / costs.baseline.flops - 1.0
 
 
 def _pairs(costs: CostModel, cands: Mapping[str, list[LayerChoice]]) -> dict[str, str]:

@@ -35,7 +35,8 @@ def settings_of(config: SearchConfig) -> tuple[tuple[str, str], ...]:
     return (("model", config.model), ("weights", config.weights or "default"), ("input_shape", shape),
             ("device", config.device), ("budget", config.budget.text), ("methods", ",".join(config.methods)),
             ("correction", config.correction or "none"), ("inputs", config.inputs),
-            ("proxy_images", str(config.proxy_images)), ("seed", str(config.seed)))
+            ("proxy_images", str(config.proxy_images)), ("seed", str(config.seed)),
+            ("precisions", ",".join(config.precisions)))
 
 
 def identity_of(config: SearchConfig, study: str | None = None) -> SearchIdentity:

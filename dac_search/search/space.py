@@ -13,6 +13,9 @@ the two layers' own hull options, plus each pruned width with the consumer dense
 producer with a factorised consumer is a valid plan, but not one the space offers: the consumer's
 single-layer penalty and table entries are measured at its full width. In a chain (a bottleneck's
 conv1 -> conv2 -> conv3) the first pair is taken, and its consumer is offered factorised only.
+
+Precision is one more axis of every option: each factorisation, and the layer kept, in each precision
+offered (int8 beside fp32 under a latency budget); a pruned width is offered in fp32 only.
 """
 
 from __future__ import annotations
@@ -23,11 +26,20 @@ from dataclasses import dataclass
 
 from dac_search.hull import Option, lower_hull
 from dac_search.plan import LayerChoice, RankPlan
+from dac_search.precision import FP32, QuantScheme
 
 LOG_LAMBDA_RANGE = (-5.0, 3.0)
 
 
-Changes = tuple[tuple[str, LayerChoice], ...]  # what an option does: (layer, choice) pairs; () keeps
+Change = tuple[str, LayerChoice | None, str]  # (layer, its replacement or None to keep it, its precision)
+Changes = tuple[Change, ...]  # what an option does; () keeps the unit as it is, in fp32
+
+
+def plan_of(changes: Changes, **fields: object) -> RankPlan:
+    """The plan making just ``changes`` (``fields``: the plan's other settings)."""
+    layers = {name: choice for name, choice, _ in changes if choice is not None}
+    precisions = {name: precision for name, _, precision in changes if precision != FP32}
+    return RankPlan(layers, precisions=precisions, **fields)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -53,30 +65,37 @@ class SearchSpace:
     """
 
     def __init__(self, layers: Sequence[LayerOptions], model: str | None, input_shape: Sequence[int],
-                 correction: str | None = None, inputs: str | None = None) -> None:
+                 correction: str | None = None, inputs: str | None = None,
+                 quantization: QuantScheme | None = None) -> None:
         self.layers = tuple(layers)
         self.model = model
         self.input_shape = tuple(input_shape)
         self.correction = correction
         self.inputs = inputs  # every plan's synthetic-input kind (None: auto)
+        self.quantization = quantization  # every int8 plan's scheme (None: the default)
 
     @classmethod
-    def build(cls, candidates: Mapping[str, Sequence[LayerChoice]], delta: Callable[[Mapping[str, LayerChoice]], float],
-              penalty: Callable[[str, LayerChoice], float], model: str | None, input_shape: Sequence[int],
+    def build(cls, candidates: Mapping[str, Sequence[LayerChoice]], delta: Callable[[RankPlan], float],
+              penalty: Callable[[str, LayerChoice | None, str], float], model: str | None, input_shape: Sequence[int],
               correction: str | None = None, pairs: Mapping[str, str] | None = None,
-              inputs: str | None = None) -> SearchSpace:
-        """``delta(changes)``: the cost change of the plan making just these changes, as a share of the
-        original. ``pairs``: producer -> consumer, for producers offered pruned (see the module doc)."""
+              inputs: str | None = None, precisions: Sequence[str] = (FP32,),
+              quantization: QuantScheme | None = None) -> SearchSpace:
+        """``delta(plan)``: the cost change of a plan making a few changes, as a share of the original.
+        ``penalty(layer, choice or None, precision)``: its single-layer proxy. ``pairs``: producer -> consumer,
+        for producers offered pruned (see the module doc). ``precisions``: those every option is offered in."""
         def option(changes: Changes) -> Option:
-            return Option(changes, delta(dict(changes)), sum(penalty(name, c) for name, c in changes))
+            return Option(changes, delta(plan_of(changes, quantization=quantization)),
+                          sum(penalty(name, c, p) for name, c, p in changes))
 
         def hull(options: Sequence[Option]) -> tuple[Option, ...]:
             return lower_hull([o for o in options if o.cost <= 0.0])
 
         def own(name: str, structural: bool | None = None) -> list[Option]:
             keep = Option((), 0.0, 0.0)
-            return [keep, *(option(((name, c),)) for c in candidates[name]
-                            if structural is None or c.structural == structural)]
+            kept = [option(((name, None, p),)) for p in precisions if p != FP32]
+            return [keep, *kept, *(option(((name, c, p),)) for c in candidates[name] for p in precisions
+                                   if (structural is None or c.structural == structural)
+                                   and (p == FP32 or not c.structural))]
 
         pairs = pairs or {}
         grouped = {consumer: producer for producer, consumer in pairs.items() if consumer in candidates}
@@ -93,17 +112,18 @@ class SearchSpace:
             # its own consumer, in another unit, could then be factorised at a width it was not priced at
             inner = own(consumer, False if consumer in pairs else None)
             joint = [option(a.choice + b.choice) for a in hull(own(name, False)) for b in hull(inner)]
-            units.append(LayerOptions(name, hull(joint + own(name, True)[1:])))
-        return cls(units, model, input_shape, correction, inputs)
+            structural = [o for o in own(name, True)[1:] if any(c and c.structural for _, c, _ in o.choice)]
+            units.append(LayerOptions(name, hull(joint + structural)))
+        return cls(units, model, input_shape, correction, inputs, quantization)
 
     def plan(self, log_lambda: float, shifts: Mapping[str, int] | None = None) -> RankPlan:
         lam = 10.0 ** log_lambda
         shifts = shifts or {}
-        chosen = {}
+        chosen: Changes = ()
         for layer in self.layers:
-            chosen.update(layer.pick(lam, shifts.get(layer.name, 0)).choice)
-        return RankPlan(chosen, model=self.model, input_shape=self.input_shape, correction=self.correction,
-                        inputs=self.inputs)
+            chosen += layer.pick(lam, shifts.get(layer.name, 0)).choice
+        return plan_of(chosen, model=self.model, input_shape=self.input_shape, correction=self.correction,
+                       inputs=self.inputs, quantization=self.quantization)
 
     def additive_cost(self, log_lambda: float) -> float:
         """The plan's cost as a share of the original's, as the sum of its units' changes."""

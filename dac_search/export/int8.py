@@ -1,0 +1,173 @@
+"""The int8 model a plan deploys: its float model written as ONNX, then quantized by ONNX Runtime's own static
+quantizer (QDQ format), calibrated on synthetic images. One function makes the file the search scores, the
+device times and ``dac-search export`` writes.
+
+``Int8Model`` wraps the float model with the names of its int8 layers and the calibration batch. Exported
+for ONNX Runtime it is that quantized file; called in Python it runs the same file in ONNX Runtime, so an
+accuracy measured on it (the proxy, ``--eval-data``, the benchmarks) is the arithmetic that ships, not a
+simulation of it.
+
+Which ops are int8: every conv of a listed layer (a factorised layer's every factor) and every op that is
+not a conv (additions, pooling, the classifier), as the quantizer leaves them; the convs of the layers not
+listed stay float, with the quantize/dequantize pairs at their edges that the quantizer puts there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dac_search.atomic import atomic_path
+from dac_search.errors import ConfigError
+from dac_search.export.formats import export_onnx
+from dac_search.precision import QuantScheme
+
+CALIBRATION_BATCH = 32  # images per calibration run: the ranges do not depend on it, the memory does
+TIMING_IMAGES = 4  # random calibration images of a model built only to be timed (ranges do not change its speed)
+
+
+class Int8Model(nn.Module):
+    """``model`` with ``layers`` (None: every op) quantized to int8 as ``scheme`` says, calibrated on
+    ``calibration`` (None: random inputs, for a model that is only timed)."""
+
+    def __init__(self, model: nn.Module, layers: frozenset[str] | None, scheme: QuantScheme,
+                 calibration: torch.Tensor | None, input_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.layers = layers
+        self.scheme = scheme
+        self.calibration = calibration
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self._onnx: bytes | None = None
+        self._session = None
+
+    def onnx_bytes(self) -> bytes:
+        """The quantized ONNX model (made once)."""
+        if self._onnx is None:
+            with tempfile.TemporaryDirectory(prefix="dac-search-int8-") as tmp:
+                path = Path(tmp) / "int8.onnx"
+                _quantize(self.model, path, self.layers, self.scheme, self._calibration(), self.input_shape)
+                self._onnx = path.read_bytes()
+        return self._onnx
+
+    def write_onnx(self, path: str | Path) -> Path:
+        with atomic_path(path) as tmp:
+            Path(tmp).write_bytes(self.onnx_bytes())
+        return Path(path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The int8 model's outputs, run by ONNX Runtime on the CPU (no gradient flows through it)."""
+        if self._session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            self._session = ort.InferenceSession(self.onnx_bytes(), options, providers=["CPUExecutionProvider"])
+        outputs = self._session.run(None, {"input": x.detach().cpu().float().numpy()})
+        return torch.from_numpy(outputs[0])
+
+    def _calibration(self) -> torch.Tensor:
+        if self.calibration is not None:
+            return self.calibration
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn((TIMING_IMAGES, *self.input_shape[1:]), generator=generator)
+
+
+def int8_for_timing(module: nn.Module, input_shape: Sequence[int]) -> Int8Model:
+    """``module`` all in int8, calibrated on random inputs: a layer of a latency table in int8."""
+    return Int8Model(module, None, QuantScheme(), None, input_shape)
+
+
+def module_of(node_name: str, modules: set[str]) -> str | None:
+    """The module an ONNX node of the TorchScript exporter belongs to: ``/layer1/layer1.0/conv1/depthwise.0/Conv``
+    is ``layer1.0.conv1.depthwise.0`` (each scope is named from the nearest scope above it, or from the root)."""
+    path = ""
+    for scope in node_name.strip("/").split("/")[:-1]:
+        below = f"{path}.{scope}" if path else scope
+        if below in modules:
+            path = below
+        elif scope in modules:
+            path = scope
+    return path or None
+
+
+def _fp32_convs(graph_nodes: Sequence, layers: frozenset[str], modules: set[str]) -> list[str]:
+    """The Conv nodes that stay float: those of no int8 layer."""
+    out = []
+    for node in graph_nodes:
+        if node.op_type != "Conv":
+            continue
+        owner = module_of(node.name, modules) or ""
+        if not any(owner == layer or owner.startswith(layer + ".") for layer in layers):
+            out.append(node.name)
+    return out
+
+
+def _quantize(model: nn.Module, path: Path, layers: frozenset[str] | None, scheme: QuantScheme,
+              calibration: torch.Tensor, input_shape: Sequence[int]) -> None:
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Batches(CalibrationDataReader):
+        def __init__(self, images: torch.Tensor) -> None:
+            self.batches = iter([{"input": images[i:i + CALIBRATION_BATCH].float().numpy()}
+                                 for i in range(0, len(images), CALIBRATION_BATCH)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    fp32 = path.with_name("fp32.onnx")
+    export_onnx(model, fp32, input_shape)
+    exclude: list[str] = []
+    if layers is not None:
+        modules = {name for name, _ in model.named_modules() if name}
+        exclude = _fp32_convs(onnx.load(str(fp32)).graph.node, layers, modules)
+    method = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax,
+              "entropy": CalibrationMethod.Entropy}[scheme.calibration]
+    try:
+        with _quiet():
+            quantize_static(str(fp32), str(path), Batches(calibration), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=method, nodes_to_exclude=exclude,
+                            extra_options={"CalibPercentile": scheme.percentile, "WeightSymmetric": True,
+                                           "ActivationSymmetric": False},
+                            calibration_providers=["CPUExecutionProvider"])
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"ONNX Runtime's quantizer failed on this model: {type(exc).__name__}: {exc}") from None
+    finally:
+        fp32.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The quantizer prints its progress and logs advice at WARNING: neither may break the live view."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def check_int8_runtime(runtime: str) -> None:
+    from dac_search.precision import INT8_RUNTIMES
+
+    if runtime not in INT8_RUNTIMES:
+        raise ConfigError(f"runtime {runtime!r} has no int8 path in dac-search (int8 models are written for "
+                          f"{', '.join(INT8_RUNTIMES)}); search with --precision fp32 on this device")
