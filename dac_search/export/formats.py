@@ -17,12 +17,13 @@ from torch import nn
 
 from dac_search.atomic import atomic_path
 from dac_search.errors import ConfigError
+from dac_search.int8_model import Int8Model, check_int8_runtime
+from dac_search.onnx_file import ONNX_OPSET, export_onnx
 from dac_search.plan import RankPlan
 
 FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".pt": "pt", ".tflite": "tflite"}
 EXPORT_FORMATS = ("onnx", "torchscript", "pt", "tflite")
 LITERT_EXTRA = "pip install 'dac-search[litert]'"
-ONNX_OPSET = 17
 PT_FORMAT = "dac-search/export@1"
 
 
@@ -33,17 +34,6 @@ def format_of(path: str | os.PathLike[str], explicit: str | None = None) -> str:
     if suffix not in FORMATS:
         raise ConfigError(f"cannot tell the format of {path}: use a name ending in {', '.join(FORMATS)}")
     return FORMATS[suffix]
-
-
-def export_onnx(model: nn.Module, path: str | os.PathLike[str], input_shape: Sequence[int]) -> Path:
-    """ONNX with a dynamic batch dimension (TorchScript-based exporter: no extra dependencies)."""
-    sample = torch.zeros(tuple(int(v) for v in input_shape))
-    with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (sample,), str(tmp), input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                          opset_version=ONNX_OPSET, dynamo=False)
-    return Path(path)
 
 
 def export_torchscript(model: nn.Module, path: str | os.PathLike[str], input_shape: Sequence[int]) -> Path:
@@ -118,9 +108,7 @@ def load_pt_export(path: str | os.PathLike[str], model: str | None = None) -> nn
 
 def export_for(runtime: str, model: nn.Module, path_stem: Path, input_shape: Sequence[int]) -> Path:
     """``model`` in the file format ``runtime`` loads (the suffix is added to ``path_stem``); an int8 model
-    (``dac_search.export.int8.Int8Model``) as the quantized file, for a runtime that has int8 kernels."""
-    from dac_search.export.int8 import Int8Model, check_int8_runtime
-
+    (``dac_search.int8_model.Int8Model``) as the quantized file, for a runtime that has int8 kernels."""
     if isinstance(model, Int8Model):
         check_int8_runtime(runtime)
         return model.write_onnx(path_stem.with_suffix(".onnx"))
@@ -135,8 +123,6 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], plan: RankPlan,
                  weights: str | None = None, fmt: str | None = None,
                  provenance: Mapping[str, Any] | None = None) -> Path:
     """Write ``model`` (already decomposed by ``plan``) in the format ``fmt`` or the one ``path`` names."""
-    from dac_search.export.int8 import Int8Model
-
     fmt = format_of(path, fmt)
     shape = plan.input_shape
     if isinstance(model, Int8Model):

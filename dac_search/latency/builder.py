@@ -27,7 +27,7 @@ from dac_search.decompose import METHODS, can_decompose, decompose_conv, replace
 from dac_search.decompose.prune import check_site, is_depthwise, prune_sites, slice_conv
 from dac_search.errors import PlanError
 from dac_search.export import export_for
-from dac_search.export.int8 import Int8Model, int8_for_timing
+from dac_search.int8_model import Int8Model, int8_for_timing
 from dac_search.latency.table import (
     INPUTS,
     CandidateFn,

@@ -63,7 +63,7 @@ def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | Non
                     partial: PartialPass | None = None) -> nn.Module:
     """The model ``plan`` names, in eval mode: a deep copy of ``model``, the original left untouched.
 
-    A plan with int8 layers gives its int8 model (``dac_search.export.int8.Int8Model``: called, it runs the
+    A plan with int8 layers gives its int8 model (``dac_search.int8_model.Int8Model``: called, it runs the
     quantized file in ONNX Runtime), calibrated as the plan's ``quantization`` says; ``dense`` gives the
     float model alone.
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from dac_search.errors import ConfigError
-from dac_search.export.int8 import Int8Model
+from dac_search.int8_model import Int8Model
 from dac_search.plan import RankPlan
 from dac_search.precision import QuantScheme
 from dac_search.proxies.correction import DEFAULT_INPUTS, default_input_count

@@ -20,7 +20,7 @@ from dac_search.atomic import write_text_atomic
 from dac_search.decompose import decomposable_layers, rank_limit
 from dac_search.errors import ConfigError
 from dac_search.proxies.layer import RankChoice, resolve_ranks
-from dac_search.export.int8 import Int8Model
+from dac_search.int8_model import Int8Model
 from dac_search.plan import RankPlan
 from dac_search.precision import INT8, QuantScheme
 from dac_search.proxies.calibration import calibration_inputs

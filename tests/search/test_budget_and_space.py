@@ -60,7 +60,7 @@ def test_lower_hull_keeps_only_options_some_trade_off_would_pick() -> None:
 
 def _unit(name: str, *points: tuple[int | None, float, float]) -> LayerOptions:
     """A one-layer unit from (rank or None, the layer's cost share, penalty); the layer costs 0.5 kept."""
-    return LayerOptions(name, tuple(Option(((name, _choice(r)),) if r else (), cost - 0.5, penalty)
+    return LayerOptions(name, tuple(Option(((name, _choice(r), "fp32"),) if r else (), cost - 0.5, penalty)
                                     for r, cost, penalty in points))
 
 
@@ -152,15 +152,15 @@ def test_a_producer_offered_pruned_and_its_consumer_are_one_unit() -> None:
     candidates = {"p": [_choice(3), prune], "c": [dac]}
     costs = {("p", _choice(3)): -0.1, ("p", prune): -0.35, ("c", dac): -0.2}
 
-    def delta(changes: dict) -> float:
-        return sum(costs[(name, choice)] for name, choice in changes.items())
+    def delta(plan) -> float:
+        return sum(costs[(name, choice)] for name, choice in plan.layers.items())
 
     penalties = {("p", _choice(3)): 0.1, ("p", prune): 0.4, ("c", dac): 0.15}
-    space = SearchSpace.build(candidates, delta, lambda name, c: penalties[(name, c)], "m", (1, 3, 8, 8),
+    space = SearchSpace.build(candidates, delta, lambda name, c, _: penalties[(name, c)], "m", (1, 3, 8, 8),
                               pairs={"p": "c"})
     (unit,) = space.layers
     assert unit.name == "p"
-    options = {tuple(sorted(n for n, _ in o.choice)): o for o in unit.hull}
+    options = {tuple(sorted(n for n, _, _ in o.choice)): o for o in unit.hull}
     assert options[("c", "p")].cost == pytest.approx(-0.3)  # the pairing of the two layers' own options
     assert dict(space.plan(3.0).layers) == {"p": prune}  # the cheapest: pruned, its consumer dense
     assert space.plan(-5).layers == {}
@@ -169,7 +169,7 @@ def test_a_producer_offered_pruned_and_its_consumer_are_one_unit() -> None:
 def test_only_choices_cheaper_than_every_higher_rank_are_worth_a_proxy() -> None:
     times = {1: -0.1, 2: 0.05, 3: -0.3, 4: -0.2, 5: 0.1}  # rank 2 and 5 slower than the layer, 1 than 3
     choices = [_choice(r) for r in times] + [LayerChoice("prune", 4)]
-    change = lambda changes: times[next(iter(changes.values())).rank] if "dac" in str(changes) else -0.5  # noqa: E731
+    change = lambda plan: times[next(iter(plan.layers.values())).rank] if "dac" in str(plan) else -0.5  # noqa: E731
     kept = worth_scoring("a", choices, change)
     assert [(c.method, c.rank) for c in kept] == [("dac", 3), ("dac", 4), ("prune", 4)]
 
@@ -179,14 +179,52 @@ def test_in_a_chain_of_prunable_convs_the_middle_one_is_only_factorised() -> Non
     # is not offered: c could be factorised at a width neither its table entries nor its proxy measured
     candidates = {"a": [LayerChoice("prune", 4), _choice(2)], "b": [LayerChoice("prune", 4), _choice(2)],
                   "c": [LayerChoice("channel", 3)]}
-    def delta(changes: dict) -> float:
-        return sum(-0.3 if c.structural else -0.1 for c in changes.values())
+    def delta(plan) -> float:
+        return sum(-0.3 if c.structural else -0.1 for c in plan.layers.values())
 
-    space = SearchSpace.build(candidates, delta, lambda name, c: 0.25 if c.structural else 0.1, "m",
+    space = SearchSpace.build(candidates, delta, lambda name, c, _: 0.25 if c.structural else 0.1, "m",
                               (1, 3, 8, 8), pairs={"a": "b", "b": "c"})
     assert [unit.name for unit in space.layers] == ["a", "c"]
-    offered = {(name, c.method) for unit in space.layers for option in unit.hull for name, c in option.choice}
+    offered = {(name, c.method) for unit in space.layers for option in unit.hull for name, c, _ in option.choice}
     assert ("a", "prune") in offered and ("b", "prune") not in offered
-    alone = SearchSpace.build(candidates, delta, lambda name, c: 0.25 if c.structural else 0.1, "m", (1, 3, 8, 8),
+    alone = SearchSpace.build(candidates, delta, lambda name, c, _: 0.25 if c.structural else 0.1, "m", (1, 3, 8, 8),
                               pairs={"b": "c"})  # b heads its own pair: then it may be pruned
-    assert ("b", "prune") in {(n, c.method) for u in alone.layers for o in u.hull for n, c in o.choice}
+    assert ("b", "prune") in {(n, c.method) for u in alone.layers for o in u.hull for n, c, _ in o.choice}
+
+
+def test_int8_is_offered_for_every_option_and_the_layer_kept_but_not_for_a_pruned_width() -> None:
+    prune, dac = LayerChoice("prune", 4), _choice(2)
+    candidates = {"a": [dac, prune], "b": [dac]}
+
+    def delta(plan) -> float:  # int8 halves what a layer costs; a factorisation saves a third, pruning more
+        total = 0.0
+        for name in {*plan.layers, *plan.precisions}:
+            choice = plan.layers.get(name)
+            cost = 0.5 if choice is None else (0.2 if choice.structural else 0.33)
+            total += (cost * (0.5 if plan.precision_of(name) == "int8" else 1.0)) - 0.5
+        return total
+
+    def penalty(name, choice, precision) -> float:
+        return (0.0 if choice is None else 0.2) + (0.01 if precision == "int8" else 0.0)
+
+    space = SearchSpace.build(candidates, delta, penalty, "m", (1, 3, 8, 8), precisions=("fp32", "int8"))
+    offered = {(n, c and c.method, p) for u in space.layers for o in u.hull for n, c, p in o.choice}
+    assert ("a", None, "int8") in offered  # the layer kept, in int8: cheap and nearly free of loss
+    assert ("a", "prune", "int8") not in offered
+    plan = space.plan(0.0)  # an even trade-off: every layer kept, in int8
+    assert plan.layers == {} and plan.precisions == {"a": "int8", "b": "int8"}
+    assert plan.quantization is not None
+    fp32_only = SearchSpace.build(candidates, delta, penalty, "m", (1, 3, 8, 8))
+    assert all(p == "fp32" for u in fp32_only.layers for o in u.hull for _, _, p in o.choice)
+
+
+def test_precision_defaults_by_budget_and_bad_ones_are_refused() -> None:
+    from dac_search.precision import parse_precisions
+
+    assert SearchConfig("cifar10-resnet20", parse_budget("0.6x")).precisions == ("fp32", "int8")
+    assert SearchConfig("cifar10-resnet20", parse_budget("50%flops"), device="none").precisions == ("fp32",)
+    assert parse_precisions("fp32") == ("fp32",) and parse_precisions("int8") == ("fp32", "int8")
+    with pytest.raises(ConfigError, match="unknown precision 'int4'"):
+        parse_precisions("fp32,int4")
+    with pytest.raises(ConfigError, match="needs a latency budget"):
+        SearchConfig("cifar10-resnet20", parse_budget("50%flops"), device="none", precisions=("fp32", "int8"))

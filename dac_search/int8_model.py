@@ -27,8 +27,8 @@ from torch import nn
 
 from dac_search.atomic import atomic_path
 from dac_search.errors import ConfigError
-from dac_search.export.formats import export_onnx
-from dac_search.precision import QuantScheme
+from dac_search.onnx_file import export_onnx
+from dac_search.precision import INT8_RUNTIMES, QuantScheme
 
 CALIBRATION_BATCH = 32  # images per calibration run: the ranges do not depend on it, the memory does
 TIMING_IMAGES = 4  # random calibration images of a model built only to be timed (ranges do not change its speed)
@@ -166,8 +166,7 @@ def _quiet() -> Iterator[None]:
 
 
 def check_int8_runtime(runtime: str) -> None:
-    from dac_search.precision import INT8_RUNTIMES
-
+    """One line for a runtime dac-search writes no int8 model for."""
     if runtime not in INT8_RUNTIMES:
         raise ConfigError(f"runtime {runtime!r} has no int8 path in dac-search (int8 models are written for "
                           f"{', '.join(INT8_RUNTIMES)}); search with --precision fp32 on this device")
