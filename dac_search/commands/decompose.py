@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_model_args(parser)
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--rank", type=int, help="the same rank for every decomposable layer (the paper's way)")
-    how.add_argument("--plan", help="a plan JSON (dac-search/plan@1)")
+    how.add_argument("--plan", help="a plan JSON (dac-search/plan@2; plan@1 is read too)")
     parser.add_argument("--method", choices=METHODS, default="dac")
     parser.add_argument("--variant", choices=DAC_VARIANTS, default="grouped", help="how DAC layers are laid out")
     parser.add_argument("--exclude", action="append", default=[], metavar="GLOB",

@@ -8,10 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+from dac_search import load_model
+from dac_search.onnx_file import export_onnx
 
 TIMEOUT = 600
 
@@ -41,7 +45,7 @@ def test_small_search_writes_every_result_file(hub_cache, tmp_path) -> None:
     assert len(trials) == 20 and {t["state"] for t in trials} == {"COMPLETE"}
     for trial in trials:
         plan = json.loads((out / trial["plan"]).read_text())
-        assert plan["format"] == "dac-search/plan@1" and plan["model"] == "cifar10-resnet20"
+        assert plan["format"] == "dac-search/plan@2" and plan["model"] == "cifar10-resnet20"
     pareto = rows(out / "pareto.csv")
     assert pareto and all(p["feasible"] == "True" for p in pareto)
     run = json.loads((out / "run.json").read_text())
@@ -67,9 +71,11 @@ def test_search_on_the_local_device_picks_among_every_method_and_judges_each_pla
     assert result.returncode == 0, result.stderr
     run = json.loads((out / "run.json").read_text())
     assert run["methods"] == ["dac", "spatial", "channel", "prune"]  # every method is offered by default
-    methods = {c["method"] for t in rows(out / "trials.csv")
-               for c in json.loads((out / t["plan"]).read_text())["layers"].values()}
+    assert run["settings"]["precisions"] == "fp32,int8"  # int8 is offered by default under a latency budget
+    layers = [c for t in rows(out / "trials.csv") for c in json.loads((out / t["plan"]).read_text())["layers"].values()]
+    methods = {c["method"] for c in layers if "method" in c}
     assert methods - {"dac"}, methods
+    assert any(c.get("precision") == "int8" for c in layers)
     original = run["baseline"]["latency_ms"]
     assert original > 0 and run["budget"]["value"] == pytest.approx(0.7 * original, rel=1e-6)
     pareto = rows(out / "pareto.csv")
@@ -83,6 +89,25 @@ def test_search_on_the_local_device_picks_among_every_method_and_judges_each_pla
     assert any(t["latency_ratio"] == "" and t["latency_ms"] for t in trials.values())
     report = (out / "report.md").read_text()
     assert all(f"{1 / float(p['latency_ratio']):.2f}×" in report for p in pareto)  # speed-up of the pair
+    # the user's way: the exported file, timed beside the original in one session, is under the budget
+    exported = tmp_path / "best.onnx"
+    result = run_cli("export", str(out), "--format", "onnx", "-o", str(exported))
+    assert result.returncode == 0, result.stderr
+    import onnx
+
+    from profilers.devices import load_device
+    from profilers.pool import DevicePool
+
+    assert "QuantizeLinear" in {node.op_type for node in onnx.load(str(exported)).graph.node}  # int8 was picked
+
+    with tempfile.TemporaryDirectory() as tmp:
+        original = export_onnx(load_model("cifar10-resnet20"), Path(tmp) / "original.onnx", (1, 3, 32, 32))
+        pool = DevicePool(load_device(str(device)), lambda _: None)
+        try:
+            (pair,) = pool.measure_beside(original, [exported], (1, 3, 32, 32))
+        finally:
+            pool.close()
+    assert pair.ratio <= 0.7 * 1.05, pair.ratio  # the search's own pairs keep it under 0.7; this one is re-timed
 
 
 @pytest.mark.slow  # over 10 s here
