@@ -1,16 +1,19 @@
-"""Latency budgets as a user meets them: the exported best plan of a search against a shallower network.
+"""Latency budgets as a user meets them: the exported best plan of a search against what a user could do
+instead: the original in data-free int8, uniform DAC and a shallower network, each in fp32 and int8.
 
-    .venv/bin/python benchmarks/latency_quality.py [--model cifar10-resnet56] [--budgets 0.8,0.7,0.6,0.5,0.4]
+    .venv/bin/python benchmarks/latency_quality.py [--model cifar10-resnet56] [--budgets 0.8,0.6,0.5,0.4,0.3]
         [--trials 100] [--device local] [--eval-data cifar10_test_a.npz] [--out DIR] [--svg FILE]
-        [--methods LIST] [--threads 1] [--correction stream]
+        [--methods LIST] [--precision LIST] [--threads 1] [--correction stream]
 
 For every budget the real command runs (``dac-search --model M --budget Bx --device D``, data-free: no
 ``--eval-data``, so the best plan is the one the proxy picks), ``dac-search export --format onnx``
 writes its best plan, and that ONNX file is what is judged: its top-1 on the labelled images, run in
 onnxruntime, and its latency. Every exported plan, the original, the paper's uniform DAC (rank 1, 2
 and 3 on every conv but the first, with the same correction) and the shallower CIFAR ResNets (random
-weights: latency only; their top-1 is the upstream figure on the full test set) are then timed in one
-interleaved session beside the original, so every ratio in the table is paired.
+weights: latency only, their top-1 the upstream fp32 figure on the full test set; ResNet-20 with its real
+weights, its top-1 measured), each also in int8 (every conv, quantized and calibrated on distilled images as
+the search's int8 plans are), are then timed in one interleaved session beside the original, so every
+ratio in the table is paired.
 
 Prints one markdown table and writes an SVG of top-1 against measured latency, the siblings as points.
 """
@@ -36,9 +39,11 @@ from prune_quality import UPSTREAM_TOP1  # noqa: E402
 from dac_search.cost import CostModel  # noqa: E402
 from dac_search.eval_data import EvalData, load_eval_data  # noqa: E402
 from dac_search.export import export_onnx  # noqa: E402
+from dac_search.int8_model import Int8Model  # noqa: E402
 from dac_search.export.run import ExportedModel, export_run  # noqa: E402
 from dac_search.plan import LayerChoice, RankPlan  # noqa: E402
 from dac_search.proxies.apply import decompose_model  # noqa: E402
+from dac_search.proxies.calibration import quantized  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402
 from dac_search.zoo.cifar_resnet import CifarResNet  # noqa: E402
 from profilers import load_device  # noqa: E402
@@ -67,6 +72,8 @@ def run_search(args: argparse.Namespace, budget: str, out: Path, *extra: str) ->
                "--correction", args.correction, "--out", str(out), *extra]
     if args.methods:
         command += ["--methods", args.methods]
+    if args.precision:
+        command += ["--precision", args.precision]
     start = time.monotonic()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     seconds = time.monotonic() - start
@@ -77,6 +84,12 @@ def uniform_plan(costs: CostModel, rank: int, spec: str, correction: str) -> Ran
     """The paper's allocation: one DAC rank on every k x k conv but the first, corrected as the search's plans are."""
     names = list(costs.geometry)[1:]  # the convs DAC can take: k x k, k > 1
     return RankPlan({n: LayerChoice("dac", rank, "stacked") for n in names}, spec, costs.input_shape, correction)
+
+
+def in_int8(model: torch.nn.Module, float_model: torch.nn.Module, spec: str) -> Int8Model:
+    """``float_model`` with every conv in int8, calibrated on images distilled from ``model`` (the original)."""
+    convs = {name: "int8" for name, m in float_model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    return quantized(float_model, RankPlan({}, spec, INPUT_SHAPE, precisions=convs), model)
 
 
 def paired(device: str, reference: Path, models: list[Path], shape: tuple[int, ...] = INPUT_SHAPE) -> list[float]:
@@ -93,7 +106,8 @@ def plot(path: Path, title: str, points: dict[str, list[tuple[float, float, str]
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
     styles = {"search": ("o-", "#2e78a8"), "uniform DAC": ("s--", "#8a96a3"), "shallower sibling": ("D", "#c8374a"),
-              "original": ("*", "#1f2933")}
+              "original": ("*", "#1f2933"), "original int8": ("P", "#e39b21"), "uniform DAC int8": ("s:", "#e39b21"),
+              "shallower sibling int8": ("d", "#e39b21")}
     for kind, rows in points.items():
         marker, colour = styles[kind]
         rows = sorted(rows)
@@ -112,10 +126,11 @@ def plot(path: Path, title: str, points: dict[str, list[tuple[float, float, str]
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cifar10-resnet56", help="a CIFAR ResNet (cifar10-resnet20/56)")
-    parser.add_argument("--budgets", default="0.8,0.7,0.6,0.5,0.4", help="relative latency budgets")
+    parser.add_argument("--budgets", default="0.8,0.6,0.5,0.4,0.3", help="relative latency budgets")
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--device", default="local")
     parser.add_argument("--methods", default=None, help="passed to --methods (default: the search's own)")
+    parser.add_argument("--precision", default=None, help="passed to --precision (default: the search's own)")
     parser.add_argument("--eval-data", default=str(ASSETS / "cifar10" / "cifar10_test_a.npz"))
     parser.add_argument("--out", type=Path, default=None, help="keep the run dirs here (default: a temporary dir)")
     parser.add_argument("--svg", type=Path, default=Path("latency_quality.svg"))
@@ -143,17 +158,30 @@ def main(argv: list[str] | None = None) -> None:
             entries.append({"kind": "search", "label": f"{budget:g}x", "onnx": exported.path,
                             "top1": onnx_top1(exported.path, data), "flops": row.flops / base_flops,
                             "search_s": seconds, "search_ratio": row.latency_ratio, "methods": method_counts(RankPlan.load(out / row.plan))})
+        int8 = in_int8(model, model, args.model).write_onnx(root / "original-int8.onnx")
+        entries.append({"kind": "original int8", "label": "", "onnx": int8, "top1": onnx_top1(int8, data),
+                        "flops": 1.0})
         for rank in UNIFORM_RANKS:
             plan = uniform_plan(costs, rank, args.model, args.correction)
-            path = export_onnx(decompose_model(model, plan), root / f"uniform-{rank}.onnx", INPUT_SHAPE)
+            built = decompose_model(model, plan)
+            path = export_onnx(built, root / f"uniform-{rank}.onnx", INPUT_SHAPE)
+            share = costs.cost(plan).flops / base_flops
             entries.append({"kind": "uniform DAC", "label": f"r={rank}", "onnx": path, "top1": onnx_top1(path, data),
-                            "flops": costs.cost(plan).flops / base_flops})
+                            "flops": share})
+            path = in_int8(model, built, args.model).write_onnx(root / f"uniform-{rank}-int8.onnx")
+            entries.append({"kind": "uniform DAC int8", "label": f"r={rank}", "onnx": path,
+                            "top1": onnx_top1(path, data), "flops": share})
         for sibling in (d for d in sorted(UPSTREAM_TOP1) if d < depth):
-            net = CifarResNet(sibling).eval()
+            real = sibling == 20  # the one sibling whose weights are among the assets
+            net = (load_model("cifar10-resnet20") if real else CifarResNet(sibling)).eval()
+            share = CostModel(net, INPUT_SHAPE).baseline.flops / base_flops
             path = export_onnx(net, root / f"resnet{sibling}.onnx", INPUT_SHAPE)
             entries.append({"kind": "shallower sibling", "label": f"ResNet-{sibling}", "onnx": path,
-                            "top1": UPSTREAM_TOP1[sibling],
-                            "flops": CostModel(net, INPUT_SHAPE).baseline.flops / base_flops})
+                            "top1": onnx_top1(path, data) if real else UPSTREAM_TOP1[sibling], "flops": share,
+                            "measured": real})
+            path = in_int8(net, net, f"cifar10-resnet{sibling}").write_onnx(root / f"resnet{sibling}-int8.onnx")
+            entries.append({"kind": "shallower sibling int8", "label": f"ResNet-{sibling}", "onnx": path,
+                            "top1": onnx_top1(path, data) if real else None, "flops": share, "measured": real})
         original_top1 = onnx_top1(original, data)
         ratios = paired(args.device, original, [e["onnx"] for e in entries])
     rows = [["original", "-", f"{original_top1:.2f}", "-", "1.000x", "-", "-"]]
@@ -161,7 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     for entry, ratio in zip(entries, ratios):
         kind = entry["kind"]
         top1 = entry["top1"]
-        drop = f"{top1 - original_top1:+.2f}" if kind != "shallower sibling" else f"{top1 - UPSTREAM_TOP1[depth]:+.2f}"
+        sibling = kind.startswith("shallower sibling")
+        reference = UPSTREAM_TOP1[depth] if sibling and not entry.get("measured") else original_top1
+        drop = "-" if top1 is None else f"{top1 - reference:+.2f}"
         what = f"dac-search --budget {entry['label']}" if kind == "search" else f"{kind} {entry['label']}"
         search = "-"
         if kind == "search":
@@ -169,15 +199,19 @@ def main(argv: list[str] | None = None) -> None:
             search = f"{own}, {entry['search_s'] / 60:.1f} min"
         if kind == "search":
             what += f" ({entry['methods']})"
-        rows.append([what, f"{entry['flops']:.1%}", f"{top1:.2f}", drop, f"{ratio:.3f}x", search,
-                     "upstream, full test set" if kind == "shallower sibling" else "exported ONNX, onnxruntime"])
-        points.setdefault(kind, []).append((ratio, top1, entry["label"]))
+        source = "exported ONNX, onnxruntime"
+        if sibling and not entry.get("measured"):
+            source = "upstream fp32, full test set" if top1 is not None else "random weights: latency only"
+        rows.append([what, f"{entry['flops']:.1%}", "-" if top1 is None else f"{top1:.2f}", drop, f"{ratio:.3f}x",
+                     search, source])
+        if top1 is not None:
+            points.setdefault(kind, []).append((ratio, top1, entry["label"]))
     print(f"### {args.model} under latency budgets on {args.device} (batch 1; {len(data)} images of "
           f"{Path(args.eval_data).name}; {args.trials} trials per search)\n")
     print(markdown(["what", "FLOPs kept", "top-1 %", "drop (pts)", "latency vs original (paired)",
                     "search's own measurement, search time", "top-1 from"], rows))
-    print(f"\nDrop: from the original's top-1 measured here; a sibling's from ResNet-{depth}'s upstream "
-          f"{UPSTREAM_TOP1[depth]:.2f}.")
+    print(f"\nDrop: from the original's top-1 measured here; an unmeasured sibling's from ResNet-{depth}'s upstream "
+          f"{UPSTREAM_TOP1[depth]:.2f}. int8: every conv, calibrated on distilled images (no data).")
     plot(args.svg, f"{args.model}: top-1 against measured latency ({args.device}, batch 1)", points)
     print(f"\nplot: {args.svg}")
 

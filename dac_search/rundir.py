@@ -161,6 +161,20 @@ class UniformPoint(_Record):
 
 
 @dataclass(frozen=True)
+class ReferencePoint(_Record):
+    """What a user could do instead of the search, scored and timed as its plans are: ``original int8`` is
+    the original with every conv in int8, calibrated as the plans are (``baselines.int8_original_plan``)."""
+
+    label: str
+    flops: int
+    params: int
+    proxy: float
+    latency_ms: float | None
+    latency_ratio: float | None  # measured beside the original in one session (None: predicted or unmeasured)
+    top1: float | None
+
+
+@dataclass(frozen=True)
 class ProxyInfo(_Record):
     """What the proxy measured: ``n`` synthetic inputs of kind ``inputs``, scored ``held_out`` from the fit."""
 
@@ -197,6 +211,7 @@ class RunInfo:
     trials_complete: int | None = None
     study: str | None = None  # the Optuna study's name (None: a run dir from before names were derived)
     settings: tuple[tuple[str, str], ...] = ()  # what changes a score (search.identity); resume compares them
+    references: tuple[ReferencePoint, ...] = ()  # the original in int8 (under a search offering int8)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)

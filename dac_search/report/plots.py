@@ -17,9 +17,10 @@ from contextlib import contextmanager
 import matplotlib
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 
 from dac_search.plan import LayerChoice
+from dac_search.precision import INT8
 from dac_search.report.summary import FrontPanel, HypervolumeCurve, LayerGrid
 
 GREY = "#8a96a3"
@@ -75,7 +76,8 @@ def _to_svg(fig: Figure, name: str, label: str) -> str:
 
 
 def pareto_svg(panel: FrontPanel, name: str) -> str:
-    """Cost against proxy: all trials faded, the Pareto points, the original, the uniform ranks, the budget."""
+    """Cost against proxy: all trials faded, the Pareto points, the original (and in int8), the uniform ranks,
+    the budget."""
     scale = panel.axis.scale
     with _style(name):
         fig = Figure(figsize=(5.6, 3.9), layout="constrained")
@@ -114,6 +116,9 @@ def pareto_svg(panel: FrontPanel, name: str) -> str:
         if panel.original is not None:
             ax.scatter([panel.original[0] / scale], [panel.original[1]], s=140, marker="*", color=INK,
                        zorder=4, label="original", gid="original")
+        for label, cost, proxy in panel.references:
+            ax.scatter([cost / scale], [proxy], s=70, marker="s", color=ORANGE, edgecolors=INK, zorder=4,
+                       label=label, gid="reference")
         if panel.budget is not None:
             ax.axvline(panel.budget / scale, ls="--", lw=1.2, color=ORANGE, label="budget", gid="budget")
         title = f"{panel.axis.name} against proxy"
@@ -156,7 +161,8 @@ def choice_label(choice: LayerChoice | None) -> str:
 
 
 def layers_svg(grid: LayerGrid, best_trial: int | None, name: str = "plot-layers") -> str:
-    """Layers × Pareto plans: colour = method (and variant), number = rank, pale = kept as it is."""
+    """Layers × Pareto plans: colour = method (and variant), number = rank, pale = kept as it is, hatched =
+    runs in int8."""
     labels = sorted({choice_label(c) for row in grid.cells for c in row} | {KEEP}, key=_label_order)
     colours = [CHOICE_COLOURS.get(label, OTHER_COLOUR) for label in labels]
     index = {label: i for i, label in enumerate(labels)}
@@ -175,10 +181,16 @@ def layers_svg(grid: LayerGrid, best_trial: int | None, name: str = "plot-layers
                       gid="cells")
         for i, row in enumerate(grid.cells):
             for j, choice in enumerate(row):
+                int8 = bool(grid.precisions) and grid.precisions[i][j] == INT8
+                if int8:  # hatched: the layer runs in int8
+                    ax.add_patch(Rectangle((j, i), 1, 1, fill=False, hatch="////", edgecolor="#5b6670",
+                                           linewidth=0, gid="int8"))
                 if choice is not None:
                     dark = choice_label(choice) in DARK_CHOICES
+                    behind = CHOICE_COLOURS.get(choice_label(choice), OTHER_COLOUR)  # readable over the hatch
                     ax.text(j + 0.5, i + 0.5, str(choice.rank), ha="center", va="center", fontsize=6.5,
-                            color="white" if dark else INK)
+                            color="white" if dark else INK,
+                            bbox={"boxstyle": "round,pad=0.1", "fc": behind, "ec": "none"} if int8 else None)
         ax.set_xticks([j + 0.5 for j in range(n_cols)], [str(t) for t in grid.trials], fontsize=7)
         ax.set_yticks([i + 0.5 for i in range(n_rows)], list(grid.layers), fontsize=7)
         for tick, trial in zip(ax.get_xticklabels(), grid.trials):
@@ -190,6 +202,8 @@ def layers_svg(grid: LayerGrid, best_trial: int | None, name: str = "plot-layers
         for spine in ax.spines.values():
             spine.set_visible(False)
         handles = [Patch(facecolor=c, edgecolor="#c5ccd3", label=label) for label, c in zip(labels, colours)]
+        if any(p == INT8 for row in grid.precisions for p in row):
+            handles.append(Patch(facecolor="white", edgecolor="#5b6670", hatch="////", label="int8"))
         fig.legend(handles=handles, loc="outside right upper", fontsize=7, frameon=False, title="choice (rank)",
                    title_fontsize=7)
         return _to_svg(fig, name, "Layers of the Pareto plans")

@@ -64,6 +64,7 @@ class FrontPanel:
     uniform: tuple[UniformMark, ...]
     budget: float | None
     is_objective: bool
+    references: tuple[tuple[str, float, float], ...] = ()  # (label, cost, proxy): the original in int8
 
 
 @dataclass(frozen=True)
@@ -82,12 +83,14 @@ class HypervolumeCurve:
 
 @dataclass(frozen=True)
 class LayerGrid:
-    """Per-layer choices of the Pareto plans: ``cells[i][j]`` is layer i in plan j, None = kept."""
+    """Per-layer choices of the Pareto plans: ``cells[i][j]`` is layer i in plan j, None = kept;
+    ``precisions[i][j]`` the precision it runs in."""
 
     layers: tuple[str, ...]
     trials: tuple[int, ...]
     cells: tuple[tuple[LayerChoice | None, ...], ...]
     missing: tuple[int, ...]
+    precisions: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,8 @@ def _panel(results: RunResults, pareto: tuple[TrialRow, ...], axis: CostAxis, is
         ),
         budget=info.budget.value if info.budget.kind == budget_kind else None,
         is_objective=is_objective,
+        references=tuple((r.label, cost, r.proxy) for r in info.references
+                         if (cost := (r.latency_ms if axis is LATENCY else r.flops)) is not None),
     )
 
 
@@ -243,7 +248,8 @@ def _layer_grid(results: RunResults, pareto: tuple[TrialRow, ...]) -> LayerGrid:
             missing.append(row.trial)
             continue
         plans[row.trial] = RankPlan.load(path)
-    names = sorted({name for plan in plans.values() for name in plan.layers}, key=_natural_key)
+    names = sorted({name for plan in plans.values() for name in (*plan.layers, *plan.precisions)}, key=_natural_key)
     trials = tuple(row.trial for row in pareto if row.trial in plans)
     cells = tuple(tuple(plans[t].layers.get(name) for t in trials) for name in names)
-    return LayerGrid(layers=tuple(names), trials=trials, cells=cells, missing=tuple(missing))
+    precisions = tuple(tuple(plans[t].precision_of(name) for t in trials) for name in names)
+    return LayerGrid(layers=tuple(names), trials=trials, cells=cells, missing=tuple(missing), precisions=precisions)

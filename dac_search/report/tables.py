@@ -11,7 +11,7 @@ from typing import Any
 
 from dac_search.budget import Budget
 from dac_search.report.summary import ReportData
-from dac_search.rundir import Baseline, TrialRow
+from dac_search.rundir import Baseline, ReferencePoint, TrialRow
 
 DASH = "–"
 _OBJECTIVE_NAMES = {"latency_ms": "latency", "flops": "FLOPs"}
@@ -91,10 +91,21 @@ def pareto_table(data: ReportData) -> TextTable:
             values += [fmt_float(base.top1 if row is None else row.top1, 2)]
         return (*values, note)
 
-    rows = [cells("original", None, "")]
+    def reference(point: ReferencePoint) -> tuple[str, ...]:
+        values = [point.label, fmt_float(point.proxy, 4), _scaled(point.flops, 1e6, 2),
+                  fmt_ratio(_ratio(point.flops, base.flops)), _scaled(point.params, 1e3, 1)]
+        if data.has_latency:
+            speedup = 1.0 / point.latency_ratio if point.latency_ratio else _ratio(base.latency_ms, point.latency_ms)
+            values += [fmt_float(point.latency_ms, 3), "", fmt_ratio(speedup)]
+        if data.has_top1:
+            values += [fmt_float(point.top1, 2)]
+        return (*values, "reference")
+
+    references = data.results.info.references
+    rows = [cells("original", None, ""), *(reference(point) for point in references)]
     rows += [cells(str(row.trial), row, _note(data, row)) for row in data.pareto]
     numeric = tuple(h not in ("Trial", "Note") for h in headers)
-    strong = (False, *(row == data.best for row in data.pareto))
+    strong = (False, *(False for _ in references), *(row == data.best for row in data.pareto))
     return TextTable(headers=tuple(headers), rows=tuple(rows), numeric=numeric, strong=strong)
 
 

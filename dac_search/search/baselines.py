@@ -1,5 +1,6 @@
 """What a user could do instead, scored the way the search scores its own plans: the paper's uniform
-ranks at every rank, and the real top-1 of the original beside the front's (``--eval-data``)."""
+ranks at every rank, the original in int8 (one call of ONNX Runtime's quantizer, calibrated on the same
+distilled images as the plans), and the real top-1 of the original beside the front's (``--eval-data``)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,19 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from torch import nn
+
 from dac_search.decompose import max_rank
+from dac_search.errors import PlanError
 from dac_search.eval_data import EvalData, top1
+from dac_search.latency import measure_beside
 from dac_search.plan import LayerChoice, RankPlan
+from dac_search.precision import INT8
 from dac_search.proxies.apply import decompose_model
-from dac_search.rundir import TrialRow, UniformPoint
+from dac_search.rundir import ReferencePoint, TrialRow, UniformPoint
 from dac_search.search.context import SearchContext
+
+INT8_ORIGINAL = "original int8"
 
 
 def uniform_baseline(ctx: SearchContext) -> list[UniformPoint]:
@@ -41,3 +49,39 @@ def with_top1(ctx: SearchContext, run_dir: Path, front: Sequence[TrialRow], data
     """The front with the real top-1 of each plan's model as ``dac-search export`` writes it, and the original's."""
     rows = [replace(p, top1=top1(decompose_model(ctx.model, run_dir / p.plan), data)) for p in front]
     return rows, top1(ctx.model, data)
+
+
+def int8_original_plan(ctx: SearchContext) -> RankPlan:
+    """The original with every conv in int8, quantized and calibrated as the search's int8 plans are."""
+    convs = {name: INT8 for name, module in ctx.model.named_modules() if isinstance(module, nn.Conv2d)}
+    return RankPlan({}, ctx.config.model, ctx.input_shape, ctx.config.correction, ctx.config.plan_inputs,
+                    precisions=convs, quantization=ctx.quantization)
+
+
+def int8_reference(ctx: SearchContext) -> tuple[ReferencePoint, ...]:
+    """The original in int8 as the search scores and prices a plan (its latency predicted by the table where
+    it has every conv; measured beside the original by ``measured_references``); none without int8."""
+    if INT8 not in ctx.precisions:
+        return ()
+    plan = int8_original_plan(ctx)
+    try:
+        latency = ctx.latency(plan)
+    except PlanError:  # a conv the table does not time (a depthwise one): measured at the end only
+        latency = None
+    return (ReferencePoint(INT8_ORIGINAL, ctx.costs.baseline.flops, ctx.costs.baseline.params, ctx.score(plan).value,
+                           latency, None, None),)
+
+
+def measured_references(ctx: SearchContext, references: Sequence[ReferencePoint],
+                        data: EvalData | None) -> tuple[ReferencePoint, ...]:
+    """The references timed end to end beside the original in one session, and their real top-1 with data."""
+    out = []
+    for point in references:
+        plan = int8_original_plan(ctx)
+        if ctx.pool is not None:
+            (pair,) = measure_beside(ctx.pool, ctx.model, [ctx.proxy.build(plan)], ctx.input_shape)
+            point = replace(point, latency_ms=pair.result.median_ms, latency_ratio=pair.ratio)
+        if data is not None:
+            point = replace(point, top1=top1(decompose_model(ctx.model, plan), data))
+        out.append(point)
+    return tuple(out)

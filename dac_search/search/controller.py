@@ -19,7 +19,7 @@ from dac_search.errors import ConfigError
 from dac_search.eval_data import EvalData
 from dac_search.plan import RankPlan
 from dac_search.rundir import Baseline, RunInfo, TrialRow, read_run_info, write_pareto, write_run, write_trials
-from dac_search.search.baselines import uniform_baseline, with_top1
+from dac_search.search.baselines import int8_reference, measured_references, uniform_baseline, with_top1
 from dac_search.search.config import SearchConfig
 from dac_search.search.context import SearchContext, build_context, load_inputs
 from dac_search.search.final import DeviceTimer, FinalFront, measured_front, unmeasured_front
@@ -100,7 +100,9 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
                         latency_ms=ctx.table.original_ms if ctx.table else None, latency_iqr_ms=None,
                         proxy=0.0, top1=None)
     uniform = uniform_baseline(ctx)
-    _record(run_dir, study, run_info(ctx, identity, started, partial=True, baseline=baseline, uniform=uniform))
+    references = int8_reference(ctx)
+    _record(run_dir, study, run_info(ctx, identity, started, partial=True, baseline=baseline, uniform=uniform,
+                                     references=references))
 
     retried = fail_dead_trials(study)
     if retried:
@@ -138,10 +140,14 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
     if data is not None and not interrupted:
         front, original_top1 = with_top1(ctx, run_dir, front, data)
         baseline = replace(baseline, top1=original_top1)
+    if not interrupted and references:
+        view.say("measuring the original in int8 beside the original")
+        references = measured_references(ctx, references, data)
     write_pareto(run_dir, front)
     done = sum(p.state == "COMPLETE" for p in rows)
     _record(run_dir, study, run_info(ctx, identity, started, partial=interrupted or done < config.trials,
-                                     baseline=baseline, uniform=uniform, budget=budget, trials_complete=done))
+                                     baseline=baseline, uniform=uniform, budget=budget, trials_complete=done,
+                                     references=references))
     message = "" if final.feasible else _miss_message(ctx, front)
     return SearchOutcome(run_dir, tuple(front), final.feasible, interrupted, message)
 

@@ -1,0 +1,76 @@
+"""Which data-free calibration the int8 scheme defaults to: the original in int8, every conv, calibrated on
+distilled images by each method, judged on real labelled images (the only place they are used).
+
+    .venv/bin/python benchmarks/int8_calibration.py [--models cifar10-resnet20,cifar10-resnet56,mobilenet_v2]
+        [--calibrations percentile:99.99,percentile:99.9,minmax,entropy] [--device local] [--images N]
+
+CIFAR ResNets are judged on the 5,000 shared CIFAR-10 test images, MobileNet-V2 on the 500 ImageNet images of
+``sample_a``. Latency: each model's int8 file timed beside its fp32 original in one session (calibration
+does not change the speed, so one per model). Prints one markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import ASSETS, markdown, split  # noqa: E402
+from latency_quality import onnx_top1, paired  # noqa: E402
+
+from dac_search.eval_data import load_eval_data  # noqa: E402
+from dac_search.export import export_onnx  # noqa: E402
+from dac_search.plan import RankPlan  # noqa: E402
+from dac_search.precision import QuantScheme  # noqa: E402
+from dac_search.proxies.calibration import quantized  # noqa: E402
+from dac_search.zoo import input_shape_of, load_model  # noqa: E402
+
+
+def eval_path(model: str) -> Path:
+    return ASSETS / ("imagenet/sample_a.tsv" if model == "mobilenet_v2" else "cifar10/cifar10_test_a.npz")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="cifar10-resnet20,cifar10-resnet56,mobilenet_v2")
+    parser.add_argument("--calibrations", default="percentile:99.99,percentile:99.9,minmax,entropy")
+    parser.add_argument("--device", default="local")
+    parser.add_argument("--images", type=int, default=None, help="calibration images (default: the scheme's)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="int8-calibration-") as tmp:
+        for spec in split(args.models):
+            model = load_model(spec).eval()
+            shape = tuple(input_shape_of(spec))
+            data = load_eval_data(str(eval_path(spec)), size=shape[2:])
+            original = export_onnx(model, Path(tmp) / f"{spec}.onnx", shape)
+            fp32 = onnx_top1(original, data)
+            convs = {name: "int8" for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+            files = []
+            for text in split(args.calibrations):
+                method, _, percentile = text.partition(":")
+                scheme = QuantScheme(calibration=method, percentile=float(percentile or 99.99), images=args.images)
+                plan = RankPlan({}, spec, shape, precisions=convs, quantization=scheme)
+                path = quantized(model, plan, model).write_onnx(Path(tmp) / f"{spec}-{text.replace(':', '-')}.onnx")
+                files.append(path)
+                top1 = onnx_top1(path, data)
+                images = scheme.images or "default"
+                rows.append([spec, text, str(images), f"{fp32:.2f}", f"{top1:.2f}", f"{top1 - fp32:+.2f}"])
+            (ratio,) = paired(args.device, original, files[:1], shape)
+            rows[-1].append(f"{ratio:.3f}x")
+    for row in rows:
+        row += [""] * (7 - len(row))
+    print(f"### The original in int8 by calibration (data-free: distilled images), {args.device}, batch 1\n")
+    print(markdown(["model", "calibration", "images", "fp32 top-1 %", "int8 top-1 %", "drop (pts)",
+                    "int8 latency vs fp32 (paired)"], rows))
+
+
+if __name__ == "__main__":
+    main()
