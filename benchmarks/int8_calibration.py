@@ -31,6 +31,9 @@ from dac_search.proxies.calibration import quantized  # noqa: E402
 from dac_search.zoo import input_shape_of, load_model  # noqa: E402
 
 
+WEIGHTS = {"mobilenet_v2": "IMAGENET1K_V1"}  # the weights among the assets
+
+
 def eval_path(model: str) -> Path:
     return ASSETS / ("imagenet/sample_a.tsv" if model == "mobilenet_v2" else "cifar10/cifar10_test_a.npz")
 
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="int8-calibration-") as tmp:
         for spec in split(args.models):
-            model = load_model(spec).eval()
+            model = load_model(spec, WEIGHTS.get(spec)).eval()
             shape = tuple(input_shape_of(spec))
             data = load_eval_data(str(eval_path(spec)), size=shape[2:])
             original = export_onnx(model, Path(tmp) / f"{spec}.onnx", shape)
@@ -64,9 +67,8 @@ def main(argv: list[str] | None = None) -> None:
                 images = scheme.images or "default"
                 rows.append([spec, text, str(images), f"{fp32:.2f}", f"{top1:.2f}", f"{top1 - fp32:+.2f}"])
             (ratio,) = paired(args.device, original, files[:1], shape)
-            rows[-1].append(f"{ratio:.3f}x")
-    for row in rows:
-        row += [""] * (7 - len(row))
+            for row in rows[-len(files):]:
+                row.append(f"{ratio:.3f}x")
     print(f"### The original in int8 by calibration (data-free: distilled images), {args.device}, batch 1\n")
     print(markdown(["model", "calibration", "images", "fp32 top-1 %", "int8 top-1 %", "drop (pts)",
                     "int8 latency vs fp32 (paired)"], rows))

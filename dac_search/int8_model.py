@@ -87,15 +87,18 @@ def int8_for_timing(module: nn.Module, input_shape: Sequence[int]) -> Int8Model:
 
 
 def module_of(node_name: str, modules: set[str]) -> str | None:
-    """The module an ONNX node of the TorchScript exporter belongs to: ``/layer1/layer1.0/conv1/depthwise.0/Conv``
-    is ``layer1.0.conv1.depthwise.0`` (each scope is named from the nearest scope above it, or from the root)."""
+    """The module an ONNX node of the TorchScript exporter belongs to. Each scope of the node's name is named
+    relative to one of the scopes above it (a ``Sequential``'s child by its parent's name and index), so it is
+    looked up below the deepest of them first: ``/layer1/layer1.0/conv1/depthwise.0/Conv`` is
+    ``layer1.0.conv1.depthwise.0``, ``/features/features.1/conv/conv.0/conv.0.0/Conv`` is ``features.1.conv.0.0``."""
     path = ""
     for scope in node_name.strip("/").split("/")[:-1]:
-        below = f"{path}.{scope}" if path else scope
-        if below in modules:
-            path = below
-        elif scope in modules:
-            path = scope
+        parts = path.split(".") if path else []
+        for depth in range(len(parts), -1, -1):
+            below = ".".join([*parts[:depth], scope])
+            if below in modules and (not path or below.startswith(path + ".")):
+                path = below
+                break
     return path or None
 
 

@@ -72,6 +72,10 @@ def test_a_plan_with_int8_layers_round_trips_and_bad_precisions_are_refused(tmp_
 def test_onnx_nodes_are_traced_back_to_their_modules() -> None:
     modules = {"layer1", "layer1.0", "layer1.0.conv1", "layer1.0.conv1.depthwise.0", "conv1"}
     assert module_of("/layer1/layer1.0/conv1/depthwise.0/Conv", modules) == "layer1.0.conv1.depthwise.0"
+    mobilenet = {"features", "features.1", "features.1.conv", "features.1.conv.0", "features.1.conv.0.0",
+                 "features.1.conv.1"}  # a Sequential's child is named by its parent's name and index
+    assert module_of("/features/features.1/conv/conv.0/conv.0.0/Conv", mobilenet) == "features.1.conv.0.0"
+    assert module_of("/features/features.1/conv/conv.1/Conv", mobilenet) == "features.1.conv.1"
     assert module_of("/conv1/Conv", modules) == "conv1"
     assert module_of("/Relu", modules) is None
 
