@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
 from dac_search.atomic import atomic_path
 from dac_search.errors import ConfigError
@@ -48,6 +49,7 @@ class Int8Model(nn.Module):
         self.input_shape = tuple(int(v) for v in input_shape)
         self._onnx: bytes | None = None
         self._session = None
+        self._structure: TreeSpec | None = None
 
     def onnx_bytes(self) -> bytes:
         """The quantized ONNX model (made once)."""
@@ -71,8 +73,13 @@ class Int8Model(nn.Module):
             options = ort.SessionOptions()
             options.log_severity_level = 3
             self._session = ort.InferenceSession(self.onnx_bytes(), options, providers=["CPUExecutionProvider"])
-        outputs = self._session.run(None, {"input": x.detach().cpu().float().numpy()})
-        return torch.from_numpy(outputs[0])
+        outputs = [torch.from_numpy(o) for o in self._session.run(None, {"input": x.detach().cpu().float().numpy()})]
+        if len(outputs) == 1:
+            return outputs[0]
+        if self._structure is None:  # a detector's dict of head outputs: the exporter flattened it in order
+            with torch.no_grad():
+                self._structure = tree_flatten(self.model(x[:1]))[1]
+        return tree_unflatten(outputs, self._structure)
 
     def _calibration(self) -> torch.Tensor:
         if self.calibration is not None:

@@ -173,3 +173,28 @@ def test_a_device_without_an_int8_path_narrows_the_search_to_fp32_in_one_line(tm
     config = SearchConfig("cifar10-resnet20", parse_budget("0.6x"), device=str(device))
     assert _precisions(config, said.append) == ("fp32",)
     assert len(said) == 1 and "no int8 path" in said[0] and "torch" in said[0]
+
+
+def test_an_int8_model_with_several_outputs_gives_them_back_in_their_structure() -> None:
+    """A detector's head outputs (a dict) come back from the int8 file as the float model gives them."""
+
+    class Heads(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.cls, self.box = (torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 1),
+                                             torch.nn.Conv2d(8, 2, 1))
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            h = torch.relu(self.body(x))
+            return {"cls_logits": self.cls(h), "bbox_regression": self.box(h)}
+
+    model = Heads().eval()
+    generator = torch.Generator().manual_seed(0)
+    int8 = Int8Model(model, None, QuantScheme(), torch.randn(8, 3, 16, 16, generator=generator), (1, 3, 16, 16))
+    x = torch.randn(2, 3, 16, 16, generator=generator)
+    with torch.no_grad():
+        got, expected = int8(x), model(x)
+    assert list(got) == ["cls_logits", "bbox_regression"]
+    for name, value in expected.items():
+        assert got[name].shape == value.shape
+        assert (got[name] - value).abs().max() < 0.1 * value.abs().max()  # int8 rounding, not another tensor

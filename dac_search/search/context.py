@@ -54,10 +54,35 @@ class PlanScore:
 
 
 @dataclass(frozen=True)
+class Penalties:
+    """The single-layer KL of replacing a layer by a choice (None: kept) in a precision: the choice's own KL
+    plus, in int8, what the layer alone in int8 adds. A cache that grows, not state: a choice outside the space
+    (the paper's uniform ranks) comes from the same disk cache as the rest, so a resumed search does not
+    measure it again."""
+
+    proxy: ModelProxy
+    quantization: QuantScheme
+    choices: dict[tuple[str, str, int], float]  # single-layer KL of every (layer, method, rank)
+    int8: dict[str, float] = field(default_factory=dict)  # what the layer alone in int8 adds to the KL
+
+    def __call__(self, name: str, choice: LayerChoice | None, precision: str = FP32) -> float:
+        total = 0.0
+        if choice is not None:
+            key = (name, choice.method, choice.rank)
+            if key not in self.choices:
+                self.choices.update(cached_layer_sensitivity(self.proxy, [name], [choice.method], [choice.rank]))
+            total += self.choices[key]
+        if precision == INT8:
+            if name not in self.int8:
+                self.int8.update(cached_int8_sensitivity(self.proxy, [name], self.quantization))
+            total += self.int8[name]
+        return total
+
+
+@dataclass(frozen=True)
 class SearchContext:
     """Everything the trials share, fixed once set up: the budget is resolved on the table's original.
 
-    ``penalties`` is a cache that grows (single-layer KLs of choices outside the space), not state.
     """
 
     config: SearchConfig
@@ -70,32 +95,19 @@ class SearchContext:
     pool: DevicePool | None
     table: LatencyTable | None
     device_info: dict | None
-    penalties: dict[tuple[str, str, int], float]  # single-layer KL of every (layer, method, rank)
+    penalty: Penalties
     precisions: tuple[str, ...] = (FP32,)  # offered: the config's, less int8 where the device has no int8 path
-    quantization: QuantScheme = QuantScheme()  # every int8 plan's scheme
-    int8_penalties: dict[str, float] = field(default_factory=dict)  # what the layer alone in int8 adds to the KL
+
+    @property
+    def quantization(self) -> QuantScheme:
+        """Every int8 plan's scheme."""
+        return self.penalty.quantization
 
     def score(self, plan: RankPlan) -> PlanScore:
         whole = self.proxy.score(plan)
         additive = sum(self.penalty(name, plan.layers.get(name), plan.precision_of(name))
                        for name in {*plan.layers, *plan.precisions})
         return PlanScore(math.sqrt(max(whole.kl, 0.0) * max(additive, 0.0)), whole.kl, additive, whole.agreement)
-
-    def penalty(self, name: str, choice: LayerChoice | None, precision: str = FP32) -> float:
-        """Single-layer KL of replacing the layer by ``choice`` (None: kept) in ``precision``: the choice's own
-        KL plus, in int8, what the layer alone in int8 adds. A choice outside the space (the paper's uniform
-        ranks) comes from the same disk cache as the rest, so a resumed search does not measure it again."""
-        total = 0.0
-        if choice is not None:
-            key = (name, choice.method, choice.rank)
-            if key not in self.penalties:
-                self.penalties.update(cached_layer_sensitivity(self.proxy, [name], [choice.method], [choice.rank]))
-            total += self.penalties[key]
-        if precision == INT8:
-            if name not in self.int8_penalties:
-                self.int8_penalties.update(cached_int8_sensitivity(self.proxy, [name], self.quantization))
-            total += self.int8_penalties[name]
-        return total
 
     def latency(self, plan: RankPlan) -> float | None:
         return None if self.table is None else self.table.predict(plan)
@@ -227,15 +239,15 @@ def build_context(config: SearchConfig, inputs: SearchInputs, say: Say, warn: Sa
     def offered(name: str, method: str) -> list[int]:
         return [c.rank for c in cands[name] if c.method == method]
 
-    penalties = cached_layer_sensitivity(proxy, [n for n, cs in cands.items() if cs], config.methods, offered, say)
     scheme = QuantScheme()
-    int8 = cached_int8_sensitivity(proxy, list(cands), scheme, say) if INT8 in precisions else {}
-    ctx = SearchContext(config, model, shape, costs, budget, proxy, None, device and device.pool,  # type: ignore[arg-type]
-                        table, device and device.info, penalties, precisions, scheme, int8)
-    space = SearchSpace.build(cands, change, ctx.penalty, config.model, shape, config.correction,
+    penalty = Penalties(proxy, scheme, cached_layer_sensitivity(proxy, [n for n, cs in cands.items() if cs],
+                                                                config.methods, offered, say),
+                        cached_int8_sensitivity(proxy, list(cands), scheme, say) if INT8 in precisions else {})
+    space = SearchSpace.build(cands, change, penalty, config.model, shape, config.correction,
                               _pairs(costs, cands), config.plan_inputs, precisions,
                               scheme if INT8 in precisions else None)
-    ctx = replace(ctx, space=space)
+    ctx = SearchContext(config, model, shape, costs, budget, proxy, space, device and device.pool, table,
+                        device and device.info, penalty, precisions)
     if device is None:
         return ctx
     # Layers alone miss fusion and memory traffic, and cached timings are from another session: re-anchor
