@@ -49,6 +49,8 @@ def run_search(config: SearchConfig, view_factory: Callable[..., LiveView] = Liv
     previous = _previous_run(run_dir, config, identity)
     if previous is not None and not previous.settings and config.study is None:
         identity = replace(identity, name=LEGACY_STUDY)  # a run dir from before study names were derived
+    elif previous is not None and previous.study and config.study is None:
+        identity = replace(identity, name=previous.study)  # resumed: its study, though settings were added since
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if config.has_device:
         load_device(config.device)  # a bad device config is one line before anything is written

@@ -16,6 +16,8 @@ from dac_search.errors import ConfigError
 from dac_search.search.config import SearchConfig
 
 LEGACY_STUDY = "dac-search"  # the one study name of run dirs written before names were derived
+# Settings added since, as run dirs from before them were searched (every layer fp32)
+LEGACY_SETTINGS = {"precisions": "fp32"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -50,6 +52,7 @@ def identity_of(config: SearchConfig, study: str | None = None) -> SearchIdentit
 
 def refuse_difference(where: str, recorded: dict[str, str], settings: tuple[tuple[str, str], ...]) -> None:
     """One line naming the first setting that differs from what ``where`` was searched with."""
+    recorded = {**LEGACY_SETTINGS, **recorded}
     for key, value in settings:
         if key in recorded and recorded[key] != value:
             raise ConfigError(f"{where} was searched with {key} {recorded[key]!r}, not {value!r}: "

@@ -228,3 +228,13 @@ def test_precision_defaults_by_budget_and_bad_ones_are_refused() -> None:
         parse_precisions("fp32,int4")
     with pytest.raises(ConfigError, match="needs a latency budget"):
         SearchConfig("cifar10-resnet20", parse_budget("50%flops"), device="none", precisions=("fp32", "int8"))
+
+
+def test_a_run_dir_from_before_precisions_resumes_as_fp32_and_refuses_int8() -> None:
+    from dac_search.search.identity import refuse_difference, settings_of
+
+    recorded = {"model": "cifar10-resnet20", "budget": "0.6x"}  # written before precision was a setting
+    fp32 = SearchConfig("cifar10-resnet20", parse_budget("0.6x"), precisions=("fp32",))
+    refuse_difference("run", recorded, settings_of(fp32))  # the same search: resumes
+    with pytest.raises(ConfigError, match="precisions 'fp32', not 'fp32,int8'"):
+        refuse_difference("run", recorded, settings_of(SearchConfig("cifar10-resnet20", parse_budget("0.6x"))))
