@@ -88,6 +88,9 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def method_counts(plan: RankPlan) -> str:
-    """How many layers each method takes in a plan, most first: ``dac 30, spatial 9, prune 3``."""
+    """How many layers each method takes in a plan, most first, and how many run in int8:
+    ``dac 30, spatial 9, prune 3; int8 40``."""
     counts = Counter(choice.method for choice in plan.layers.values())
-    return ", ".join(f"{method} {n}" for method, n in counts.most_common())
+    text = ", ".join(f"{method} {n}" for method, n in counts.most_common())
+    int8 = len(plan.int8_layers)
+    return f"{text}; int8 {int8}" if int8 and text else (f"int8 {int8}" if int8 else text)

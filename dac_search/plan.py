@@ -9,9 +9,9 @@ JSON form (layers not listed are kept as they are, in fp32)::
 
 ``precision`` (optional, ``fp32`` when absent) is how the layer runs as deployed; an entry with a precision
 alone keeps the layer dense at that precision. A plan with an int8 layer carries its ``quantization``
-scheme (``dac_search.precision.QuantScheme``, the default filled in when absent); its other ops
-(additions, pooling, the classifier) run in int8 too, as ONNX Runtime's quantizer leaves them, and its
-fp32 convs stay float. Format ``plan@1`` (no precision) is still read.
+scheme (``dac_search.precision.QuantScheme``, the default filled in when absent); its ops between convs
+(additions, pooling) run in int8 too, as ONNX Runtime's quantizer leaves them; its fp32 convs and its
+classifier stay float. Format ``plan@1`` (no precision) is still read.
 
 ``correction`` (optional): fitted on synthetic inputs of the kind ``inputs`` names (optional; absent:
 ``auto``, decided by the model), ``fit_images`` of them (optional; absent: ``FIT_SCALE`` times the batch the

@@ -59,7 +59,10 @@ def test_a_plan_with_int8_layers_round_trips_and_bad_precisions_are_refused(tmp_
     assert data["format"] == "dac-search/plan@2"
     assert data["layers"]["layer1.1.conv1"] == {"precision": "int8"}  # kept dense, in int8
     assert data["layers"]["layer3.0.conv1"] == {"method": "dac", "rank": 3, "variant": "grouped"}  # fp32: no key
-    assert data["quantization"]["calibration"] == "percentile" and data["quantization"]["percentile"] == 99.99
+    assert data["quantization"]["calibration"] == "minmax" and "percentile" not in data["quantization"]
+    percentile = RankPlan.from_dict({"quantization": {"calibration": "percentile", "percentile": 99.9},
+                                     "layers": {"conv1": {"precision": "int8"}}})
+    assert percentile.to_dict()["quantization"]["percentile"] == 99.9
     assert RankPlan.load(path) == plan
     old = {"format": "dac-search/plan@1", "layers": {"conv1": {"method": "dac", "rank": 1}}}
     assert RankPlan.from_dict(old).precisions == {}  # a plan of the earlier format: every layer fp32

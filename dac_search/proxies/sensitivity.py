@@ -58,7 +58,7 @@ def cached_layer_sensitivity(proxy: ModelProxy, layers: Sequence[str], methods: 
 def cached_int8_sensitivity(proxy: ModelProxy, layers: Sequence[str], scheme: QuantScheme,
                             say: Callable[[str], None] | None = None) -> dict[str, float]:
     """Layer -> what putting it alone in int8 adds to the proxy's KL, beyond the int8 ops every int8 plan has
-    (additions, pooling, the classifier: the plan with no conv in int8). One quantized model per layer, run by
+    (additions, pooling: the plan with no conv in int8). One quantized model per layer, run by
     ONNX Runtime, kept on disk beside the single-layer table (method ``int8:<scheme>``, rank 0)."""
     path = cache_path(proxy)
     known = _read(path)

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from dac_search.errors import ConfigError
+from dac_search.precision import INT8, QuantScheme
 from dac_search.search.config import SearchConfig
 
 LEGACY_STUDY = "dac-search"  # the one study name of run dirs written before names were derived
@@ -38,7 +39,9 @@ def settings_of(config: SearchConfig) -> tuple[tuple[str, str], ...]:
             ("device", config.device), ("budget", config.budget.text), ("methods", ",".join(config.methods)),
             ("correction", config.correction or "none"), ("inputs", config.inputs),
             ("proxy_images", str(config.proxy_images)), ("seed", str(config.seed)),
-            ("precisions", ",".join(config.precisions)))
+            ("precisions", ",".join(config.precisions)),
+            *((("int8_scheme", json.dumps(QuantScheme().to_dict(), sort_keys=True)),) if INT8 in config.precisions
+              else ()))
 
 
 def identity_of(config: SearchConfig, study: str | None = None) -> SearchIdentity:
