@@ -59,19 +59,9 @@ def check_plan(model: nn.Module, plan: RankPlan) -> Pruning:
     """
     seen: dict[int, str] = {}
     for name in plan.precisions:  # a layer in another precision is any conv of the model
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise PlanError(f"the plan gives layer {name!r} a precision, but this model has no such layer") from None
-        if not isinstance(module, nn.Conv2d):
-            raise PlanError(f"layer {name!r} is a {type(module).__name__}; a plan sets the precision of convs")
+        _planned_conv(model, name)
     for name in plan.layers:
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise PlanError(f"the plan names layer {name!r}, which this model does not have") from None
-        if not isinstance(module, nn.Conv2d):
-            raise PlanError(f"layer {name!r} is a {type(module).__name__}, not a Conv2d")
+        module = _planned_conv(model, name)
         first = seen.setdefault(id(module), name)
         if first != name:
             raise PlanError(f"layers {first!r} and {name!r} are the same conv; a plan names each conv once")
@@ -94,6 +84,17 @@ def check_plan(model: nn.Module, plan: RankPlan) -> Pruning:
             raise PlanError(f"layer {name!r}: rank {choice.rank} exceeds the limit {limit} for method "
                             f"{choice.method!r}{after}")
     return pruning
+
+
+def _planned_conv(model: nn.Module, name: str) -> nn.Conv2d:
+    """The conv a plan names, or one line saying why ``name`` is not one."""
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        raise PlanError(f"the plan names layer {name!r}, which this model does not have") from None
+    if not isinstance(module, nn.Conv2d):
+        raise PlanError(f"layer {name!r} is a {type(module).__name__}, not a Conv2d")
+    return module
 
 
 def replace_layers(model: nn.Module, plan: RankPlan | Mapping[str, Any] | str | os.PathLike[str]) -> nn.Module:
