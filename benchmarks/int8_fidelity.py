@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         for mix in MIXES:
             plan = with_precision(base, convs, mix, rng)
             whole = proxy.score(plan).kl
-            additive = sum(penalty(n, plan.layers.get(n), plan.precision_of(n)) for n in {*plan.layers, *plan.precisions})
+            additive = penalty.additive(plan)
             score = math.sqrt(max(whole, 0.0) * max(additive, 0.0))
             rows.append((mix, -score, top1(decompose_model(model, plan))))
             print(f"plan {i} {mix}: proxy {score:.4g}, top-1 {rows[-1][2]:.2f}", file=sys.stderr)

@@ -65,6 +65,7 @@ def cached_int8_sensitivity(proxy: ModelProxy, layers: Sequence[str], scheme: Qu
     method = "int8:" + hashlib.sha256(json.dumps(scheme.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
     shape = (1, *proxy.inputs.shape[1:])
     missing = [name for name in ["", *layers] if (name, method, 0) not in known]
+    distributions = distributions_of(proxy.model, proxy.reference_logits)
     if missing:
         if say is not None:
             say(f"measuring the int8 proxy of {len(missing)} layers")
@@ -74,8 +75,7 @@ def cached_int8_sensitivity(proxy: ModelProxy, layers: Sequence[str], scheme: Qu
             else:
                 model = Int8Model(proxy.model, frozenset(), scheme, calibration_inputs(proxy.model, shape, scheme), shape)
             with torch.no_grad():
-                known[(name, method, 0)] = compare(proxy.reference_logits, model(proxy.inputs),
-                                                   distributions_of(proxy.model, proxy.reference_logits)).kl
+                known[(name, method, 0)] = compare(proxy.reference_logits, model(proxy.inputs), distributions).kl
         write_text_atomic(path, json.dumps([[*key, value] for key, value in sorted(known.items())]))
     base = known[("", method, 0)]
     return {name: max(known[(name, method, 0)] - base, 0.0) for name in layers}

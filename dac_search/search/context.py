@@ -78,6 +78,11 @@ class Penalties:
             total += self.int8[name]
         return total
 
+    def additive(self, plan: RankPlan) -> float:
+        """The sum of the single-layer KLs of every layer the plan changes (replaced, pruned or in int8)."""
+        return sum(self(name, plan.layers.get(name), plan.precision_of(name))
+                   for name in {*plan.layers, *plan.precisions})
+
 
 @dataclass(frozen=True)
 class SearchContext:
@@ -105,8 +110,7 @@ class SearchContext:
 
     def score(self, plan: RankPlan) -> PlanScore:
         whole = self.proxy.score(plan)
-        additive = sum(self.penalty(name, plan.layers.get(name), plan.precision_of(name))
-                       for name in {*plan.layers, *plan.precisions})
+        additive = self.penalty.additive(plan)
         return PlanScore(math.sqrt(max(whole.kl, 0.0) * max(additive, 0.0)), whole.kl, additive, whole.agreement)
 
     def latency(self, plan: RankPlan) -> float | None:
