@@ -3,10 +3,13 @@ distilled images by each method, judged on real labelled images (the only place 
 
     .venv/bin/python benchmarks/int8_calibration.py [--models cifar10-resnet20,cifar10-resnet56,mobilenet_v2]
         [--calibrations percentile:99.99,percentile:99.9,minmax,entropy] [--device local] [--images N]
+        [--litert-device local-litert]
 
 CIFAR ResNets are judged on the 5,000 shared CIFAR-10 test images, MobileNet-V2 on the 500 ImageNet images of
 ``sample_a``. Latency: each model's int8 file timed beside its fp32 original in one session (calibration
-does not change the speed, so one per model). Prints one markdown table.
+does not change the speed, so one per model). With ``--litert-device``, the same plan written for LiteRT
+(min/max only: ``dac_search.int8_tflite``) is judged and timed beside the original's fp32 ``.tflite`` too.
+Prints one markdown table.
 """
 
 from __future__ import annotations
@@ -21,13 +24,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import ASSETS, markdown, split  # noqa: E402
-from latency_quality import onnx_top1, paired  # noqa: E402
+from latency_quality import file_top1, paired  # noqa: E402
 
 from dac_search.eval_data import load_eval_data  # noqa: E402
-from dac_search.export import export_onnx  # noqa: E402
+from dac_search.export import export_onnx, export_tflite  # noqa: E402
 from dac_search.plan import RankPlan  # noqa: E402
 from dac_search.precision import QuantScheme  # noqa: E402
-from dac_search.proxies.calibration import quantized  # noqa: E402
+from dac_search.proxies.calibration import every_conv_in_int8, quantized  # noqa: E402
 from dac_search.zoo import input_shape_of, load_model  # noqa: E402
 
 
@@ -45,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="local")
     parser.add_argument("--images", type=int, default=None, help="calibration images (default: the scheme's)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--litert-device", default=None, help="also the minmax model in LiteRT, timed on this device")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
@@ -54,24 +58,36 @@ def main(argv: list[str] | None = None) -> None:
             shape = tuple(input_shape_of(spec))
             data = load_eval_data(str(eval_path(spec)), size=shape[2:])
             original = export_onnx(model, Path(tmp) / f"{spec}.onnx", shape)
-            fp32 = onnx_top1(original, data)
-            convs = {name: "int8" for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+            fp32 = file_top1(original, data)
+            convs = every_conv_in_int8(model)
             files = []
             for text in split(args.calibrations):
                 method, _, percentile = text.partition(":")
                 scheme = QuantScheme(calibration=method, percentile=float(percentile or 99.99), images=args.images)
                 plan = RankPlan({}, spec, shape, precisions=convs, quantization=scheme)
-                path = quantized(model, plan, model).write_onnx(Path(tmp) / f"{spec}-{text.replace(':', '-')}.onnx")
+                int8 = quantized(model, plan, model)
+                path = int8.write_onnx(Path(tmp) / f"{spec}-{text.replace(':', '-')}.onnx")
                 files.append(path)
-                top1 = onnx_top1(path, data)
-                images = scheme.images or "default"
-                rows.append([spec, text, str(images), f"{fp32:.2f}", f"{top1:.2f}", f"{top1 - fp32:+.2f}"])
+                rows.append(_row(spec, "onnxruntime", text, scheme, fp32, file_top1(path, data)))
             (ratio,) = paired(args.device, original, files[:1], shape)
             for row in rows[-len(files):]:
-                row.append(f"{ratio:.3f}x")
+                row.append(f"{ratio:.3f}x ({args.device})")
+            if args.litert_device:
+                scheme = QuantScheme(images=args.images)
+                int8 = quantized(model, RankPlan({}, spec, shape, precisions=convs, quantization=scheme), model)
+                reference = export_tflite(model, Path(tmp) / f"{spec}.tflite", shape)
+                path = int8.write_tflite(Path(tmp) / f"{spec}-int8.tflite")
+                (ratio,) = paired(args.litert_device, reference, [path], shape)
+                rows.append([*_row(spec, "litert", "minmax", scheme, file_top1(reference, data), file_top1(path, data)),
+                             f"{ratio:.3f}x ({args.litert_device})"])
     print(f"### The original in int8 by calibration (data-free: distilled images), {args.device}, batch 1\n")
-    print(markdown(["model", "calibration", "images", "fp32 top-1 %", "int8 top-1 %", "drop (pts)",
+    print(markdown(["model", "runtime", "calibration", "images", "fp32 top-1 %", "int8 top-1 %", "drop (pts)",
                     "int8 latency vs fp32 (paired)"], rows))
+
+
+def _row(spec: str, runtime: str, calibration: str, scheme: QuantScheme, fp32: float, top1: float) -> list[str]:
+    return [spec, runtime, calibration, str(scheme.images or "default"), f"{fp32:.2f}", f"{top1:.2f}",
+            f"{top1 - fp32:+.2f}"]
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from dac_search.int8_model import Int8Model  # noqa: E402
 from dac_search.export.run import ExportedModel, export_run  # noqa: E402
 from dac_search.plan import LayerChoice, RankPlan  # noqa: E402
 from dac_search.proxies.apply import decompose_model  # noqa: E402
-from dac_search.proxies.calibration import quantized  # noqa: E402
+from dac_search.proxies.calibration import every_conv_in_int8, quantized  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402
 from dac_search.zoo.cifar_resnet import CifarResNet  # noqa: E402
 from profilers import load_device  # noqa: E402
@@ -51,6 +51,30 @@ from profilers.pool import DevicePool  # noqa: E402
 
 CLI = [sys.executable, "-m", "dac_search.cli"]
 UNIFORM_RANKS = (1, 2, 3)
+
+
+def file_top1(path: Path, data: EvalData) -> float:
+    """Top-1 (%) of an exported file in the runtime it was written for (``.onnx`` or ``.tflite``)."""
+    return tflite_top1(path, data) if path.suffix == ".tflite" else onnx_top1(path, data)
+
+
+def tflite_top1(path: Path, data: EvalData) -> float:
+    """Top-1 (%) of a ``.tflite`` file run by LiteRT (XNNPACK), one thread; an int8 input quantized as the file says."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    (entry,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    correct = 0
+    for x, y in data.batches(1):
+        image = x.numpy()
+        if entry["dtype"] != np.float32:
+            scale, zero = entry["quantization"]
+            image = np.clip(np.round(image / scale + zero), -128, 127).astype(entry["dtype"])
+        interpreter.set_tensor(entry["index"], image)
+        interpreter.invoke()
+        correct += int(np.argmax(interpreter.get_tensor(out["index"]), axis=1)[0] == int(y[0]))
+    return 100.0 * correct / len(data)
 
 
 def onnx_top1(path: Path, data: EvalData) -> float:
@@ -88,8 +112,7 @@ def uniform_plan(costs: CostModel, rank: int, spec: str, correction: str) -> Ran
 
 def in_int8(model: torch.nn.Module, float_model: torch.nn.Module, spec: str) -> Int8Model:
     """``float_model`` with every conv in int8, calibrated on images distilled from ``model`` (the original)."""
-    convs = {name: "int8" for name, m in float_model.named_modules() if isinstance(m, torch.nn.Conv2d)}
-    return quantized(float_model, RankPlan({}, spec, INPUT_SHAPE, precisions=convs), model)
+    return quantized(float_model, RankPlan({}, spec, INPUT_SHAPE, precisions=every_conv_in_int8(float_model)), model)
 
 
 def paired(device: str, reference: Path, models: list[Path], shape: tuple[int, ...] = INPUT_SHAPE) -> list[float]:

@@ -35,6 +35,12 @@ class DecompositionError(ConfigError):
     """A layer that cannot be decomposed as asked (1x1 kernel, depthwise, rank out of range)."""
 
 
+class StorageUnavailableError(DacSearchError):
+    """A study storage still unreachable or failing after the retries: the environment, not the input."""
+
+    exit_code = 1
+
+
 class WeightsUnavailableError(DacSearchError):
     """Pretrained weights are neither cached nor downloadable (offline machine)."""
 

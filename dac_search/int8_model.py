@@ -15,11 +15,8 @@ the quantize/dequantize pairs at their edges that the quantizer puts there, and 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +28,7 @@ from dac_search.atomic import atomic_path
 from dac_search.errors import ConfigError
 from dac_search.onnx_file import export_onnx
 from dac_search.precision import INT8_RUNTIMES, QuantScheme
+from dac_search.quiet import quiet_tools
 
 CALIBRATION_BATCH = 32  # images per calibration run: the ranges do not depend on it, the memory does
 TIMING_IMAGES = 4  # random calibration images of a model built only to be timed (ranges do not change its speed)
@@ -65,6 +63,12 @@ class Int8Model(nn.Module):
         with atomic_path(path) as tmp:
             Path(tmp).write_bytes(self.onnx_bytes())
         return Path(path)
+
+    def write_tflite(self, path: str | Path) -> Path:
+        """The same model for LiteRT (``int8_tflite``): same layers, scheme and calibration images."""
+        from dac_search.int8_tflite import write_int8_tflite
+
+        return write_int8_tflite(self.model, path, self.layers, self.scheme, self._calibration(), self.input_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The int8 model's outputs, run by ONNX Runtime on the CPU (no gradient flows through it)."""
@@ -156,7 +160,7 @@ def _quantize(model: nn.Module, path: Path, layers: frozenset[str] | None, schem
     method = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax,
               "entropy": CalibrationMethod.Entropy}[scheme.calibration]
     try:
-        with _quiet():
+        with quiet_tools():
             quantize_static(str(fp32), str(path), Batches(calibration), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=method, nodes_to_exclude=exclude,
@@ -167,19 +171,6 @@ def _quantize(model: nn.Module, path: Path, layers: frozenset[str] | None, schem
         raise ConfigError(f"ONNX Runtime's quantizer failed on this model: {type(exc).__name__}: {exc}") from None
     finally:
         fp32.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The quantizer prints its progress and logs advice at WARNING: neither may break the live view."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
 
 
 def check_int8_runtime(runtime: str) -> None:

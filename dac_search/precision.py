@@ -23,8 +23,9 @@ FP32 = "fp32"
 INT8 = "int8"
 PRECISIONS = (FP32, INT8)  # fp16 would be one more name here, and one more export path
 CALIBRATIONS = ("percentile", "minmax", "entropy")
-# Runtimes whose int8 models dac-search writes and times (ONNX Runtime: QDQ models, MLAS int8 kernels).
-INT8_RUNTIMES = ("onnxruntime",)
+# Runtimes whose int8 models dac-search writes and times (ONNX Runtime: QDQ models, MLAS int8 kernels;
+# LiteRT: full-integer .tflite models, XNNPACK int8 kernels).
+INT8_RUNTIMES = ("onnxruntime", "litert")
 
 
 @dataclass(frozen=True)

@@ -319,7 +319,12 @@ def _load_runtime(name: str, threads: int | None) -> tuple[str, Callable[[str, l
                 if list(entry["shape"]) != list(shape):
                     model.resize_tensor_input(entry["index"], shape)
                     model.allocate_tensors()
-                model.set_tensor(entry["index"], np.random.default_rng(0).random(shape, dtype=np.float32))
+                data = np.random.default_rng(0).random(shape, dtype=np.float32)
+                if entry["dtype"] != np.float32:  # a full-integer model: its input quantized as the file says
+                    scale, zero = entry["quantization"]
+                    limits = np.iinfo(entry["dtype"])
+                    data = np.clip(np.round(data / scale + zero), limits.min, limits.max).astype(entry["dtype"])
+                model.set_tensor(entry["index"], data)
             except MemoryError:
                 raise
             except Exception as exc:  # the interpreter raises ValueError and RuntimeError for a bad file

@@ -28,6 +28,15 @@ class PostgresServer:
     def env(self) -> dict[str, str]:
         return {**os.environ, "PGPASSWORD": self.password}
 
+    def fresh_database(self, prefix: str) -> str:
+        """The URL of a new, empty database on this server: no schema, as a first worker finds it."""
+        import psycopg
+
+        name = f"{prefix}_{secrets.token_hex(4)}"
+        with psycopg.connect(self.url, password=self.password, autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
 
 def server_binaries() -> Path | None:
     """The newest installed server's bin dir (Debian keeps them off PATH), or where initdb is on PATH."""
@@ -45,7 +54,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def postgres_server(bin_dir: Path) -> Iterator[PostgresServer]:
+def postgres_server(bin_dir: Path, max_connections: int = 60) -> Iterator[PostgresServer]:
     as_root = os.geteuid() == 0
     owner = pwd.getpwnam("postgres") if as_root else None
     prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
@@ -67,7 +76,7 @@ def postgres_server(bin_dir: Path) -> Iterator[PostgresServer]:
             f"--pwfile={root / 'pw'}", "-E", "UTF8")
         # max_connections: several workers, each with a pooled connection and a heartbeat thread
         run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-            f"-h 127.0.0.1 -p {port} -k {root} -c max_connections=60 -c fsync=off", "start")
+            f"-h 127.0.0.1 -p {port} -k {root} -c max_connections={max_connections} -c fsync=off", "start")
         try:
             yield PostgresServer(f"postgresql://{USER}@127.0.0.1:{port}/postgres", password)
         finally:

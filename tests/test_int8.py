@@ -101,7 +101,7 @@ def test_the_plan_rebuilds_the_same_int8_model_and_export_writes_it(resnet20, tm
     with pytest.raises(ConfigError, match="ONNX"):
         export_model(first, tmp_path / "mixed.ts", plan, "cifar10-resnet20")
     with pytest.raises(ConfigError, match="no int8 path"):
-        export_for("litert", first, tmp_path / "mixed", SHAPE)
+        export_for("torch", first, tmp_path / "mixed", SHAPE)
 
 
 def test_calibration_images_come_from_the_distillation_cache_apart_from_the_scored_batch(resnet20) -> None:

@@ -31,6 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         f"(password from PGPASSWORD or ~/.pgpass; default: ${STORAGE_ENV}, else SQLite in the run dir)")
     parser.add_argument("--study", help="the study's name in the storage (default: read off the model, device, "
                         "budget and every setting that changes a score)")
+    parser.add_argument("--heartbeat", default="2m", help="shared studies: a trial whose worker has been silent "
+                        "this long (a machine lost, kill -9) is failed and run again by a live worker; workers "
+                        "beat every quarter of it (default 2m)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", help=f"comma list of {', '.join(PLAN_METHODS)} (default: all of them under "
                         "a latency budget, every factorisation but prune under a FLOPs or parameter budget)")
@@ -60,7 +63,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         input_shape=parse_shape(args.input_shape) if args.input_shape else None, trials=args.trials,
         timeout_s=parse_duration(args.timeout) if args.timeout else None,
         out=Path(args.out) if args.out else None, storage=args.storage or os.environ.get(STORAGE_ENV) or None,
-        study=args.study, seed=args.seed,
+        study=args.study, heartbeat_s=parse_duration(args.heartbeat), seed=args.seed,
         methods=None if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
         correction=None if args.correction == "none" else args.correction, inputs=args.inputs,
         proxy_images=args.proxy_images,

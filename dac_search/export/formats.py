@@ -18,12 +18,12 @@ from torch import nn
 from dac_search.atomic import atomic_path
 from dac_search.errors import ConfigError
 from dac_search.int8_model import Int8Model, check_int8_runtime
+from dac_search.litert_convert import convert_to_tflite
 from dac_search.onnx_file import ONNX_OPSET, export_onnx
 from dac_search.plan import RankPlan
 
 FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".pt": "pt", ".tflite": "tflite"}
 EXPORT_FORMATS = ("onnx", "torchscript", "pt", "tflite")
-LITERT_EXTRA = "pip install 'dac-search[litert]'"
 PT_FORMAT = "dac-search/export@1"
 
 
@@ -46,28 +46,8 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike[str], input_sha
 
 
 def export_tflite(model: nn.Module, path: str | os.PathLike[str], input_shape: Sequence[int]) -> Path:
-    """A LiteRT (.tflite) flatbuffer, converted here by litert-torch: the device needs only ``ai_edge_litert``
-    and numpy to run it. The input stays N,C,H,W as in torch (the converter adds the layout changes)."""
-    # The converter's chatter would break the live view: its progress lines, native INFO lines and the
-    # oneDNN notice on stderr, and a deprecation warning torch logs while torchao is imported.
-    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    pytree_log = logging.getLogger("torch.utils._pytree")
-    level = pytree_log.level
-    pytree_log.setLevel(logging.ERROR)
-    try:
-        import litert_torch
-    except ImportError:
-        raise ConfigError(f"LiteRT models are converted by litert-torch, which is not installed: {LITERT_EXTRA}") from None
-    finally:
-        pytree_log.setLevel(level)
-    sample = torch.zeros(tuple(int(v) for v in input_shape))
-    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad(), \
-            contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        litert_torch.convert(model.eval(), (sample,)).export(str(tmp))
-    return Path(path)
+    """A LiteRT (.tflite) flatbuffer, converted here by litert-torch."""
+    return convert_to_tflite(model.eval(), torch.zeros(tuple(int(v) for v in input_shape)), path)
 
 
 def export_pt(model: nn.Module, path: str | os.PathLike[str], plan: RankPlan, spec: str,
@@ -111,6 +91,8 @@ def export_for(runtime: str, model: nn.Module, path_stem: Path, input_shape: Seq
     (``dac_search.int8_model.Int8Model``) as the quantized file, for a runtime that has int8 kernels."""
     if isinstance(model, Int8Model):
         check_int8_runtime(runtime)
+        if runtime == "litert":
+            return model.write_tflite(path_stem.with_suffix(".tflite"))
         return model.write_onnx(path_stem.with_suffix(".onnx"))
     if runtime == "torch":
         return export_torchscript(model, path_stem.with_suffix(".pt"), input_shape)
@@ -128,9 +110,11 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], plan: RankPlan,
     if isinstance(model, Int8Model):
         if fmt == "onnx":
             return model.write_onnx(path)  # the QDQ model that was scored and timed
+        if fmt == "tflite":
+            return model.write_tflite(path)  # the same layers, scheme and calibration, for LiteRT
         if fmt != "pt":
-            raise ConfigError(f"the plan has int8 layers, which dac-search writes as ONNX (QDQ) only; "
-                              f"use --format onnx, or pt for the float weights and the plan")
+            raise ConfigError(f"the plan has int8 layers, which dac-search writes as ONNX (QDQ) or LiteRT "
+                              f"(.tflite) only; use --format onnx or tflite, or pt for the float weights and the plan")
         model = model.model  # the float weights; the plan's quantization rebuilds the int8 model
     if fmt == "onnx":
         return export_onnx(model, path, shape)

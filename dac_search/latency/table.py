@@ -38,12 +38,32 @@ TABLE_FORMAT = "dac-search/latency-table@1"
 CandidateFn = Callable[[str, nn.Conv2d], Iterable[LayerChoice]]
 
 
+@dataclass(frozen=True)
+class CandidateKey:
+    """One timed candidate of a table row: ``prefix/rank[/variant][@precision]``, or ``original[@precision]``
+    (``rank`` None)."""
+
+    prefix: str
+    rank: int | None = None
+    variant: str | None = None
+    precision: str = FP32
+
+    def __str__(self) -> str:
+        parts = [self.prefix, *([] if self.rank is None else [str(self.rank)]), *([self.variant] if self.variant else [])]
+        return "/".join(parts) + ("" if self.precision == FP32 else f"@{self.precision}")
+
+    @classmethod
+    def parse(cls, key: str) -> CandidateKey:
+        body, _, precision = key.partition("@")
+        prefix, *rest = body.split("/")
+        return cls(prefix, int(rest[0]) if rest else None, rest[1] if len(rest) > 1 else None, precision or FP32)
+
+
 def candidate_key(choice: LayerChoice | None, precision: str = FP32) -> str:
     """``original``, ``dac/3/stacked``, ``channel/16``; in int8 ``original@int8``, ``dac/3/stacked@int8``."""
-    suffix = "" if precision == FP32 else f"@{precision}"
     if choice is None:
-        return ORIGINAL + suffix
-    return f"{choice.method}/{choice.rank}" + (f"/{choice.variant}" if choice.variant else "") + suffix
+        return str(CandidateKey(ORIGINAL, precision=precision))
+    return str(CandidateKey(choice.method, choice.rank, choice.variant, precision))
 
 
 def rank_grid(limit: int, points: int = 10) -> list[int]:
@@ -176,18 +196,14 @@ class LatencyTable:
     def _interpolated(self, row: Mapping[str, Timing], layer: str, prefix: str, rank: int,
                       variant: str | None, precision: str = FP32) -> float:
         """``prefix/rank[/variant][@precision]`` from the row, linearly interpolated between the ranks timed."""
-        tail = [variant] if variant else []
-        suffix = "" if precision == FP32 else f"@{precision}"
-        ranks = sorted(int(parts[1]) for parts in (key.removesuffix(suffix).split("/") for key in row
-                                                   if key.endswith(suffix) and (suffix or "@" not in key))
-                       if parts[0] == prefix and parts[2:] == tail)
+        ranks = sorted(key.rank for key in map(CandidateKey.parse, row)
+                       if (key.prefix, key.variant, key.precision) == (prefix, variant, precision) and key.rank)
         if not ranks:
-            name = "/".join([prefix, *tail]) + suffix
-            raise PlanError(f"latency table has no {name} timings for layer {layer!r}; rebuild it with that "
+            raise PlanError(f"latency table has no {CandidateKey(prefix, None, variant, precision)} timings for layer {layer!r}; rebuild it with that "
                             "method and precision")
 
         def at(r: int) -> float:
-            return row["/".join([prefix, str(r), *tail]) + suffix].median_ms
+            return row[str(CandidateKey(prefix, r, variant, precision))].median_ms
 
         if len(ranks) == 1:
             return at(ranks[0])
@@ -242,7 +258,7 @@ class LatencyTable:
 
     def precisions(self) -> tuple[str, ...]:
         """The precisions this table has timings in."""
-        found = {key.partition("@")[2] or FP32 for row in self.timings.values() for key in row}
+        found = {CandidateKey.parse(key).precision for row in self.timings.values() for key in row}
         return tuple(p for p in PRECISIONS if p in found)
 
     def with_original(self, original_ms: float) -> LatencyTable:

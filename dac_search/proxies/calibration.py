@@ -15,7 +15,7 @@ from torch import nn
 from dac_search.errors import ConfigError
 from dac_search.int8_model import Int8Model
 from dac_search.plan import RankPlan
-from dac_search.precision import QuantScheme
+from dac_search.precision import INT8, QuantScheme
 from dac_search.proxies.correction import DEFAULT_INPUTS, default_input_count
 from dac_search.proxies.synthetic import synthetic_inputs
 
@@ -38,3 +38,9 @@ def quantized(float_model: nn.Module, plan: RankPlan, original: nn.Module,
     if calibration is None:
         calibration = calibration_inputs(original, plan.input_shape, plan.quantization, plan.inputs)
     return Int8Model(float_model, plan.int8_layers, plan.quantization, calibration, plan.input_shape)
+
+
+def every_conv_in_int8(model: nn.Module) -> dict[str, str]:
+    """A plan's precisions that put every conv of ``model`` in int8: the original's own data-free int8, the
+    reference every plan is compared with (and uniform DAC's, applied to its factorised model)."""
+    return {name: INT8 for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from torch import nn
 
 from dac_search.decompose import max_rank
 from dac_search.errors import PlanError
@@ -17,6 +16,7 @@ from dac_search.latency import measure_beside
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.precision import INT8
 from dac_search.proxies.apply import decompose_model
+from dac_search.proxies.calibration import every_conv_in_int8
 from dac_search.rundir import ReferencePoint, TrialRow, UniformPoint
 from dac_search.search.context import SearchContext
 
@@ -53,9 +53,8 @@ def with_top1(ctx: SearchContext, run_dir: Path, front: Sequence[TrialRow], data
 
 def int8_original_plan(ctx: SearchContext) -> RankPlan:
     """The original with every conv in int8, quantized and calibrated as the search's int8 plans are."""
-    convs = {name: INT8 for name, module in ctx.model.named_modules() if isinstance(module, nn.Conv2d)}
     return RankPlan({}, ctx.config.model, ctx.input_shape, ctx.config.correction, ctx.config.plan_inputs,
-                    precisions=convs, quantization=ctx.quantization)
+                    precisions=every_conv_in_int8(ctx.model), quantization=ctx.quantization)
 
 
 def int8_reference(ctx: SearchContext) -> tuple[ReferencePoint, ...]:

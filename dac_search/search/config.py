@@ -30,6 +30,7 @@ class SearchConfig:
     out: Path | None = None
     storage: str | None = None
     study: str | None = None  # the study's name in the storage (default: read off the settings)
+    heartbeat_s: float = 120.0  # a trial its worker stopped beating for this long is failed and retried
     seed: int = 0
     # None: every method under a latency budget, pruning included (the device's table prices each layer's
     # options: removing channels converts to time 1:1, a factorisation adds operators); every factorisation
@@ -76,6 +77,9 @@ class SearchConfig:
             raise ConfigError(f"--inputs takes {AUTO} or one of {', '.join(KINDS)}, got {self.inputs!r}")
         if self.study is not None and not self.study.strip():
             raise ConfigError("--study needs a name")
+        if self.heartbeat_s < 2:
+            raise ConfigError(f"--heartbeat must be at least 2s (workers beat every quarter of it), "
+                              f"got {self.heartbeat_s:g}s")
         if self.proxy_images < 2:
             raise ConfigError(f"--proxy-images must be at least 2, got {self.proxy_images}")
         if self.budget.kind == "latency" and self.device == "none":

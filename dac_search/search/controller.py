@@ -27,7 +27,7 @@ from dac_search.search.identity import LEGACY_STUDY, SearchIdentity, identity_of
 from dac_search.search.live import LiveView
 from dac_search.search.objective import AfterTrial, Objective, rows_of, stop_at_total
 from dac_search.search.record import now, run_info
-from dac_search.search.study import RUN_ATTR, enqueue_warm_starts, fail_dead_trials, open_study
+from dac_search.search.study import RUN_ATTR, Heartbeat, enqueue_warm_starts, fail_dead_trials, open_study
 from profilers.devices import load_device
 
 WARM_START_SHARES = (0.8, 0.6, 0.5, 0.4)
@@ -55,17 +55,19 @@ def run_search(config: SearchConfig, view_factory: Callable[..., LiveView] = Liv
     if config.has_device:
         load_device(config.device)  # a bad device config is one line before anything is written
     # a shared storage is opened before any set-up: a wrong URL must not wait for minutes of distillation
-    opened = open_study(config.storage, config.seed, identity) if config.storage else None
+    heartbeat = Heartbeat.of_grace(config.heartbeat_s)
+    opened = open_study(config.storage, config.seed, identity, heartbeat) if config.storage else None
     inputs = load_inputs(config)  # a model, input shape or --eval-data it cannot use: before anything is written
     (run_dir / "plans").mkdir(parents=True, exist_ok=True)
-    study, created = opened or open_study(f"sqlite:///{(run_dir / 'study.db').resolve()}", config.seed, identity)
+    storage_url = config.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    study, _ = opened or open_study(storage_url, config.seed, identity, heartbeat)
     view = view_factory(config.trials, _cost_text(config))
     with view:
         ctx = build_context(config, inputs, view.say, view.warn)
         if ctx.pool is not None:
             view.hosts = ctx.pool.status
         try:
-            return _search(ctx, inputs.eval_data, identity, study, created, run_dir, view,
+            return _search(ctx, inputs.eval_data, identity, study, storage_url, run_dir, view,
                            previous.created if previous else now())
         finally:
             ctx.close()
@@ -95,8 +97,8 @@ def _previous_run(run_dir: Path, config: SearchConfig, identity: SearchIdentity)
     return previous
 
 
-def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity, study: optuna.Study, created: bool,
-            run_dir: Path, view: LiveView, started: str) -> SearchOutcome:
+def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity, study: optuna.Study,
+            storage_url: str, run_dir: Path, view: LiveView, started: str) -> SearchOutcome:
     config = ctx.config
     baseline = Baseline(flops=ctx.costs.baseline.flops, params=ctx.costs.baseline.params,
                         latency_ms=ctx.table.original_ms if ctx.table else None, latency_iqr_ms=None,
@@ -112,8 +114,7 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
     target = ctx.budget.value / ctx.baseline_cost()
     shares = sorted({*(min(target * (1 - m), 0.99) for m in ctx.margins), *(s for s in WARM_START_SHARES if s < 0.99)},
                     reverse=True)
-    if created or not study.get_trials(deepcopy=False):  # once per study, not once per worker
-        enqueue_warm_starts(study, ctx.space, [ctx.space.log_lambda_for(s, ctx.share) for s in shares])
+    enqueue_warm_starts(study, storage_url, ctx.space, [ctx.space.log_lambda_for(s, ctx.share) for s in shares])
 
     completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     view.total, view.done = config.trials, completed

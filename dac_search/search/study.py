@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dac_search.errors import ConfigError
 from dac_search.redact import mask_url
+from dac_search.search.storage_setup import setup_lock, with_retries
 from dac_search.search.identity import SearchIdentity, refuse_difference
 from dac_search.search.space import SearchSpace
 
@@ -39,33 +40,50 @@ class Heartbeat:
         if not 0 < self.interval_s < self.grace_s:
             raise ConfigError(f"a heartbeat needs 0 < interval < grace, got {self.interval_s} s and {self.grace_s} s")
 
+    @classmethod
+    def of_grace(cls, grace_s: float) -> Heartbeat:
+        """A beat every quarter of the grace: three beats may be late before a live worker is taken for dead."""
+        return cls(interval_s=max(1, int(grace_s) // 4), grace_s=int(grace_s))
+
 
 def open_study(storage_url: str, seed: int, identity: SearchIdentity,
                heartbeat: Heartbeat = Heartbeat()) -> tuple[optuna.Study, bool]:
     """The study of a search and whether this worker created it; the budget is a constraint each trial
-    sets (``Trial.set_constraint``). A study searched with other settings is refused in one line."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(storage_url, engine_kwargs=engine_settings(storage_url),
-                                 heartbeat_interval=heartbeat.interval_s, grace_period=heartbeat.grace_s,
-                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                                     max_retry=heartbeat.retries))
-    except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
-        raise ConfigError(f"cannot open the study storage {mask_url(storage_url)}: {_reason(exc)}") from None
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
-    try:  # only one worker creates a study, even when several start at once (the storage's unique key)
-        study = optuna.create_study(storage=storage, sampler=sampler, study_name=identity.name,
-                                    directions=["minimize", "minimize"])
+    sets (``Trial.set_constraint``). A study searched with other settings is refused in one line.
+
+    Workers may start at the same instant on an empty database: the schema, the study and its settings
+    are made under the storage's set-up lock, once (``storage_setup``)."""
+    study, created = with_retries(storage_url, lambda: _open_study(storage_url, seed, identity, heartbeat))
+    if not created:
+        refuse_difference(f"study {identity.name!r}", _settings(study), identity.settings)
+    return study, created
+
+
+def _open_study(storage_url: str, seed: int, identity: SearchIdentity,
+                heartbeat: Heartbeat) -> tuple[optuna.Study, bool]:
+    with setup_lock(storage_url, _connect_args(storage_url)):
+        storage = _storage(storage_url, heartbeat)
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
+        try:
+            study = optuna.create_study(storage=storage, sampler=sampler, study_name=identity.name,
+                                        directions=["minimize", "minimize"])
+        except optuna.exceptions.DuplicatedStudyError:
+            # a joining worker samples on from its own seed: the same seed in every worker would have them
+            # all propose the same plans until their histories differ
+            joiner = optuna.samplers.TPESampler(seed=_worker_seed(seed), n_startup_trials=10)
+            return optuna.load_study(storage=storage, sampler=joiner, study_name=identity.name), False
         study.set_user_attr("settings", identity.settings_dict)
         return study, True
-    except optuna.exceptions.DuplicatedStudyError:
-        # a joining worker samples on from its own seed: the same seed in every worker would have them
-        # all propose the same plans until their histories differ
-        joiner = optuna.samplers.TPESampler(seed=_worker_seed(seed), n_startup_trials=10)
-        study = optuna.load_study(storage=storage, sampler=joiner, study_name=identity.name)
-    refuse_difference(f"study {identity.name!r}", _settings(study), identity.settings)
-    return study, False
+
+
+def _storage(storage_url: str, heartbeat: Heartbeat | None = None) -> RDBStorage:
+    """Optuna's storage with this worker's engine settings (and heartbeat, for a worker that runs trials)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        beat = {} if heartbeat is None else {
+            "heartbeat_interval": heartbeat.interval_s, "grace_period": heartbeat.grace_s,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=heartbeat.retries)}
+        return RDBStorage(storage_url, engine_kwargs=engine_settings(storage_url), **beat)
 
 
 POOL_SIZE, POOL_OVERFLOW = 2, 2  # a worker's connections: its own and the heartbeat thread's, and a spare pair
@@ -83,9 +101,13 @@ def engine_settings(storage_url: str) -> dict[str, object]:
     settings: dict[str, object] = {"pool_pre_ping": True}
     if not storage_url.startswith("sqlite"):
         settings.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
-    if storage_url.startswith("postgresql"):
-        settings["connect_args"] = {"application_name": f"dac-search {WORKER}"[:63]}
+    settings["connect_args"] = _connect_args(storage_url)
     return settings
+
+
+def _connect_args(storage_url: str) -> dict[str, object]:
+    """On PostgreSQL each connection carries the worker's name (``application_name``)."""
+    return {"application_name": f"dac-search {WORKER}"[:63]} if storage_url.startswith("postgresql") else {}
 
 
 RUN_ATTR = "run"  # the run.json of the worker that last finished: what a report from the storage needs
@@ -93,10 +115,11 @@ RUN_ATTR = "run"  # the run.json of the worker that last finished: what a report
 
 def load_study_from(storage_url: str, name: str) -> optuna.Study:
     """An existing study, read-only in intent (``dac-search report --storage``); bad URL or name: one line."""
-    try:
-        storage = RDBStorage(storage_url, engine_kwargs=engine_settings(storage_url))
-    except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
-        raise ConfigError(f"cannot open the study storage {mask_url(storage_url)}: {_reason(exc)}") from None
+    def opened() -> RDBStorage:
+        with setup_lock(storage_url, _connect_args(storage_url)):  # an empty database gets its schema
+            return _storage(storage_url)
+
+    storage = with_retries(storage_url, opened)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -107,13 +130,6 @@ def load_study_from(storage_url: str, name: str) -> optuna.Study:
 def _worker_seed(seed: int) -> int:
     digest = hashlib.sha256(f"{seed}:{WORKER}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
-
-
-def _reason(exc: Exception) -> str:
-    """The first line of a storage error, password masked: what the user can act on (a wrong host, a
-    missing driver) without sqlalchemy's page of context."""
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return mask_url(f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__)
 
 
 def _settings(study: optuna.Study, wait_s: float = 10.0) -> dict[str, str]:
@@ -184,12 +200,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def enqueue_warm_starts(study: optuna.Study, space: SearchSpace, log_lambdas: Sequence[float]) -> None:
-    """Start from the additive-model optimum at several targets (every shift 0). Called by the worker
-    that created the study only, so several workers starting at once enqueue them once."""
-    for log_lambda in log_lambdas:
-        params = {"log_lambda": log_lambda, **{space.shift_param(layer.name): 0 for layer in space.layers}}
-        study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+WARM_STARTS_ATTR = "warm_starts_queued"
+
+
+def enqueue_warm_starts(study: optuna.Study, storage_url: str, space: SearchSpace,
+                        log_lambdas: Sequence[float]) -> None:
+    """Start from the additive-model optimum at several targets (every shift 0): once per study, by whichever
+    worker ends its set-up first, under the storage's set-up lock (workers starting at once queue them once)."""
+    def queue() -> None:
+        with setup_lock(storage_url, _connect_args(storage_url)):
+            if study.user_attrs.get(WARM_STARTS_ATTR) or study.get_trials(deepcopy=False):
+                return  # queued by another worker, or a study from before the mark that has trials
+            for log_lambda in log_lambdas:
+                params = {"log_lambda": log_lambda, **{space.shift_param(layer.name): 0 for layer in space.layers}}
+                study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+            study.set_user_attr(WARM_STARTS_ATTR, True)
+
+    with_retries(storage_url, queue)
 
 
 CLAIMED = (TrialState.COMPLETE, TrialState.RUNNING)  # what counts towards the total while workers share a study

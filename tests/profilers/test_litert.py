@@ -94,3 +94,41 @@ def test_profile_times_a_real_model_on_the_shipped_local_litert_device(hub_cache
     assert result["conditions"]["runtime"] == "litert" and result["artifact"] == "cifar10-resnet20.tflite"
     assert result["input_shape"] == [1, 3, 32, 32] and min(result["samples_ms"]) > 0
     assert done.stderr.strip() == "", "the converter's chatter reaches the user"
+
+
+def test_an_int8_plan_is_written_for_litert_as_the_model_the_proxy_scored(hub_cache: Path, tmp_path: Path) -> None:
+    """The same plan, scheme and calibration images as the ONNX Runtime file: XNNPACK's int8 arithmetic gives
+    the logits onnxruntime gave, to the runtimes' rounding, and the local LiteRT device times the file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from dac_search import decompose_model, load_model
+    from dac_search.plan import LayerChoice, RankPlan
+    from dac_search.proxies import synthetic_inputs
+
+    shape = (1, 3, 32, 32)
+    resnet20 = load_model("cifar10-resnet20")
+    plan = RankPlan({"layer1.0.conv1": LayerChoice("dac", 2, "stacked"), "layer3.0.conv1": LayerChoice("dac", 3, "grouped")},
+                    "cifar10-resnet20", shape,
+                    precisions={"conv1": "int8", "layer1.0.conv1": "int8", "layer2.1.conv2": "int8"})
+    int8 = decompose_model(resnet20, plan)
+    path = export_for("litert", int8, tmp_path / "mixed", shape)
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    (entry,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert entry["dtype"] == np.int8 and out["dtype"] == np.float32  # int8 from the input conv, float classifier
+    x = synthetic_inputs(resnet20, shape, "gaussian", 16, seed=5)
+    with torch.no_grad():
+        expected, original = int8(x).numpy(), resnet20(x).numpy()
+    scale, zero = entry["quantization"]
+    logits = []
+    for image in x.numpy():
+        interpreter.set_tensor(entry["index"], np.clip(np.round(image[None] / scale + zero), -128, 127).astype(np.int8))
+        interpreter.invoke()
+        logits.append(interpreter.get_tensor(out["index"]))
+    got = np.concatenate(logits)
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9
+    # closer to onnxruntime's int8 logits than both are to the float model's: the same quantized model
+    assert np.abs(got - expected).mean() < 0.5 * np.abs(expected - original).mean()
+    config = load_device(write_device(tmp_path / "litert.toml", kind="local", runtime="litert", threads=1))
+    with make_profiler(config) as profiler:
+        assert profiler.measure(path, shape).median_ms > 0  # its int8 input is fed as the file says
