@@ -11,8 +11,10 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
@@ -83,7 +85,27 @@ def _storage(storage_url: str, heartbeat: Heartbeat | None = None) -> RDBStorage
         beat = {} if heartbeat is None else {
             "heartbeat_interval": heartbeat.interval_s, "grace_period": heartbeat.grace_s,
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=heartbeat.retries)}
-        return RDBStorage(storage_url, engine_kwargs=engine_settings(storage_url), **beat)
+        storage = RDBStorage(storage_url, engine_kwargs=engine_settings(storage_url), **beat)
+    if storage_url.startswith("sqlite"):
+        _begin_immediately(storage.engine)
+    return storage
+
+
+def _begin_immediately(engine: sqlalchemy.engine.Engine) -> None:
+    """Every SQLite transaction takes the write lock as it begins (SQLAlchemy's recipe for pysqlite).
+
+    pysqlite begins a transaction at its first write, so two workers sharing a SQLite file could both read a
+    queued trial as waiting and both run it (one then ends with "Cannot tell a COMPLETE trial"); PostgreSQL
+    locks the row Optuna pops instead. Connections opened before the hooks are dropped."""
+    def autocommit_driver(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy, not the driver, begins the transactions
+
+    def begin_immediate(connection: sqlalchemy.engine.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    sqlalchemy.event.listen(engine, "connect", autocommit_driver)
+    sqlalchemy.event.listen(engine, "begin", begin_immediate)
+    engine.dispose()
 
 
 POOL_SIZE, POOL_OVERFLOW = 2, 2  # a worker's connections: its own and the heartbeat thread's, and a spare pair
@@ -106,8 +128,11 @@ def engine_settings(storage_url: str) -> dict[str, object]:
 
 
 def _connect_args(storage_url: str) -> dict[str, object]:
-    """On PostgreSQL each connection carries the worker's name (``application_name``)."""
-    return {"application_name": f"dac-search {WORKER}"[:63]} if storage_url.startswith("postgresql") else {}
+    """On PostgreSQL each connection carries the worker's name (``application_name``); on SQLite a worker
+    waits up to 30 s for another's write (the driver's default, 5 s, is short for several workers)."""
+    if storage_url.startswith("postgresql"):
+        return {"application_name": f"dac-search {WORKER}"[:63]}
+    return {"timeout": 30} if storage_url.startswith("sqlite") else {}
 
 
 RUN_ATTR = "run"  # the run.json of the worker that last finished: what a report from the storage needs

@@ -1,13 +1,14 @@
 """Workers started at the same instant on an empty database, as a job scheduler's array job starts them:
-on a throwaway PostgreSQL cluster with no schema (sized just above a dozen workers' connection bound) and
-on one SQLite file in a shared run dir. Also: a worker on another machine lost mid-trial, whose trial a
-live worker runs again; a storage that refuses every connection; and what one trial reads from the storage
-as the study grows."""
+on a new PostgreSQL database with no schema, on one SQLite file in a shared run dir, and a dozen of them on
+a throwaway cluster sized just above their connection bound. Also: a worker on another machine lost
+mid-trial, whose trial a live worker runs again; a storage that refuses every connection; and what one
+trial reads from the storage as the study grows."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +31,16 @@ pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 WORKERS = 12
 
 
+@pytest.fixture(scope="module")
+def warm_caches(hub_cache, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The set-up's caches (distilled inputs, single-layer proxies) filled by one small search, so workers
+    started together meet the storage, not several minutes of the same distillation each."""
+    out = tmp_path_factory.mktemp("warm")
+    warm = subprocess.run(cli(*ARGS, "--trials", "1", "--out", str(out)), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert warm.returncode == 0, warm.stderr
+
+
 def _at_once(count: int, total: int, out: callable, env: dict[str, str], *storage: str) -> list[subprocess.Popen]:
     """``count`` workers of one search started together: none is given a head start."""
     return [subprocess.Popen(cli(*ARGS, "--trials", str(total), *storage, "--out", str(out(i))),
@@ -50,33 +61,58 @@ def _check_one_study(study: optuna.Study, total: int) -> None:
     assert sum(bool(t.user_attrs.get("warm_start")) for t in trials) == WARM_STARTS  # queued once, not per worker
 
 
-@pytest.mark.slow  # a dozen workers
-def test_a_dozen_workers_started_at_once_on_an_empty_postgresql_database_all_finish_one_study(
-        hub_cache, tmp_path) -> None:
+@pytest.mark.slow  # four workers
+def test_four_workers_started_at_once_on_an_empty_postgresql_database_all_finish_one_study(
+        warm_caches, postgres, tmp_path) -> None:
+    url = postgres.fresh_database("cold")  # no schema yet: every worker would create it
+    total = 24
+    with ConnectionWatch(postgres) as connections:
+        _finished(_at_once(4, total, lambda i: tmp_path / f"w{i}", postgres.env, "--storage", url))
+    assert max(connections.most.values()) <= POOL_SIZE + POOL_OVERFLOW, connections.most
+    name = json.loads((tmp_path / "w0" / "run.json").read_text())["study"]
+    with_password = url.replace("@", f":{postgres.password}@", 1)
+    assert [s.study_name for s in optuna.get_all_study_summaries(with_password)] == [name]
+    _check_one_study(optuna.load_study(study_name=name, storage=with_password), total)
+
+
+WORKER_SCRIPT = """
+import sys
+import optuna
+from dac_search.search.identity import SearchIdentity
+from dac_search.search.study import Heartbeat, open_study
+
+study, _ = open_study(sys.argv[1], 0, SearchIdentity("dozen", ()), Heartbeat(interval_s=1, grace_s=5))
+study.optimize(lambda trial: (trial.suggest_float("x", 0, 1), 1.0), n_trials=int(sys.argv[2]))
+"""
+
+
+@pytest.mark.slow  # a dozen processes
+def test_a_dozen_workers_started_at_once_stay_within_a_server_sized_for_their_connection_bound(tmp_path) -> None:
+    """Twelve processes open one study on an empty database at the same instant and run trials with the
+    heartbeat beating, as workers do, on a server whose ``max_connections`` is just above 12 x the bound:
+    none is refused a connection, none holds more than the bound."""
     bin_dir = server_binaries()
     require(bin_dir is not None, "PostgreSQL's server is not installed (apt-get install postgresql)")
-    warm = subprocess.run(cli(*ARGS, "--trials", "1", "--out", str(tmp_path / "warm")), capture_output=True,
-                          text=True, timeout=TIMEOUT)  # the set-up's caches, so the dozen start from them alike
-    assert warm.returncode == 0, warm.stderr
     bound = POOL_SIZE + POOL_OVERFLOW
-    total = 24
-    # the dozen's bound, the watcher's connection, and two for the server's own
-    with postgres_server(bin_dir, max_connections=WORKERS * bound + 3) as server:
+    # the dozen's bound, and the watcher's connection
+    with postgres_server(bin_dir, max_connections=WORKERS * bound + 1) as server:
         with ConnectionWatch(server) as connections:
-            _finished(_at_once(WORKERS, total, lambda i: tmp_path / f"w{i}", server.env, "--storage", server.url))
-        assert max(connections.most.values()) <= bound, connections.most
-        name = json.loads((tmp_path / "w0" / "run.json").read_text())["study"]
-        url = server.url.replace("@", f":{server.password}@", 1)
-        assert [s.study_name for s in optuna.get_all_study_summaries(url)] == [name]
-        _check_one_study(optuna.load_study(study_name=name, storage=url), total)
+            processes = [subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, server.url, "5"], env=server.env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                         for _ in range(WORKERS)]
+            _finished(processes)
+        assert len(connections.most) == WORKERS and max(connections.most.values()) <= bound, connections.most
+        study = optuna.load_study(study_name="dozen", storage=server.url.replace("@", f":{server.password}@", 1))
+        assert sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) == WORKERS * 5
 
 
-@pytest.mark.slow  # a search of 60 trials
-def test_a_live_worker_runs_again_the_trial_of_a_worker_lost_on_another_machine(hub_cache, postgres, tmp_path) -> None:
+@pytest.mark.slow  # a search of 40 trials
+def test_a_live_worker_runs_again_the_trial_of_a_worker_lost_on_another_machine(warm_caches, postgres,
+                                                                                tmp_path) -> None:
     """A worker on another host stops beating mid-trial (its machine lost): the live worker fails that trial
     once the grace of ``--heartbeat`` has passed, and runs it again within the study's total."""
     url = postgres.fresh_database("heartbeat")
-    total = 60
+    total = 40
     (live,) = _at_once(1, total, lambda i: tmp_path / "live", postgres.env, "--storage", url, "--heartbeat", "4s")
     run_json = tmp_path / "live" / "run.json"
     deadline = time.monotonic() + TIMEOUT
@@ -97,7 +133,9 @@ def test_a_live_worker_runs_again_the_trial_of_a_worker_lost_on_another_machine(
 
 
 @pytest.mark.slow  # four workers
-def test_four_workers_started_at_once_in_one_run_dir_share_its_sqlite_study(hub_cache, tmp_path) -> None:
+def test_four_workers_started_at_once_in_one_run_dir_share_its_sqlite_study(warm_caches, tmp_path) -> None:
+    """No trial is run twice: SQLite transactions take the write lock as they begin (without that, two
+    workers popped one queued trial, and one ended with "Cannot tell a COMPLETE trial")."""
     total = 16
     run_dir = tmp_path / "shared"
     _finished(_at_once(4, total, lambda i: run_dir, None))
@@ -105,16 +143,20 @@ def test_four_workers_started_at_once_in_one_run_dir_share_its_sqlite_study(hub_
     _check_one_study(optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir / 'study.db'}"), total)
 
 
-def test_a_storage_that_refuses_every_connection_is_one_line_and_exit_1(tmp_path, monkeypatch) -> None:
+def test_a_storage_that_refuses_every_connection_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys) -> None:
     import socket
+
+    from dac_search.cli import main
+    from dac_search.search import storage_setup
 
     with socket.socket() as sock:  # a port with nothing listening on it
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    result = subprocess.run(cli(*ARGS, "--storage", f"postgresql://dac:hunter2@127.0.0.1:{port}/dac",
-                                "--out", str(tmp_path / "r")), capture_output=True, text=True, timeout=TIMEOUT)
-    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "unavailable after" in result.stderr and "hunter2" not in result.stderr
+    monkeypatch.setattr(storage_setup, "RETRY_DELAYS_S", (0.05, 0.1))  # the same path, without its 7.5 s of waits
+    code = main([*ARGS, "--storage", f"postgresql://dac:hunter2@127.0.0.1:{port}/dac", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert "unavailable after 3 tries" in err and "hunter2" not in err and "***" in err
     assert not (tmp_path / "r").exists()  # refused before any set-up
 
 
@@ -164,11 +206,8 @@ def test_what_a_trial_reads_from_the_storage_does_not_grow_with_the_study(tmp_pa
     plan = {"layers": {"layer1.0.conv1": {"method": "dac", "rank": 2}}}
 
     def add_trials(count: int) -> None:
-        for i in range(count):
-            trial = study.ask()
-            trial.set_user_attr(PLAN_ATTR, {"layers": {"conv": {"rank": i}}})
-            trial.set_user_attr("kl", 0.1)
-            study.tell(trial, [0.1, 1.0])
+        study.add_trials([optuna.trial.create_trial(values=[0.1, 1.0], user_attrs={
+            PLAN_ATTR: {"layers": {"conv": {"rank": i}}}, "kl": 0.1}) for i in range(count)])
 
     def one_trial() -> tuple[int, int]:
         statements.clear()
