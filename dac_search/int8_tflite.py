@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,9 +77,46 @@ def _quantizer(keeps_float: Callable[[torch.fx.Node], bool]):
 
     class LayerQuantizer(PT2EQuantizer):
         def annotate(self, graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            _annotate_conv_clamp(graph, config, keeps_float)
             for op in self.STATIC_OPS:
                 OP_TO_ANNOTATOR[op](graph, config, lambda node: not keeps_float(node))
             propagate_annotation(graph)
             return graph
 
     return LayerQuantizer().set_global(config)
+
+
+CLAMPS = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+
+
+def _annotate_conv_clamp(graph: torch.fx.GraphModule, config: Any, keeps_float: Callable[[torch.fx.Node], bool]) -> None:
+    """A conv followed by ReLU6 annotated as litert-torch annotates a conv followed by ReLU: the clamp's output
+    quantized, not the conv's. Its own annotators let ReLU6 share the conv output's range, min/max over values
+    the clamp then cuts, and MobileNet-V2 kept 82.2% of 86.4% in int8, where ONNX Runtime (which folds the
+    clamp into the range) kept 85.8%."""
+    from litert_torch.quantize.pt2e_quantizer_utils import (
+        get_bias_qspec,
+        get_input_act_qspec,
+        get_output_act_qspec,
+        get_weight_qspec,
+    )
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    for clamp in graph.graph.nodes:
+        if clamp.op != "call_function" or clamp.target not in CLAMPS or tuple(clamp.args[1:3]) != (0.0, 6.0):
+            continue
+        conv = clamp.args[0]
+        if not isinstance(conv, torch.fx.Node) or conv.target not in CONVS or len(conv.users) != 1:
+            continue
+        bias = conv.args[2] if len(conv.args) > 2 and isinstance(conv.args[2], torch.fx.Node) else None
+        partition = [clamp, conv, conv.args[1], *([bias] if bias is not None else [])]
+        if any(keeps_float(node) or "quantization_annotation" in node.meta for node in partition):
+            continue
+        inputs = {conv.args[0]: get_input_act_qspec(config), conv.args[1]: get_weight_qspec(config)}
+        if bias is not None:
+            inputs[bias] = get_bias_qspec(config)
+        conv.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=inputs, _annotated=True)
+        clamp.meta["quantization_annotation"] = QuantizationAnnotation(output_qspec=get_output_act_qspec(config),
+                                                                       _annotated=True)
+        for node in partition[2:]:
+            node.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
