@@ -6,9 +6,9 @@ instead: the original in data-free int8, uniform DAC and a shallower network, ea
         [--methods LIST] [--precision LIST] [--threads 1] [--correction stream]
 
 For every budget the real command runs (``dac-search --model M --budget Bx --device D``, data-free: no
-``--eval-data``, so the best plan is the one the proxy picks), ``dac-search export --format onnx``
-writes its best plan, and that ONNX file is what is judged: its top-1 on the labelled images, run in
-onnxruntime, and its latency. Every exported plan, the original, the paper's uniform DAC (rank 1, 2
+``--eval-data``, so the best plan is the one the proxy picks), ``dac-search export`` writes its best plan
+in the device runtime's format (ONNX for onnxruntime, ``.tflite`` for LiteRT), and that file is what is
+judged: its top-1 on the labelled images, run by that runtime, and its latency. Every exported plan, the original, the paper's uniform DAC (rank 1, 2
 and 3 on every conv but the first, with the same correction) and the shallower CIFAR ResNets (random
 weights: latency only, their top-1 the upstream fp32 figure on the full test set; ResNet-20 with its real
 weights, its top-1 measured), each also in int8 (every conv, quantized and calibrated on distilled images as
@@ -38,7 +38,7 @@ from prune_quality import UPSTREAM_TOP1  # noqa: E402
 
 from dac_search.cost import CostModel  # noqa: E402
 from dac_search.eval_data import EvalData, load_eval_data  # noqa: E402
-from dac_search.export import export_onnx  # noqa: E402
+from dac_search.export import export_for  # noqa: E402
 from dac_search.int8_model import Int8Model  # noqa: E402
 from dac_search.export.run import ExportedModel, export_run  # noqa: E402
 from dac_search.plan import LayerChoice, RankPlan  # noqa: E402
@@ -91,7 +91,7 @@ def onnx_top1(path: Path, data: EvalData) -> float:
 
 
 def run_search(args: argparse.Namespace, budget: str, out: Path, *extra: str) -> tuple[ExportedModel, float]:
-    """The user's command, then the export ``dac-search export --format onnx`` makes of its best plan."""
+    """The user's command, then the export ``dac-search export`` makes of its best plan, for the device's runtime."""
     command = [*CLI, "--model", args.model, "--budget", budget, "--device", args.device, "--trials", str(args.trials),
                "--correction", args.correction, "--out", str(out), *extra]
     if args.methods:
@@ -101,7 +101,8 @@ def run_search(args: argparse.Namespace, budget: str, out: Path, *extra: str) ->
     start = time.monotonic()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     seconds = time.monotonic() - start
-    return export_run(out, out / "best.onnx", "onnx", model=args.model), seconds  # our own spec: trusted
+    fmt = "tflite" if load_device(args.device).runtime == "litert" else "onnx"
+    return export_run(out, out / f"best.{fmt}", fmt, model=args.model), seconds  # our own spec: trusted
 
 
 def uniform_plan(costs: CostModel, rank: int, spec: str, correction: str) -> RankPlan:
@@ -172,43 +173,48 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="latency-quality-") as tmp:
         root = args.out or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        entries: list[dict] = []  # kind, label, onnx, top1, flops share, extra
-        original = export_onnx(model, root / "original.onnx", INPUT_SHAPE)
+        entries: list[dict] = []  # kind, label, file, top1, flops share, extra
+        runtime = load_device(args.device).runtime
+
+        def exported(module: torch.nn.Module, name: str) -> Path:  # the file the device's runtime loads
+            return export_for(runtime, module, root / name, INPUT_SHAPE)
+
+        original = exported(model, "original")
         for budget in budgets:
             out = root / f"{args.model}-{budget:g}x"
-            exported, seconds = run_search(args, f"{budget:g}x", out)
-            row = exported.row
-            entries.append({"kind": "search", "label": f"{budget:g}x", "onnx": exported.path,
-                            "top1": onnx_top1(exported.path, data), "flops": row.flops / base_flops,
+            best, seconds = run_search(args, f"{budget:g}x", out)
+            row = best.row
+            entries.append({"kind": "search", "label": f"{budget:g}x", "file": best.path,
+                            "top1": file_top1(best.path, data), "flops": row.flops / base_flops,
                             "search_s": seconds, "search_ratio": row.latency_ratio, "methods": method_counts(RankPlan.load(out / row.plan))})
-        int8 = in_int8(model, model, args.model).write_onnx(root / "original-int8.onnx")
-        entries.append({"kind": "original int8", "label": "", "onnx": int8, "top1": onnx_top1(int8, data),
+        int8 = exported(in_int8(model, model, args.model), "original-int8")
+        entries.append({"kind": "original int8", "label": "", "file": int8, "top1": file_top1(int8, data),
                         "flops": 1.0})
         for rank in UNIFORM_RANKS:
             plan = uniform_plan(costs, rank, args.model, args.correction)
             built = decompose_model(model, plan)
-            path = export_onnx(built, root / f"uniform-{rank}.onnx", INPUT_SHAPE)
+            path = exported(built, f"uniform-{rank}")
             share = costs.cost(plan).flops / base_flops
-            entries.append({"kind": "uniform DAC", "label": f"r={rank}", "onnx": path, "top1": onnx_top1(path, data),
+            entries.append({"kind": "uniform DAC", "label": f"r={rank}", "file": path, "top1": file_top1(path, data),
                             "flops": share})
-            path = in_int8(model, built, args.model).write_onnx(root / f"uniform-{rank}-int8.onnx")
-            entries.append({"kind": "uniform DAC int8", "label": f"r={rank}", "onnx": path,
-                            "top1": onnx_top1(path, data), "flops": share})
+            path = exported(in_int8(model, built, args.model), f"uniform-{rank}-int8")
+            entries.append({"kind": "uniform DAC int8", "label": f"r={rank}", "file": path,
+                            "top1": file_top1(path, data), "flops": share})
         for sibling in (d for d in sorted(UPSTREAM_TOP1) if d < depth):
             real = sibling == 20  # the one sibling whose weights are among the assets
             net = (load_model("cifar10-resnet20") if real else CifarResNet(sibling)).eval()
             share = CostModel(net, INPUT_SHAPE).baseline.flops / base_flops
-            path = export_onnx(net, root / f"resnet{sibling}.onnx", INPUT_SHAPE)
-            entries.append({"kind": "shallower sibling", "label": f"ResNet-{sibling}", "onnx": path,
-                            "top1": onnx_top1(path, data) if real else UPSTREAM_TOP1[sibling], "flops": share,
+            path = exported(net, f"resnet{sibling}")
+            entries.append({"kind": "shallower sibling", "label": f"ResNet-{sibling}", "file": path,
+                            "top1": file_top1(path, data) if real else UPSTREAM_TOP1[sibling], "flops": share,
                             "measured": real})
             if not real:  # random weights in int8 timed slower than fp32 (0.92x and 1.34x beside ResNet-20's
                 continue  # real-weight 0.14x): not what the trained network would run at, so not shown
-            path = in_int8(net, net, "cifar10-resnet20").write_onnx(root / f"resnet{sibling}-int8.onnx")
-            entries.append({"kind": "shallower sibling int8", "label": f"ResNet-{sibling}", "onnx": path,
-                            "top1": onnx_top1(path, data) if real else None, "flops": share, "measured": real})
-        original_top1 = onnx_top1(original, data)
-        ratios = paired(args.device, original, [e["onnx"] for e in entries])
+            path = exported(in_int8(net, net, "cifar10-resnet20"), f"resnet{sibling}-int8")
+            entries.append({"kind": "shallower sibling int8", "label": f"ResNet-{sibling}", "file": path,
+                            "top1": file_top1(path, data) if real else None, "flops": share, "measured": real})
+        original_top1 = file_top1(original, data)
+        ratios = paired(args.device, original, [e["file"] for e in entries])
     rows = [["original", "-", f"{original_top1:.2f}", "-", "1.000x", "-", "-"]]
     points: dict[str, list[tuple[float, float, str]]] = {"original": [(1.0, original_top1, "")]}
     for entry, ratio in zip(entries, ratios):
@@ -224,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
             search = f"{own}, {entry['search_s'] / 60:.1f} min"
         if kind == "search":
             what += f" ({entry['methods']})"
-        source = "exported ONNX, onnxruntime"
+        source = f"exported {'.tflite, LiteRT' if runtime == 'litert' else 'ONNX, onnxruntime'}"
         if sibling and not entry.get("measured"):
             source = "upstream fp32, full test set" if top1 is not None else "random weights: latency only"
         rows.append([what, f"{entry['flops']:.1%}", "-" if top1 is None else f"{top1:.2f}", drop, f"{ratio:.3f}x",

@@ -128,10 +128,14 @@ def _fp32_nodes(graph_nodes: Sequence, layers: frozenset[str] | None, modules: s
             continue
         if node.op_type != "Conv" or layers is None:
             continue
-        owner = module_of(node.name, modules) or ""
-        if not any(owner == layer or owner.startswith(layer + ".") for layer in layers):
+        if not belongs_to(module_of(node.name, modules) or "", layers):
             out.append(node.name)
     return out
+
+
+def belongs_to(module: str, layers: frozenset[str]) -> bool:
+    """Whether ``module`` is one of ``layers`` or inside one (a factorised layer's factors are)."""
+    return any(module == layer or module.startswith(layer + ".") for layer in layers)
 
 
 def _quantize(model: nn.Module, path: Path, layers: frozenset[str] | None, scheme: QuantScheme,

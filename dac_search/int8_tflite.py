@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from dac_search.errors import ConfigError
+from dac_search.int8_model import belongs_to
 from dac_search.litert_convert import convert_to_tflite, litert_torch, quiet_litert
 from dac_search.precision import QuantScheme
 
@@ -58,7 +59,7 @@ def _keeps_float(model: nn.Module, layers: frozenset[str] | None) -> Callable[[t
             return True
         if layers is None or node.op != "call_function" or node.target not in CONVS:
             return False
-        return not any(owner == layer or owner.startswith(layer + ".") for layer in layers)
+        return not belongs_to(owner, layers)
 
     return keeps_float
 

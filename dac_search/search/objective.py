@@ -8,6 +8,8 @@ every plan), and judged against the budget as an Optuna constraint (``slack`` <=
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,9 +79,16 @@ def stop_at_total(total: int) -> optuna.study.MaxTrialsCallback:
     return optuna.study.MaxTrialsCallback(total, states=CLAIMED)
 
 
+CSV_SHARE = 0.1  # of a worker's time, at most, spent rewriting trials.csv
+
+
 class AfterTrial:
-    """Optuna's callback: the live view, trials.csv rewritten (a run cut off anywhere stays valid), and
-    the next refinement move queued."""
+    """Optuna's callback: the live view, trials.csv rewritten (atomically, so a run cut off anywhere stays
+    valid), and the next refinement move queued.
+
+    trials.csv is rewritten after every trial while that is cheap, and less often as the study grows: never
+    sooner after the last rewrite than ``1 / CSV_SHARE`` times what it took (a study of thousands of trials
+    would otherwise spend more on rewriting it than on its trials; the end of the run writes it whole)."""
 
     def __init__(self, ctx: SearchContext, run_dir: Path, total: int,
                  shown: Callable[[float, float, bool], None]) -> None:
@@ -87,11 +96,17 @@ class AfterTrial:
         self.total = total
         self.shown = shown
         self.refinement = Refinement(ctx.space, ctx.slack, ctx.margins)
+        self.saved: set[int] = set()  # trials whose plan files are in the run dir
+        self.next_write = -math.inf
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE:
             self.shown(trial.values[0], trial.values[1], trial.user_attrs.get("slack", 1) <= 0)
-        write_trials(self.run_dir, rows_of(study, self.run_dir))
+        start = time.monotonic()
+        if start >= self.next_write:
+            write_trials(self.run_dir, rows_of(study, self.run_dir, self.saved))
+            end = time.monotonic()
+            self.next_write = end + (end - start) / CSV_SHARE
         # the stop at the total is stop_at_total's; every TPE_EVERY-th trial is left to TPE, to explore the front
         if claimed_trials(study) < self.total and (trial.number + 1) % TPE_EVERY:
             self.refinement.enqueue_next(study)
@@ -110,15 +125,19 @@ def scored_before(study: optuna.Study, plan: RankPlan) -> PlanScore | None:
     return None
 
 
-def rows_of(study: optuna.Study, run_dir: Path | None = None) -> list[TrialRow]:
+def rows_of(study: optuna.Study, run_dir: Path | None = None, saved: set[int] | None = None) -> list[TrialRow]:
     """Every trial of the study as a row of trials.csv (latency as the tables predict it); with
-    ``run_dir``, the plans other workers saved in the study are written to it first."""
+    ``run_dir``, the plans other workers saved in the study are written to it first (``saved``: the trials
+    whose plan files a caller already knows are there, kept up to date, so a long study is not stat'ed anew)."""
     rows = []
+    saved = set() if saved is None else saved
     for trial in study.get_trials(deepcopy=False):
-        if run_dir is not None and trial.state == TrialState.COMPLETE and PLAN_ATTR in trial.user_attrs:
+        if run_dir is not None and trial.state == TrialState.COMPLETE and PLAN_ATTR in trial.user_attrs \
+                and trial.number not in saved:
             path = run_dir / plan_path(trial.number)  # not the attr's path: a study is shared data
             if not path.exists():
                 RankPlan.from_dict(trial.user_attrs[PLAN_ATTR]).save(path)
+            saved.add(trial.number)
         attrs = trial.user_attrs
         done = trial.state == TrialState.COMPLETE
         rows.append(TrialRow(
