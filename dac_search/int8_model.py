@@ -27,7 +27,7 @@ from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 from dac_search.atomic import atomic_path
 from dac_search.errors import ConfigError
 from dac_search.onnx_file import export_onnx
-from dac_search.precision import INT8_RUNTIMES, QuantScheme
+from dac_search.precision import INT8_RUNTIMES, QuantScheme, belongs_to
 from dac_search.quiet import quiet_tools
 
 CALIBRATION_BATCH = 32  # images per calibration run: the ranges do not depend on it, the memory does
@@ -131,11 +131,6 @@ def _fp32_nodes(graph_nodes: Sequence, layers: frozenset[str] | None, modules: s
         if not belongs_to(module_of(node.name, modules) or "", layers):
             out.append(node.name)
     return out
-
-
-def belongs_to(module: str, layers: frozenset[str]) -> bool:
-    """Whether ``module`` is one of ``layers`` or inside one (a factorised layer's factors are)."""
-    return any(module == layer or module.startswith(layer + ".") for layer in layers)
 
 
 def _quantize(model: nn.Module, path: Path, layers: frozenset[str] | None, scheme: QuantScheme,

@@ -20,9 +20,8 @@ import torch
 from torch import nn
 
 from dac_search.errors import ConfigError
-from dac_search.int8_model import belongs_to
 from dac_search.litert_convert import convert_to_tflite, litert_torch, quiet_litert
-from dac_search.precision import QuantScheme
+from dac_search.precision import QuantScheme, belongs_to
 
 
 def write_int8_tflite(model: nn.Module, path: str | Path, layers: frozenset[str] | None, scheme: QuantScheme,

@@ -74,6 +74,11 @@ class QuantScheme:
         return cls(**data)
 
 
+def belongs_to(module: str, layers: frozenset[str]) -> bool:
+    """Whether ``module`` is one of a plan's int8 ``layers`` or inside one (a factorised layer's factors are)."""
+    return any(module == layer or module.startswith(layer + ".") for layer in layers)
+
+
 def check_precision(value: Any, where: str = "precision") -> str:
     if value not in PRECISIONS:
         raise PlanError(f"{where}: unknown precision {value!r}; choose one of {', '.join(PRECISIONS)}")
