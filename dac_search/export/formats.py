@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import pickle
 import warnings
@@ -113,8 +110,8 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], plan: RankPlan,
         if fmt == "tflite":
             return model.write_tflite(path)  # the same layers, scheme and calibration, for LiteRT
         if fmt != "pt":
-            raise ConfigError(f"the plan has int8 layers, which dac-search writes as ONNX (QDQ) or LiteRT "
-                              f"(.tflite) only; use --format onnx or tflite, or pt for the float weights and the plan")
+            raise ConfigError("the plan has int8 layers, which dac-search writes as ONNX (QDQ) or LiteRT "
+                              "(.tflite) only; use --format onnx or tflite, or pt for the float weights and the plan")
         model = model.model  # the float weights; the plan's quantization rebuilds the int8 model
     if fmt == "onnx":
         return export_onnx(model, path, shape)

@@ -99,10 +99,10 @@ def transient(exc: BaseException) -> bool:
     driver that can never work."""
     from sqlalchemy import exc as sa
 
-    if isinstance(exc, sa.ArgumentError | sa.NoSuchModuleError | ModuleNotFoundError | ImportError):
+    if isinstance(exc, sa.ArgumentError | ImportError):  # NoSuchModuleError and ModuleNotFoundError among them
         return False
-    return isinstance(exc, sa.OperationalError | sa.IntegrityError | sa.ProgrammingError | sa.InterfaceError
-                      | sa.TimeoutError | sa.DatabaseError | ConnectionError | TimeoutError)
+    # DatabaseError: the driver's OperationalError, IntegrityError (a lost creation race), ProgrammingError...
+    return isinstance(exc, sa.DatabaseError | sa.InterfaceError | sa.TimeoutError | ConnectionError | TimeoutError)
 
 
 def reason(exc: BaseException) -> str:
