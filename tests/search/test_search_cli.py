@@ -86,7 +86,7 @@ def test_search_on_the_local_device_picks_among_every_method_and_judges_each_pla
     trials = {t["trial"]: t for t in rows(out / "trials.csv")}
     for point in pareto:  # trials.csv keeps the measured values of what was measured, predictions elsewhere
         assert trials[point["trial"]]["latency_ratio"] == point["latency_ratio"]
-    assert any(t["latency_ratio"] == "" and t["latency_ms"] for t in trials.values())
+    assert all(t["latency_ms"] for t in trials.values())  # the unmeasured keep the table's prediction
     report = (out / "report.md").read_text()
     assert all(f"{1 / float(p['latency_ratio']):.2f}×" in report for p in pareto)  # speed-up of the pair
     # the user's way: the exported file, timed beside the original in one session, is under the budget
