@@ -84,12 +84,13 @@ def front_rows(rows: Sequence[TrialRow], objective: str) -> tuple[TrialRow, ...]
 
 
 def best_row(rows: Sequence[TrialRow]) -> TrialRow | None:
-    """The most accurate feasible completed row: highest real top-1 when measured, else lowest proxy.
+    """The most accurate feasible completed row: highest real top-1 when measured, else lowest proxy, each of
+    the model the row exports (reconstructed where the stage made it: ``TrialRow.final_proxy``).
 
     Ties go to the cheaper plan (fewer FLOPs), then the earlier trial, so the pick is stable.
     """
     candidates = [r for r in rows if r.complete and r.feasible]
-    measured = [r for r in candidates if r.top1 is not None]
+    measured = [r for r in candidates if r.final_top1 is not None]
     if measured:
         return min(measured, key=lambda r: _rank_key(r, by_top1=True))
     return min(candidates, key=lambda r: _rank_key(r, by_top1=False), default=None)
@@ -97,6 +98,6 @@ def best_row(rows: Sequence[TrialRow]) -> TrialRow | None:
 
 def _rank_key(row: TrialRow, by_top1: bool) -> tuple[float, float, int, int]:
     """Smaller is better: higher top-1 (when ranking by it), lower proxy, fewer FLOPs, earlier trial."""
-    top1 = -row.top1 if by_top1 and row.top1 is not None else 0.0
-    proxy = row.proxy if row.proxy is not None else math.inf
+    top1 = -row.final_top1 if by_top1 and row.final_top1 is not None else 0.0
+    proxy = row.final_proxy if row.final_proxy is not None else math.inf
     return (top1, proxy, row.flops or 0, row.trial)

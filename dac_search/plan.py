@@ -36,10 +36,12 @@ from dac_search.atomic import write_text_atomic
 from dac_search.errors import ConfigError, PlanError
 from dac_search.methods import PLAN_METHODS, STRUCTURAL, default_variant, variants_of
 from dac_search.precision import FP32, INT8, QuantScheme, check_precision
+from dac_search.reconstruction.settings import ReconstructionSettings
 from dac_search.shapes import checked_shape
 
 PLAN_FORMAT = "dac-search/plan@2"
-READABLE_FORMATS = ("dac-search/plan@1", PLAN_FORMAT)  # @1: every layer fp32
+RECONSTRUCTED_FORMAT = "dac-search/plan@3"  # a plan with a reconstruction: a reader of @2 would build another model
+READABLE_FORMATS = ("dac-search/plan@1", PLAN_FORMAT, RECONSTRUCTED_FORMAT)  # @1: every layer fp32
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ class RankPlan:
     precisions: Mapping[str, str] = field(default_factory=dict)
     # How the int8 layers are quantized; filled with the default when a layer is int8, None otherwise.
     quantization: QuantScheme | None = None
+    # Gradient reconstruction on synthetic images after the correction (dac_search.reconstruction); None: none.
+    reconstruction: ReconstructionSettings | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", MappingProxyType(dict(sorted(self.layers.items()))))
@@ -131,7 +135,8 @@ class RankPlan:
             object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"format": PLAN_FORMAT, "model": self.model,
+        fmt = PLAN_FORMAT if self.reconstruction is None else RECONSTRUCTED_FORMAT
+        out: dict[str, Any] = {"format": fmt, "model": self.model,
                                "input_shape": list(self.input_shape) if self.input_shape else None}
         if self.correction is not None:
             out["correction"] = self.correction
@@ -141,6 +146,8 @@ class RankPlan:
             out["fit_images"] = self.fit_images
         if self.quantization is not None:
             out["quantization"] = self.quantization.to_dict()
+        if self.reconstruction is not None:
+            out["reconstruction"] = self.reconstruction.to_dict()
         layers: dict[str, dict[str, Any]] = {}
         for name in sorted({*self.layers, *self.precisions}):
             entry = self.layers[name].to_dict() if name in self.layers else {}
@@ -165,6 +172,10 @@ class RankPlan:
     def in_fp32(self) -> RankPlan:
         """The same layers, every one in fp32: the float model the int8 one is quantized from."""
         return replace(self, precisions={}, quantization=None)
+
+    def closed_form(self) -> RankPlan:
+        """The same plan without its reconstruction: the model the search scored."""
+        return replace(self, reconstruction=None)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RankPlan:
@@ -197,12 +208,16 @@ class RankPlan:
         correction = data.get("correction")
         if correction is not None and not isinstance(correction, str):
             raise PlanError(f"correction must be a name or null, got {correction!r}")
+        reconstruction = data.get("reconstruction")
+        if reconstruction is not None and fmt != RECONSTRUCTED_FORMAT:
+            raise PlanError(f"a plan with a reconstruction has format {RECONSTRUCTED_FORMAT!r}, not {fmt!r}")
         inputs = data.get("inputs")
         if inputs is not None and not isinstance(inputs, str):
             raise PlanError(f"inputs must be a kind of synthetic inputs or null, got {inputs!r}")
         return cls(layers=choices, model=data.get("model"), input_shape=tuple(shape) if shape else None,
                    correction=correction, inputs=inputs, fit_images=data.get("fit_images"), precisions=precisions,
-                   quantization=None if scheme is None else QuantScheme.from_dict(scheme))
+                   quantization=None if scheme is None else QuantScheme.from_dict(scheme),
+                   reconstruction=None if reconstruction is None else ReconstructionSettings.from_dict(reconstruction))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

@@ -49,7 +49,9 @@ class TrialRow:
     ``latency_ms`` is the end-to-end timing of a plan measured at the end of the search, else the latency
     table's prediction (``latency_predicted_ms``); ``latency_ratio`` is to the original timed in the same
     session, set for plans judged against a relative budget (``0.7x``). ``top1`` is measured on the front
-    with ``--eval-data``. The field order is the column order.
+    with ``--eval-data``. The ``*_reconstructed`` columns are set on the plans the reconstruction stage
+    fitted (``--reconstruct``): the proxy and top-1 of the reconstructed model, and its plan file (same
+    layers, so the same latency). The field order is the column order.
     """
 
     trial: int
@@ -65,6 +67,22 @@ class TrialRow:
     latency_ratio: float | None = None
     plan: str | None = None
     top1: float | None = None
+    proxy_reconstructed: float | None = None
+    top1_reconstructed: float | None = None
+    plan_reconstructed: str | None = None
+
+    @property
+    def final_proxy(self) -> float | None:
+        """The proxy of the model the row exports: the reconstructed one where the stage made it."""
+        return self.proxy_reconstructed if self.plan_reconstructed else self.proxy
+
+    @property
+    def final_top1(self) -> float | None:
+        return self.top1_reconstructed if self.plan_reconstructed else self.top1
+
+    @property
+    def final_plan(self) -> str | None:
+        return self.plan_reconstructed or self.plan
 
     @property
     def complete(self) -> bool:
@@ -93,6 +111,7 @@ class TrialRow:
 
 
 TRIAL_COLUMNS = tuple(f.name for f in fields(TrialRow))
+LATER_COLUMNS = ("proxy_reconstructed", "top1_reconstructed", "plan_reconstructed")  # read as empty when absent
 PARETO_COLUMNS = tuple(name for name in TRIAL_COLUMNS if name != "state")
 
 
@@ -185,6 +204,20 @@ class ProxyInfo(_Record):
 
 
 @dataclass(frozen=True)
+class ReconstructionInfo(_Record):
+    """What the reconstruction stage did: ``plans`` reconstructed in ``spent_s`` of ``budget_s`` seconds, on
+    ``device`` (cpu or cuda), from ``images`` synthetic images of kind ``inputs`` made from ``seed``."""
+
+    budget_s: float
+    spent_s: float
+    plans: int
+    device: str
+    inputs: str
+    images: int
+    seed: int
+
+
+@dataclass(frozen=True)
 class RunInfo:
     """Everything in ``run.json``. ``budget`` is absolute (resolved against the original);
     ``trials_complete`` is written when the search ends."""
@@ -212,6 +245,7 @@ class RunInfo:
     study: str | None = None  # the Optuna study's name (None: a run dir from before names were derived)
     settings: tuple[tuple[str, str], ...] = ()  # what changes a score (search.identity); resume compares them
     references: tuple[ReferencePoint, ...] = ()  # the original in int8 (under a search offering int8)
+    reconstruction: ReconstructionInfo | None = None  # the stage after the search (--reconstruct), when it ran
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -339,11 +373,13 @@ class RunResults:
     def trial(self, number: int) -> TrialRow | None:
         return next((row for row in self.trials if row.trial == number), None)
 
-    def plan_path(self, row: TrialRow) -> Path | None:
-        """The plan file of ``row`` if it was written (its path is checked to be under plans/ on reading)."""
-        if row.plan is None:
+    def plan_path(self, row: TrialRow, final: bool = False) -> Path | None:
+        """The plan file of ``row`` if it was written (its path is checked to be under plans/ on reading);
+        ``final``: of the model the row exports (``TrialRow.final_plan``, the reconstructed one where made)."""
+        plan = row.final_plan if final else row.plan
+        if plan is None:
             return None
-        path = self.run_dir / row.plan
+        path = self.run_dir / plan
         return path if path.is_file() else None
 
 
@@ -420,6 +456,9 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         raise ConfigError(f"{path} is missing") from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ConfigError(f"{path} is not readable CSV: {str(exc).strip()}") from None
+    for name in LATER_COLUMNS:  # a run dir written before these columns existed: nothing was reconstructed
+        if name in columns and name not in raw.columns:
+            raw[name] = ""
     missing = [name for name in columns if name not in raw.columns]
     if missing:
         raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from dac_search.errors import ConfigError
@@ -21,6 +24,23 @@ def console() -> Console:
     off: model specs, host names and device messages are printed as they are (``[pi4]:2222``, ``x[/y]``)."""
     out = Console(markup=False)
     return out if out.is_terminal else Console(width=140, markup=False)
+
+
+@contextmanager
+def step_progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr (steps done of all, ETA) that appears once the first step is reported;
+    nothing is drawn when stderr is not a terminal."""
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=Console(stderr=True), transient=True)
+    task: list[int] = []
+
+    def on_step(done: int, total: int) -> None:
+        if not task:
+            task.append(progress.add_task(label, total=total))
+        progress.update(task[0], completed=done, total=total)
+
+    with progress:
+        yield on_step
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dac_search.commands._common import console
+from dac_search.commands._common import console, step_progress
 from dac_search.export import EXPORT_FORMATS
 from dac_search.export.run import export_run
+from dac_search.search.config import parse_duration
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,16 +30,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
     parser.add_argument("--model", help="the run's model spec, named again: needed where it runs code (file.py:fn, "
                         "module:fn, a TorchScript file), since a run dir someone sends you may name any")
+    parser.add_argument("--reconstruct", metavar="DURATION", help="fit the plan by gradient steps on synthetic "
+                        "images (no data) for about this long first, e.g. 5m, unless the search's stage did; the "
+                        "reconstructed plan is saved in the run dir's plans/ (the same command resumes it)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    exported = export_run(args.run_dir, args.output, args.fmt, args.pick, args.model)
+    budget = parse_duration(args.reconstruct) if args.reconstruct else None
+    with step_progress("reconstructing") as on_step:
+        exported = export_run(args.run_dir, args.output, args.fmt, args.pick, args.model, budget, on_step)
     row = exported.row
-    details = [f"trial {row.trial}", f"proxy {row.proxy:.4g}"]
+    details = [f"trial {row.trial}"]
+    if row.final_proxy is not None:
+        details.append(f"proxy {row.final_proxy:.4g}")
+    if row.plan_reconstructed:
+        details.append(f"reconstructed: {row.plan_reconstructed}")
     if row.latency_ms is not None:
         details.append(f"latency {row.latency_ms:.3f} ms")
-    if row.top1 is not None:
-        details.append(f"top-1 {row.top1:.2f} %")
+    if row.final_top1 is not None:
+        details.append(f"top-1 {row.final_top1:.2f} %")
     console().print(f"wrote {exported.path} ({exported.fmt}; {', '.join(details)})", highlight=False, markup=False)
     return 0

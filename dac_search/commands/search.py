@@ -48,6 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "impressions (confident classifier outputs, for models without BatchNorm), gaussian; "
                         "default auto: distilled where the model has BatchNorm, impressions where not")
     parser.add_argument("--proxy-images", type=int, default=64, help="synthetic images the proxy uses")
+    parser.add_argument("--reconstruct", metavar="DURATION", help="after the search, fit the best few plans of the "
+                        "front by gradient steps on synthetic images (no data) for this long in all, e.g. 20m; "
+                        "written beside the closed-form plans, labelled, and picked by export when better")
     parser.add_argument("--eval-data", help="optional real data to measure top-1: class folders, a file list "
                         "(.tsv/.csv/.txt of file and label) or .npz x/y")
     parser.add_argument("--mean", help="normalisation mean for --eval-data, e.g. 0.485,0.456,0.406")
@@ -66,7 +69,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         study=args.study, heartbeat_s=parse_duration(args.heartbeat), seed=args.seed,
         methods=None if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
         correction=None if args.correction == "none" else args.correction, inputs=args.inputs,
-        proxy_images=args.proxy_images,
+        proxy_images=args.proxy_images, reconstruct_s=parse_duration(args.reconstruct) if args.reconstruct else None,
         precisions=None if args.precision is None else parse_precisions(args.precision),
         eval_data=args.eval_data, mean=parse_floats(args.mean) if args.mean else None,
         std=parse_floats(args.std) if args.std else None,

@@ -20,6 +20,15 @@ from dac_search.export.formats import EXPORT_FORMATS, export_model
 from dac_search.pareto import best_row, front_rows
 from dac_search.plan import RankPlan
 from dac_search.proxies.apply import decompose_model
+from dac_search.proxies.synthetic import AUTO, resolve_kind, synthetic_inputs
+from dac_search.reconstruction.engine import OnStep
+from dac_search.reconstruction.planning import (
+    MIN_STEPS,
+    default_settings,
+    plan_settings,
+    reconstructed_plan_path,
+    recorded_plan,
+)
 from dac_search.rundir import RunResults, TrialRow, load_run
 from dac_search.zoo import load_model, trusted_spec
 
@@ -58,31 +67,64 @@ def pick_trial(results: RunResults, pick: str) -> TrialRow:
     return row
 
 
-def plan_file(results: RunResults, row: TrialRow) -> Path:
-    path = results.plan_path(row)
+def plan_file(results: RunResults, row: TrialRow, final: bool = True) -> Path:
+    """The plan file of the model ``row`` exports (``final``: the reconstructed one where the stage made it)."""
+    path = results.plan_path(row, final)
     if path is None:
-        raise ConfigError(f"the plan file of trial {row.trial} ({row.plan}) is missing in {results.run_dir}")
+        raise ConfigError(f"the plan file of trial {row.trial} ({row.final_plan if final else row.plan}) is "
+                          f"missing in {results.run_dir}")
     return path
 
 
-def build_model(results: RunResults, row: TrialRow, model: str | None = None) -> nn.Module:
-    """The decomposed model of ``row``, in eval mode: the run's model and weights with the trial's plan.
-    ``model``: the spec named again by the user, needed where the recorded one runs code (``trusted_spec``)."""
+def original_model(results: RunResults, model: str | None = None) -> nn.Module:
+    """The run's model and weights. ``model``: the spec named again by the user, needed where the recorded one
+    runs code (``trusted_spec``)."""
     info = results.info
     spec = trusted_spec(info.model, model, str(results.run_dir / "run.json"))
-    return decompose_model(load_model(spec, weights=info.weights), plan_file(results, row))
+    return load_model(spec, weights=info.weights)
 
 
-def export_run(run_dir: str | Path, output: str | Path, fmt: str, pick: str = "best",
-               model: str | None = None) -> ExportedModel:
-    """Write the model of the picked plan to ``output`` atomically (a file is either whole or absent)."""
+def build_model(results: RunResults, row: TrialRow, model: str | None = None) -> nn.Module:
+    """The decomposed model of ``row``, in eval mode: the run's model and weights with the trial's plan."""
+    return decompose_model(original_model(results, model), plan_file(results, row))
+
+
+def export_run(run_dir: str | Path, output: str | Path, fmt: str, pick: str = "best", model: str | None = None,
+               reconstruct_s: float | None = None, on_step: OnStep | None = None) -> ExportedModel:
+    """Write the model of the picked plan to ``output`` atomically (a file is either whole or absent).
+
+    ``reconstruct_s``: reconstruct the plan first (``dac_search.reconstruction``) in about this many seconds,
+    unless the search's stage did; the reconstructed plan is written to the run dir's plans/, where the same
+    command, cut off, resumes it."""
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     results = load_run(run_dir)
     row = pick_trial(results, pick)
-    built = build_model(results, row, model)
     info = results.info
-    plan = RankPlan.load(plan_file(results, row))
-    plan = replace(plan, model=info.model, input_shape=tuple(info.input_shape))
+    original = original_model(results, model)
+    if reconstruct_s is not None and not row.plan_reconstructed:
+        row = _reconstructed_row(results, row, original, reconstruct_s)
+    plan = replace(RankPlan.load(plan_file(results, row)), model=info.model, input_shape=tuple(info.input_shape))
+    built = decompose_model(original, plan, on_step=on_step)
     path = export_model(built, output, plan, info.model, info.weights, fmt, {"trial": row.trial})
     return ExportedModel(path=Path(path), fmt=fmt, row=row)
+
+
+def _reconstructed_row(results: RunResults, row: TrialRow, original: nn.Module, budget_s: float) -> TrialRow:
+    """``row`` pointing at its reconstructed plan: the one written before (resumed), else one made to fit
+    ``budget_s`` on this machine."""
+    assert row.plan is not None
+    relative = reconstructed_plan_path(row.plan)
+    if recorded_plan(results.run_dir / relative) is None:
+        info = results.info
+        closed = replace(RankPlan.load(plan_file(results, row, final=False)), model=info.model,
+                         input_shape=tuple(info.input_shape))
+        shape = tuple(info.input_shape)
+        base = default_settings(shape, resolve_kind(original, closed.inputs or AUTO, shape))
+        images = synthetic_inputs(original, shape, base.inputs, base.images, base.seed)
+        settings = plan_settings(original, closed, base, budget_s, images)
+        if settings is None:
+            raise ConfigError(f"--reconstruct {budget_s:g}s is too short to reconstruct trial {row.trial} here: "
+                              f"it needs time for {MIN_STEPS} steps a region; give it more")
+        replace(closed, reconstruction=settings).save(results.run_dir / relative)
+    return replace(row, plan_reconstructed=relative)

@@ -23,8 +23,10 @@ removed branch (prune at rank 0) gives its mean output on the inputs, under eith
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,6 +55,9 @@ from dac_search.proxies.correction import (
     run_plan,
 )
 from dac_search.proxies.replay import PartialPass
+from dac_search.proxies.synthetic import cache_root, model_fingerprint, synthetic_inputs
+from dac_search.reconstruction.build import rebuild
+from dac_search.reconstruction.engine import OnStep
 
 PlanLike = RankPlan | Mapping[str, Any] | str | os.PathLike[str]
 
@@ -60,7 +65,7 @@ PlanLike = RankPlan | Mapping[str, Any] | str | os.PathLike[str]
 def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | None = None, *,
                     settings: RefitSettings | None = None, dense: bool = False,
                     ref: Reference | None = None, branches: BranchInputs | None = None,
-                    partial: PartialPass | None = None) -> nn.Module:
+                    partial: PartialPass | None = None, on_step: OnStep | None = None) -> nn.Module:
     """The model ``plan`` names, in eval mode: a deep copy of ``model``, the original left untouched.
 
     A plan with int8 layers gives its int8 model (``dac_search.int8_model.Int8Model``: called, it runs the
@@ -77,10 +82,18 @@ def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | Non
     residual branches of ``model`` (``stream_branches``), so the model is not traced again. ``partial``: the
     part of the fitting pass to run (a ``ModelProxy`` scoring one layer's change replays the front before it
     and stops after its last fitted layer).
+
+    A plan with a ``reconstruction`` is then fitted by gradient steps (``dac_search.reconstruction``; its
+    factorised layers stay factorised even when ``dense`` is asked for, as a dense conv would fit outside
+    the rank), once per plan and weights: the result is cached, and a cut-off one resumes. ``on_step``:
+    called with (steps done, steps in all) while it runs.
     """
     plan = RankPlan.coerce(plan)
-    built = float_model(model, plan, inputs, settings=settings, dense=dense, ref=ref, branches=branches,
-                        partial=partial)
+    rebuilt = plan.reconstruction is not None and plan.reconstruction.trains
+    built = float_model(model, plan, inputs, settings=settings, dense=dense and not rebuilt, ref=ref,
+                        branches=branches, partial=partial)
+    if rebuilt:
+        built = reconstructed(model, built, plan, on_step)
     if plan.int8_layers and not dense:
         return quantized(built, plan, model)
     return built
@@ -124,6 +137,23 @@ def float_model(model: nn.Module, plan: RankPlan, inputs: torch.Tensor | None = 
         result = run_plan(base, workbench, factorised, inputs, ref, plan.correction, settings, branches, partial)
     fitted = workbench if pruning.keep else model  # the pruned network with its consumers refitted
     return assemble_dense(fitted, result.layers) if dense else assemble(fitted, factorised, result.layers)
+
+
+def reconstructed(model: nn.Module, built: nn.Module, plan: RankPlan, on_step: OnStep | None = None) -> nn.Module:
+    """``built``, the plan's closed-form float network, reconstructed as the plan's settings say."""
+    settings = plan.reconstruction
+    assert settings is not None
+    if plan.input_shape is None:
+        raise ConfigError("the plan asks for a reconstruction but has no input_shape to make its synthetic "
+                          "images; add \"input_shape\" to the plan")
+    images = synthetic_inputs(model, plan.input_shape, settings.inputs, settings.images, settings.seed)
+    return rebuild(model, built, images, settings, reconstruction_cache(model, plan), on_step)
+
+
+def reconstruction_cache(model: nn.Module, plan: RankPlan) -> Path:
+    """Where the reconstructed weights of ``plan`` on ``model`` are kept: named by the weights and the float plan."""
+    key = hashlib.sha256(f"{model_fingerprint(model)}|{plan.in_fp32().to_json()}".encode()).hexdigest()
+    return cache_root() / "reconstructed" / key
 
 
 def stream_branches(model: nn.Module, correction: str | None) -> BranchInputs | None:

@@ -187,6 +187,10 @@ class ModelProxy:
         logits = evaluate(self.model, self._workbench, result.layers, self.inputs, front and front.scored)
         return compare(self._scored_logits, logits, self._distributions)
 
+    def score_model(self, model: nn.Module) -> ProxyScore:
+        """KL and agreement of any model built from the original (a reconstructed one) on the scored inputs."""
+        with eval_mode(model), torch.no_grad():
+            return compare(self._scored_logits, model(self.inputs), self._distributions)
 
     def _pruned(self, plan: RankPlan, dense: bool, partial: PartialPass | None = None) -> nn.Module:
         """A plan that prunes changes widths, which the workbench's swap-in stand-ins cannot: it is built

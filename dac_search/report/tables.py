@@ -70,6 +70,9 @@ def pareto_table(data: ReportData) -> TextTable:
         headers += ["Latency (ms)", "IQR (ms)", "Speed-up"]
     if data.has_top1:
         headers += ["Top-1 (%)"]
+    reconstructed = any(row.plan_reconstructed for row in data.pareto)
+    if reconstructed:  # the stage after the search, labelled as such
+        headers += ["Proxy reconstructed"] + (["Top-1 reconstructed (%)"] if data.has_top1 else [])
     headers += ["Note"]
 
     def cells(label: str, row: TrialRow | None, note: str) -> tuple[str, ...]:
@@ -89,6 +92,10 @@ def pareto_table(data: ReportData) -> TextTable:
             values += [fmt_float(latency, 3), fmt_float(iqr, 3), fmt_ratio(_speedup(base, row))]
         if data.has_top1:
             values += [fmt_float(base.top1 if row is None else row.top1, 2)]
+        if reconstructed:
+            values += [fmt_float(None if row is None else row.proxy_reconstructed, 4)]
+            if data.has_top1:
+                values += [fmt_float(None if row is None else row.top1_reconstructed, 2)]
         return (*values, note)
 
     def reference(point: ReferencePoint) -> tuple[str, ...]:
@@ -99,6 +106,8 @@ def pareto_table(data: ReportData) -> TextTable:
             values += [fmt_float(point.latency_ms, 3), "", fmt_ratio(speedup)]
         if data.has_top1:
             values += [fmt_float(point.top1, 2)]
+        if reconstructed:
+            values += [DASH] * (2 if data.has_top1 else 1)
         return (*values, "reference")
 
     references = data.results.info.references
@@ -161,6 +170,11 @@ def summary_items(data: ReportData) -> tuple[tuple[str, str], ...]:
         ("Original", _original_text(data)),
         ("Run", f"started {info.created}, " + (f"finished {info.finished}" if info.finished else "not finished")),
     ]
+    if info.reconstruction is not None:
+        stage = info.reconstruction
+        items.append(("Reconstruction", f"{stage.plans} plan(s) fitted by gradient steps on {stage.images} synthetic "
+                      f"images ({stage.inputs}, seed {stage.seed}; no data) in {stage.spent_s:.0f} s of "
+                      f"{stage.budget_s:.0f} s on {stage.device}"))
     curve = data.hypervolume
     if curve.values:
         axis = curve.axis
@@ -195,11 +209,13 @@ def _best_text(data: ReportData) -> str:
     if best is None:
         return "none within the budget"
     info = data.results.info
-    parts = [f"trial {best.trial}", f"proxy {fmt_float(best.proxy, 4)}"]
-    if best.top1 is not None:
+    parts = [f"trial {best.trial}" + (" reconstructed" if best.plan_reconstructed else ""),
+             f"proxy {fmt_float(best.final_proxy, 4)}"]
+    top1 = best.final_top1
+    if top1 is not None:
         original = info.baseline.top1
-        drop = "" if original is None else f" ({best.top1 - original:+.2f} vs original)"
-        parts.append(f"top-1 {best.top1:.2f} %{drop}")
+        drop = "" if original is None else f" ({top1 - original:+.2f} vs original)"
+        parts.append(f"top-1 {top1:.2f} %{drop}")
     if best.latency_ms is not None:
         speedup = _speedup(info.baseline, best)
         parts.append(f"latency {best.latency_ms:.3f} ms" + ("" if speedup is None else f" ({speedup:.2f}× faster)"))

@@ -47,6 +47,7 @@ class SearchConfig:
     precisions: tuple[str, ...] | None = None
     proxy_images: int = 64
     measure_points: int = 8  # Pareto points measured end to end at the end
+    reconstruct_s: float | None = None  # wall time of the reconstruction stage after the search (None: none)
     eval_data: str | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None

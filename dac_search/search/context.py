@@ -22,7 +22,7 @@ from dac_search.latency import LatencyTable, LatencyTableBuilder, table_settings
 from dac_search.methods import variants_of
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.precision import FP32, INT8, INT8_RUNTIMES, QuantScheme
-from dac_search.proxies import ModelProxy, cached_layer_sensitivity, default_proxy, synthetic_inputs
+from dac_search.proxies import ModelProxy, ProxyScore, cached_layer_sensitivity, default_proxy, synthetic_inputs
 from dac_search.proxies.sensitivity import cached_int8_sensitivity
 from dac_search.proxies.synthetic import resolve_kind
 from dac_search.search.config import SearchConfig
@@ -109,7 +109,14 @@ class SearchContext:
         return self.penalty.quantization
 
     def score(self, plan: RankPlan) -> PlanScore:
-        whole = self.proxy.score(plan)
+        return self._combined(plan, self.proxy.score(plan))
+
+    def score_model(self, plan: RankPlan, model: nn.Module) -> PlanScore:
+        """``score`` of a model with ``plan``'s layers but other weights (reconstructed): its own whole-plan KL,
+        the plan's single-layer sum, so the two stay comparable."""
+        return self._combined(plan, self.proxy.score_model(model))
+
+    def _combined(self, plan: RankPlan, whole: ProxyScore) -> PlanScore:
         additive = self.penalty.additive(plan)
         return PlanScore(math.sqrt(max(whole.kl, 0.0) * max(additive, 0.0)), whole.kl, additive, whole.agreement)
 

@@ -26,6 +26,7 @@ from dac_search.search.final import DeviceTimer, FinalFront, measured_front, unm
 from dac_search.search.identity import LEGACY_STUDY, SearchIdentity, identity_of, refuse_difference
 from dac_search.search.live import LiveView
 from dac_search.search.objective import AfterTrial, Objective, rows_of, stop_at_total
+from dac_search.search.reconstruct_stage import reconstruct_front
 from dac_search.search.record import now, run_info
 from dac_search.search.study import RUN_ATTR, Heartbeat, enqueue_warm_starts, fail_dead_trials, open_study
 from profilers.devices import load_device
@@ -135,7 +136,8 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
     front = final.points
     if final.measured:  # end-to-end timings replace the table's predictions in trials.csv too
         measured = {p.trial: p for p in final.measured}
-        write_trials(run_dir, [measured.get(p.trial, p) for p in rows])
+        rows = [measured.get(p.trial, p) for p in rows]
+        write_trials(run_dir, rows)
     budget = ctx.budget
     if final.original_ms is not None:  # the original timed in the same sessions as the front
         baseline = replace(baseline, latency_ms=final.original_ms)
@@ -147,12 +149,29 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
         view.say("measuring the original in int8 beside the original")
         references = measured_references(ctx, references, data)
     write_pareto(run_dir, front)
+    reconstruction = None
+    if config.reconstruct_s and not interrupted and final.feasible:
+        try:
+            front, reconstruction = reconstruct_front(ctx, run_dir, front, config.reconstruct_s, view.say,
+                                                      lambda points: _write_front(run_dir, points, rows), data,
+                                                      0.5 if view.console.is_terminal else 30.0)
+        except KeyboardInterrupt:
+            interrupted = True  # the plans finished are in pareto.csv; the same command resumes the rest
     done = sum(p.state == "COMPLETE" for p in rows)
     _record(run_dir, study, run_info(ctx, identity, started, partial=interrupted or done < config.trials,
                                      baseline=baseline, uniform=uniform, budget=budget, trials_complete=done,
-                                     references=references))
+                                     references=references, reconstruction=reconstruction))
     message = "" if final.feasible else _miss_message(ctx, front)
     return SearchOutcome(run_dir, tuple(front), final.feasible, interrupted, message)
+
+
+def _write_front(run_dir: Path, front: list[TrialRow], rows: list[TrialRow]) -> None:
+    """pareto.csv, and the reconstruction columns of its rows in trials.csv too (``--pick TRIAL`` reads them)."""
+    write_pareto(run_dir, front)
+    stage = {p.trial: p for p in front if p.plan_reconstructed}
+    write_trials(run_dir, [p if p.trial not in stage else replace(
+        p, proxy_reconstructed=stage[p.trial].proxy_reconstructed, top1_reconstructed=stage[p.trial].top1_reconstructed,
+        plan_reconstructed=stage[p.trial].plan_reconstructed) for p in rows])
 
 
 def _record(run_dir: Path, study: optuna.Study, info: RunInfo) -> None:

@@ -8,7 +8,15 @@ from datetime import datetime, timezone
 
 from dac_search.budget import Budget
 from dac_search.proxies.synthetic import resolve_kind
-from dac_search.rundir import Baseline, DeviceInfo, ProxyInfo, ReferencePoint, RunInfo, UniformPoint
+from dac_search.rundir import (
+    Baseline,
+    DeviceInfo,
+    ProxyInfo,
+    ReconstructionInfo,
+    ReferencePoint,
+    RunInfo,
+    UniformPoint,
+)
 from dac_search.search.context import SearchContext
 from dac_search.search.identity import SearchIdentity
 
@@ -32,7 +40,8 @@ def versions() -> tuple[tuple[str, str], ...]:
 
 def run_info(ctx: SearchContext, identity: SearchIdentity, started: str, *, partial: bool, baseline: Baseline,
              uniform: Sequence[UniformPoint], budget: Budget | None = None,
-             trials_complete: int | None = None, references: Sequence[ReferencePoint] = ()) -> RunInfo:
+             trials_complete: int | None = None, references: Sequence[ReferencePoint] = (),
+             reconstruction: ReconstructionInfo | None = None) -> RunInfo:
     """run.json of the search of ``ctx``; ``budget``: resolved on the original timed beside the front,
     when it was (else the context's)."""
     config = ctx.config
@@ -45,4 +54,5 @@ def run_info(ctx: SearchContext, identity: SearchIdentity, started: str, *, part
         proxy=ProxyInfo(PROXY_KIND, resolve_kind(ctx.model, config.inputs, ctx.input_shape),
                         int(ctx.proxy.inputs.shape[0]), ctx.proxy.held_out),
         versions=versions(), baseline=baseline, uniform=tuple(uniform), trials_complete=trials_complete,
-        study=identity.name, settings=identity.settings, references=tuple(references))
+        study=identity.name, settings=identity.settings, references=tuple(references),
+        reconstruction=reconstruction)

@@ -1,0 +1,198 @@
+"""Block-wise reconstruction: every region of the plan's network fitted by gradient steps to the original's.
+
+BRECQ's reconstruction (Li et al. 2021) run on synthetic images, as Genie (Jeon et al. 2023) does for
+quantization, here for factorised and pruned networks. Region by region (``regions``), in order: the
+region's input is the plan's own network's output at the cut before it (the regions already fitted
+included, so each absorbs the drift of those before it), its target the original network's output at the
+cut after it, and every weight of the region is trainable (the factors, the pruned convs, the BatchNorm
+affine terms, a removed branch's constant) under Adam on the mean squared error. Optionally the whole
+network then distils the original's logits (KL). Nothing here sees a real image or a label.
+
+Deterministic on one machine: the images come from the plan's seed, each region's batches from its own
+generator, so a plan rebuilds the same weights; a run cut off after a region resumes there exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dac_search.reconstruction.regions import Region, RegionRunner, paired_regions
+from dac_search.reconstruction.settings import ReconstructionSettings
+
+EVAL_CHUNK = 128  # images per forward pass where nothing is trained
+
+OnStep = Callable[[int, int], None]  # (steps done, steps in all)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Regions ``done`` and the network's weights after them."""
+
+    done: int
+    state: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Saver:
+    """Where a reconstruction keeps its progress: ``load`` the last checkpoint (or None), ``save`` one."""
+
+    load: Callable[[], Checkpoint | None]
+    save: Callable[[Checkpoint], None]
+
+
+def compute_device() -> torch.device:
+    """CUDA where there is one, else the CPU's threads."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def changed_regions(original: RegionRunner, model: RegionRunner, regions: list[Region]) -> list[bool]:
+    """For each region: does it call a module whose type or weights differ from the original's?"""
+    def differs(name: str) -> bool:
+        theirs, ours = original.graph_module.get_submodule(name), model.graph_module.get_submodule(name)
+        if type(theirs) is not type(ours):
+            return True
+        a, b = theirs.state_dict(), ours.state_dict()
+        return a.keys() != b.keys() or any(a[k].shape != b[k].shape or not torch.equal(a[k], b[k]) for k in a)
+    return [any(differs(name) for name in region.modules) for region in regions]
+
+
+def fitted_regions(original: nn.Module, model: nn.Module, settings: ReconstructionSettings
+                   ) -> tuple[RegionRunner, RegionRunner, list[Region], list[bool]]:
+    """The runners, the regions, and which of them the settings fit (those with weights, changed or all)."""
+    theirs, ours, regions = paired_regions(original, model)
+    changed = changed_regions(theirs, ours, regions) if settings.scope == "changed" else [True] * len(regions)
+    fitted = [c and any(True for _ in ours.parameters(r)) for c, r in zip(changed, regions)]
+    return theirs, ours, regions, fitted
+
+
+def total_steps(fitted: list[bool], settings: ReconstructionSettings) -> int:
+    return sum(fitted) * settings.steps + settings.logit_steps
+
+
+def reconstruct(original: nn.Module, model: nn.Module, images: torch.Tensor, settings: ReconstructionSettings,
+                *, on_step: OnStep | None = None, saver: Saver | None = None,
+                device: torch.device | None = None) -> nn.Module:
+    """Fit ``model`` (the plan's float network, changed in place and returned, in eval mode, on the CPU)
+    to ``original`` on ``images``; ``original`` is left as it was."""
+    device = device or compute_device()
+    on_step = on_step or (lambda done, total: None)
+    original.eval()
+    model.eval()
+    original_device = next(original.parameters()).device
+    original.to(device)
+    model.to(device)
+    try:
+        theirs, ours, regions, fitted = fitted_regions(original, model, settings)
+        total = total_steps(fitted, settings)
+        checkpoint = saver.load() if saver else None
+        done_regions = 0
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint.state)
+            done_regions = checkpoint.done
+        x_theirs = x_ours = images.to(device)
+        steps_done = 0
+        for index, region in enumerate(regions):
+            target = _forward(theirs, region, x_theirs)
+            if index >= done_regions:
+                if fitted[index]:
+                    _fit_region(ours, region, x_ours, target, settings, index,
+                                lambda step: on_step(steps_done + step, total))
+                if saver:
+                    saver.save(Checkpoint(index + 1, _cpu_state(model)))
+            steps_done += settings.steps if fitted[index] else 0
+            x_ours = _forward(ours, region, x_ours)
+            x_theirs = target
+        if settings.logit_steps and done_regions <= len(regions):
+            _fit_logits(model, images.to(device), x_theirs, settings, lambda step: on_step(steps_done + step, total))
+            if saver:
+                saver.save(Checkpoint(len(regions) + 1, _cpu_state(model)))
+        on_step(total, total)
+    finally:
+        original.to(original_device)
+        model.cpu()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model.eval()
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+
+
+@torch.no_grad()
+def _forward(runner: RegionRunner, region: Region, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([runner.run(region, chunk) for chunk in x.split(EVAL_CHUNK)])
+
+
+def _generator(settings: ReconstructionSettings, index: int) -> torch.Generator:
+    """Each region's batches from its own seed: a resumed run draws what an unbroken one would have."""
+    return torch.Generator().manual_seed(settings.seed * 1_000_003 + index)
+
+
+def _fit_region(runner: RegionRunner, region: Region, x: torch.Tensor, target: torch.Tensor,
+                settings: ReconstructionSettings, index: int, on_step: Callable[[int], None]) -> None:
+    parameters = list(runner.parameters(region))
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    optimiser = torch.optim.Adam(parameters, lr=settings.lr)
+    generator = _generator(settings, index)
+    scale = float(target.pow(2).mean()) or 1.0  # the loss in units of the target's power: one lr fits all regions
+    for step in range(settings.steps):
+        batch = torch.randperm(len(x), generator=generator)[: settings.batch].to(x.device)
+        loss = F.mse_loss(runner.run(region, x[batch]), target[batch]) / scale
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        on_step(step + 1)
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+
+
+def _fit_logits(model: nn.Module, images: torch.Tensor, logits: torch.Tensor, settings: ReconstructionSettings,
+                on_step: Callable[[int], None]) -> None:
+    """The whole network, its logits distilled from the original's (KL of the softmax)."""
+    parameters = list(model.parameters())
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    optimiser = torch.optim.Adam(parameters, lr=settings.lr)
+    generator = _generator(settings, -1)
+    for step in range(settings.logit_steps):
+        batch = torch.randperm(len(images), generator=generator)[: settings.batch].to(images.device)
+        loss = F.kl_div(F.log_softmax(model(images[batch]), 1), F.log_softmax(logits[batch], 1),
+                        log_target=True, reduction="batchmean")
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        on_step(step + 1)
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+
+
+def seconds_per_step(original: nn.Module, model: nn.Module, images: torch.Tensor,
+                     settings: ReconstructionSettings, probe_steps: int = 2) -> tuple[float, float]:
+    """(seconds per region step summed over the fitted regions, seconds of the passes without training),
+    timed on a copy: what a wall-time budget is turned into steps with."""
+    model = copy.deepcopy(model)
+    theirs, ours, regions, fitted = fitted_regions(original, model, settings)
+    x = images[: settings.batch]
+    started = time.perf_counter()
+    for region in regions:
+        x = _forward(ours, region, x)
+    passes = (time.perf_counter() - started) * 2 * len(images) / max(1, len(x))  # both networks, every image
+    step_cost = 0.0
+    x = images[: settings.batch]
+    probe = ReconstructionSettings(**{**settings.to_dict(), "steps": probe_steps})
+    for index, region in enumerate(regions):
+        if fitted[index]:
+            started = time.perf_counter()
+            _fit_region(ours, region, x, _forward(ours, region, x), probe, index, lambda step: None)
+            step_cost += (time.perf_counter() - started) / probe_steps
+        x = _forward(ours, region, x)
+    return step_cost, passes

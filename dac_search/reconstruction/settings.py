@@ -1,0 +1,72 @@
+"""What a reconstruction did, as data: the ``reconstruction`` object of a plan file.
+
+A plan rebuilds its model from itself alone, so every setting that shapes the reconstructed weights is
+here: the synthetic images (kind, count, seed), the gradient steps per region and end to end, the
+learning rate, the batch and which regions are fitted. A leaf module (no torch): ``dac_search.plan``
+reads and writes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from dac_search.errors import PlanError
+
+SCOPES = ("changed", "all")  # fit the regions the plan changes, or every region with weights
+LIMIT = 1_000_000  # a sanity bound on every count, so a typo is refused rather than run for days
+
+
+@dataclass(frozen=True)
+class ReconstructionSettings:
+    """Block-wise reconstruction on synthetic images (see ``dac_search.reconstruction.engine``).
+
+    ``inputs``: the kind of synthetic images (``dac_search.proxies.synthetic``; ``auto`` resolved by the
+    model), ``images`` of them made from ``seed`` (not the seeds the proxy fits or scores on, so the
+    proxy after reconstruction is taken on images it was not fitted to). ``steps``: Adam steps per region,
+    ``batch`` images each; ``lr``: Adam's learning rate. ``logit_steps``: then as many steps on the whole
+    network, its logits distilled from the original's (KL). ``scope``: ``changed`` fits the regions
+    holding a layer the plan changes; ``all`` every region with weights (later ones absorb the drift).
+    """
+
+    steps: int = 200
+    images: int = 1024
+    batch: int = 64
+    lr: float = 1e-3
+    seed: int = 2
+    inputs: str = "auto"
+    scope: str = "changed"
+    logit_steps: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "images", "batch", "seed", "logit_steps"):
+            value = getattr(self, name)
+            lowest = 1 if name in ("images", "batch") else 0
+            if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= LIMIT:
+                raise PlanError(f"reconstruction: {name} must be an integer >= {lowest}, got {value!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1:
+            raise PlanError(f"reconstruction: lr must be a number in (0, 1), got {self.lr!r}")
+        if self.scope not in SCOPES:
+            raise PlanError(f"reconstruction: scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        if not isinstance(self.inputs, str):
+            raise PlanError(f"reconstruction: inputs must be a kind of synthetic images, got {self.inputs!r}")
+
+    @property
+    def trains(self) -> bool:
+        """False for zero steps everywhere: the closed-form model, exactly."""
+        return self.steps > 0 or self.logit_steps > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ReconstructionSettings:
+        if not isinstance(data, Mapping):
+            raise PlanError(f"reconstruction must be an object of settings, got {data!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise PlanError(f"reconstruction: unknown keys {sorted(unknown)}")
+        return cls(**{key: float(v) if key == "lr" and isinstance(v, int) and not isinstance(v, bool) else v
+                      for key, v in data.items()})
