@@ -7,8 +7,8 @@ from pathlib import Path
 
 from dac_search.commands._common import console, step_progress
 from dac_search.export import EXPORT_FORMATS
-from dac_search.export.run import export_run
-from dac_search.search.config import parse_duration
+from dac_search.export.run import Reconstruct, export_run
+from dac_search.search.config import check_reconstruct_images, parse_duration
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,13 +33,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reconstruct", metavar="DURATION", help="fit the plan by gradient steps on synthetic "
                         "images (no data) for about this long first, e.g. 5m, unless the search's stage did; the "
                         "reconstructed plan is saved in the run dir's plans/ (the same command resumes it)")
+    parser.add_argument("--reconstruct-images", type=int, help="synthetic images it fits on (default: 1,024 "
+                        "for small inputs such as CIFAR's, 128 for larger ones)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     budget = parse_duration(args.reconstruct) if args.reconstruct else None
+    check_reconstruct_images(args.reconstruct_images)
     with step_progress("reconstructing") as on_step:
-        exported = export_run(args.run_dir, args.output, args.fmt, args.pick, args.model, budget, on_step)
+        exported = export_run(args.run_dir, args.output, args.fmt, args.pick, args.model,
+                              Reconstruct(budget, args.reconstruct_images) if budget else None, on_step)
     row = exported.row
     details = [f"trial {row.trial}"]
     if row.final_proxy is not None:

@@ -51,6 +51,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reconstruct", metavar="DURATION", help="after the search, fit the best few plans of the "
                         "front by gradient steps on synthetic images (no data) for this long in all, e.g. 20m; "
                         "written beside the closed-form plans, labelled, and picked by export when better")
+    parser.add_argument("--reconstruct-images", type=int, help="synthetic images the reconstruction fits on "
+                        "(default: 1,024 for small inputs such as CIFAR's, 128 for larger ones)")
     parser.add_argument("--eval-data", help="optional real data to measure top-1: class folders, a file list "
                         "(.tsv/.csv/.txt of file and label) or .npz x/y")
     parser.add_argument("--mean", help="normalisation mean for --eval-data, e.g. 0.485,0.456,0.406")
@@ -70,6 +72,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         methods=None if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
         correction=None if args.correction == "none" else args.correction, inputs=args.inputs,
         proxy_images=args.proxy_images, reconstruct_s=parse_duration(args.reconstruct) if args.reconstruct else None,
+        reconstruct_images=args.reconstruct_images,
         precisions=None if args.precision is None else parse_precisions(args.precision),
         eval_data=args.eval_data, mean=parse_floats(args.mean) if args.mean else None,
         std=parse_floats(args.std) if args.std else None,

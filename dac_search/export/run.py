@@ -89,12 +89,20 @@ def build_model(results: RunResults, row: TrialRow, model: str | None = None) ->
     return decompose_model(original_model(results, model), plan_file(results, row))
 
 
+@dataclass(frozen=True)
+class Reconstruct:
+    """Reconstruct the picked plan before it is exported: in about ``budget_s`` seconds, on ``images``
+    synthetic images (None: by input size)."""
+
+    budget_s: float
+    images: int | None = None
+
+
 def export_run(run_dir: str | Path, output: str | Path, fmt: str, pick: str = "best", model: str | None = None,
-               reconstruct_s: float | None = None, on_step: OnStep | None = None) -> ExportedModel:
+               reconstruct: Reconstruct | None = None, on_step: OnStep | None = None) -> ExportedModel:
     """Write the model of the picked plan to ``output`` atomically (a file is either whole or absent).
 
-    ``reconstruct_s``: reconstruct the plan first (``dac_search.reconstruction``) in about this many seconds,
-    unless the search's stage did; the reconstructed plan is written to the run dir's plans/, where the same
+    ``reconstruct``: reconstruct the plan first (``dac_search.reconstruction``), unless the search's stage did; the reconstructed plan is written to the run dir's plans/, where the same
     command, cut off, resumes it."""
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
@@ -102,17 +110,17 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str, pick: str = "b
     row = pick_trial(results, pick)
     info = results.info
     original = original_model(results, model)
-    if reconstruct_s is not None and not row.plan_reconstructed:
-        row = _reconstructed_row(results, row, original, reconstruct_s)
+    if reconstruct is not None and not row.plan_reconstructed:
+        row = _reconstructed_row(results, row, original, reconstruct)
     plan = replace(RankPlan.load(plan_file(results, row)), model=info.model, input_shape=tuple(info.input_shape))
     built = decompose_model(original, plan, on_step=on_step)
     path = export_model(built, output, plan, info.model, info.weights, fmt, {"trial": row.trial})
     return ExportedModel(path=Path(path), fmt=fmt, row=row)
 
 
-def _reconstructed_row(results: RunResults, row: TrialRow, original: nn.Module, budget_s: float) -> TrialRow:
+def _reconstructed_row(results: RunResults, row: TrialRow, original: nn.Module, asked: Reconstruct) -> TrialRow:
     """``row`` pointing at its reconstructed plan: the one written before (resumed), else one made to fit
-    ``budget_s`` on this machine."""
+    the budget on this machine."""
     assert row.plan is not None
     relative = reconstructed_plan_path(row.plan)
     if recorded_plan(results.run_dir / relative) is None:
@@ -120,11 +128,11 @@ def _reconstructed_row(results: RunResults, row: TrialRow, original: nn.Module, 
         closed = replace(RankPlan.load(plan_file(results, row, final=False)), model=info.model,
                          input_shape=tuple(info.input_shape))
         shape = tuple(info.input_shape)
-        base = default_settings(shape, resolve_kind(original, closed.inputs or AUTO, shape))
+        base = default_settings(shape, resolve_kind(original, closed.inputs or AUTO, shape), asked.images)
         images = synthetic_inputs(original, shape, base.inputs, base.images, base.seed)
-        settings = plan_settings(original, closed, base, budget_s, images)
+        settings = plan_settings(original, closed, base, asked.budget_s, images)
         if settings is None:
-            raise ConfigError(f"--reconstruct {budget_s:g}s is too short to reconstruct trial {row.trial} here: "
+            raise ConfigError(f"--reconstruct {asked.budget_s:g}s is too short to reconstruct trial {row.trial} here: "
                               f"it needs time for {MIN_STEPS} steps a region; give it more")
         replace(closed, reconstruction=settings).save(results.run_dir / relative)
     return replace(row, plan_reconstructed=relative)

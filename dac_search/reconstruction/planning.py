@@ -28,12 +28,14 @@ SAFETY = 0.8  # of a share turned into steps: timings in a probe run faster than
 Say = Callable[[str], None]
 
 
-def default_settings(input_shape: Sequence[int], kind: str) -> ReconstructionSettings:
+def default_settings(input_shape: Sequence[int], kind: str, images: int | None = None) -> ReconstructionSettings:
     """The images and batch for an input size. Small inputs: 1,024 images in batches of 64, which lifted a
     uniform rank-2 ResNet-20 from 72.0% to 78.7% (2,000 test images, 400 steps) where 256 in 32 reached 76.5%
-    and 512 in 64 76.2%; larger inputs: 128 in 16, for the distillation's cost (not measured against more)."""
+    and 512 in 64 76.2%; larger inputs: 128 in 16, for the distillation's cost (not measured against more).
+    ``images``: another count (``--reconstruct-images``)."""
     small = math.prod(int(v) for v in input_shape[2:]) <= 64 * 64
-    return ReconstructionSettings(images=1024 if small else 128, batch=64 if small else 16, inputs=kind)
+    count = images or (1024 if small else 128)
+    return ReconstructionSettings(images=count, batch=min(count, 64 if small else 16), inputs=kind)
 
 
 def reconstructed_plan_path(plan: str) -> str:

@@ -48,6 +48,7 @@ class SearchConfig:
     proxy_images: int = 64
     measure_points: int = 8  # Pareto points measured end to end at the end
     reconstruct_s: float | None = None  # wall time of the reconstruction stage after the search (None: none)
+    reconstruct_images: int | None = None  # synthetic images it fits on (None: by input size)
     eval_data: str | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -81,6 +82,7 @@ class SearchConfig:
         if self.heartbeat_s < 2:
             raise ConfigError(f"--heartbeat must be at least 2s (workers beat every quarter of it), "
                               f"got {self.heartbeat_s:g}s")
+        check_reconstruct_images(self.reconstruct_images)
         if self.proxy_images < 2:
             raise ConfigError(f"--proxy-images must be at least 2, got {self.proxy_images}")
         if self.budget.kind == "latency" and self.device == "none":
@@ -107,6 +109,11 @@ class SearchConfig:
     def default_out(self, root: Path = Path("reports")) -> Path:
         budget = self.budget.text.replace("%", "pct").replace(" ", "")
         return root / f"{self.model_label}-{self.device_label}-{budget}"
+
+
+def check_reconstruct_images(images: int | None) -> None:
+    if images is not None and images < 1:
+        raise ConfigError(f"--reconstruct-images must be at least 1, got {images}")
 
 
 def parse_duration(text: str) -> float:

@@ -45,7 +45,8 @@ def reconstruct_front(ctx: SearchContext, run_dir: Path, front: Sequence[TrialRo
     """The front with the best few plans reconstructed within ``budget_s``; ``write`` is called with the rows
     after each plan, so a cut-off keeps every plan finished. Progress goes to ``say`` every ``interval_s``."""
     started = time.monotonic()
-    base = default_settings(ctx.input_shape, resolve_kind(ctx.model, ctx.config.inputs, ctx.input_shape))
+    base = default_settings(ctx.input_shape, resolve_kind(ctx.model, ctx.config.inputs, ctx.input_shape),
+                            ctx.config.reconstruct_images)
     rows = list(front)
     chosen = _candidates(rows)
     images = synthetic_inputs(ctx.model, ctx.input_shape, base.inputs, base.images, base.seed)
