@@ -1,0 +1,84 @@
+"""The reconstruction stage through the CLI: Ctrl-C in the middle keeps a valid run dir and the same command
+resumes it; the exported model is the reconstructed plan's; a bad budget is one line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from dac_search import load_model
+from dac_search.export import load_pt_export
+from dac_search.plan import RECONSTRUCTED_FORMAT, RankPlan
+from dac_search.proxies.apply import decompose_model
+from dac_search.rundir import load_run
+from tests.search.test_search_cli import SEARCH, TIMEOUT, cli, rows, run_cli
+
+STAGE = (*SEARCH, "--device", "none", "--budget", "60%flops", "--trials", "4", "--reconstruct-images", "64")
+
+
+def _interrupt_when(process: subprocess.Popen[str], marker: str, seen: list[str]) -> None:
+    """Read stderr; send SIGINT once ``marker`` shows up (the stage has started)."""
+    assert process.stderr is not None
+    for line in process.stderr:
+        seen.append(line)
+        if marker in line and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+
+
+@pytest.mark.slow  # over 10 s here
+def test_ctrl_c_in_the_stage_keeps_the_run_and_the_same_command_resumes_it(hub_cache, tmp_path) -> None:
+    out = tmp_path / "run"
+    command = (*STAGE, "--reconstruct", "40s", "--out", str(out))
+    process = subprocess.Popen(cli(*command), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    reader = threading.Thread(target=_interrupt_when, args=(process, "reconstructing trial", seen))
+    reader.start()
+    assert process.wait(timeout=TIMEOUT) == 130, "".join(seen)
+    reader.join()
+    run = load_run(out)  # every file still valid
+    assert run.info.partial and run.pareto is not None and run.info.reconstruction is None
+    started = sorted((out / "plans").glob("*-reconstructed.json"))
+    assert started, "the plan being reconstructed is written before its fitting starts"
+    recorded = started[0].read_text()
+
+    again = run_cli(*command)
+    assert again.returncode == 0, again.stderr
+    assert started[0].read_text() == recorded  # resumed with the settings it started with
+    run = load_run(out)
+    stage = run.info.reconstruction
+    assert stage is not None and stage.plans >= 1 and stage.images == 64 and stage.device in ("cpu", "cuda")
+    done = [p for p in rows(out / "pareto.csv") if p["plan_reconstructed"]]
+    assert len(done) == stage.plans
+    trials = {t["trial"]: t for t in rows(out / "trials.csv")}
+    for point in done:
+        assert trials[point["trial"]]["plan_reconstructed"] == point["plan_reconstructed"]
+        assert float(point["proxy_reconstructed"]) > 0
+        plan = json.loads((out / point["plan_reconstructed"]).read_text())
+        assert plan["format"] == RECONSTRUCTED_FORMAT and plan["reconstruction"]["steps"] >= 1
+    assert "Proxy reconstructed" in (out / "report.md").read_text()
+
+    # the exported model is the reconstructed plan's model, as decompose_model builds it
+    best = min(done, key=lambda p: float(p["proxy_reconstructed"]))
+    exported = tmp_path / "best.pt"
+    result = run_cli("export", str(out), "--pick", best["trial"], "--format", "pt", "-o", str(exported))
+    assert result.returncode == 0, result.stderr
+    assert "reconstructed" in result.stdout
+    model = load_pt_export(exported)
+    expected = decompose_model(load_model("cifar10-resnet20"), RankPlan.load(out / best["plan_reconstructed"]))
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), expected(x))
+
+
+def test_a_bad_reconstruction_budget_is_one_line(hub_cache, tmp_path) -> None:
+    for args in (("--reconstruct", "soon"), ("--reconstruct", "-5m"), ("--reconstruct", "1m", "--reconstruct-images", "0")):
+        result = run_cli(*STAGE, *args, "--out", str(tmp_path / "run"))
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        assert not (tmp_path / "run").exists()
