@@ -3,7 +3,7 @@ instead: the original in data-free int8, uniform DAC and a shallower network, ea
 
     .venv/bin/python benchmarks/latency_quality.py [--model cifar10-resnet56] [--budgets 0.8,0.6,0.5,0.4,0.3]
         [--trials 100] [--device local] [--eval-data cifar10_test_a.npz] [--out DIR] [--svg FILE]
-        [--methods LIST] [--precision LIST] [--threads 1] [--correction stream]
+        [--methods LIST] [--precision LIST] [--threads 1] [--correction stream] [--reconstruct 10m]
 
 For every budget the real command runs (``dac-search --model M --budget Bx --device D``, data-free: no
 ``--eval-data``, so the best plan is the one the proxy picks), ``dac-search export`` writes its best plan
@@ -15,6 +15,10 @@ weights, its top-1 measured), each also in int8 (every conv, quantized and calib
 the search's int8 plans are; a sibling only with real weights), are then timed in one interleaved session beside the original, so every
 ratio in the table is paired.
 
+With ``--reconstruct DURATION`` each search runs its reconstruction stage too (``dac-search --reconstruct``),
+and both its best closed-form plan and the plan ``export`` then picks (reconstructed) are judged, in rows of
+their own, the stage's wall time beside them.
+
 Prints one markdown table and writes an SVG of top-1 against measured latency, the siblings as points.
 """
 
@@ -25,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +46,11 @@ from dac_search.eval_data import EvalData, load_eval_data  # noqa: E402
 from dac_search.export import export_for  # noqa: E402
 from dac_search.int8_model import Int8Model  # noqa: E402
 from dac_search.export.run import ExportedModel, export_run  # noqa: E402
+from dac_search.pareto import best_row  # noqa: E402
 from dac_search.plan import LayerChoice, RankPlan  # noqa: E402
 from dac_search.proxies.apply import decompose_model  # noqa: E402
 from dac_search.proxies.calibration import every_conv_in_int8, quantized  # noqa: E402
+from dac_search.rundir import TrialRow, load_run  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402
 from dac_search.zoo.cifar_resnet import CifarResNet  # noqa: E402
 from profilers import load_device  # noqa: E402
@@ -98,11 +105,22 @@ def run_search(args: argparse.Namespace, budget: str, out: Path, *extra: str) ->
         command += ["--methods", args.methods]
     if args.precision:
         command += ["--precision", args.precision]
+    if args.reconstruct:
+        command += ["--reconstruct", args.reconstruct]
     start = time.monotonic()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     seconds = time.monotonic() - start
     fmt = "tflite" if load_device(args.device).runtime == "litert" else "onnx"
     return export_run(out, out / f"best.{fmt}", fmt, model=args.model), seconds  # our own spec: trusted
+
+
+def closed_form_best(run_dir: Path) -> TrialRow:
+    """The best plan of a run as its closed-form proxy ranks it (what export picks without the stage)."""
+    pareto = load_run(run_dir).pareto or ()
+    best = best_row([replace(r, proxy_reconstructed=None, top1_reconstructed=None, plan_reconstructed=None)
+                     for r in pareto])
+    assert best is not None and best.plan is not None
+    return best
 
 
 def uniform_plan(costs: CostModel, rank: int, spec: str, correction: str) -> RankPlan:
@@ -158,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-data", default=str(ASSETS / "cifar10" / "cifar10_test_a.npz"))
     parser.add_argument("--out", type=Path, default=None, help="keep the run dirs here (default: a temporary dir)")
     parser.add_argument("--svg", type=Path, default=Path("latency_quality.svg"))
+    parser.add_argument("--reconstruct", default=None, metavar="DURATION",
+                        help="passed to --reconstruct: each search's reconstruction stage (default: none)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the uniform plans' refit")
     parser.add_argument("--correction", default="stream",
                         help="passed to --correction, and used by the uniform plans (default: stream, the search's "
@@ -186,7 +206,17 @@ def main(argv: list[str] | None = None) -> None:
             row = best.row
             entries.append({"kind": "search", "label": f"{budget:g}x", "file": best.path,
                             "top1": file_top1(best.path, data), "flops": row.flops / base_flops,
-                            "search_s": seconds, "search_ratio": row.latency_ratio, "methods": method_counts(RankPlan.load(out / row.plan))})
+                            "search_s": seconds, "search_ratio": row.latency_ratio,
+                            "methods": method_counts(RankPlan.load(out / row.plan)),
+                            "reconstructed": bool(row.plan_reconstructed)})
+            if args.reconstruct:  # the closed form's own pick, beside the plan export took after the stage
+                closed = closed_form_best(out)
+                path = exported(decompose_model(model, out / closed.plan), f"closed-{budget:g}x")
+                stage = load_run(out).info.reconstruction
+                entries.append({"kind": "search", "label": f"{budget:g}x", "file": path, "top1": file_top1(path, data),
+                                "flops": closed.flops / base_flops, "search_s": seconds - (stage.spent_s if stage else 0),
+                                "search_ratio": closed.latency_ratio,
+                                "methods": method_counts(RankPlan.load(out / closed.plan)), "reconstructed": False})
         int8 = exported(in_int8(model, model, args.model), "original-int8")
         entries.append({"kind": "original int8", "label": "", "file": int8, "top1": file_top1(int8, data),
                         "flops": 1.0})
@@ -227,9 +257,11 @@ def main(argv: list[str] | None = None) -> None:
         search = "-"
         if kind == "search":
             own = "unmeasured" if entry["search_ratio"] is None else f"{entry['search_ratio']:.3f}x"
-            search = f"{own}, {entry['search_s'] / 60:.1f} min"
+            search = f"{own}, {entry['search_s'] / 60:.1f} min" + (" with the stage" if entry["reconstructed"] else "")
         if kind == "search":
             what += f" ({entry['methods']})"
+            if args.reconstruct:
+                what += ", reconstructed" if entry["reconstructed"] else ", closed form"
         source = f"exported {'.tflite, LiteRT' if runtime == 'litert' else 'ONNX, onnxruntime'}"
         if sibling and not entry.get("measured"):
             source = "upstream fp32, full test set" if top1 is not None else "random weights: latency only"

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -117,8 +118,6 @@ def reconstruct(original: nn.Module, model: nn.Module, images: torch.Tensor, set
     finally:
         original.to(original_device)
         model.cpu()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
     return model.eval()
 
 
@@ -139,8 +138,26 @@ def _generator(settings: ReconstructionSettings, index: int) -> torch.Generator:
 def _fit_region(runner: RegionRunner, region: Region, x: torch.Tensor, target: torch.Tensor,
                 settings: ReconstructionSettings, index: int, on_step: Callable[[int], None]) -> None:
     parameters = list(runner.parameters(region))
+    with _trainable(parameters):
+        _fit_region_steps(runner, region, parameters, x, target, settings, index, on_step)
+
+
+@contextmanager
+def _trainable(parameters: list[nn.Parameter]) -> Iterator[None]:
+    """Gradients on for ``parameters`` within, their own flags back after (a removed branch's constant is off)."""
+    flags = [p.requires_grad for p in parameters]
     for parameter in parameters:
         parameter.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(parameters, flags):
+            parameter.requires_grad_(flag)
+
+
+def _fit_region_steps(runner: RegionRunner, region: Region, parameters: list[nn.Parameter], x: torch.Tensor,
+                      target: torch.Tensor, settings: ReconstructionSettings, index: int,
+                      on_step: Callable[[int], None]) -> None:
     optimiser = torch.optim.Adam(parameters, lr=settings.lr)
     generator = _generator(settings, index)
     scale = float(target.pow(2).mean()) or 1.0  # the loss in units of the target's power: one lr fits all regions
@@ -151,28 +168,23 @@ def _fit_region(runner: RegionRunner, region: Region, x: torch.Tensor, target: t
         loss.backward()
         optimiser.step()
         on_step(step + 1)
-    for parameter in parameters:
-        parameter.requires_grad_(False)
 
 
 def _fit_logits(model: nn.Module, images: torch.Tensor, logits: torch.Tensor, settings: ReconstructionSettings,
                 on_step: Callable[[int], None]) -> None:
     """The whole network, its logits distilled from the original's (KL of the softmax)."""
     parameters = list(model.parameters())
-    for parameter in parameters:
-        parameter.requires_grad_(True)
     optimiser = torch.optim.Adam(parameters, lr=settings.lr)
     generator = _generator(settings, -1)
-    for step in range(settings.logit_steps):
-        batch = torch.randperm(len(images), generator=generator)[: settings.batch].to(images.device)
-        loss = F.kl_div(F.log_softmax(model(images[batch]), 1), F.log_softmax(logits[batch], 1),
-                        log_target=True, reduction="batchmean")
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        on_step(step + 1)
-    for parameter in parameters:
-        parameter.requires_grad_(False)
+    with _trainable(parameters):
+        for step in range(settings.logit_steps):
+            batch = torch.randperm(len(images), generator=generator)[: settings.batch].to(images.device)
+            loss = F.kl_div(F.log_softmax(model(images[batch]), 1), F.log_softmax(logits[batch], 1),
+                            log_target=True, reduction="batchmean")
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            on_step(step + 1)
 
 
 def seconds_per_step(original: nn.Module, model: nn.Module, images: torch.Tensor,

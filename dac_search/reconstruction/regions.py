@@ -115,6 +115,11 @@ def _region(start: fx.Node, nodes: Sequence[fx.Node]) -> Region:
     return Region(start.name, tuple(n.name for n in nodes), modules)
 
 
+def check_reconstructable(model: nn.Module) -> None:
+    """Raise ``ConfigError`` (one line) if ``model`` cannot be cut into regions to reconstruct."""
+    regions_of(trace(model).graph)
+
+
 def paired_regions(original: nn.Module, model: nn.Module) -> tuple[RegionRunner, RegionRunner, list[Region]]:
     """Runners of ``original`` and of ``model`` (the plan's network), and the regions both are cut into."""
     theirs, ours = trace(original), trace(model)

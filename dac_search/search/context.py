@@ -25,6 +25,7 @@ from dac_search.precision import FP32, INT8, INT8_RUNTIMES, QuantScheme
 from dac_search.proxies import ModelProxy, ProxyScore, cached_layer_sensitivity, default_proxy, synthetic_inputs
 from dac_search.proxies.sensitivity import cached_int8_sensitivity
 from dac_search.proxies.synthetic import resolve_kind
+from dac_search.reconstruction.regions import check_reconstructable
 from dac_search.search.config import SearchConfig
 from dac_search.search.final import Judge
 from dac_search.search.refine import LATENCY_MARGINS
@@ -224,6 +225,8 @@ def load_inputs(config: SearchConfig) -> SearchInputs:
     if config.eval_data:
         norm = {k: v for k, v in (("mean", config.mean), ("std", config.std)) if v is not None}
         data = load_eval_data(config.eval_data, size=tuple(shape[2:]), **norm)
+    if config.reconstruct_s:
+        check_reconstructable(model)  # before the search, not after a night of it
     return SearchInputs(model, shape, costs, data)
 
 

@@ -82,3 +82,26 @@ def test_a_bad_reconstruction_budget_is_one_line(hub_cache, tmp_path) -> None:
         assert result.returncode == 2, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
         assert not (tmp_path / "run").exists()
+
+
+def test_a_model_that_cannot_be_cut_into_regions_is_refused_before_the_search(tmp_path) -> None:
+    source = tmp_path / "branchy.py"
+    source.write_text(
+        "import torch\n"
+        "class Branchy(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)\n"
+        "        self.head = torch.nn.Linear(8, 10)\n"
+        "    def forward(self, x):\n"
+        "        y = self.conv(x)\n"
+        "        if y.mean() > 0:  # data-dependent: torch.fx cannot trace it\n"
+        "            y = y.relu()\n"
+        "        return self.head(y.mean((2, 3)))\n"
+        "def net():\n"
+        "    return Branchy()\n")
+    result = run_cli("--model", f"{source}:net", "--input-shape", "1,3,32,32", "--device", "none", "--budget",
+                     "60%flops", "--reconstruct", "1m", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr
+    assert "cannot reconstruct" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
