@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/any_cnn.py [--models nobn,mobilenet_v2] [--targets 0.8,0.6,0.5]
         [--kinds auto,gaussian] [--rows uniform,greedy,search] [--search-trials 100] [--threads 2]
-        [--fidelity 48]
+        [--fidelity 48] [--reconstruct 20m]
 
 - ``nobn``: the VGG-style CIFAR-10 net without BatchNorm of ``assets/cifar10-nobn/`` (its real weights),
   on the 5,000 shared CIFAR-10 test images; ``auto`` inputs are class impressions there.
@@ -15,6 +15,9 @@ its FLOPs and which DAC cannot take), greedy on the single-layer KL table with a
 factorisation), and the search (``dac-search --device none --budget <t>%flops --inputs <kind>``, its best
 plan by proxy; on MobileNet-V2 with ``--methods dac,spatial,channel,prune``: its hidden widths are where
 pruning applies). Every plan is rebuilt from the plan alone by ``decompose_model``, as an export is.
+
+``--reconstruct DURATION``: also the search's plans reconstructed (``dac_search.reconstruction``, the stage
+``dac-search --reconstruct`` runs), each within that wall time, the images' distillation included.
 
 ``--fidelity N``: also, per model and kind, Spearman's rho between the search's whole-plan proxy (KL of
 the refitted model on held-out synthetic inputs) and real top-1 over N different random plans between
@@ -47,8 +50,9 @@ from dac_search.methods import PLAN_METHODS  # noqa: E402
 from dac_search.plan import RankPlan  # noqa: E402
 from dac_search.proxies import cached_layer_sensitivity, default_proxy  # noqa: E402
 from dac_search.proxies.apply import decompose_model  # noqa: E402
-from dac_search.proxies.synthetic import AUTO, resolve_kind  # noqa: E402
-from dac_search.search.config import SearchConfig  # noqa: E402
+from dac_search.proxies.synthetic import AUTO, resolve_kind, synthetic_inputs  # noqa: E402
+from dac_search.reconstruction.planning import default_settings, plan_settings  # noqa: E402
+from dac_search.search.config import SearchConfig, parse_duration  # noqa: E402
 from dac_search.search.controller import run_search  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402
 from dac_search.zoo.weights import hub_checkpoint_path  # noqa: E402
@@ -129,7 +133,23 @@ def fidelity(name: str, case: Case, kinds: list[str], count: int, seed: int = 0)
             + markdown(["inputs", "Spearman rho", "real top-1 range %"], rows))
 
 
-def run_case(name: str, case: Case, targets: list[float], kinds: list[str], rows: list[str], trials: int) -> str:
+def reconstructed_cell(model: torch.nn.Module, plan: RankPlan, budget_s: float, data: EvalData) -> str:
+    """Top-1 of ``plan`` after the reconstruction stage would give it ``budget_s`` (steps timed here first),
+    with the stage's wall time, the images' distillation included."""
+    started = time.perf_counter()
+    assert plan.input_shape is not None
+    base = default_settings(plan.input_shape, resolve_kind(model, plan.inputs or AUTO, plan.input_shape))
+    images = synthetic_inputs(model, plan.input_shape, base.inputs, base.images, base.seed)
+    settings = plan_settings(model, plan, base, budget_s - (time.perf_counter() - started), images)
+    if settings is None:
+        return "budget too short"
+    rebuilt = decompose_model(model, replace(plan, reconstruction=settings))
+    seconds = time.perf_counter() - started
+    return f"{top1(rebuilt, data):.2f} ({settings.steps} steps, {seconds / 60:.1f} min)"
+
+
+def run_case(name: str, case: Case, targets: list[float], kinds: list[str], rows: list[str], trials: int,
+             reconstruct_s: float | None = None) -> str:
     started = time.perf_counter()
     model = load_model(case.spec, case.weights)
     data: EvalData = load_eval_data(case.data, case.mean, case.std, size=case.shape[2:])
@@ -144,7 +164,7 @@ def run_case(name: str, case: Case, targets: list[float], kinds: list[str], rows
             layers = eligible_layers(model, costs, (FIRST_CONV,), METHODS)
             table = cached_layer_sensitivity(proxy, layers, METHODS, table_ranks(model, costs))
         for row in rows:
-            cells = []
+            cells, rebuilt = [], []
             for target in targets:
                 if row == "uniform":
                     plan = allocate("uniform", model, case.shape, target, case.uniform_method)
@@ -155,10 +175,14 @@ def run_case(name: str, case: Case, targets: list[float], kinds: list[str], rows
                 plan = replace(plan, model=case.spec, input_shape=case.shape, correction="refit", inputs=plan_inputs)
                 kept = costs.cost(plan).flops / costs.baseline.flops
                 cells.append(f"{top1(decompose_model(model, plan, dense=True), data):.2f} ({kept:.0%})")
+                if row == "search" and reconstruct_s:
+                    rebuilt.append(reconstructed_cell(model, plan, reconstruct_s, data))
             what = {"uniform": f"uniform {case.uniform_method} + refit", "greedy": "greedy on KL + refit",
                     "search": f"search, {trials} trials" + (
                         f" ({','.join(case.search_methods)})" if case.search_methods else "")}[row]
             body.append([label, what, *cells])
+            if rebuilt:
+                body.append([label, f"the same plans reconstructed (--reconstruct {reconstruct_s / 60:g}m)", *rebuilt])
     original = top1(model, data)
     title = (f"**{name}**: original top-1 {original:.2f}% on {len(data)} images of {case.data.name}; cells: "
              f"top-1 % (FLOPs kept). {time.perf_counter() - started:.0f} s.")
@@ -174,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", default="uniform,greedy,search")
     parser.add_argument("--search-trials", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reconstruct", default=None, metavar="DURATION",
+                        help="also reconstruct each searched plan within this budget (a row of its own)")
     parser.add_argument("--fidelity", type=int, default=0, help="plans for the proxy's rank correlation (0: none)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -181,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in split(args.models):
         if args.rows:
             print(run_case(name, CASES[name], [float(t) for t in split(args.targets)], split(args.kinds),
-                           split(args.rows), args.search_trials))
+                           split(args.rows), args.search_trials,
+                           parse_duration(args.reconstruct) if args.reconstruct else None))
             print()
         if args.fidelity:
             print(fidelity(name, CASES[name], split(args.kinds), args.fidelity))
