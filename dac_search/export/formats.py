@@ -84,18 +84,22 @@ def load_pt_export(path: str | os.PathLike[str], model: str | None = None) -> nn
 
 
 def export_for(runtime: str, model: nn.Module, path_stem: Path, input_shape: Sequence[int]) -> Path:
-    """``model`` in the file format ``runtime`` loads (the suffix is added to ``path_stem``); an int8 model
-    (``dac_search.int8_model.Int8Model``) as the quantized file, for a runtime that has int8 kernels."""
+    """``model`` in the file format ``runtime`` loads (the suffix is added to ``path_stem``, whose own dots stay:
+    ``best-0.4x`` gives ``best-0.4x.onnx``); an int8 model (``dac_search.int8_model.Int8Model``) as the
+    quantized file, for a runtime that has int8 kernels."""
+    def named(suffix: str) -> Path:
+        return path_stem.with_name(path_stem.name + suffix)
+
     if isinstance(model, Int8Model):
         check_int8_runtime(runtime)
         if runtime == "litert":
-            return model.write_tflite(path_stem.with_suffix(".tflite"))
-        return model.write_onnx(path_stem.with_suffix(".onnx"))
+            return model.write_tflite(named(".tflite"))
+        return model.write_onnx(named(".onnx"))
     if runtime == "torch":
-        return export_torchscript(model, path_stem.with_suffix(".pt"), input_shape)
+        return export_torchscript(model, named(".pt"), input_shape)
     if runtime == "litert":
-        return export_tflite(model, path_stem.with_suffix(".tflite"), input_shape)
-    return export_onnx(model, path_stem.with_suffix(".onnx"), input_shape)
+        return export_tflite(model, named(".tflite"), input_shape)
+    return export_onnx(model, named(".onnx"), input_shape)
 
 
 def export_model(model: nn.Module, path: str | os.PathLike[str], plan: RankPlan, spec: str,
