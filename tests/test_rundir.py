@@ -42,8 +42,19 @@ def write(run: Path, rows: list[TrialRow] = ROWS, pareto: list[TrialRow] | None 
 
 def test_columns_keep_the_order_the_search_writes() -> None:
     assert TRIAL_COLUMNS == ("trial", "state", "feasible", "proxy", "agreement", "flops", "params", "latency_ms",
-                             "latency_iqr_ms", "latency_predicted_ms", "latency_ratio", "plan", "top1")
+                             "latency_iqr_ms", "latency_predicted_ms", "latency_ratio", "plan", "top1",
+                             "proxy_reconstructed", "top1_reconstructed", "plan_reconstructed")
     assert PARETO_COLUMNS == tuple(c for c in TRIAL_COLUMNS if c != "state")
+
+
+def test_a_run_dir_from_before_the_reconstruction_columns_reads_them_as_empty(tmp_path: Path) -> None:
+    run = write(tmp_path / "run")
+    for name in ("trials.csv", "pareto.csv"):
+        lines = (run / name).read_text().splitlines()
+        width = len(lines[0].split(",")) - 3  # the three reconstruction columns are the last ones
+        (run / name).write_text("\n".join(",".join(line.split(",")[:width]) for line in lines) + "\n")
+    results = load_run(run)
+    assert results.trials == tuple(ROWS) and all(r.plan_reconstructed is None for r in results.trials)
 
 
 def test_run_info_round_trips_through_a_dict_and_the_file(tmp_path: Path) -> None:
@@ -136,4 +147,4 @@ def test_non_finite_measures_are_written_empty(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     write_trials(run, [TrialRow(0, "COMPLETE", True, float("inf"), flops=1, plan="plans/trial-0.json")])
-    assert (run / "trials.csv").read_text().splitlines()[1] == "0,COMPLETE,True,,,1,,,,,,plans/trial-0.json,"
+    assert (run / "trials.csv").read_text().splitlines()[1] == "0,COMPLETE,True,,,1,,,,,,plans/trial-0.json,,,,"

@@ -137,7 +137,7 @@ def _generator(settings: ReconstructionSettings, index: int) -> torch.Generator:
 def _fit_region(runner: RegionRunner, region: Region, x: torch.Tensor, target: torch.Tensor,
                 settings: ReconstructionSettings, index: int, on_step: Callable[[int], None]) -> None:
     parameters = list(runner.parameters(region))
-    with _trainable(parameters):
+    with _trainable(parameters), torch.enable_grad():  # a caller's no_grad (a proxy, a notebook) must not stop it
         _fit_region_steps(runner, region, parameters, x, target, settings, index, on_step)
 
 
@@ -175,7 +175,7 @@ def _fit_logits(model: nn.Module, images: torch.Tensor, logits: torch.Tensor, se
     parameters = list(model.parameters())
     optimiser = torch.optim.Adam(parameters, lr=settings.lr)
     generator = _generator(settings, -1)
-    with _trainable(parameters):
+    with _trainable(parameters), torch.enable_grad():
         for step in range(settings.logit_steps):
             batch = torch.randperm(len(images), generator=generator)[: settings.batch].to(images.device)
             loss = F.kl_div(F.log_softmax(model(images[batch]), 1), F.log_softmax(logits[batch], 1),

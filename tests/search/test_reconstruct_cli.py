@@ -35,7 +35,10 @@ def _interrupt_when(process: subprocess.Popen[str], marker: str, seen: list[str]
 def test_ctrl_c_in_the_stage_keeps_the_run_and_the_same_command_resumes_it(hub_cache, tmp_path) -> None:
     out = tmp_path / "run"
     command = (*STAGE, "--reconstruct", "40s", "--out", str(out))
-    process = subprocess.Popen(cli(*command), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a shell that started the tests in the background ignores it,
+    # and a Python started with SIGINT ignored never raises KeyboardInterrupt
+    process = subprocess.Popen(cli(*command), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen: list[str] = []
     reader = threading.Thread(target=_interrupt_when, args=(process, "reconstructing trial", seen))
     reader.start()
