@@ -134,5 +134,7 @@ def _reconstructed_row(results: RunResults, row: TrialRow, original: nn.Module, 
         if settings is None:
             raise ConfigError(f"--reconstruct {asked.budget_s:g}s is too short to reconstruct trial {row.trial} here: "
                               f"it needs time for {MIN_STEPS} steps a region; give it more")
+        if not settings.trains:
+            return row  # no layer to fit: the closed form is the model
         replace(closed, reconstruction=settings).save(results.run_dir / relative)
     return replace(row, plan_reconstructed=relative)

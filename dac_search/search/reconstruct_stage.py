@@ -62,6 +62,9 @@ def reconstruct_front(ctx: SearchContext, run_dir: Path, front: Sequence[TrialRo
             if settings is None:
                 say(f"reconstruction: {left:.0f} s left is too little for trial {row.trial}; stopping there")
                 break
+            if not settings.trains:
+                say(f"reconstruction: trial {row.trial} has no layer to fit (its float layers are the original's)")
+                continue
             plan = replace(RankPlan.load(run_dir / row.plan), reconstruction=settings)
             plan.save(run_dir / relative)
         label = f"trial {row.trial} ({position + 1}/{len(chosen)})"

@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 import torch
