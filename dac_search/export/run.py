@@ -84,11 +84,6 @@ def original_model(results: RunResults, model: str | None = None) -> nn.Module:
     return load_model(spec, weights=info.weights)
 
 
-def build_model(results: RunResults, row: TrialRow, model: str | None = None) -> nn.Module:
-    """The decomposed model of ``row``, in eval mode: the run's model and weights with the trial's plan."""
-    return decompose_model(original_model(results, model), plan_file(results, row))
-
-
 @dataclass(frozen=True)
 class Reconstruct:
     """Reconstruct the picked plan before it is exported: in about ``budget_s`` seconds, on ``images``
@@ -102,8 +97,8 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str, pick: str = "b
                reconstruct: Reconstruct | None = None, on_step: OnStep | None = None) -> ExportedModel:
     """Write the model of the picked plan to ``output`` atomically (a file is either whole or absent).
 
-    ``reconstruct``: reconstruct the plan first (``dac_search.reconstruction``), unless the search's stage did; the reconstructed plan is written to the run dir's plans/, where the same
-    command, cut off, resumes it."""
+    ``reconstruct``: reconstruct the plan first (``dac_search.reconstruction``), unless the search's stage
+    did; the reconstructed plan is written to the run dir's plans/, where the same command, cut off, resumes it."""
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     results = load_run(run_dir)
