@@ -19,9 +19,7 @@ from dac_search.reconstruction.settings import ReconstructionSettings
 def _read(path: Path) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        return None
-    except Exception:  # a damaged or foreign file: made again rather than trusted
+    except Exception:  # absent, damaged or foreign: made again rather than trusted
         return None
 
 

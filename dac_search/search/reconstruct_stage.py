@@ -54,22 +54,23 @@ def reconstruct_front(ctx: SearchContext, run_dir: Path, front: Sequence[TrialRo
     for position, row in enumerate(chosen):
         assert row.plan is not None
         relative = reconstructed_plan_path(row.plan)
+        closed = RankPlan.load(run_dir / row.plan)
         plan = recorded_plan(run_dir / relative)
         if plan is None:
             left = budget_s - (time.monotonic() - started)
             share = left / (len(chosen) - position)
-            settings = plan_settings(ctx.model, RankPlan.load(run_dir / row.plan), base, share, images)
+            settings = plan_settings(ctx.model, closed, base, share, images)
             if settings is None:
                 say(f"reconstruction: {left:.0f} s left is too little for trial {row.trial}; stopping there")
                 break
             if not settings.trains:
                 say(f"reconstruction: trial {row.trial} has no layer to fit (its float layers are the original's)")
                 continue
-            plan = replace(RankPlan.load(run_dir / row.plan), reconstruction=settings)
+            plan = replace(closed, reconstruction=settings)
             plan.save(run_dir / relative)
         label = f"trial {row.trial} ({position + 1}/{len(chosen)})"
         model = decompose_model(ctx.model, plan, on_step=StepProgress(say, label, interval_s))
-        score = ctx.score_model(RankPlan.load(run_dir / row.plan), model)
+        score = ctx.score_model(closed, model)
         updated = replace(row, proxy_reconstructed=score.value, plan_reconstructed=relative,
                           top1_reconstructed=None if data is None else top1(model, data))
         rows = [updated if r.trial == row.trial else r for r in rows]
