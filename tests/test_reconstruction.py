@@ -54,12 +54,31 @@ def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_regions_cut_a_resnet_at_its_blocks_and_a_chain_after_every_op(resnet20: nn.Module) -> None:
-    regions = regions_of(trace(resnet20).graph)
-    blocks = [r for r in regions if any(m.endswith("conv2") for m in r.modules)]
-    assert len(blocks) == 9  # one region per residual block, both convs inside it
-    assert all(any(m.endswith("conv1") for m in r.modules) for r in blocks)
+    for granularity in ("blocks", "ops"):
+        regions = regions_of(trace(resnet20).graph, granularity)
+        blocks = [r for r in regions if any(m.endswith("conv2") for m in r.modules)]
+        assert len(blocks) == 9  # one region per residual block, both convs inside it
+        assert all(any(m.endswith("conv1") for m in r.modules) for r in blocks)
     chain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten())
     assert [r.modules for r in regions_of(trace(chain).graph)] == [("0",), ("1",), ("2",), ("3",)]
+
+
+def test_a_cut_where_the_plan_narrowed_the_tensor_is_joined_to_the_next_region() -> None:
+    original = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.ReLU())
+    pruned = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), nn.Conv2d(5, 4, 3), nn.ReLU())  # a width of 8 kept at 5
+    _, _, regions = paired_regions(original, pruned, torch.randn(1, 3, 16, 16), "ops")
+    assert [r.modules for r in regions] == [("0", "1", "2"), ("3",)]
+
+
+def test_blocks_keep_an_inverted_residual_whole_where_ops_cut_its_chain() -> None:
+    from torchvision.models import mobilenet_v2
+
+    graph = trace(mobilenet_v2()).graph
+    by_blocks, by_ops = regions_of(graph, "blocks"), regions_of(graph, "ops")
+    holders = [{".".join(m.split(".")[:2]) for m in r.modules if m.startswith("features.")} for r in by_blocks]
+    assert [h for h in holders if h] == [{f"features.{i}"} for i in range(19)]  # one region per block
+    assert [r.modules for r in by_ops[:3]] == [("features.0.0",), ("features.0.1",), ("features.0.2",)]
+    assert len(by_ops) > len(by_blocks) + 40
 
 
 def test_zero_steps_is_exactly_the_closed_form_model(resnet20: nn.Module, fresh_cache: Path) -> None:
@@ -88,7 +107,7 @@ def test_a_plan_file_rebuilds_its_reconstructed_weights_bit_for_bit(resnet20: nn
 
 def _stream_errors(original: nn.Module, model: nn.Module, x: torch.Tensor) -> list[float]:
     """Each region's output error against the original's, every network fed its own input."""
-    theirs, ours, regions = paired_regions(original, model)
+    theirs, ours, regions = paired_regions(original, model, x[:1])
     errors, a, b = [], x, x
     with torch.no_grad():
         for region in regions:
@@ -102,7 +121,7 @@ def test_every_kind_of_changed_block_gets_closer_on_held_out_images(resnet20: nn
     rebuilt = decompose_model(resnet20, plan_of(QUICK))
     held_out = synthetic_inputs(resnet20, SHAPE, n=64, seed=7)  # neither the fit's nor the proxy's images
     before, after = _stream_errors(resnet20, closed, held_out), _stream_errors(resnet20, rebuilt, held_out)
-    _, _, regions, fitted = fitted_regions(resnet20, decompose_model(resnet20, plan_of(None)), QUICK)
+    _, _, regions, fitted = fitted_regions(resnet20, decompose_model(resnet20, plan_of(None)), held_out[:1], QUICK)
     for layer in KINDS:
         (index,) = [i for i, r in enumerate(regions) if any(m.startswith(layer.rsplit(".", 1)[0]) for m in r.modules)]
         assert fitted[index], layer
@@ -141,7 +160,9 @@ def test_plan_settings_are_checked_and_a_reconstruction_needs_its_format() -> No
     assert RankPlan.from_dict(data) == plan_of(QUICK)
     with pytest.raises(PlanError, match="format"):
         RankPlan.from_dict({**data, "format": "dac-search/plan@2"})
-    for bad in ({"steps": -1}, {"lr": 2.0}, {"scope": "some"}, {"images": 0}, {"epochs": 3}):
+    older = {key: v for key, v in data["reconstruction"].items() if key != "regions"}
+    assert RankPlan.from_dict({**data, "reconstruction": older}).reconstruction.regions == "ops"  # its meaning then
+    for bad in ({"steps": -1}, {"lr": 2.0}, {"scope": "some"}, {"images": 0}, {"epochs": 3}, {"regions": "all"}):
         with pytest.raises(PlanError):
             RankPlan.from_dict({**data, "reconstruction": {**data["reconstruction"], **bad}})
     assert RankPlan.from_dict(plan_of(None).to_dict()).to_dict()["format"] == "dac-search/plan@2"
@@ -149,6 +170,6 @@ def test_plan_settings_are_checked_and_a_reconstruction_needs_its_format() -> No
 
 def test_the_graphs_of_a_plan_pair_with_the_original(resnet20: nn.Module) -> None:
     model = decompose_model(resnet20, plan_of(None))
-    theirs, ours, regions = paired_regions(resnet20, model)
+    theirs, ours, regions = paired_regions(resnet20, model, torch.randn(1, 3, 32, 32))
     assert isinstance(ours, RegionRunner) and len(regions) == len(regions_of(trace(resnet20).graph))
     assert len(list(ours.parameters(regions[0]))) > 0

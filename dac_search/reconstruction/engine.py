@@ -64,10 +64,11 @@ def changed_regions(original: RegionRunner, model: RegionRunner, regions: list[R
     return [any(differs(name) for name in region.modules) for region in regions]
 
 
-def fitted_regions(original: nn.Module, model: nn.Module, settings: ReconstructionSettings
+def fitted_regions(original: nn.Module, model: nn.Module, example: torch.Tensor, settings: ReconstructionSettings
                    ) -> tuple[RegionRunner, RegionRunner, list[Region], list[bool]]:
-    """The runners, the regions, and which of them the settings fit (those with weights, changed or all)."""
-    theirs, ours, regions = paired_regions(original, model)
+    """The runners, the regions (cut as ``paired_regions`` finds on ``example``), and which of them the
+    settings fit (those with weights, changed or all)."""
+    theirs, ours, regions = paired_regions(original, model, example, settings.regions)
     changed = changed_regions(theirs, ours, regions) if settings.scope == "changed" else [True] * len(regions)
     fitted = [c and any(True for _ in ours.parameters(r)) for c, r in zip(changed, regions)]
     return theirs, ours, regions, fitted
@@ -90,7 +91,7 @@ def reconstruct(original: nn.Module, model: nn.Module, images: torch.Tensor, set
     original.to(device)
     model.to(device)
     try:
-        theirs, ours, regions, fitted = fitted_regions(original, model, settings)
+        theirs, ours, regions, fitted = fitted_regions(original, model, images[:1].to(device), settings)
         total = total_steps(fitted, settings)
         checkpoint = saver.load() if saver else None
         done_regions = 0
@@ -192,7 +193,7 @@ def seconds_per_step(original: nn.Module, model: nn.Module, images: torch.Tensor
     timed on a copy: what a wall-time budget is turned into steps with. A region's first step (allocation,
     warm-up) is left out of its timing: it measured several times the steady cost."""
     model = copy.deepcopy(model)
-    theirs, ours, regions, fitted = fitted_regions(original, model, settings)
+    theirs, ours, regions, fitted = fitted_regions(original, model, images[:1], settings)
     x = images[: settings.batch]
     started = time.perf_counter()
     for region in regions:

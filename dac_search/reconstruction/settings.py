@@ -15,6 +15,7 @@ from typing import Any
 from dac_search.errors import PlanError
 
 SCOPES = ("changed", "all")  # fit the regions the plan changes, or every region with weights
+GRANULARITIES = ("blocks", "ops")  # where the network is cut into regions (``dac_search.reconstruction.regions``)
 LIMIT = 1_000_000  # a sanity bound on every count, so a typo is refused rather than run for days
 
 
@@ -28,6 +29,10 @@ class ReconstructionSettings:
     ``batch`` images each; ``lr``: Adam's learning rate. ``logit_steps``: then as many steps on the whole
     network, its logits distilled from the original's (KL). ``scope``: ``changed`` fits the regions
     holding a layer the plan changes; ``all`` every region with weights (later ones absorb the drift).
+    ``regions``: ``blocks`` cuts the network only between the modules that hold its ops (a torchvision
+    ``InvertedResidual`` or ``Conv2dNormActivation`` is fitted whole, its nonlinearities inside);
+    ``ops`` at every point one tensor carries everything, which cuts a plain chain after every op. A
+    plan written before the field existed was cut by ops, and is read so.
     """
 
     steps: int = 200
@@ -38,6 +43,7 @@ class ReconstructionSettings:
     inputs: str = "auto"
     scope: str = "changed"
     logit_steps: int = 0
+    regions: str = "blocks"
 
     def __post_init__(self) -> None:
         for name in ("steps", "images", "batch", "seed", "logit_steps"):
@@ -49,6 +55,9 @@ class ReconstructionSettings:
             raise PlanError(f"reconstruction: lr must be a number in (0, 1), got {self.lr!r}")
         if self.scope not in SCOPES:
             raise PlanError(f"reconstruction: scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        if self.regions not in GRANULARITIES:
+            raise PlanError(f"reconstruction: regions must be one of {', '.join(GRANULARITIES)}, "
+                            f"got {self.regions!r}")
         if not isinstance(self.inputs, str):
             raise PlanError(f"reconstruction: inputs must be a kind of synthetic images, got {self.inputs!r}")
 
@@ -68,5 +77,6 @@ class ReconstructionSettings:
         unknown = set(data) - known
         if unknown:
             raise PlanError(f"reconstruction: unknown keys {sorted(unknown)}")
-        return cls(**{key: float(v) if key == "lr" and isinstance(v, int) and not isinstance(v, bool) else v
-                      for key, v in data.items()})
+        values = {key: float(v) if key == "lr" and isinstance(v, int) and not isinstance(v, bool) else v
+                  for key, v in data.items()}
+        return cls(**{"regions": "ops", **values})  # the cut a plan meant before it said

@@ -50,6 +50,19 @@ def test_distilled_inputs_are_cached_and_reproducible(resnet20: nn.Module, disti
     assert not list((tmp_path / "a").glob(".*"))  # written atomically: no temp files left
 
 
+def test_more_images_than_one_batch_holds_are_made_batch_by_batch(resnet20: nn.Module, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from dac_search.proxies import synthetic
+
+    small = DistillSettings(steps=2)
+    monkeypatch.setattr(synthetic, "BATCH_PIXELS", 4 * 32 * 32)  # four images a batch
+    made = synthetic_inputs(resnet20, SHAPE, "distilled", n=10, seed=3, cache_dir=tmp_path, settings=small)
+    assert made.shape == (10, 3, 32, 32) and len(list(tmp_path.glob("*.pt"))) == 3  # 4 + 4 + 2, each cached
+    assert torch.equal(made[:4], synthetic_inputs(resnet20, SHAPE, "distilled", n=4, seed=3, cache_dir=tmp_path,
+                                                   settings=small))  # the first batch is the seed's own set
+    assert not torch.allclose(made[:4], made[4:8])  # the next batch has a seed of its own
+
+
 def test_damaged_cache_file_is_replaced(resnet20: nn.Module, tmp_path: Path) -> None:
     small = DistillSettings(steps=2)
     made = synthetic_inputs(resnet20, SHAPE, "distilled", n=2, seed=1, cache_dir=tmp_path, settings=small)
