@@ -293,7 +293,7 @@ def test_a_removed_branch_is_a_constant_the_cost_model_prices_exactly(correction
 
 def test_a_removed_branch_round_trips_exports_and_its_consumer_cannot_be_factorised(tmp_path: Path) -> None:
     model = _random_resnet20()
-    plan = RankPlan({"layer1.1.conv1": LayerChoice("prune", 0)}, None, CIFAR, "refit")
+    plan = RankPlan({"layer1.1.conv1": LayerChoice("prune", 0)}, None, CIFAR, None)  # no images to distil
     assert RankPlan.load(plan.save(tmp_path / "plan.json")) == plan
     built = decompose_model(model, tmp_path / "plan.json")
     path = export_onnx(built, tmp_path / "removed.onnx", CIFAR)

@@ -160,9 +160,11 @@ def test_plan_settings_are_checked_and_a_reconstruction_needs_its_format() -> No
     assert RankPlan.from_dict(data) == plan_of(QUICK)
     with pytest.raises(PlanError, match="format"):
         RankPlan.from_dict({**data, "format": "dac-search/plan@2"})
-    older = {key: v for key, v in data["reconstruction"].items() if key != "regions"}
-    assert RankPlan.from_dict({**data, "reconstruction": older}).reconstruction.regions == "ops"  # its meaning then
-    for bad in ({"steps": -1}, {"lr": 2.0}, {"scope": "some"}, {"images": 0}, {"epochs": 3}, {"regions": "all"}):
+    older = {key: v for key, v in data["reconstruction"].items() if key not in ("regions", "logit_lr")}
+    then = RankPlan.from_dict({**data, "reconstruction": older}).reconstruction
+    assert then.regions == "ops" and then.logit_lr == QUICK.lr  # what a plan without the fields meant
+    for bad in ({"steps": -1}, {"lr": 2.0}, {"scope": "some"}, {"images": 0}, {"epochs": 3}, {"regions": "all"},
+                {"logit_lr": 0}):
         with pytest.raises(PlanError):
             RankPlan.from_dict({**data, "reconstruction": {**data["reconstruction"], **bad}})
     assert RankPlan.from_dict(plan_of(None).to_dict()).to_dict()["format"] == "dac-search/plan@2"
@@ -173,3 +175,24 @@ def test_the_graphs_of_a_plan_pair_with_the_original(resnet20: nn.Module) -> Non
     theirs, ours, regions = paired_regions(resnet20, model, torch.randn(1, 3, 32, 32))
     assert isinstance(ours, RegionRunner) and len(regions) == len(regions_of(trace(resnet20).graph))
     assert len(list(ours.parameters(regions[0]))) > 0
+
+
+def test_the_logit_stage_brings_the_whole_networks_logits_closer_to_the_originals(resnet20: nn.Module) -> None:
+    from dac_search.reconstruction.engine import reconstruct
+
+    images = synthetic_inputs(resnet20, SHAPE, n=64, seed=7)  # the held-out set of the test above: cached
+    closed = decompose_model(resnet20, plan_of(None))
+    with torch.no_grad():
+        target = torch.log_softmax(resnet20(images), 1)
+
+    def kl(model: nn.Module) -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.kl_div(torch.log_softmax(model(images), 1), target, log_target=True,
+                                                    reduction="batchmean"))
+
+    regions_only = replace(QUICK, steps=0, logit_steps=0)
+    with_logits = replace(regions_only, logit_steps=20, logit_lr=1e-4)
+    unchanged = reconstruct(resnet20, decompose_model(resnet20, plan_of(None)), images, regions_only)
+    fitted = reconstruct(resnet20, decompose_model(resnet20, plan_of(None)), images, with_logits)
+    assert states_equal(unchanged, closed)
+    assert kl(fitted) < kl(closed) * 0.9, (kl(fitted), kl(closed))

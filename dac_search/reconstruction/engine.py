@@ -174,7 +174,7 @@ def _fit_logits(model: nn.Module, images: torch.Tensor, logits: torch.Tensor, se
                 on_step: Callable[[int], None]) -> None:
     """The whole network, its logits distilled from the original's (KL of the softmax)."""
     parameters = list(model.parameters())
-    optimiser = torch.optim.Adam(parameters, lr=settings.lr)
+    optimiser = torch.optim.Adam(parameters, lr=settings.logit_lr)
     generator = _generator(settings, -1)
     with _trainable(parameters), torch.enable_grad():
         for step in range(settings.logit_steps):

@@ -27,7 +27,9 @@ class ReconstructionSettings:
     model), ``images`` of them made from ``seed`` (not the seeds the proxy fits or scores on, so the
     proxy after reconstruction is taken on images it was not fitted to). ``steps``: Adam steps per region,
     ``batch`` images each; ``lr``: Adam's learning rate. ``logit_steps``: then as many steps on the whole
-    network, its logits distilled from the original's (KL). ``scope``: ``changed`` fits the regions
+    network, its logits distilled from the original's (KL), at ``logit_lr``: every weight at once moves
+    far more than one region's (at 1e-3, 100 steps took a MobileNet-V2 plan from 72.0% to 0.0%; at 1e-5
+    they left it at 72.0%). ``scope``: ``changed`` fits the regions
     holding a layer the plan changes; ``all`` every region with weights (later ones absorb the drift).
     ``regions``: ``blocks`` cuts the network only between the modules that hold its ops (a torchvision
     ``InvertedResidual`` or ``Conv2dNormActivation`` is fitted whole, its nonlinearities inside);
@@ -43,6 +45,7 @@ class ReconstructionSettings:
     inputs: str = "auto"
     scope: str = "changed"
     logit_steps: int = 0
+    logit_lr: float = 1e-5
     regions: str = "blocks"
 
     def __post_init__(self) -> None:
@@ -51,8 +54,10 @@ class ReconstructionSettings:
             lowest = 1 if name in ("images", "batch") else 0
             if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= LIMIT:
                 raise PlanError(f"reconstruction: {name} must be an integer >= {lowest}, got {value!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1:
-            raise PlanError(f"reconstruction: lr must be a number in (0, 1), got {self.lr!r}")
+        for name in ("lr", "logit_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise PlanError(f"reconstruction: {name} must be a number in (0, 1), got {value!r}")
         if self.scope not in SCOPES:
             raise PlanError(f"reconstruction: scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if self.regions not in GRANULARITIES:
@@ -77,6 +82,7 @@ class ReconstructionSettings:
         unknown = set(data) - known
         if unknown:
             raise PlanError(f"reconstruction: unknown keys {sorted(unknown)}")
-        values = {key: float(v) if key == "lr" and isinstance(v, int) and not isinstance(v, bool) else v
-                  for key, v in data.items()}
-        return cls(**{"regions": "ops", **values})  # the cut a plan meant before it said
+        values = {key: float(v) if key in ("lr", "logit_lr") and isinstance(v, int) and not isinstance(v, bool)
+                  else v for key, v in data.items()}
+        # what a plan meant before it said: cut by ops, its logit steps at the regions' rate
+        return cls(**{"regions": "ops", "logit_lr": values.get("lr", cls.lr), **values})
