@@ -17,6 +17,8 @@ from dac_search.shapes import check_model_runs, parse_shape
 from dac_search.zoo import input_shape_of, load_model
 
 STORAGE_ENV = "DAC_SEARCH_STORAGE"  # a storage URL kept out of the command line (and so out of run.json)
+RECONSTRUCT_IMAGES_HELP = ("synthetic images the reconstruction fits on (default: 1,024 for small inputs such as "
+                           "CIFAR's, 256 for larger ones)")
 
 
 def console() -> Console:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dac_search.commands._common import console, step_progress
+from dac_search.commands._common import RECONSTRUCT_IMAGES_HELP, console, step_progress
 from dac_search.export import EXPORT_FORMATS
 from dac_search.export.run import Reconstruct, export_run
 from dac_search.search.config import check_reconstruct_images, parse_duration
@@ -33,8 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reconstruct", metavar="DURATION", help="fit the plan by gradient steps on synthetic "
                         "images (no data) for about this long first, e.g. 5m, unless the search's stage did; the "
                         "reconstructed plan is saved in the run dir's plans/ (the same command resumes it)")
-    parser.add_argument("--reconstruct-images", type=int, help="synthetic images it fits on (default: 1,024 "
-                        "for small inputs such as CIFAR's, 128 for larger ones)")
+    parser.add_argument("--reconstruct-images", type=int, help=RECONSTRUCT_IMAGES_HELP)
     parser.set_defaults(run=run)
 
 

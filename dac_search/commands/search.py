@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from dac_search.budget import FORMS, parse_budget
-from dac_search.commands._common import STORAGE_ENV, console
+from dac_search.commands._common import RECONSTRUCT_IMAGES_HELP, STORAGE_ENV, console
 from dac_search.methods import PLAN_METHODS
 from dac_search.plan import CORRECTIONS
 from dac_search.precision import parse_precisions
@@ -51,8 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reconstruct", metavar="DURATION", help="after the search, fit the best few plans of the "
                         "front by gradient steps on synthetic images (no data) for this long in all, e.g. 20m; "
                         "written beside the closed-form plans, labelled, and picked by export when better")
-    parser.add_argument("--reconstruct-images", type=int, help="synthetic images the reconstruction fits on "
-                        "(default: 1,024 for small inputs such as CIFAR's, 128 for larger ones)")
+    parser.add_argument("--reconstruct-images", type=int, help=RECONSTRUCT_IMAGES_HELP)
     parser.add_argument("--eval-data", help="optional real data to measure top-1: class folders, a file list "
                         "(.tsv/.csv/.txt of file and label) or .npz x/y")
     parser.add_argument("--mean", help="normalisation mean for --eval-data, e.g. 0.485,0.456,0.406")
