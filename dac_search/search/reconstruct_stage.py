@@ -2,7 +2,8 @@
 gradient steps on synthetic images, within a wall-time budget, labelled as such in every file.
 
 The closed-form scoring stays inside the search (seconds a trial); this stage costs minutes a plan, so it
-takes the few best feasible plans by proxy (``CANDIDATES``), gives each an equal share of the budget, and
+takes the few best feasible plans by proxy (``CANDIDATES``), gives each an equal share of the budget (the
+whole rest to the next plan where a share is too little, so a short budget fits one plan rather than none), and
 turns each share into gradient steps by timing a few first (``plan_settings``), so what a plan records
 rebuilds it exactly. Each reconstructed plan is written (``plans/trial-N-reconstructed.json``) before its
 fitting starts and its row in pareto.csv after it ends, so an interrupted stage keeps what it finished and
@@ -60,6 +61,8 @@ def reconstruct_front(ctx: SearchContext, run_dir: Path, front: Sequence[TrialRo
             left = budget_s - (time.monotonic() - started)
             share = left / (len(chosen) - position)
             settings = plan_settings(ctx.model, closed, base, share, images)
+            if settings is None and share < left:  # too little for an equal share: this plan alone gets the rest
+                settings = plan_settings(ctx.model, closed, base, left, images)
             if settings is None:
                 say(f"reconstruction: {left:.0f} s left is too little for trial {row.trial}; stopping there")
                 break
