@@ -45,15 +45,34 @@ def reconstructed_plan_path(plan: str) -> str:
     return f"{PLANS_DIR}/{stem}-reconstructed.json"
 
 
+@dataclass(frozen=True)
+class StepCost:
+    """What one plan's reconstruction costs here: seconds per step summed over its fitted regions
+    (0: nothing to fit), and seconds of the passes without training."""
+
+    base: ReconstructionSettings
+    step_s: float
+    passes_s: float
+
+    def settings(self, share_s: float) -> ReconstructionSettings | None:
+        """``base`` with as many steps a region as ``share_s`` seconds allow (None: not even ``MIN_STEPS``)."""
+        if self.step_s <= 0:
+            return replace(self.base, steps=0)  # nothing to fit: the closed form is the reconstruction
+        steps = min(MAX_STEPS, int((share_s * SAFETY - self.passes_s) / self.step_s))
+        return replace(self.base, steps=steps) if steps >= MIN_STEPS else None
+
+
+def step_cost(model: torch.nn.Module, plan: RankPlan, base: ReconstructionSettings,
+              images: torch.Tensor) -> StepCost:
+    """A few steps of ``plan``'s reconstruction timed, once, whatever shares are then asked of it."""
+    built = float_model(model, plan.in_fp32())
+    return StepCost(base, *seconds_per_step(model, built, images, base))
+
+
 def plan_settings(model: torch.nn.Module, plan: RankPlan, base: ReconstructionSettings, share_s: float,
                   images: torch.Tensor) -> ReconstructionSettings | None:
     """``base`` with as many steps a region as ``share_s`` seconds allow (None: not even ``MIN_STEPS``)."""
-    built = float_model(model, plan.in_fp32())
-    step_s, passes_s = seconds_per_step(model, built, images, base)
-    if step_s <= 0:
-        return replace(base, steps=0)  # nothing to fit: the closed form is the reconstruction
-    steps = min(MAX_STEPS, int((share_s * SAFETY - passes_s) / step_s))
-    return replace(base, steps=steps) if steps >= MIN_STEPS else None
+    return step_cost(model, plan, base, images).settings(share_s)
 
 
 @dataclass

@@ -4,7 +4,7 @@ gradient steps on synthetic images, within a wall-time budget, labelled as such 
 The closed-form scoring stays inside the search (seconds a trial); this stage costs minutes a plan, so it
 takes the few best feasible plans by proxy (``CANDIDATES``), gives each an equal share of the budget (the
 whole rest to the next plan where a share is too little, so a short budget fits one plan rather than none), and
-turns each share into gradient steps by timing a few first (``plan_settings``), so what a plan records
+turns each share into gradient steps by timing a few first (``step_cost``), so what a plan records
 rebuilds it exactly. Each reconstructed plan is written (``plans/trial-N-reconstructed.json``) before its
 fitting starts and its row in pareto.csv after it ends, so an interrupted stage keeps what it finished and
 a rerun of the same command resumes, mid-plan included (``dac_search.reconstruction.build``). Same layers,
@@ -30,9 +30,9 @@ from dac_search.reconstruction.planning import (
     Say,
     StepProgress,
     default_settings,
-    plan_settings,
     reconstructed_plan_path,
     recorded_plan,
+    step_cost,
 )
 from dac_search.rundir import ReconstructionInfo, TrialRow
 from dac_search.search.context import SearchContext
@@ -60,9 +60,10 @@ def reconstruct_front(ctx: SearchContext, run_dir: Path, front: Sequence[TrialRo
         if plan is None:
             left = budget_s - (time.monotonic() - started)
             share = left / (len(chosen) - position)
-            settings = plan_settings(ctx.model, closed, base, share, images)
-            if settings is None and share < left:  # too little for an equal share: this plan alone gets the rest
-                settings = plan_settings(ctx.model, closed, base, left, images)
+            cost = step_cost(ctx.model, closed, base, images)
+            settings = cost.settings(share)
+            if settings is None:  # too little for an equal share: this plan alone gets the rest
+                settings = cost.settings(left)
             if settings is None:
                 say(f"reconstruction: {left:.0f} s left is too little for trial {row.trial}; stopping there")
                 break
