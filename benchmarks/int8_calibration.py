@@ -3,13 +3,15 @@ distilled images by each method, judged on real labelled images (the only place 
 
     .venv/bin/python benchmarks/int8_calibration.py [--models cifar10-resnet20,cifar10-resnet56,mobilenet_v2]
         [--calibrations percentile:99.99,percentile:99.9,minmax,entropy] [--device local] [--images N]
-        [--litert-device local-litert]
+        [--litert-device local-litert] [--rounding 100]
 
 CIFAR ResNets are judged on the 5,000 shared CIFAR-10 test images, MobileNet-V2 on the 500 ImageNet images of
 ``sample_a``. Latency: each model's int8 file timed beside its fp32 original in one session (calibration
 does not change the speed, so one per model). With ``--litert-device``, the same plan written for LiteRT
 (min/max only: ``dac_search.int8_tflite``) is judged and timed beside the original's fp32 ``.tflite`` too.
-Prints one markdown table.
+With ``--rounding N``, each model also with its int8 weights' rounding learned (``dac_search.reconstruction
+.rounding``, N steps a region on the reconstruction's synthetic images, min/max calibration), with the wall
+time that took. Prints one markdown table.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,7 +34,10 @@ from dac_search.eval_data import load_eval_data  # noqa: E402
 from dac_search.export import export_onnx, export_tflite  # noqa: E402
 from dac_search.plan import RankPlan  # noqa: E402
 from dac_search.precision import QuantScheme  # noqa: E402
+from dac_search.proxies.apply import decompose_model  # noqa: E402
 from dac_search.proxies.calibration import every_conv_in_int8, quantized  # noqa: E402
+from dac_search.proxies.synthetic import AUTO, resolve_kind  # noqa: E402
+from dac_search.reconstruction.planning import default_settings  # noqa: E402
 from dac_search.zoo import input_shape_of, load_model  # noqa: E402
 
 
@@ -49,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=None, help="calibration images (default: the scheme's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--litert-device", default=None, help="also the minmax model in LiteRT, timed on this device")
+    parser.add_argument("--rounding", type=int, default=0, help="also the minmax model with its rounding learned, "
+                        "this many steps a region (0: not)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
@@ -69,6 +78,18 @@ def main(argv: list[str] | None = None) -> None:
                 path = int8.write_onnx(Path(tmp) / f"{spec}-{text.replace(':', '-')}.onnx")
                 files.append(path)
                 rows.append(_row(spec, "onnxruntime", text, scheme, fp32, file_top1(path, data)))
+            if args.rounding:
+                settings = replace(default_settings(shape, resolve_kind(model, AUTO, shape)), steps=0,
+                                   rounding_steps=args.rounding)
+                plan = RankPlan({}, spec, shape, precisions=convs, quantization=QuantScheme(images=args.images),
+                                reconstruction=settings)
+                started = time.perf_counter()
+                int8 = decompose_model(model, plan)
+                spent = time.perf_counter() - started
+                path = int8.write_onnx(Path(tmp) / f"{spec}-rounded.onnx")
+                files.append(path)
+                rows.append(_row(spec, "onnxruntime", f"minmax, rounding learned ({args.rounding} steps a region, "
+                                 f"{spent / 60:.1f} min)", plan.quantization, fp32, file_top1(path, data)))
             (ratio,) = paired(args.device, original, files[:1], shape)
             for row in rows[-len(files):]:
                 row.append(f"{ratio:.3f}x ({args.device})")

@@ -171,7 +171,8 @@ class RankPlan:
 
     def in_fp32(self) -> RankPlan:
         """The same layers, every one in fp32: the float model the int8 one is quantized from."""
-        return replace(self, precisions={}, quantization=None)
+        settings = self.reconstruction and self.reconstruction.without_rounding()
+        return replace(self, precisions={}, quantization=None, reconstruction=settings)
 
     def closed_form(self) -> RankPlan:
         """The same plan without its reconstruction: the model the search scored."""

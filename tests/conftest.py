@@ -103,3 +103,14 @@ def top1(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 
     with torch.no_grad():
         predictions = torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
     return float((predictions == y).float().mean()) * 100
+
+
+@pytest.fixture()
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache of its own, with the session's synthetic images linked in (they are not what is tested)."""
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "synthetic").symlink_to(Path(os.environ["DAC_SEARCH_CACHE"]) / "synthetic", target_is_directory=True)
+    (Path(os.environ["DAC_SEARCH_CACHE"]) / "synthetic").mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("DAC_SEARCH_CACHE", str(root))
+    return root

@@ -4,7 +4,6 @@ every kind of changed block gets closer to the original on images it was not fit
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,17 +39,6 @@ def plan_of(settings: ReconstructionSettings | None) -> RankPlan:
 def states_equal(a: nn.Module, b: nn.Module) -> bool:
     one, two = a.state_dict(), b.state_dict()
     return one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
-
-
-@pytest.fixture()
-def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A cache of its own, with the session's synthetic images linked in (they are not what is tested)."""
-    root = tmp_path / "cache"
-    root.mkdir()
-    (root / "synthetic").symlink_to(Path(os.environ["DAC_SEARCH_CACHE"]) / "synthetic", target_is_directory=True)
-    (Path(os.environ["DAC_SEARCH_CACHE"]) / "synthetic").mkdir(parents=True, exist_ok=True)
-    monkeypatch.setenv("DAC_SEARCH_CACHE", str(root))
-    return root
 
 
 def test_regions_cut_a_resnet_at_its_blocks_and_a_chain_after_every_op(resnet20: nn.Module) -> None:
@@ -164,7 +152,7 @@ def test_plan_settings_are_checked_and_a_reconstruction_needs_its_format() -> No
     then = RankPlan.from_dict({**data, "reconstruction": older}).reconstruction
     assert then.regions == "ops" and then.logit_lr == QUICK.lr  # what a plan without the fields meant
     for bad in ({"steps": -1}, {"lr": 2.0}, {"scope": "some"}, {"images": 0}, {"epochs": 3}, {"regions": "all"},
-                {"logit_lr": 0}):
+                {"logit_lr": 0}, {"rounding_steps": -2}, {"rounding_lr": 1.5}):
         with pytest.raises(PlanError):
             RankPlan.from_dict({**data, "reconstruction": {**data["reconstruction"], **bad}})
     assert RankPlan.from_dict(plan_of(None).to_dict()).to_dict()["format"] == "dac-search/plan@2"

@@ -37,6 +37,7 @@ class FactorizedConv2d(nn.Module):
 
     method: ClassVar[str]
     variants: ClassVar[tuple[str | None, ...]] = (None,)
+    output_conv: ClassVar[str]  # the factor whose output is the layer's: a BatchNorm after the layer folds into it
 
     def __init__(self, rank: int, variant: str | None) -> None:
         super().__init__()
@@ -89,6 +90,7 @@ class DacConv2d(FactorizedConv2d):
 
     method = "dac"
     variants = VARIANTS["dac"]
+    output_conv = "pointwise"
 
     def __init__(self, depthwise: list[nn.Conv2d], pointwise: nn.Conv2d, rank: int, variant: str,
                  permutation: torch.Tensor | None = None) -> None:
@@ -138,6 +140,7 @@ class SpatialConv2d(FactorizedConv2d):
     per group, then 1 x kw conv. Zero, reflect, replicate and circular padding all separate per axis."""
 
     method = "spatial"
+    output_conv = "horizontal"
 
     def __init__(self, vertical: nn.Conv2d, horizontal: nn.Conv2d, rank: int) -> None:
         super().__init__(rank, None)
@@ -181,6 +184,7 @@ class ChannelConv2d(FactorizedConv2d):
     ``r < cg * ng / (cg + ng)``."""
 
     method = "channel"
+    output_conv = "expand"
 
     def __init__(self, reduce: nn.Conv2d, expand: nn.Conv2d, rank: int) -> None:
         super().__init__(rank, None)

@@ -56,7 +56,7 @@ from dac_search.proxies.correction import (
 )
 from dac_search.proxies.replay import PartialPass
 from dac_search.proxies.synthetic import cache_root, model_fingerprint, synthetic_inputs
-from dac_search.reconstruction.build import rebuild
+from dac_search.reconstruction import build
 from dac_search.reconstruction.engine import OnStep
 
 PlanLike = RankPlan | Mapping[str, Any] | str | os.PathLike[str]
@@ -140,19 +140,22 @@ def float_model(model: nn.Module, plan: RankPlan, inputs: torch.Tensor | None = 
 
 
 def reconstructed(model: nn.Module, built: nn.Module, plan: RankPlan, on_step: OnStep | None = None) -> nn.Module:
-    """``built``, the plan's closed-form float network, reconstructed as the plan's settings say."""
+    """``built``, the plan's closed-form float network, reconstructed as the plan's settings say (its int8
+    layers' rounding learned too, where the settings ask for it)."""
     settings = plan.reconstruction
     assert settings is not None
     if plan.input_shape is None:
         raise ConfigError("the plan asks for a reconstruction but has no input_shape to make its synthetic "
                           "images; add \"input_shape\" to the plan")
     images = synthetic_inputs(model, plan.input_shape, settings.inputs, settings.images, settings.seed)
-    return rebuild(model, built, images, settings, reconstruction_cache(model, plan), on_step)
+    caches = reconstruction_cache(model, plan.in_fp32()), reconstruction_cache(model, plan)
+    return build.reconstructed(model, built, images, settings, plan.int8_layers, caches, on_step)
 
 
 def reconstruction_cache(model: nn.Module, plan: RankPlan) -> Path:
-    """Where the reconstructed weights of ``plan`` on ``model`` are kept: named by the weights and the float plan."""
-    key = hashlib.sha256(f"{model_fingerprint(model)}|{plan.in_fp32().to_json()}".encode()).hexdigest()
+    """Where the reconstructed weights of ``plan`` on ``model`` are kept: named by the weights and the plan
+    (its float form for the float network, the whole plan for the int8 layers' learned rounding)."""
+    key = hashlib.sha256(f"{model_fingerprint(model)}|{plan.to_json()}".encode()).hexdigest()
     return cache_root() / "reconstructed" / key
 
 

@@ -6,6 +6,7 @@ reconstruction is done (``<key>.pt``); both are written atomically, read with ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 
 from dac_search.atomic import atomic_path
 from dac_search.reconstruction.engine import Checkpoint, OnStep, Saver, reconstruct
+from dac_search.reconstruction.rounding import learn_rounding
 from dac_search.reconstruction.settings import ReconstructionSettings
 
 
@@ -38,21 +40,34 @@ def file_saver(partial: Path) -> Saver:
     return Saver(load, lambda c: _write(partial, {"done": c.done, "state": c.state}))
 
 
-def rebuild(original: nn.Module, built: nn.Module, images: torch.Tensor, settings: ReconstructionSettings,
-            cache: Path | None, on_step: OnStep | None = None) -> nn.Module:
-    """``built`` (the plan's float network, closed form) reconstructed as ``settings`` say, from ``cache``
-    when it holds the result (``cache``: a file path without suffix; None: no cache, no resume)."""
-    if not settings.trains:
-        return built
+Fit = Callable[[Saver | None], nn.Module]  # a reconstruction (or rounding) of the network, resumable by a saver
+
+
+def rebuild(built: nn.Module, fit: Fit, cache: Path | None) -> nn.Module:
+    """``built`` as ``fit`` makes it (in place), from ``cache`` when that holds the result (``cache``: a
+    file path without suffix; None: no cache, no resume)."""
     if cache is not None:
         done = _read(cache.with_suffix(".pt"))
         if done is not None and done.get("state", {}).keys() == built.state_dict().keys():
             built.load_state_dict(done["state"])
             return built.eval()
     partial = None if cache is None else cache.with_suffix(".partial.pt")
-    model = reconstruct(original, built, images, settings, on_step=on_step,
-                        saver=None if partial is None else file_saver(partial))
+    model = fit(None if partial is None else file_saver(partial))
     if cache is not None:
         _write(cache.with_suffix(".pt"), {"state": model.state_dict()})
         partial.unlink(missing_ok=True)  # type: ignore[union-attr]
     return model
+
+
+def reconstructed(original: nn.Module, built: nn.Module, images: torch.Tensor, settings: ReconstructionSettings,
+                  int8_layers: frozenset[str], caches: tuple[Path, Path] | None,
+                  on_step: OnStep | None = None) -> nn.Module:
+    """``built`` (the plan's float network, closed form) reconstructed as ``settings`` say, then its
+    ``int8_layers`` rounded as they say; ``caches``: where each of the two results is kept (None: nowhere)."""
+    if settings.steps or settings.logit_steps:
+        built = rebuild(built, lambda saver: reconstruct(original, built, images, settings, on_step=on_step,
+                                                         saver=saver), caches and caches[0])
+    if settings.rounding_steps and int8_layers:
+        built = rebuild(built, lambda saver: learn_rounding(original, built, images, int8_layers, settings,
+                                                            on_step=on_step, saver=saver), caches and caches[1])
+    return built

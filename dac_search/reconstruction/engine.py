@@ -83,42 +83,66 @@ def reconstruct(original: nn.Module, model: nn.Module, images: torch.Tensor, set
                 device: torch.device | None = None) -> nn.Module:
     """Fit ``model`` (the plan's float network, changed in place and returned, in eval mode, on the CPU)
     to ``original`` on ``images``; ``original`` is left as it was."""
-    device = device or compute_device()
     on_step = on_step or (lambda done, total: None)
+    with on_device(original, model, device) as device:
+        theirs, ours, regions, fitted = fitted_regions(original, model, images[:1].to(device), settings)
+        total = total_steps(fitted, settings)
+        ahead = [settings.steps * sum(fitted[:index]) for index in range(len(regions))]
+
+        def fit(index: int, region: Region, x: torch.Tensor, target: torch.Tensor) -> None:
+            _fit_region(ours, region, x, target, settings, index, lambda step: on_step(ahead[index] + step, total))
+
+        x_theirs, done_regions = walk_regions(theirs, ours, regions, images.to(device), fitted, fit, model, saver)
+        if settings.logit_steps and done_regions <= len(regions):
+            steps_done = settings.steps * sum(fitted)
+            _fit_logits(model, images.to(device), x_theirs, settings, lambda step: on_step(steps_done + step, total))
+            if saver:
+                saver.save(Checkpoint(len(regions) + 1, _cpu_state(model)))
+        on_step(total, total)
+    return model.eval()
+
+
+@contextmanager
+def on_device(original: nn.Module, model: nn.Module, device: torch.device | None) -> Iterator[torch.device]:
+    """Both networks in eval mode on ``device`` (None: ``compute_device()``) within; after, ``original``
+    where it was and ``model`` on the CPU."""
+    device = device or compute_device()
     original.eval()
     model.eval()
     original_device = next(original.parameters()).device
     original.to(device)
     model.to(device)
     try:
-        theirs, ours, regions, fitted = fitted_regions(original, model, images[:1].to(device), settings)
-        total = total_steps(fitted, settings)
-        checkpoint = saver.load() if saver else None
-        done_regions = 0
-        if checkpoint is not None:
-            model.load_state_dict(checkpoint.state)
-            done_regions = checkpoint.done
-        x_theirs = x_ours = images.to(device)
-        steps_done = 0
-        for index, region in enumerate(regions):
-            target = _forward(theirs, region, x_theirs)
-            if index >= done_regions and fitted[index]:
-                _fit_region(ours, region, x_ours, target, settings, index,
-                            lambda step: on_step(steps_done + step, total))
-                if saver:
-                    saver.save(Checkpoint(index + 1, _cpu_state(model)))
-            steps_done += settings.steps if fitted[index] else 0
-            x_ours = _forward(ours, region, x_ours)
-            x_theirs = target
-        if settings.logit_steps and done_regions <= len(regions):
-            _fit_logits(model, images.to(device), x_theirs, settings, lambda step: on_step(steps_done + step, total))
-            if saver:
-                saver.save(Checkpoint(len(regions) + 1, _cpu_state(model)))
-        on_step(total, total)
+        yield device
     finally:
         original.to(original_device)
         model.cpu()
-    return model.eval()
+
+
+FitRegion = Callable[[int, Region, torch.Tensor, torch.Tensor], None]  # (index, region, its input, its target)
+
+
+def walk_regions(theirs: RegionRunner, ours: RegionRunner, regions: list[Region], images: torch.Tensor,
+                 todo: list[bool], fit: FitRegion, model: nn.Module, saver: Saver | None
+                 ) -> tuple[torch.Tensor, int]:
+    """Region by region: ``fit`` each one ``todo`` says (from the last checkpoint on), on the plan's own
+    network's output at the cut before it and the original's at the cut after it; a checkpoint after each.
+    Returns the original's output and the regions a checkpoint had done."""
+    checkpoint = saver.load() if saver else None
+    done_regions = 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint.state)
+        done_regions = checkpoint.done
+    x_theirs = x_ours = images
+    for index, region in enumerate(regions):
+        target = _forward(theirs, region, x_theirs)
+        if index >= done_regions and todo[index]:
+            fit(index, region, x_ours, target)
+            if saver:
+                saver.save(Checkpoint(index + 1, _cpu_state(model)))
+        x_ours = _forward(ours, region, x_ours)
+        x_theirs = target
+    return x_theirs, done_regions
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -130,7 +154,7 @@ def _forward(runner: RegionRunner, region: Region, x: torch.Tensor) -> torch.Ten
     return torch.cat([runner.run(region, chunk) for chunk in x.split(EVAL_CHUNK)])
 
 
-def _generator(settings: ReconstructionSettings, index: int) -> torch.Generator:
+def region_generator(settings: ReconstructionSettings, index: int) -> torch.Generator:
     """Each region's batches from its own seed: a resumed run draws what an unbroken one would have."""
     return torch.Generator().manual_seed(settings.seed * 1_000_003 + index)
 
@@ -159,7 +183,7 @@ def _fit_region_steps(runner: RegionRunner, region: Region, parameters: list[nn.
                       target: torch.Tensor, settings: ReconstructionSettings, index: int,
                       on_step: Callable[[int], None]) -> None:
     optimiser = torch.optim.Adam(parameters, lr=settings.lr)
-    generator = _generator(settings, index)
+    generator = region_generator(settings, index)
     scale = float(target.pow(2).mean()) or 1.0  # the loss in units of the target's power: one lr fits all regions
     for step in range(settings.steps):
         batch = torch.randperm(len(x), generator=generator)[: settings.batch].to(x.device)
@@ -175,7 +199,7 @@ def _fit_logits(model: nn.Module, images: torch.Tensor, logits: torch.Tensor, se
     """The whole network, its logits distilled from the original's (KL of the softmax)."""
     parameters = list(model.parameters())
     optimiser = torch.optim.Adam(parameters, lr=settings.logit_lr)
-    generator = _generator(settings, -1)
+    generator = region_generator(settings, -1)
     with _trainable(parameters), torch.enable_grad():
         for step in range(settings.logit_steps):
             batch = torch.randperm(len(images), generator=generator)[: settings.batch].to(images.device)

@@ -18,6 +18,7 @@ from dac_search.errors import ConfigError
 from dac_search.plan import RankPlan
 from dac_search.proxies.apply import float_model
 from dac_search.reconstruction.engine import seconds_per_step
+from dac_search.reconstruction.rounding import rounding_seconds_per_step
 from dac_search.reconstruction.settings import ReconstructionSettings
 from dac_search.rundir import PLANS_DIR
 
@@ -47,26 +48,39 @@ def reconstructed_plan_path(plan: str) -> str:
 
 @dataclass(frozen=True)
 class StepCost:
-    """What one plan's reconstruction costs here: seconds per step summed over its fitted regions
-    (0: nothing to fit), and seconds of the passes without training."""
+    """What one plan's reconstruction costs here: seconds per step summed over its fitted regions (0: nothing
+    to fit), seconds per rounding step over its regions holding int8 weights (0: none, or rounding not
+    asked), and seconds of the passes without training."""
 
     base: ReconstructionSettings
     step_s: float
     passes_s: float
+    rounding_s: float = 0.0
 
     def settings(self, share_s: float) -> ReconstructionSettings | None:
-        """``base`` with as many steps a region as ``share_s`` seconds allow (None: not even ``MIN_STEPS``)."""
-        if self.step_s <= 0:
-            return replace(self.base, steps=0)  # nothing to fit: the closed form is the reconstruction
-        steps = min(MAX_STEPS, int((share_s * SAFETY - self.passes_s) / self.step_s))
-        return replace(self.base, steps=steps) if steps >= MIN_STEPS else None
+        """``base`` with as many steps a region as ``share_s`` seconds allow (None: not even ``MIN_STEPS``);
+        where int8 weights are rounded, as many rounding steps as float steps."""
+        per_step = self.step_s + self.rounding_s
+        if per_step <= 0:
+            return replace(self.base, steps=0, rounding_steps=0)  # nothing to fit: the closed form it is
+        passes = self.passes_s * (2 if self.step_s and self.rounding_s else 1)
+        steps = min(MAX_STEPS, int((share_s * SAFETY - passes) / per_step))
+        if steps < MIN_STEPS:
+            return None
+        return replace(self.base, steps=steps if self.step_s else 0, rounding_steps=steps if self.rounding_s else 0)
 
 
 def step_cost(model: torch.nn.Module, plan: RankPlan, base: ReconstructionSettings,
               images: torch.Tensor) -> StepCost:
-    """A few steps of ``plan``'s reconstruction timed, once, whatever shares are then asked of it."""
+    """A few steps of ``plan``'s reconstruction timed, once, whatever shares are then asked of it. A plan with
+    int8 layers has their rounding learned too (``rounding``): on MobileNet-V2 with every conv in int8 it took
+    top-1 from 83.6% (nearest) to 85.4% of the float 86.4% (500 ImageNet images, 100 steps a region)."""
     built = float_model(model, plan.in_fp32())
-    return StepCost(base, *seconds_per_step(model, built, images, base))
+    step_s, passes_s = seconds_per_step(model, built, images, base)
+    rounding_s = 0.0
+    if plan.int8_layers:
+        rounding_s = rounding_seconds_per_step(model, built, images, plan.int8_layers, base)
+    return StepCost(base, step_s, passes_s, rounding_s)
 
 
 def plan_settings(model: torch.nn.Module, plan: RankPlan, base: ReconstructionSettings, share_s: float,
@@ -78,18 +92,21 @@ def plan_settings(model: torch.nn.Module, plan: RankPlan, base: ReconstructionSe
 @dataclass
 class StepProgress:
     """One line of progress (which plan, steps done, ETA) every ``interval_s`` at most: twice a second on a
-    live view, rarely in a log."""
+    live view, rarely in a log. A count that starts again (the int8 rounding after the float fit) restarts
+    the ETA's clock."""
 
     say: Say
     label: str
     interval_s: float = 0.5
     started: float = 0.0
     shown: float = 0.0
+    last: int = 0
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
-        if not self.started:
+        if not self.started or done < self.last:
             self.started = now
+        self.last = done
         if now - self.shown < self.interval_s and done < total:
             return
         self.shown = now

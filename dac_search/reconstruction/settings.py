@@ -9,7 +9,7 @@ reads and writes it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from dac_search.errors import PlanError
@@ -47,14 +47,16 @@ class ReconstructionSettings:
     logit_steps: int = 0
     logit_lr: float = 1e-5
     regions: str = "blocks"
+    rounding_steps: int = 0
+    rounding_lr: float = 1e-2
 
     def __post_init__(self) -> None:
-        for name in ("steps", "images", "batch", "seed", "logit_steps"):
+        for name in ("steps", "images", "batch", "seed", "logit_steps", "rounding_steps"):
             value = getattr(self, name)
             lowest = 1 if name in ("images", "batch") else 0
             if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= LIMIT:
                 raise PlanError(f"reconstruction: {name} must be an integer >= {lowest}, got {value!r}")
-        for name in ("lr", "logit_lr"):
+        for name in ("lr", "logit_lr", "rounding_lr"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise PlanError(f"reconstruction: {name} must be a number in (0, 1), got {value!r}")
@@ -69,10 +71,17 @@ class ReconstructionSettings:
     @property
     def trains(self) -> bool:
         """False for zero steps everywhere: the closed-form model, exactly."""
-        return self.steps > 0 or self.logit_steps > 0
+        return self.steps > 0 or self.logit_steps > 0 or self.rounding_steps > 0
+
+    def without_rounding(self) -> ReconstructionSettings:
+        """The same float fitting, the int8 weights rounded to nearest: what a plan's float network is made with."""
+        return replace(self, rounding_steps=0, rounding_lr=ReconstructionSettings.rounding_lr)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.rounding_steps:  # nearest, as plans said before learned rounding existed
+            del data["rounding_steps"], data["rounding_lr"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> ReconstructionSettings:
@@ -82,7 +91,7 @@ class ReconstructionSettings:
         unknown = set(data) - known
         if unknown:
             raise PlanError(f"reconstruction: unknown keys {sorted(unknown)}")
-        values = {key: float(v) if key in ("lr", "logit_lr") and isinstance(v, int) and not isinstance(v, bool)
+        values = {key: float(v) if key in ("lr", "logit_lr", "rounding_lr") and isinstance(v, int) and not isinstance(v, bool)
                   else v for key, v in data.items()}
         # what a plan meant before it said: cut by ops, its logit steps at the regions' rate
         return cls(**{"regions": "ops", "logit_lr": values.get("lr", cls.lr), **values})
