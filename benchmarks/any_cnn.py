@@ -16,6 +16,10 @@ factorisation), and the search (``dac-search --device none --budget <t>%flops --
 plan by proxy; on MobileNet-V2 with ``--methods dac,spatial,channel,prune``: its hidden widths are where
 pruning applies). Every plan is rebuilt from the plan alone by ``decompose_model``, as an export is.
 
+Each search row also says how the search's proxy ranked the distinct plans its trials scored: Spearman's
+rho against their real top-1, and the regret of its pick (the best real top-1 among the feasible plans minus
+that of the plan with the best proxy).
+
 ``--reconstruct DURATION``: also the search's plans reconstructed (``dac_search.reconstruction``, the stage
 ``dac-search --reconstruct`` runs), each within that wall time, the images' distillation included.
 
@@ -52,6 +56,7 @@ from dac_search.proxies import cached_layer_sensitivity, default_proxy  # noqa: 
 from dac_search.proxies.apply import decompose_model  # noqa: E402
 from dac_search.proxies.synthetic import AUTO, resolve_kind, synthetic_inputs  # noqa: E402
 from dac_search.reconstruction.planning import default_settings, plan_settings  # noqa: E402
+from dac_search.rundir import load_run  # noqa: E402
 from dac_search.search.config import SearchConfig, parse_duration  # noqa: E402
 from dac_search.search.controller import run_search  # noqa: E402
 from dac_search.zoo import load_model  # noqa: E402
@@ -90,7 +95,17 @@ def seed_hub_cache() -> None:
         shutil.copy(source, target)
 
 
-def search_plan(case: Case, kind: str, target: float, trials: int) -> RankPlan:
+@dataclass(frozen=True)
+class Searched:
+    """The search's best plan by proxy, and how its proxy ranked the distinct plans its trials scored (Spearman
+    rho against real top-1; regret: the best real top-1 among the feasible ones minus the pick's)."""
+
+    plan: RankPlan
+    fidelity: str
+
+
+def search_plan(case: Case, kind: str, target: float, trials: int, model: torch.nn.Module,
+                data: EvalData) -> Searched:
     with tempfile.TemporaryDirectory() as tmp:
         config = SearchConfig(model=case.spec, weights=case.weights, input_shape=case.shape,
                               budget=parse_budget(f"{target * 100:g}%flops"), device="none", trials=trials,
@@ -99,7 +114,18 @@ def search_plan(case: Case, kind: str, target: float, trials: int) -> RankPlan:
         if not outcome.feasible:
             raise SystemExit(f"the search found no plan within {target:.0%} FLOPs for {case.spec}")
         best = min(outcome.pareto, key=lambda p: p.proxy)
-        return RankPlan.load(outcome.run_dir / best.plan)
+        scored: dict[str, tuple[float, bool, RankPlan]] = {}
+        for row in load_run(outcome.run_dir).trials:
+            if row.complete and row.plan and row.proxy is not None:
+                plan = RankPlan.load(outcome.run_dir / row.plan)
+                scored.setdefault(plan.to_json(), (row.proxy, row.feasible, plan))
+        real = [top1(decompose_model(model, p, dense=True), data) for _, _, p in scored.values()]
+        proxies = [-proxy for proxy, _, _ in scored.values()]
+        feasible = [(proxy, r) for (proxy, ok, _), r in zip(scored.values(), real) if ok]
+        regret = max(r for _, r in feasible) - min(feasible)[1]
+        fidelity = (f"rho {spearman(proxies, real):.3f}, regret {regret:.2f} pts over {len(real)} distinct plans "
+                    f"({len(feasible)} feasible; real top-1 {min(real):.1f}-{max(real):.1f}%)")
+        return Searched(RankPlan.load(outcome.run_dir / best.plan), fidelity)
 
 
 def fidelity(name: str, case: Case, kinds: list[str], count: int, seed: int = 0) -> str:
@@ -154,7 +180,8 @@ def run_case(name: str, case: Case, targets: list[float], kinds: list[str], rows
     model = load_model(case.spec, case.weights)
     data: EvalData = load_eval_data(case.data, case.mean, case.std, size=case.shape[2:])
     costs = CostModel(model, case.shape)
-    body = []
+    body: list[list[str]] = []
+    notes: list[str] = []
     for kind in kinds:
         plan_inputs = None if kind == AUTO else kind
         label = f"{kind} ({resolve_kind(model, kind, case.shape)})" if kind == AUTO else kind
@@ -171,7 +198,10 @@ def run_case(name: str, case: Case, targets: list[float], kinds: list[str], rows
                 elif row == "greedy":
                     plan = allocate("greedy", model, case.shape, target, "mixed", table=table)
                 else:
-                    plan = search_plan(case, kind, target, trials)
+                    searched = search_plan(case, kind, target, trials, model, data)
+                    plan = searched.plan
+                    notes.append(f"- search at {target:.0%} FLOPs, {label}: the proxy over its trials: "
+                                 f"{searched.fidelity}")
                 plan = replace(plan, model=case.spec, input_shape=case.shape, correction="refit", inputs=plan_inputs)
                 kept = costs.cost(plan).flops / costs.baseline.flops
                 cells.append(f"{top1(decompose_model(model, plan, dense=True), data):.2f} ({kept:.0%})")
@@ -186,7 +216,8 @@ def run_case(name: str, case: Case, targets: list[float], kinds: list[str], rows
     original = top1(model, data)
     title = (f"**{name}**: original top-1 {original:.2f}% on {len(data)} images of {case.data.name}; cells: "
              f"top-1 % (FLOPs kept). {time.perf_counter() - started:.0f} s.")
-    return title + "\n\n" + markdown(["inputs", "allocator", *(f"{t:.0%} FLOPs" for t in targets)], body)
+    table = markdown(["inputs", "allocator", *(f"{t:.0%} FLOPs" for t in targets)], body)
+    return title + "\n\n" + table + ("\n\n" + "\n".join(notes) if notes else "")
 
 
 def main(argv: list[str] | None = None) -> None:

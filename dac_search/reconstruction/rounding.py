@@ -9,7 +9,9 @@ original's output), under a regulariser that drives every choice to 0 or 1 by th
 
 The result is written back as float weights that lie on that grid exactly (each channel's largest weight,
 and so its step, left as it was), so the standard quantizers reproduce the learned integers: the int8 file
-is made, calibrated and timed as before, and the plan rebuilds it from its settings alone. Activation
+is made, calibrated and timed as before, and the plan rebuilds it from its settings alone. (LiteRT's converter
+widens the step of a channel whose folded bias would overflow int32 at it, a channel of near-zero weights;
+there it requantizes the weights it is given, learned or nearest.) Activation
 ranges are still calibrated by the quantizer on the plan's calibration images.
 """
 

@@ -33,7 +33,7 @@ def _interrupt_when(process: subprocess.Popen[str], marker: str, seen: list[str]
 @pytest.mark.slow  # over 10 s here
 def test_ctrl_c_in_the_stage_keeps_the_run_and_the_same_command_resumes_it(hub_cache, tmp_path) -> None:
     out = tmp_path / "run"
-    command = (*STAGE, "--reconstruct", "40s", "--out", str(out))
+    command = (*STAGE, "--reconstruct", "20s", "--out", str(out))
     # SIGINT back to its default in the child: a shell that started the tests in the background ignores it,
     # and a Python started with SIGINT ignored never raises KeyboardInterrupt
     process = subprocess.Popen(cli(*command), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
