@@ -34,7 +34,11 @@ class ReconstructionSettings:
     ``regions``: ``blocks`` cuts the network only between the modules that hold its ops (a torchvision
     ``InvertedResidual`` or ``Conv2dNormActivation`` is fitted whole, its nonlinearities inside);
     ``ops`` at every point one tensor carries everything, which cuts a plain chain after every op. A
-    plan written before the field existed was cut by ops, and is read so.
+    plan written before the field existed was cut by ops, and is read so. ``rounding_steps``: of a plan with
+    int8 layers, Adam steps a region learning their weights' rounding (``dac_search.reconstruction.rounding``)
+    at ``rounding_lr``, after the float fit; 0, and a plan without the fields: rounded to nearest by the
+    quantizer. The rate is AdaRound's variables', not the weights': 100 steps at 1e-2 took MobileNet-V2 in
+    int8 from 83.6% to 85.4%, 300 steps no further.
     """
 
     steps: int = 200

@@ -68,7 +68,7 @@ def reconstruct_front(ctx: SearchContext, run_dir: Path, front: Sequence[TrialRo
                 say(f"reconstruction: {left:.0f} s left is too little for trial {row.trial}; stopping there")
                 break
             if not settings.trains:
-                say(f"reconstruction: trial {row.trial} has no layer to fit (the original's float layers, none int8)")
+                say(f"reconstruction: trial {row.trial} has no layer to fit (its float layers are the original's)")
                 continue
             plan = replace(closed, reconstruction=settings)
             plan.save(run_dir / relative)
