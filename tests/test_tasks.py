@@ -122,8 +122,7 @@ def test_a_search_on_the_bn_free_net_beats_uniform_dac_in_real_top1(nobn_weights
 
     out, data_file = tmp_path / "run", cifar_assets / "cifar10_test_a.npz"
     result = run_cli("--model", NOBN_SPEC, "--weights", str(nobn_weights), "--input-shape", "1,3,32,32",
-                     "--device", "none", "--budget", "40%flops", "--trials", "12", "--proxy-images", "16",
-                     "--eval-data", str(data_file),
+                     "--device", "none", "--budget", "40%flops", "--trials", "12", "--eval-data", str(data_file),
                      "--mean", "0.5", "--std", "0.5", "--out", str(out))
     assert result.returncode == 0, result.stderr
     run = load_run(out)
