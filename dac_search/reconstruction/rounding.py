@@ -100,7 +100,7 @@ class LearnedRounding(nn.Module):
         self.register_buffer("floor", floor)
         self.register_buffer("nearest", scaled.round())
         self.register_buffer("unfold", step / torch.where(fold == 0, torch.ones_like(fold), fold))
-        fraction = ((scaled - floor + 0.0 - GAMMA) / (ZETA - GAMMA)).clamp(1e-4, 1 - 1e-4)
+        fraction = ((scaled - floor - GAMMA) / (ZETA - GAMMA)).clamp(1e-4, 1 - 1e-4)
         self.v = nn.Parameter(torch.log(fraction / (1 - fraction)))  # h(v) = the fraction nearest would round
         self.hard = False
 
@@ -135,8 +135,7 @@ def fit_rounding(runner: RegionRunner, region: Region, held: list[Int8Weight], x
         warmup = int(steps * WARMUP)
         for step in range(steps):
             picked = torch.randperm(len(x), generator=generator)[: settings.batch].to(x.device)
-            error = F.mse_loss(runner.run(region, x[picked]), target[picked]) / power * features
-            loss = error
+            loss = F.mse_loss(runner.run(region, x[picked]), target[picked]) / power * features
             if step >= warmup:
                 progress = (step - warmup) / max(1, steps - warmup)
                 beta = BETA[1] + (BETA[0] - BETA[1]) * (1 - progress)
