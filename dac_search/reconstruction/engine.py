@@ -214,8 +214,7 @@ def _fit_logits(model: nn.Module, images: torch.Tensor, logits: torch.Tensor, se
 def seconds_per_step(original: nn.Module, model: nn.Module, images: torch.Tensor,
                      settings: ReconstructionSettings, probe_steps: int = 4) -> tuple[float, float]:
     """(seconds per region step summed over the fitted regions, seconds of the passes without training),
-    timed on a copy: what a wall-time budget is turned into steps with. A region's first step (allocation,
-    warm-up) is left out of its timing: it measured several times the steady cost."""
+    timed on a copy (``probe_seconds``): what a wall-time budget is turned into steps with."""
     model = copy.deepcopy(model)
     theirs, ours, regions, fitted = fitted_regions(original, model, images[:1], settings)
     x = images[: settings.batch]
@@ -223,14 +222,29 @@ def seconds_per_step(original: nn.Module, model: nn.Module, images: torch.Tensor
     for region in regions:
         x = _forward(ours, region, x)
     passes = (time.perf_counter() - started) * 2 * len(images) / max(1, len(x))  # both networks, every image
-    step_cost = 0.0
-    x = images[: settings.batch]
     probe = ReconstructionSettings(**{**settings.to_dict(), "steps": probe_steps})
-    for index, region in enumerate(regions):
-        if fitted[index]:
-            stamps: list[float] = []
-            _fit_region(ours, region, x, _forward(ours, region, x), probe, index,
-                        lambda step: stamps.append(time.perf_counter()))
-            step_cost += (stamps[-1] - stamps[0]) / (probe_steps - 1)
-        x = _forward(ours, region, x)
+
+    def fit(index: int, region: Region, x: torch.Tensor, target: torch.Tensor, on_step: Callable[[int], None]) -> None:
+        _fit_region(ours, region, x, target, probe, index, on_step)
+
+    step_cost = probe_seconds(ours, regions, fitted, images[: settings.batch], probe_steps, fit)
     return step_cost, passes
+
+
+ProbeFit = Callable[[int, Region, torch.Tensor, torch.Tensor, Callable[[int], None]], None]
+
+
+def probe_seconds(runner: RegionRunner, regions: list[Region], todo: list[bool], x: torch.Tensor,
+                  probe_steps: int, fit: ProbeFit) -> float:
+    """Seconds per step summed over the regions ``todo``, each timed by ``fit`` running ``probe_steps`` steps
+    (index, region, input, target, on_step) on ``runner``, a copy's. A region's first step (allocation,
+    warm-up) is left out of its timing: it measured several times the steady cost."""
+    cost = 0.0
+    for index, region in enumerate(regions):
+        target = _forward(runner, region, x)
+        if todo[index]:
+            stamps: list[float] = []
+            fit(index, region, x, target, lambda step: stamps.append(time.perf_counter()))
+            cost += (stamps[-1] - stamps[0]) / (probe_steps - 1)
+        x = target
+    return cost

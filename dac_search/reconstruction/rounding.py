@@ -18,7 +18,6 @@ ranges are still calibrated by the quantizer on the plan's calibration images.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,8 +29,14 @@ from torch.nn.utils import parametrize
 
 from dac_search.decompose.layers import FactorizedConv2d
 from dac_search.precision import belongs_to
-from dac_search.reconstruction.engine import OnStep as EngineOnStep
-from dac_search.reconstruction.engine import Saver, on_device, region_generator, walk_regions
+from dac_search.reconstruction.engine import (
+    OnStep,
+    Saver,
+    on_device,
+    probe_seconds,
+    region_generator,
+    walk_regions,
+)
 from dac_search.reconstruction.regions import Region, RegionRunner, paired_regions
 from dac_search.reconstruction.settings import ReconstructionSettings
 
@@ -116,12 +121,12 @@ class LearnedRounding(nn.Module):
         return q * self.unfold
 
 
-OnStep = Callable[[int], None]
+StepDone = Callable[[int], None]  # steps done in the region
 
 
 def fit_rounding(runner: RegionRunner, region: Region, held: list[Int8Weight], x: torch.Tensor,
                  target: torch.Tensor, steps: int, settings: ReconstructionSettings, index: int,
-                 on_step: OnStep) -> None:
+                 on_step: StepDone) -> None:
     """Learn the rounding of the int8 weights ``held`` in ``region`` (their convs' weights replaced in place
     by grid points) so that the region maps ``x`` closest to ``target``."""
     convs = {w.name: runner.graph_module.get_submodule(w.name) for w in held}
@@ -176,27 +181,21 @@ def region_convs(region: Region, weights: list[Int8Weight]) -> list[Int8Weight]:
 
 def rounding_seconds_per_step(original: nn.Module, model: nn.Module, images: torch.Tensor, layers: frozenset[str],
                               settings: ReconstructionSettings, probe_steps: int = 4) -> float:
-    """Seconds per rounding step summed over the regions holding int8 weights, timed on a copy (the first
-    step of each left out, as ``seconds_per_step`` does)."""
+    """Seconds per rounding step summed over the regions holding int8 weights, timed on a copy
+    (``probe_seconds``, as the float steps are)."""
     model = copy.deepcopy(model)
-    theirs, ours, regions = paired_regions(original, model, images[:1], settings.regions)
+    _, ours, regions = paired_regions(original, model, images[:1], settings.regions)
     weights = int8_weights(ours.graph_module, layers)
-    x, cost = images[: settings.batch], 0.0
-    for index, region in enumerate(regions):
-        held = region_convs(region, weights)
-        with torch.no_grad():
-            y = ours.run(region, x)
-        if held:
-            stamps: list[float] = []
-            fit_rounding(ours, region, held, x, y, probe_steps, settings, index,
-                         lambda step: stamps.append(time.perf_counter()))
-            cost += (stamps[-1] - stamps[0]) / (probe_steps - 1)
-        x = y
-    return cost
+    held = [region_convs(region, weights) for region in regions]
+
+    def fit(index: int, region: Region, x: torch.Tensor, target: torch.Tensor, on_step: StepDone) -> None:
+        fit_rounding(ours, region, held[index], x, target, probe_steps, settings, index, on_step)
+
+    return probe_seconds(ours, regions, [bool(h) for h in held], images[: settings.batch], probe_steps, fit)
 
 
 def learn_rounding(original: nn.Module, model: nn.Module, images: torch.Tensor, layers: frozenset[str],
-                   settings: ReconstructionSettings, *, on_step: EngineOnStep | None = None,
+                   settings: ReconstructionSettings, *, on_step: OnStep | None = None,
                    saver: Saver | None = None, device: torch.device | None = None) -> nn.Module:
     """The int8 ``layers`` of ``model`` (the plan's float network, reconstructed or not; changed in place
     and returned) with their weights on the int8 grid, each rounding learned against ``original``'s output
