@@ -4,7 +4,6 @@ images it was not fitted on, and a plan without it reads and rebuilds as before.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -103,7 +102,7 @@ def test_a_plan_without_learned_rounding_reads_and_writes_as_before(tmp_path: Pa
     again = RankPlan.load(path)
     assert again.reconstruction == ROUNDED
     assert again.in_fp32().reconstruction == replace(ROUNDED, rounding_steps=0)
-    assert again.in_fp32().to_json() == RankPlan.from_dict(json.load(io.StringIO(path.read_text()))).in_fp32().to_json()
+    assert again.in_fp32().to_json() == RankPlan.from_dict(json.loads(path.read_text())).in_fp32().to_json()
 
 
 def test_a_budget_buys_as_many_rounding_steps_as_float_steps_and_none_where_there_is_nothing_to_round() -> None:
