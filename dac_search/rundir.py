@@ -218,6 +218,18 @@ class ReconstructionInfo(_Record):
 
 
 @dataclass(frozen=True)
+class StageTime(_Record):
+    """Wall seconds of one stage of a search, and what it waited on: ``device`` (timings, with the exports
+    they time) or ``host`` (distillation, proxies, trials, reconstruction). With a remote device the latency
+    table is timed while the host distils, so stages can overlap; ``started_s`` is from the set-up's start."""
+
+    name: str
+    where: str
+    started_s: float
+    seconds: float
+
+
+@dataclass(frozen=True)
 class RunInfo:
     """Everything in ``run.json``. ``budget`` is absolute (resolved against the original);
     ``trials_complete`` is written when the search ends."""
@@ -246,6 +258,7 @@ class RunInfo:
     settings: tuple[tuple[str, str], ...] = ()  # what changes a score (search.identity); resume compares them
     references: tuple[ReferencePoint, ...] = ()  # the original in int8 (under a search offering int8)
     reconstruction: ReconstructionInfo | None = None  # the stage after the search (--reconstruct), when it ran
+    stages: tuple[StageTime, ...] = ()  # where this session's time went (a resumed search: its own session)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)

@@ -39,6 +39,7 @@ from dac_search.latency.table import (
 )
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.precision import FP32
+from dac_search.progress import OnProgress
 from profilers.base import LatencyResult, MeasureSettings, Profiler
 
 CACHE_ENV = "DAC_SEARCH_LATENCY_CACHE"
@@ -154,10 +155,11 @@ class LatencyTableBuilder:
         candidates: CandidateFn | None = None,
         layers: Iterable[str] | None = None,
         precisions: Sequence[str] = (FP32,),
+        on_progress: OnProgress | None = None,
     ) -> LatencyTable:
         """Time the original model end to end and every (unique) layer geometry alone, original and each
         candidate, in each of ``precisions`` (a pruned width in fp32 only); only what the cache lacks is
-        measured, in batches of one runner call each.
+        measured, in batches of one runner call each (counted in ``on_progress``).
 
         ``layers``: by default every conv DAC can take (timed even with no candidate: a plan may still
         name it) and every other conv a candidate replaces (a 1x1 by ``channel``).
@@ -210,7 +212,7 @@ class LatencyTableBuilder:
                 else:
                     jobs[key] = (factory, (batch, channels, *geo.in_hw))
         if jobs:
-            self._measure_jobs(list(jobs.items()), cache)
+            self._measure_jobs(list(jobs.items()), cache, on_progress)
         original = cache.models[model_key]["original"]
         stored = cache.models[model_key].get("correction")
         return LatencyTable(
@@ -260,7 +262,8 @@ class LatencyTableBuilder:
         return [result.median_ms for result in results]
 
     def _measure_jobs(
-        self, jobs: list[tuple[str, tuple[nn.Module | Callable[[], nn.Module], tuple[int, ...]]]], cache: LatencyCache
+        self, jobs: list[tuple[str, tuple[nn.Module | Callable[[], nn.Module], tuple[int, ...]]]], cache: LatencyCache,
+        on_progress: OnProgress | None = None,
     ) -> None:
         """Models and layers of any shapes, many per runner call, interleaved; the cache is saved after each
         call, so an interrupted build keeps what it measured."""
@@ -283,6 +286,8 @@ class LatencyTableBuilder:
                 cache.save()
                 for path in paths:
                     path.unlink()
+                if on_progress is not None:
+                    on_progress(start + len(chunk), len(jobs))
 
     def _timings(
         self,

@@ -41,6 +41,7 @@ from dac_search.decompose.factors import LayerFactors
 from dac_search.decompose.prune import Shortcut
 from dac_search.errors import ConfigError
 from dac_search.plan import CORRECTIONS, REFITS, RankPlan
+from dac_search.progress import OnProgress
 from dac_search.proxies import _factors
 from dac_search.proxies._hooks import eval_mode, removing
 from dac_search.proxies.replay import PartialPass, Prefix, run_network
@@ -419,7 +420,8 @@ def _last_conv(layer: nn.Module) -> nn.Conv2d:
 
 
 def default_inputs(model: nn.Module, input_shape: Sequence[int], cache_dir: str | os.PathLike[str] | None = None,
-                   *, held_out: bool = False, kind: str | None = None, n: int | None = None) -> torch.Tensor:
+                   *, held_out: bool = False, kind: str | None = None, n: int | None = None,
+                   on_progress: OnProgress | None = None) -> torch.Tensor:
     """The synthetic inputs the search's proxy fits and scores on (cached on disk).
 
     ``held_out``: a second batch made the same way from the next seed, to score a fit on.
@@ -428,7 +430,8 @@ def default_inputs(model: nn.Module, input_shape: Sequence[int], cache_dir: str 
     """
     seed = DEFAULT_INPUTS["seed"] + (1 if held_out else 0)
     count = n or default_input_count(input_shape)
-    return synthetic_inputs(model, input_shape, kind or DEFAULT_INPUTS["kind"], count, seed, cache_dir)
+    return synthetic_inputs(model, input_shape, kind or DEFAULT_INPUTS["kind"], count, seed, cache_dir,
+                            on_progress=on_progress)
 
 
 def fit_of(input_shape: Sequence[int], fit_images: int | None = None) -> tuple[int, RefitSettings]:

@@ -26,6 +26,7 @@ from dac_search.decompose.prune import PruneSite, check_site, prune_sites
 from dac_search.errors import ConfigError, PlanError
 from dac_search.methods import default_variant
 from dac_search.plan import LayerChoice, RankPlan
+from dac_search.progress import OnProgress, part_of
 from dac_search.proxies._hooks import eval_mode
 from dac_search.proxies.apply import decompose_model, stream_branches
 from dac_search.proxies.calibration import calibration_inputs, quantized
@@ -215,18 +216,20 @@ def _prunes(plan: RankPlan) -> bool:
 
 
 def default_proxy(model: nn.Module, input_shape: Sequence[int], correction: str | None = None,
-                  inputs: str | None = None) -> ModelProxy:
+                  inputs: str | None = None, on_progress: OnProgress | None = None) -> ModelProxy:
     """The search's proxy: fitted on ``default_inputs`` of kind ``inputs`` (a plan's own model is fitted on more,
     ``fit_of``), scored on a second batch (next seed) when there is a correction to fit."""
-    fit = default_inputs(model, input_shape, kind=inputs)
+    sets = 1 if correction is None else 2
+    fit = default_inputs(model, input_shape, kind=inputs, on_progress=part_of(on_progress, 0, sets))
     if correction is None:
         return ModelProxy(model, fit)
-    return ModelProxy(model, default_inputs(model, input_shape, held_out=True, kind=inputs), correction,
-                      fit_inputs=fit)
+    return ModelProxy(model, default_inputs(model, input_shape, held_out=True, kind=inputs,
+                                            on_progress=part_of(on_progress, 1, sets)), correction, fit_inputs=fit)
 
 
 def layer_sensitivity(proxy: ModelProxy, layers: Sequence[str] | None = None, methods: Sequence[str] = ("dac",),
-                      ranks: RankChoice = None) -> dict[tuple[str, str, int], float]:
+                      ranks: RankChoice = None,
+                      on_progress: OnProgress | None = None) -> dict[tuple[str, str, int], float]:
     """(layer, method, rank) -> the proxy's KL when only that layer is decomposed (and corrected).
 
     ``ranks``: None (every rank), a list (clipped to each layer), or ``f(layer, method) -> ranks``.
@@ -234,17 +237,22 @@ def layer_sensitivity(proxy: ModelProxy, layers: Sequence[str] | None = None, me
     """
     convs = decomposable_layers(proxy.model)
     names = list(convs) if layers is None else list(layers)
-    table: dict[tuple[str, str, int], float] = {}
+    wanted: dict[str, list[tuple[str, int]]] = {}
     for name in names:
         conv = convs.get(name)
         if conv is None:
             raise ConfigError(f"layer {name!r} is not a decomposable conv of this model")
-        wanted = [(method, rank) for method in methods for rank in resolve_ranks(ranks, name, method,
-                                                                                 rank_limit(conv, method))]
-        if not wanted:
+        wanted[name] = [(method, rank) for method in methods
+                        for rank in resolve_ranks(ranks, name, method, rank_limit(conv, method))]
+    total = sum(len(entries) for entries in wanted.values())
+    table: dict[tuple[str, str, int], float] = {}
+    for name, entries in wanted.items():
+        if not entries:
             continue
         with proxy.changing(name):
-            for method, rank in wanted:
+            for method, rank in entries:
                 choice = LayerChoice(method, rank, default_variant(method))
                 table[(name, method, rank)] = proxy.score(RankPlan({name: choice})).kl
+                if on_progress is not None:
+                    on_progress(len(table), total)
     return table

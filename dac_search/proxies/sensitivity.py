@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -26,15 +26,16 @@ from dac_search.precision import INT8, QuantScheme
 from dac_search.proxies.calibration import calibration_inputs
 from dac_search.proxies.model import ModelProxy, layer_sensitivity
 from dac_search.proxies.outputs import compare, distributions_of
+from dac_search.progress import OnProgress
 from dac_search.proxies.synthetic import cache_root, model_fingerprint
 
 Key = tuple[str, str, int]
 
 
 def cached_layer_sensitivity(proxy: ModelProxy, layers: Sequence[str], methods: Sequence[str],
-                             ranks: RankChoice = None,
-                             say: Callable[[str], None] | None = None) -> dict[Key, float]:
-    """``layer_sensitivity`` with its entries kept on disk; only entries not yet there are measured."""
+                             ranks: RankChoice = None, on_progress: OnProgress | None = None) -> dict[Key, float]:
+    """``layer_sensitivity`` with its entries kept on disk; only entries not yet there are measured (and
+    counted in ``on_progress``)."""
     path = cache_path(proxy)
     known = _read(path)
     convs = decomposable_layers(proxy.model)
@@ -45,40 +46,37 @@ def cached_layer_sensitivity(proxy: ModelProxy, layers: Sequence[str], methods: 
         for method in methods:
             wanted[(name, method)] = resolve_ranks(ranks, name, method, rank_limit(convs[name], method))
     missing = {key: [r for r in rs if (*key, r) not in known] for key, rs in wanted.items()}
-    count = sum(len(rs) for rs in missing.values())
-    if count:
-        if say is not None:
-            say(f"measuring the proxy of {count} single-layer changes")
+    if any(missing.values()):
         todo = sorted({name for (name, _), rs in missing.items() if rs})
-        known.update(layer_sensitivity(proxy, todo, methods, lambda name, method: missing[(name, method)]))
+        known.update(layer_sensitivity(proxy, todo, methods, lambda name, method: missing[(name, method)], on_progress))
         write_text_atomic(path, json.dumps([[*key, value] for key, value in sorted(known.items())]))
     return {(name, method, r): known[(name, method, r)] for (name, method), rs in wanted.items() for r in rs}
 
 
 def cached_int8_sensitivity(proxy: ModelProxy, layers: Sequence[str], scheme: QuantScheme,
-                            say: Callable[[str], None] | None = None) -> dict[str, float]:
-    """Layer -> what putting it alone in int8 adds to the proxy's KL, beyond the int8 ops every int8 plan has
-    (additions, pooling: the plan with no conv in int8). One quantized model per layer, run by
-    ONNX Runtime, kept on disk beside the single-layer table (method ``int8:<scheme>``, rank 0)."""
+                            on_progress: OnProgress | None = None) -> dict[str, float]:
+    """The proxy's KL of the original with the int8 ops every int8 plan has (additions, pooling: key ``""``, no
+    conv in int8), and with each layer in int8 besides them. One quantized model per layer, run by ONNX Runtime,
+    kept on disk beside the single-layer table (method ``int8:<scheme>``, rank 0)."""
     path = cache_path(proxy)
     known = _read(path)
     method = "int8:" + hashlib.sha256(json.dumps(scheme.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
     shape = (1, *proxy.inputs.shape[1:])
-    missing = [name for name in ["", *layers] if (name, method, 0) not in known]
+    wanted = ["", *layers]
+    missing = [name for name in wanted if (name, method, 0) not in known]
     distributions = distributions_of(proxy.model, proxy.reference_logits)
     if missing:
-        if say is not None:
-            say(f"measuring the int8 proxy of {len(missing)} layers")
-        for name in missing:  # "": no conv in int8, the ops around them only
+        for done, name in enumerate(missing):
             if name:
                 model = proxy.build(RankPlan(precisions={name: INT8}, input_shape=shape, quantization=scheme))
             else:
                 model = Int8Model(proxy.model, frozenset(), scheme, calibration_inputs(proxy.model, shape, scheme), shape)
             with torch.no_grad():
                 known[(name, method, 0)] = compare(proxy.reference_logits, model(proxy.inputs), distributions).kl
+            if on_progress is not None:
+                on_progress(done + 1, len(missing))
         write_text_atomic(path, json.dumps([[*key, value] for key, value in sorted(known.items())]))
-    base = known[("", method, 0)]
-    return {name: max(known[(name, method, 0)] - base, 0.0) for name in layers}
+    return {name: known[(name, method, 0)] for name in wanted}
 
 
 def cache_path(proxy: ModelProxy) -> Path:

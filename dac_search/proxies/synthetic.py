@@ -31,6 +31,7 @@ from torch import nn
 
 from dac_search.atomic import atomic_path
 from dac_search.errors import ConfigError
+from dac_search.progress import OnProgress, part_of
 from dac_search.proxies._hooks import eval_mode, removing
 
 KINDS = ("distilled", "impressions", "gaussian")
@@ -181,18 +182,21 @@ def _jittered(x: torch.Tensor, jitter: int, generator: torch.Generator) -> torch
     return out.flip(3) if float(torch.rand((), generator=generator)) < 0.5 else out
 
 
-def _distill(model: nn.Module, shape: tuple[int, ...], seed: int, settings: DistillSettings) -> torch.Tensor:
+def _distill(model: nn.Module, shape: tuple[int, ...], seed: int, settings: DistillSettings,
+             on_progress: OnProgress | None) -> torch.Tensor:
     """Adam on the pixels, cosine-decayed, from Gaussian noise; gradients reach the inputs only."""
     x = _gaussian(shape, seed).requires_grad_(True)
     generator = torch.Generator().manual_seed(seed + 1)
     optimizer = torch.optim.Adam([x], lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
     with torch.enable_grad():  # callers may have switched gradients off globally
-        for _ in range(settings.steps):
+        for step in range(settings.steps):
             loss = _mismatch_pass(model, _jittered(x, settings.jitter, generator))
             (x.grad,) = torch.autograd.grad(loss, [x])  # not loss.backward(): the model's .grad stays untouched
             optimizer.step()
             schedule.step()
+            if on_progress is not None:
+                on_progress(step + 1, settings.steps)
     return x.detach()
 
 
@@ -217,7 +221,8 @@ def _total_variation(x: torch.Tensor) -> torch.Tensor:
     return ((x[..., 1:, :] - x[..., :-1, :]) ** 2).mean() + ((x[..., :, 1:] - x[..., :, :-1]) ** 2).mean()
 
 
-def _impress(model: nn.Module, shape: tuple[int, ...], seed: int, settings: ImpressionSettings) -> torch.Tensor:
+def _impress(model: nn.Module, shape: tuple[int, ...], seed: int, settings: ImpressionSettings,
+             on_progress: OnProgress | None) -> torch.Tensor:
     """Adam on the pixels, cosine-decayed, from Gaussian noise: cross-entropy to each image's class plus priors."""
     x = _gaussian(shape, seed).requires_grad_(True)
     generator = torch.Generator().manual_seed(seed + 1)
@@ -227,13 +232,15 @@ def _impress(model: nn.Module, shape: tuple[int, ...], seed: int, settings: Impr
     optimizer = torch.optim.Adam([x], lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
     with torch.enable_grad(), eval_mode(model):
-        for _ in range(settings.steps):
+        for step in range(settings.steps):
             logits = _logits(model, _jittered(x, settings.jitter, generator))
             loss = (nn.functional.cross_entropy(logits, targets) + settings.tv * _total_variation(x)
                     + settings.l2 * (x ** 2).mean())
             (x.grad,) = torch.autograd.grad(loss, [x])
             optimizer.step()
             schedule.step()
+            if on_progress is not None:
+                on_progress(step + 1, settings.steps)
     return x.detach()
 
 
@@ -265,14 +272,14 @@ def _save(path: Path, inputs: torch.Tensor) -> None:
 
 def synthetic_inputs(model: nn.Module, input_shape: Sequence[int], kind: str = AUTO, n: int = 64,
                      seed: int = 0, cache_dir: str | os.PathLike[str] | None = None, *,
-                     settings: Settings | None = None) -> torch.Tensor:
+                     settings: Settings | None = None, on_progress: OnProgress | None = None) -> torch.Tensor:
     """``n`` inputs of ``input_shape[1:]`` made without data; optimised ones are cached on disk.
 
     ``kind``: one of ``KINDS`` or ``auto`` (``resolve_kind``). ``settings``: the optimisation's, of the
     kind's own type (default: its defaults). ``cache_dir``: where the files go (default
     ``cache_root()/synthetic``). Gaussian inputs are cheap and exactly reproducible from the seed, so
     they are not cached. More than ``BATCH_PIXELS`` allow at once are made batch by batch, the first
-    batch being the set ``seed`` makes alone.
+    batch being the set ``seed`` makes alone. ``on_progress`` counts optimisation steps of all batches.
     """
     kind = resolve_kind(model, kind, input_shape)
     if n < 1:
@@ -280,21 +287,23 @@ def synthetic_inputs(model: nn.Module, input_shape: Sequence[int], kind: str = A
     shape = (int(n), *(int(v) for v in input_shape[1:]))
     if kind == "gaussian":
         return _gaussian(shape, seed)
-    per_batch = max(1, BATCH_PIXELS // math.prod(shape[2:]))
-    if n > per_batch:  # in batches that fit in memory, each made (and cached) as a set of its own
-        return torch.cat([synthetic_inputs(model, input_shape, kind, min(per_batch, n - start),
-                                           seed + index * SEED_STRIDE, cache_dir, settings=settings)
-                          for index, start in enumerate(range(0, n, per_batch))])
     made_by = {"distilled": (_distill, DistillSettings), "impressions": (_impress, ImpressionSettings)}
     make, settings_type = made_by[kind]
     settings = settings or settings_type()
     if not isinstance(settings, settings_type):
         raise ConfigError(f"{kind} inputs take {settings_type.__name__}, got {type(settings).__name__}")
+    per_batch = max(1, BATCH_PIXELS // math.prod(shape[2:]))
+    if n > per_batch:  # in batches that fit in memory, each made (and cached) as a set of its own
+        starts = range(0, n, per_batch)
+        return torch.cat([synthetic_inputs(model, input_shape, kind, min(per_batch, n - start),
+                                           seed + index * SEED_STRIDE, cache_dir, settings=settings,
+                                           on_progress=part_of(on_progress, index, len(starts)))
+                          for index, start in enumerate(starts)])
     directory = Path(cache_dir) if cache_dir is not None else cache_root() / "synthetic"
     path = directory / f"{_cache_key(model, kind, shape, seed, settings)}.pt"
     cached = _load(path, shape)
     if cached is not None:
         return cached
-    inputs = make(model, shape, seed, settings)  # type: ignore[operator]
+    inputs = make(model, shape, seed, settings, on_progress)  # type: ignore[operator]
     _save(path, inputs)
     return inputs

@@ -7,8 +7,7 @@ steps are timed first and the budget becomes a step count, which the plan record
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,7 +25,6 @@ MIN_STEPS = 25  # fewer steps a region than this, and a share of the budget is n
 MAX_STEPS = 2000  # a cap, so a long budget on a small model ends early rather than overfit the images
 SAFETY = 0.8  # of a share turned into steps: timings in a probe run faster than a long fit
 
-Say = Callable[[str], None]
 
 
 def default_settings(input_shape: Sequence[int], kind: str, images: int | None = None) -> ReconstructionSettings:
@@ -92,31 +90,6 @@ def plan_settings(model: torch.nn.Module, plan: RankPlan, base: ReconstructionSe
                   images: torch.Tensor) -> ReconstructionSettings | None:
     """``base`` with as many steps a region as ``share_s`` seconds allow (None: not even ``MIN_STEPS``)."""
     return step_cost(model, plan, base, images).settings(share_s)
-
-
-@dataclass
-class StepProgress:
-    """One line of progress (which plan, steps done, ETA) every ``interval_s`` at most: twice a second on a
-    live view, rarely in a log. A count that starts again (the int8 rounding after the float fit) restarts
-    the ETA's clock."""
-
-    say: Say
-    label: str
-    interval_s: float = 0.5
-    started: float = 0.0
-    shown: float = 0.0
-    last: int = 0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if not self.started or done < self.last:
-            self.started = now
-        self.last = done
-        if now - self.shown < self.interval_s and done < total:
-            return
-        self.shown = now
-        eta = (now - self.started) / done * (total - done) if done else float("nan")
-        self.say(f"reconstructing {self.label}: step {done}/{total}" + (f", ETA {eta:.0f} s" if done else ""))
 
 
 def recorded_plan(path: Path) -> RankPlan | None:

@@ -6,12 +6,13 @@ Formatting lives here once so the three views show the same digits; each rendere
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dac_search.budget import Budget
 from dac_search.report.summary import ReportData
-from dac_search.rundir import Baseline, ReferencePoint, TrialRow
+from dac_search.rundir import Baseline, ReferencePoint, StageTime, TrialRow
 
 DASH = "–"
 _OBJECTIVE_NAMES = {"latency_ms": "latency", "flops": "FLOPs"}
@@ -175,6 +176,8 @@ def summary_items(data: ReportData) -> tuple[tuple[str, str], ...]:
         items.append(("Reconstruction", f"{stage.plans} plan(s) fitted by gradient steps on {stage.images} synthetic "
                       f"images ({stage.inputs}, seed {stage.seed}; no data) in {stage.spent_s:.0f} s of "
                       f"{stage.budget_s:.0f} s on {stage.device}"))
+    if info.stages:
+        items.append(("Time", stages_text(info.stages)))
     curve = data.hypervolume
     if curve.values:
         axis = curve.axis
@@ -186,6 +189,17 @@ def summary_items(data: ReportData) -> tuple[tuple[str, str], ...]:
     if data.best is not None:
         items.append(("Export", export_command(data.best)))
     return tuple(items)
+
+
+def stages_text(stages: Sequence[StageTime]) -> str:
+    """``host 612 s (distillation 140 s, ...); device 363 s (latency table 187 s, ...)``: what to buy down."""
+    parts = []
+    for where in ("host", "device"):
+        mine = [s for s in stages if s.where == where]
+        if mine:
+            each = ", ".join(f"{s.name} {s.seconds:.0f} s" for s in mine)
+            parts.append(f"{where} {sum(s.seconds for s in mine):.0f} s ({each})")
+    return "; ".join(parts) + " in this session"
 
 
 def export_command(row: TrialRow) -> str:

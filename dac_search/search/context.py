@@ -22,6 +22,7 @@ from dac_search.latency import LatencyTable, LatencyTableBuilder, table_settings
 from dac_search.methods import variants_of
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.precision import FP32, INT8, INT8_RUNTIMES, QuantScheme
+from dac_search.progress import Progress, Say
 from dac_search.proxies import ModelProxy, ProxyScore, cached_layer_sensitivity, default_proxy, synthetic_inputs
 from dac_search.proxies.sensitivity import cached_int8_sensitivity
 from dac_search.proxies.synthetic import resolve_kind
@@ -30,13 +31,11 @@ from dac_search.search.config import SearchConfig
 from dac_search.search.final import Judge
 from dac_search.search.refine import LATENCY_MARGINS
 from dac_search.search.space import LOG_LAMBDA_RANGE, SearchSpace
+from dac_search.search.stages import DEVICE, HOST, StageClock, beside
 from dac_search.shapes import refused_by_model
 from dac_search.zoo import input_shape_of, load_model
 from profilers.devices import load_device
 from profilers.pool import DevicePool
-
-Say = Callable[[str], None]
-
 
 @dataclass(frozen=True)
 class PlanScore:
@@ -57,14 +56,14 @@ class PlanScore:
 @dataclass(frozen=True)
 class Penalties:
     """The single-layer KL of replacing a layer by a choice (None: kept) in a precision: the choice's own KL
-    plus, in int8, what the layer alone in int8 adds. A cache that grows, not state: a choice outside the space
-    (the paper's uniform ranks) comes from the same disk cache as the rest, so a resumed search does not
-    measure it again."""
+    plus, in int8, what the layer alone in int8 adds beyond the int8 ops every int8 plan has. A cache that
+    grows, not state: a choice outside the space (the paper's uniform ranks) comes from the same disk cache as
+    the rest, so a resumed search does not measure it again."""
 
     proxy: ModelProxy
     quantization: QuantScheme
     choices: dict[tuple[str, str, int], float]  # single-layer KL of every (layer, method, rank)
-    int8: dict[str, float] = field(default_factory=dict)  # what the layer alone in int8 adds to the KL
+    int8: dict[str, float] = field(default_factory=dict)  # KL with the layer in int8 ("": with no conv in int8)
 
     def __call__(self, name: str, choice: LayerChoice | None, precision: str = FP32) -> float:
         total = 0.0
@@ -74,15 +73,22 @@ class Penalties:
                 self.choices.update(cached_layer_sensitivity(self.proxy, [name], [choice.method], [choice.rank]))
             total += self.choices[key]
         if precision == INT8:
-            if name not in self.int8:
-                self.int8.update(cached_int8_sensitivity(self.proxy, [name], self.quantization))
-            total += self.int8[name]
+            total += max(self._int8(name) - self._int8(""), 0.0)
         return total
 
     def additive(self, plan: RankPlan) -> float:
-        """The sum of the single-layer KLs of every layer the plan changes (replaced, pruned or in int8)."""
-        return sum(self(name, plan.layers.get(name), plan.precision_of(name))
-                   for name in {*plan.layers, *plan.precisions})
+        """The sum of the single-layer KLs of every layer the plan changes (replaced, pruned or in int8), plus,
+        once, the KL of the int8 ops around the convs when any layer is in int8: on MobileNet-V2 no layer
+        alone adds measurably to those, and without them every int8-only plan scored 0."""
+        changed = {*plan.layers, *plan.precisions}
+        in_int8 = any(plan.precision_of(name) == INT8 for name in changed)
+        return (sum(self(name, plan.layers.get(name), plan.precision_of(name)) for name in changed)
+                + (self._int8("") if in_int8 else 0.0))
+
+    def _int8(self, name: str) -> float:
+        if name not in self.int8:
+            self.int8.update(cached_int8_sensitivity(self.proxy, [name] if name else [], self.quantization))
+        return self.int8[name]
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,7 @@ class SearchContext:
     device_info: dict | None
     penalty: Penalties
     precisions: tuple[str, ...] = (FP32,)  # offered: the config's, less int8 where the device has no int8 path
+    clock: StageClock = field(default_factory=StageClock)  # this session's stages, host and device apart
 
     @property
     def quantization(self) -> QuantScheme:
@@ -196,13 +203,14 @@ def worth_scoring(name: str, choices: Sequence[LayerChoice], change: Callable[[R
 
 
 @dataclass(frozen=True)
-class DeviceSetup:
-    """A device's pool, its per-layer table (measured or from the cache) and what it reported of itself."""
+class OpenDevice:
+    """A device's pool, the builder of its per-layer table, what it reported of itself, and whether it is
+    another machine (its timings may then run while the host works)."""
 
     pool: DevicePool
     builder: LatencyTableBuilder
-    table: LatencyTable
     info: dict
+    remote: bool
 
 
 @dataclass(frozen=True)
@@ -230,9 +238,16 @@ def load_inputs(config: SearchConfig) -> SearchInputs:
     return SearchInputs(model, shape, costs, data)
 
 
-def build_context(config: SearchConfig, inputs: SearchInputs, say: Say, warn: Say) -> SearchContext:
+def build_context(config: SearchConfig, inputs: SearchInputs, say: Say, warn: Say,
+                  interval_s: float = 0.5) -> SearchContext:
     """Costs, device table, proxy, space and the resolved budget: the search's set-up, in that order
-    (the device first, so a bad or unreachable one fails before minutes of distillation)."""
+    (the device first, so a bad or unreachable one fails before minutes of distillation). A remote device's
+    table is timed while the host distils (``stages.beside``). Each long step shows its count and ETA every
+    ``interval_s``; each stage's seconds go to the context's ``clock``."""
+    def progress(label: str) -> Progress:
+        return Progress(say, label, interval_s)
+
+    clock = StageClock()
     model, shape, costs = inputs.model, inputs.input_shape, inputs.costs
     cands = candidates(model, costs, config.methods)
     if not cands:
@@ -240,36 +255,51 @@ def build_context(config: SearchConfig, inputs: SearchInputs, say: Say, warn: Sa
     precisions = _precisions(config, warn)
     if INT8 in precisions:  # the input conv stays as it is, but may run in int8
         cands = {next(iter(costs.geometry)): [], **cands}
-    device = _device_setup(config, model, shape, cands, precisions, say, warn) if config.has_device else None
-    if device is not None:
-        cands = {n: [_fastest(device.table, n, c) for c in cs] for n, cs in cands.items()}
-    table = device.table if device else None
+    device = _open_device(config, say, warn) if config.has_device else None
+
+    def time_table() -> LatencyTable | None:
+        if device is None:
+            return None
+        with clock.stage("latency table", DEVICE):
+            return _table(device, model, shape, cands, precisions, progress)
+
+    def distil() -> ModelProxy:
+        with clock.stage("distillation", HOST):
+            return _proxy(config, model, shape, say, progress)
+
+    table, proxy = beside(time_table, distil, overlap=device is not None and device.remote)
+    if table is not None:
+        cands = {n: [_fastest(table, n, c) for c in cs] for n, cs in cands.items()}
     budget = config.budget.resolve(_baseline(config.budget.kind, costs, table))
     change = _change_share(budget, costs, table)
     cands = {name: worth_scoring(name, choices, change) for name, choices in cands.items()}
 
-    proxy = _proxy(config, model, shape, say)
     # KL of every single-layer change the space offers (cached on disk, shared with the benchmarks)
     def offered(name: str, method: str) -> list[int]:
         return [c.rank for c in cands[name] if c.method == method]
 
     scheme = QuantScheme()
-    penalty = Penalties(proxy, scheme, cached_layer_sensitivity(proxy, [n for n, cs in cands.items() if cs],
-                                                                config.methods, offered, say),
-                        cached_int8_sensitivity(proxy, list(cands), scheme, say) if INT8 in precisions else {})
+    with clock.stage("single-layer proxies", HOST):
+        changes = cached_layer_sensitivity(proxy, [n for n, cs in cands.items() if cs], config.methods, offered,
+                                           progress("measuring the proxy of single-layer changes"))
+        int8 = cached_int8_sensitivity(proxy, list(cands), scheme, progress("measuring the proxy of each layer in int8")
+                                       ) if INT8 in precisions else {}
+    penalty = Penalties(proxy, scheme, changes, int8)
     space = SearchSpace.build(cands, change, penalty, config.model, shape, config.correction,
                               _pairs(costs, cands), config.plan_inputs, precisions,
                               scheme if INT8 in precisions else None)
     ctx = SearchContext(config, model, shape, costs, budget, proxy, space, device and device.pool, table,
-                        device and device.info, penalty, precisions)
+                        device and device.info, penalty, precisions, clock)
     if device is None:
         return ctx
     # Layers alone miss fusion and memory traffic, and cached timings are from another session: re-anchor
     # on the original measured now, and fit the correction on whole models like those the search will
     # compare (shares are ratios of table timings: the re-anchoring leaves them as they are).
     say("calibrating the latency table on whole models")
+    assert table is not None
     plans = _calibration_plans(space, budget.value / ctx.baseline_cost(), ctx.share)
-    table, _ = device.builder.calibrate(table, model, plans)
+    with clock.stage("latency table calibration", DEVICE):
+        table, _ = device.builder.calibrate(table, model, plans)
     return replace(ctx, table=table, budget=config.budget.resolve(_baseline(config.budget.kind, costs, table)))
 
 
@@ -291,29 +321,37 @@ def _precisions(config: SearchConfig, warn: Say) -> tuple[str, ...]:
     return tuple(p for p in precisions if p != INT8)
 
 
-def _device_setup(config: SearchConfig, model: nn.Module, shape: tuple[int, ...],
-                  cands: dict[str, list[LayerChoice]], precisions: tuple[str, ...], say: Say,
-                  warn: Say) -> DeviceSetup:
+def _open_device(config: SearchConfig, say: Say, warn: Say) -> OpenDevice:
     device = load_device(config.device)
     pool = DevicePool(device, warn)
     info = {"name": device.name, "runtime": device.runtime, **pool.primary.info()}
     say(f"building the latency table on {device.name}")
-    builder = LatencyTableBuilder(pool.primary, settings=table_settings(device.measure))
+    return OpenDevice(pool, LatencyTableBuilder(pool.primary, settings=table_settings(device.measure)), info,
+                      remote=device.kind != "local")
+
+
+def _table(device: OpenDevice, model: nn.Module, shape: tuple[int, ...], cands: dict[str, list[LayerChoice]],
+           precisions: tuple[str, ...], progress: Callable[[str], Progress]) -> LatencyTable:
     table_cands = {n: [v for c in cs for v in _variants(c)] for n, cs in cands.items()}
-    table = builder.build(model, shape, candidates=lambda name, conv: table_cands.get(name, []), precisions=precisions)
-    return DeviceSetup(pool, builder, table, info)
+    return device.builder.build(model, shape, candidates=lambda name, conv: table_cands.get(name, []),
+                                precisions=precisions,
+                                on_progress=progress(f"timing layers and candidates on {device.info['name']}"))
 
 
-def _proxy(config: SearchConfig, model: nn.Module, shape: tuple[int, ...], say: Say) -> ModelProxy:
+def _proxy(config: SearchConfig, model: nn.Module, shape: tuple[int, ...], say: Say,
+           progress: Callable[[str], Progress]) -> ModelProxy:
     torch.manual_seed(config.seed)
     kind = resolve_kind(model, config.inputs, shape)
     if config.correction:
         # Fitted on the default batch (a plan's own model is fitted on FIT_SCALE times as many, once), and
         # scored on a second distilled batch: a refit scored where it was fitted flatters high ranks.
-        say(f"making the {kind} inputs the correction is fitted on and scored on")
-        return default_proxy(model, shape, config.correction, config.plan_inputs)
-    say(f"making {config.proxy_images} {kind} inputs")
-    inputs = synthetic_inputs(model, shape, kind=config.inputs, n=config.proxy_images, seed=config.seed)
+        label = f"making the {kind} inputs the correction is fitted on and scored on"
+        say(label)
+        return default_proxy(model, shape, config.correction, config.plan_inputs, progress(label))
+    label = f"making {config.proxy_images} {kind} inputs"
+    say(label)
+    inputs = synthetic_inputs(model, shape, kind=config.inputs, n=config.proxy_images, seed=config.seed,
+                              on_progress=progress(label))
     return ModelProxy(model, inputs)
 
 

@@ -9,6 +9,7 @@ DAC and real top-1), ``record`` (run.json), ``study`` (Optuna storage, warm star
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from dac_search.search.live import LiveView
 from dac_search.search.objective import AfterTrial, Objective, rows_of, stop_at_total
 from dac_search.search.reconstruct_stage import reconstruct_front
 from dac_search.search.record import now, run_info
+from dac_search.search.stages import DEVICE, HOST
 from dac_search.search.study import RUN_ATTR, Heartbeat, enqueue_warm_starts, fail_dead_trials, open_study
 from profilers.devices import load_device
 
@@ -64,7 +66,7 @@ def run_search(config: SearchConfig, view_factory: Callable[..., LiveView] = Liv
     study, _ = opened or open_study(storage_url, config.seed, identity, heartbeat)
     view = view_factory(config.trials, _cost_text(config))
     with view:
-        ctx = build_context(config, inputs, view.say, view.warn)
+        ctx = build_context(config, inputs, view.say, view.warn, view.progress_interval_s)
         if ctx.pool is not None:
             view.hosts = ctx.pool.status
         try:
@@ -123,16 +125,18 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
     if completed < config.trials:
         view.say(f"searching: {ctx.space.describe()}")
         try:
-            study.optimize(Objective(ctx, run_dir, config.trials), n_trials=config.trials - completed,
-                           timeout=config.timeout_s, catch=(), gc_after_trial=False,
-                           callbacks=[AfterTrial(ctx, run_dir, config.trials, view.trial_done),
-                                      stop_at_total(config.trials)])
+            with ctx.clock.stage("trials", HOST):
+                study.optimize(Objective(ctx, run_dir, config.trials), n_trials=config.trials - completed,
+                               timeout=config.timeout_s, catch=(), gc_after_trial=False,
+                               callbacks=[AfterTrial(ctx, run_dir, config.trials, view.trial_done),
+                                          stop_at_total(config.trials)])
         except KeyboardInterrupt:
             interrupted = True
 
     rows = rows_of(study, run_dir)
     write_trials(run_dir, rows)
-    final = _final_front(ctx, run_dir, rows, view, measure=not interrupted)
+    with ctx.clock.stage("final measurement", DEVICE) if ctx.pool else nullcontext():
+        final = _final_front(ctx, run_dir, rows, view, measure=not interrupted)
     front = final.points
     if final.measured:  # end-to-end timings replace the table's predictions in trials.csv too
         measured = {p.trial: p for p in final.measured}
@@ -143,24 +147,28 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
         baseline = replace(baseline, latency_ms=final.original_ms)
         budget = config.budget.resolve(final.original_ms) if ctx.budget.relative_latency else budget
     if data is not None and not interrupted:
-        front, original_top1 = with_top1(ctx, run_dir, front, data)
+        with ctx.clock.stage("top-1 on --eval-data", HOST):
+            front, original_top1 = with_top1(ctx, run_dir, front, data)
         baseline = replace(baseline, top1=original_top1)
     if not interrupted and references:
         view.say("measuring the original in int8 beside the original")
-        references = measured_references(ctx, references, data)
+        with ctx.clock.stage("int8 reference", DEVICE):
+            references = measured_references(ctx, references, data)
     write_pareto(run_dir, front)
     reconstruction = None
     if config.reconstruct_s and not interrupted and final.feasible:
         try:
-            front, reconstruction = reconstruct_front(ctx, run_dir, front, config.reconstruct_s, view.say,
-                                                      lambda points: _write_front(run_dir, points, rows), data,
-                                                      0.5 if view.console.is_terminal else 30.0)
+            with ctx.clock.stage("reconstruction", HOST):
+                front, reconstruction = reconstruct_front(ctx, run_dir, front, config.reconstruct_s, view.say,
+                                                          lambda points: _write_front(run_dir, points, rows),
+                                                          data, view.progress_interval_s)
         except KeyboardInterrupt:
             interrupted = True  # the plans finished are in pareto.csv; the same command resumes the rest
     done = sum(p.state == "COMPLETE" for p in rows)
     _record(run_dir, study, run_info(ctx, identity, started, partial=interrupted or done < config.trials,
                                      baseline=baseline, uniform=uniform, budget=budget, trials_complete=done,
-                                     references=references, reconstruction=reconstruction))
+                                     references=references, reconstruction=reconstruction,
+                                     stages=tuple(ctx.clock.stages)))
     message = "" if final.feasible else _miss_message(ctx, front)
     return SearchOutcome(run_dir, tuple(front), final.feasible, interrupted, message)
 

@@ -27,13 +27,13 @@ from torch import nn
 from dac_search.budget import Budget
 from dac_search.latency import measure_beside, measure_models
 from dac_search.pareto import pareto_front
+from dac_search.progress import Say
 from dac_search.rundir import TrialRow
 from profilers.pool import DevicePool
 
 MEASURE_ROUNDS = 3
 NEAR_BUDGET = 0.1  # plans predicted up to 10% over the budget are worth measuring
 CLOSEST = 5  # misses reported when no plan meets the budget
-Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -23,7 +24,7 @@ class LiveView:
         self.best: tuple[float, float] | None = None
         self.describe_cost = describe_cost
         self.hosts = hosts
-        self.message = ""
+        self.messages: dict[int, str] = {}  # the last line of each thread: a remote table is timed beside distillation
         # get_renderable: redrawn twice a second, so elapsed time and host states move between trials too
         self._live = Live(console=self.console, refresh_per_second=2, transient=False,
                           get_renderable=self._render) if self.console.is_terminal else None
@@ -39,11 +40,16 @@ class LiveView:
             self._live.__exit__(None, None, None)
 
     def say(self, message: str) -> None:
-        self.message = message
+        self.messages[threading.get_ident()] = message
         if self._live:
             self._live.refresh()
         else:
             self.console.print(Text(message, style="dim"))
+
+    @property
+    def progress_interval_s(self) -> float:
+        """How often a long step's count is said: twice a second on screen, twice a minute in a log."""
+        return 0.5 if self.console.is_terminal else 30.0
 
     def warn(self, message: str) -> None:
         """A warning that stays on screen (a host set aside, a host key added). Device and user text is
@@ -66,6 +72,8 @@ class LiveView:
         table.add_row("best feasible", best, "elapsed", f"{elapsed:.0f} s")
         if self.hosts:
             table.add_row("device", ", ".join(f"{h}: {s}" for h, s in self.hosts().items()), "", "")
-        if self.message:
-            table.add_row("", self.message, "", "")
+        alive = {thread.ident for thread in threading.enumerate()}
+        for ident, message in list(self.messages.items()):
+            if ident in alive and message:
+                table.add_row("", message, "", "")
         return table

@@ -23,12 +23,11 @@ from pathlib import Path
 from dac_search.eval_data import EvalData, top1
 from dac_search.pareto import best_row
 from dac_search.plan import RankPlan
+from dac_search.progress import Progress, Say
 from dac_search.proxies.apply import decompose_model
 from dac_search.proxies.synthetic import resolve_kind, synthetic_inputs
 from dac_search.reconstruction.engine import compute_device
 from dac_search.reconstruction.planning import (
-    Say,
-    StepProgress,
     default_settings,
     reconstructed_plan_path,
     recorded_plan,
@@ -73,7 +72,7 @@ def reconstruct_front(ctx: SearchContext, run_dir: Path, front: Sequence[TrialRo
             plan = replace(closed, reconstruction=settings)
             plan.save(run_dir / relative)
         label = f"trial {row.trial} ({position + 1}/{len(chosen)})"
-        model = decompose_model(ctx.model, plan, on_step=StepProgress(say, label, interval_s))
+        model = decompose_model(ctx.model, plan, on_step=Progress(say, f"reconstructing {label}", interval_s, "step "))
         score = ctx.score_model(closed, model)
         updated = replace(row, proxy_reconstructed=score.value, plan_reconstructed=relative,
                           top1_reconstructed=None if data is None else top1(model, data))

@@ -15,6 +15,7 @@ from dac_search.rundir import (
     ReconstructionInfo,
     ReferencePoint,
     RunInfo,
+    StageTime,
     UniformPoint,
 )
 from dac_search.search.context import SearchContext
@@ -41,7 +42,7 @@ def versions() -> tuple[tuple[str, str], ...]:
 def run_info(ctx: SearchContext, identity: SearchIdentity, started: str, *, partial: bool, baseline: Baseline,
              uniform: Sequence[UniformPoint], budget: Budget | None = None,
              trials_complete: int | None = None, references: Sequence[ReferencePoint] = (),
-             reconstruction: ReconstructionInfo | None = None) -> RunInfo:
+             reconstruction: ReconstructionInfo | None = None, stages: Sequence[StageTime] = ()) -> RunInfo:
     """run.json of the search of ``ctx``; ``budget``: resolved on the original timed beside the front,
     when it was (else the context's)."""
     config = ctx.config
@@ -55,4 +56,4 @@ def run_info(ctx: SearchContext, identity: SearchIdentity, started: str, *, part
                         int(ctx.proxy.inputs.shape[0]), ctx.proxy.held_out),
         versions=versions(), baseline=baseline, uniform=tuple(uniform), trials_complete=trials_complete,
         study=identity.name, settings=identity.settings, references=tuple(references),
-        reconstruction=reconstruction)
+        reconstruction=reconstruction, stages=tuple(stages))

@@ -190,15 +190,16 @@ def test_the_cached_table_measures_only_what_it_lacks_and_is_keyed_by_the_proxy(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, resnet20: nn.Module, distilled: torch.Tensor) -> None:
     monkeypatch.setenv("DAC_SEARCH_CACHE", str(tmp_path))
     proxy = ModelProxy(resnet20, distilled[:8])
-    said: list[str] = []
-    first = cached_layer_sensitivity(proxy, ["layer3.2.conv2"], ("dac",), [1, 4], said.append)
+    counted: list[tuple[int, int]] = []  # (done, total) of each entry measured
+    first = cached_layer_sensitivity(proxy, ["layer3.2.conv2"], ("dac",), [1, 4], lambda *c: counted.append(c))
     assert first == layer_sensitivity(proxy, ["layer3.2.conv2"], ("dac",), ranks=[1, 4])
-    wider = cached_layer_sensitivity(proxy, ["layer3.2.conv2"], ("dac", "spatial"), [1, 4], said.append)
-    assert said == ["measuring the proxy of 2 single-layer changes"] * 2  # the spatial ones only
+    wider = cached_layer_sensitivity(proxy, ["layer3.2.conv2"], ("dac", "spatial"), [1, 4],
+                                     lambda *c: counted.append(c))
+    assert counted == [(1, 2), (2, 2)] * 2  # the spatial ones only, counted against what is missing
     assert {k: wider[k] for k in first} == first and len(wider) == 4
-    assert cached_layer_sensitivity(proxy, ["layer3.2.conv2"], ("spatial",), [4], said.append) == {
+    assert cached_layer_sensitivity(proxy, ["layer3.2.conv2"], ("spatial",), [4], lambda *c: counted.append(c)) == {
         ("layer3.2.conv2", "spatial", 4): wider[("layer3.2.conv2", "spatial", 4)]}
-    assert len(said) == 2  # nothing new to measure
+    assert len(counted) == 4  # nothing new to measure
     other = ModelProxy(resnet20, distilled[8:16])  # other inputs: another table
-    cached_layer_sensitivity(other, ["layer3.2.conv2"], ("dac",), [1], said.append)
-    assert said[-1] == "measuring the proxy of 1 single-layer changes"
+    cached_layer_sensitivity(other, ["layer3.2.conv2"], ("dac",), [1], lambda *c: counted.append(c))
+    assert counted[-1] == (1, 1)

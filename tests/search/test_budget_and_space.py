@@ -238,3 +238,16 @@ def test_a_run_dir_from_before_precisions_resumes_as_fp32_and_refuses_int8() -> 
     refuse_difference("run", recorded, settings_of(fp32))  # the same search: resumes
     with pytest.raises(ConfigError, match="precisions 'fp32', not 'fp32,int8'"):
         refuse_difference("run", recorded, settings_of(SearchConfig("cifar10-resnet20", parse_budget("0.6x"))))
+
+
+def test_an_int8_plan_pays_once_for_the_int8_ops_around_its_convs_so_no_int8_plan_scores_zero() -> None:
+    from dac_search.plan import RankPlan
+    from dac_search.precision import INT8, QuantScheme
+    from dac_search.search.context import Penalties
+
+    # measured KLs: the int8 ops alone 0.05; layer a in int8 beside them 0.04 (noise: below), b 0.06
+    penalty = Penalties(None, QuantScheme(), {("b", "dac", 2): 0.3}, {"": 0.05, "a": 0.04, "b": 0.06})  # type: ignore[arg-type]
+    assert penalty("a", None, INT8) == 0.0 and penalty("b", None, INT8) == pytest.approx(0.01)
+    assert penalty.additive(RankPlan(precisions={"a": INT8})) == pytest.approx(0.05)  # MobileNet-V2's case: not 0
+    assert penalty.additive(RankPlan(precisions={"a": INT8, "b": INT8})) == pytest.approx(0.06)
+    assert penalty.additive(RankPlan({"b": LayerChoice("dac", 2, "grouped")})) == pytest.approx(0.3)  # fp32: none

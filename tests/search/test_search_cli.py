@@ -78,6 +78,10 @@ def test_search_on_the_local_device_picks_among_every_method_and_judges_each_pla
     assert any(c.get("precision") == "int8" for c in layers)
     original = run["baseline"]["latency_ms"]
     assert original > 0 and run["budget"]["value"] == pytest.approx(0.7 * original, rel=1e-6)
+    where = {stage["name"]: stage["where"] for stage in run["stages"]}  # what to buy down on a slow board
+    assert {name for name, w in where.items() if w == "device"} >= {"latency table", "final measurement"}
+    assert {name for name, w in where.items() if w == "host"} >= {"distillation", "trials"}
+    assert "timing layers and candidates on quick: " in result.stderr  # the set-up's steps count to a total
     pareto = rows(out / "pareto.csv")
     assert pareto and all(p["feasible"] == "True" for p in pareto)
     for point in pareto:  # measured end to end, each against the original timed in the same session
@@ -89,6 +93,7 @@ def test_search_on_the_local_device_picks_among_every_method_and_judges_each_pla
     assert all(t["latency_ms"] for t in trials.values())  # the unmeasured keep the table's prediction
     report = (out / "report.md").read_text()
     assert all(f"{1 / float(p['latency_ratio']):.2f}×" in report for p in pareto)  # speed-up of the pair
+    assert "**Time**: host " in report and "; device " in report
     # the user's way: the exported file, timed beside the original in one session, is under the budget
     exported = tmp_path / "best.onnx"
     result = run_cli("export", str(out), "--format", "onnx", "-o", str(exported))
