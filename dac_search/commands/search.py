@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from dac_search.budget import FORMS, parse_budget
-from dac_search.commands._common import RECONSTRUCT_IMAGES_HELP, STORAGE_ENV, console
+from dac_search.commands._common import RECONSTRUCT_IMAGES_HELP, STORAGE_ENV, add_model_args, console
 from dac_search.methods import PLAN_METHODS
 from dac_search.plan import CORRECTIONS
 from dac_search.precision import parse_precisions
@@ -19,9 +19,7 @@ from dac_search.shapes import parse_shape
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("search", help="search per-layer plans under a budget (the default command)")
-    parser.add_argument("--model", required=True, help="cifar10-resnet20..110, a torchvision name, file.py:fn")
-    parser.add_argument("--weights", help="a state-dict file to load instead of the pretrained weights")
-    parser.add_argument("--input-shape", help="N,C,H,W (default: what the model expects)")
+    add_model_args(parser)
     parser.add_argument("--device", default="local", help="a name from configs/devices, a .toml path, or none")
     parser.add_argument("--budget", required=True, help=FORMS.replace("%", "%%"))  # argparse formats help with %
     parser.add_argument("--trials", type=int, default=100, help="trials in the study in total (default 100)")

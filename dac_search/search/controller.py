@@ -61,15 +61,16 @@ def run_search(config: SearchConfig, view_factory: Callable[..., LiveView] = Liv
     heartbeat = Heartbeat.of_grace(config.heartbeat_s)
     opened = open_study(config.storage, config.seed, identity, heartbeat) if config.storage else None
     inputs = load_inputs(config)  # a model, input shape or --eval-data it cannot use: before anything is written
-    (run_dir / "plans").mkdir(parents=True, exist_ok=True)
-    storage_url = config.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
-    study, _ = opened or open_study(storage_url, config.seed, identity, heartbeat)
     view = view_factory(config.trials, _cost_text(config))
     with view:
+        # the run dir after the set-up: a device that cannot be reached leaves no empty study behind
         ctx = build_context(config, inputs, view.say, view.warn, view.progress_interval_s)
         if ctx.pool is not None:
             view.hosts = ctx.pool.status
         try:
+            (run_dir / "plans").mkdir(parents=True, exist_ok=True)
+            storage_url = config.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+            study, _ = opened or open_study(storage_url, config.seed, identity, heartbeat)
             return _search(ctx, inputs.eval_data, identity, study, storage_url, run_dir, view,
                            previous.created if previous else now())
         finally:

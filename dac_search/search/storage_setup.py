@@ -85,7 +85,8 @@ def with_retries(storage_url: str, step: Callable[[], T], sleep: Callable[[float
             raise
         except Exception as exc:  # sqlalchemy and its drivers raise many types
             if not transient(exc):
-                raise ConfigError(f"cannot open the study storage {mask_url(storage_url)}: {reason(exc)}") from None
+                raise ConfigError(f"cannot open the study storage {mask_url(storage_url)}: "
+                                  f"{missing_driver(storage_url, exc) or reason(exc)}") from None
             if delay is None:
                 raise StorageUnavailableError(
                     f"the study storage {mask_url(storage_url)} is unavailable after {len(RETRY_DELAYS_S) + 1} "
@@ -103,6 +104,14 @@ def transient(exc: BaseException) -> bool:
         return False
     # DatabaseError: the driver's OperationalError, IntegrityError (a lost creation race), ProgrammingError...
     return isinstance(exc, sa.DatabaseError | sa.InterfaceError | sa.TimeoutError | ConnectionError | TimeoutError)
+
+
+def missing_driver(storage_url: str, exc: BaseException) -> str | None:
+    """What to install when a PostgreSQL URL finds no driver (optuna only says "Failed to import DB access
+    module")."""
+    if isinstance(exc, ImportError) and storage_url.split(":", 1)[0].split("+")[0] in ("postgresql", "postgres"):
+        return "no PostgreSQL driver is installed; pip install 'dac-search[postgres]'"
+    return None
 
 
 def reason(exc: BaseException) -> str:

@@ -206,6 +206,43 @@ def test_a_bad_storage_url_fails_before_any_set_up_and_hides_its_password(tmp_pa
     assert list(cache.iterdir()) == []  # no distilled inputs, no sensitivities: nothing was set up
 
 
+def test_a_postgresql_url_without_the_driver_names_the_extra_to_install(tmp_path) -> None:
+    shadow = tmp_path / "shadow"  # a Python where no PostgreSQL driver imports, as without the [postgres] extra
+    for driver in ("psycopg", "psycopg2"):
+        (shadow / driver).mkdir(parents=True)
+        (shadow / driver / "__init__.py").write_text(f'raise ImportError("No module named {driver}")\n')
+    result = subprocess.run(cli("--model", "cifar10-resnet20", "--device", "none", "--budget", "50%flops",
+                                "--storage", "postgresql://alice@127.0.0.1:1/dac", "--out", str(tmp_path / "r")),
+                            capture_output=True, text=True, timeout=TIMEOUT,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow), *sys.path])})
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "pip install 'dac-search[postgres]'" in result.stderr
+
+
+def test_an_unreachable_device_leaves_no_run_dir(tmp_path) -> None:
+    device = tmp_path / "pi4.toml"  # a board that is off: nothing listens on its port
+    device.write_text('name = "pi4"\nkind = "ssh"\nhost = "127.0.0.1"\nport = 1\nconnect_timeout_s = 2\n'
+                      'retries = 0\n')
+    out = tmp_path / "reports" / "resnet20-pi4-30ms"
+    result = run_cli("--model", "cifar10-resnet20", "--weights", "none", "--device", str(device), "--budget", "30ms",
+                     "--out", str(out))
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "pi4" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()  # no empty study.db or plans/ to mistake for a run
+
+
+def test_every_command_that_loads_a_model_describes_it_alike(capsys) -> None:
+    from dac_search.cli import build_parser
+
+    helps = {}
+    for command in ("search", "decompose", "profile"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        helps[command] = " ".join(capsys.readouterr().out.split())
+    for text in ("or none for random weights", "a TorchScript file"):
+        assert all(text in h for h in helps.values()), text
+
+
 def test_every_command_prints_its_help(capsys) -> None:
     """argparse formats help strings with %, so one literal % in any of them breaks --help."""
     from dac_search.cli import COMMANDS, build_parser
