@@ -1,22 +1,30 @@
 # The two commands of the README: `make demo` (the main job) and `make test` (the whole suite).
-# Each creates .venv and installs the pinned dependencies when they are missing or changed.
+# Each creates .venv and installs what it needs when that is missing or changed: the package alone for the
+# demo, the package with its test extra (pytest, LiteRT, the PostgreSQL driver) for the tests.
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.stamp-install
+PACKAGE := $(VENV)/.stamp-package
+TESTING := $(VENV)/.stamp-test
 
 .PHONY: demo test clean
 
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+
+$(PACKAGE): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -c constraints.txt -e .
 	touch $@
 
-demo: $(STAMP)
+$(TESTING): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@ $(PACKAGE)
+
+demo: $(PACKAGE)
 	$(BIN)/dac-search --model cifar10-resnet20 --device local --budget 0.7x --trials 30
 
-test: $(STAMP)
+test: $(TESTING)
 	$(BIN)/python -m pytest -q
 
 clean:

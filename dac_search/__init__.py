@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dac_search import search as _search_package  # noqa: F401 - the subpackage first: search() below keeps the name
+from dac_search.api import Run, open_run, search
 from dac_search.cost import Cost, CostModel, count_cost
 from dac_search.decompose import decompose_conv, factorize, max_rank
 from dac_search.errors import ConfigError, DacSearchError, DecompositionError, ModelLoadError, PlanError
@@ -14,6 +16,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError", "Cost", "CostModel", "DacSearchError", "DecompositionError", "LayerChoice", "ModelLoadError",
-    "PlanError", "RankPlan", "count_cost", "decompose_conv", "decompose_model", "factorize", "load_model",
-    "max_rank", "read_run",
+    "PlanError", "RankPlan", "Run", "count_cost", "decompose_conv", "decompose_model", "factorize", "load_model",
+    "max_rank", "open_run", "read_run", "search",
 ]
