@@ -12,7 +12,7 @@ from dac_search.proxies.apply import decompose_model
 from dac_search.rundir import read_run
 from dac_search.zoo import load_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # bumped when a default changes what a search scores or a plan builds
 
 __all__ = [
     "ConfigError", "Cost", "CostModel", "DacSearchError", "DecompositionError", "LayerChoice", "ModelLoadError",

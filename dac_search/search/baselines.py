@@ -36,7 +36,7 @@ def uniform_baseline(ctx: SearchContext) -> list[UniformPoint]:
                 continue
             variant = ctx.table.fastest_variant(name, "dac", min(rank, limit)) if ctx.table else "grouped"
             choices[name] = LayerChoice("dac", min(rank, limit), variant)
-        plan = RankPlan(choices, ctx.config.model, ctx.input_shape, ctx.config.correction, ctx.config.plan_inputs)
+        plan = RankPlan(choices, **ctx.space.plan_fields())  # type: ignore[arg-type]
         cost = ctx.costs.cost(plan)
         if cost.flops >= ctx.costs.baseline.flops:
             break  # higher ranks only cost more than the original
@@ -53,8 +53,8 @@ def with_top1(ctx: SearchContext, run_dir: Path, front: Sequence[TrialRow], data
 
 def int8_original_plan(ctx: SearchContext) -> RankPlan:
     """The original with every conv in int8, quantized and calibrated as the search's int8 plans are."""
-    return RankPlan({}, ctx.config.model, ctx.input_shape, ctx.config.correction, ctx.config.plan_inputs,
-                    precisions=every_conv_in_int8(ctx.model), quantization=ctx.quantization)
+    return RankPlan({}, **ctx.space.plan_fields(), precisions=every_conv_in_int8(ctx.model),  # type: ignore[arg-type]
+                    quantization=ctx.quantization)
 
 
 def int8_reference(ctx: SearchContext) -> tuple[ReferencePoint, ...]:

@@ -24,6 +24,7 @@ from dac_search.plan import LayerChoice, RankPlan
 from dac_search.precision import FP32, INT8, INT8_RUNTIMES, QuantScheme
 from dac_search.progress import Progress, Say
 from dac_search.proxies import ModelProxy, ProxyScore, cached_layer_sensitivity, default_proxy, synthetic_inputs
+from dac_search.proxies.correction import fit_of
 from dac_search.proxies.sensitivity import cached_int8_sensitivity
 from dac_search.proxies.synthetic import resolve_kind
 from dac_search.reconstruction.regions import check_reconstructable
@@ -285,9 +286,11 @@ def build_context(config: SearchConfig, inputs: SearchInputs, say: Say, warn: Sa
         int8 = cached_int8_sensitivity(proxy, list(cands), scheme, progress("measuring the proxy of each layer in int8")
                                        ) if INT8 in precisions else {}
     penalty = Penalties(proxy, scheme, changes, int8)
+    # every plan names what its model is fitted on, resolved now: a later change of a default leaves it as it is
+    inputs = resolve_kind(model, config.inputs, shape) if config.correction else config.plan_inputs
     space = SearchSpace.build(cands, change, penalty, config.model, shape, config.correction,
-                              _pairs(costs, cands), config.plan_inputs, precisions,
-                              scheme if INT8 in precisions else None)
+                              _pairs(costs, cands), inputs, precisions, scheme if INT8 in precisions else None,
+                              fit_of(shape)[0] if config.correction else None)
     ctx = SearchContext(config, model, shape, costs, budget, proxy, space, device and device.pool, table,
                         device and device.info, penalty, precisions, clock)
     if device is None:

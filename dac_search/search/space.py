@@ -66,20 +66,21 @@ class SearchSpace:
 
     def __init__(self, layers: Sequence[LayerOptions], model: str | None, input_shape: Sequence[int],
                  correction: str | None = None, inputs: str | None = None,
-                 quantization: QuantScheme | None = None) -> None:
+                 quantization: QuantScheme | None = None, fit_images: int | None = None) -> None:
         self.layers = tuple(layers)
         self.model = model
         self.input_shape = tuple(input_shape)
         self.correction = correction
         self.inputs = inputs  # every plan's synthetic-input kind (None: auto)
         self.quantization = quantization  # every int8 plan's scheme (None: the default)
+        self.fit_images = fit_images  # the images every plan's correction is fitted on (None: the default)
 
     @classmethod
     def build(cls, candidates: Mapping[str, Sequence[LayerChoice]], delta: Callable[[RankPlan], float],
               penalty: Callable[[str, LayerChoice | None, str], float], model: str | None, input_shape: Sequence[int],
               correction: str | None = None, pairs: Mapping[str, str] | None = None,
               inputs: str | None = None, precisions: Sequence[str] = (FP32,),
-              quantization: QuantScheme | None = None) -> SearchSpace:
+              quantization: QuantScheme | None = None, fit_images: int | None = None) -> SearchSpace:
         """``delta(plan)``: the cost change of a plan making a few changes, as a share of the original.
         ``penalty(layer, choice or None, precision)``: its single-layer proxy. ``pairs``: producer -> consumer,
         for producers offered pruned (see the module doc). ``precisions``: those every option is offered in."""
@@ -114,7 +115,7 @@ class SearchSpace:
             joint = [option(a.choice + b.choice) for a in hull(own(name, False)) for b in hull(inner)]
             structural = [o for o in own(name, True)[1:] if any(c and c.structural for _, c, _ in o.choice)]
             units.append(LayerOptions(name, hull(joint + structural)))
-        return cls(units, model, input_shape, correction, inputs, quantization)
+        return cls(units, model, input_shape, correction, inputs, quantization, fit_images)
 
     def plan(self, log_lambda: float, shifts: Mapping[str, int] | None = None) -> RankPlan:
         lam = 10.0 ** log_lambda
@@ -122,8 +123,12 @@ class SearchSpace:
         chosen: Changes = ()
         for layer in self.layers:
             chosen += layer.pick(lam, shifts.get(layer.name, 0)).choice
-        return plan_of(chosen, model=self.model, input_shape=self.input_shape, correction=self.correction,
-                       inputs=self.inputs, quantization=self.quantization)
+        return plan_of(chosen, **self.plan_fields(), quantization=self.quantization)
+
+    def plan_fields(self) -> dict[str, object]:
+        """What every plan of the search records besides its layers: enough to rebuild its model alone."""
+        return {"model": self.model, "input_shape": self.input_shape, "correction": self.correction,
+                "inputs": self.inputs, "fit_images": self.fit_images}
 
     def additive_cost(self, log_lambda: float) -> float:
         """The plan's cost as a share of the original's, as the sum of its units' changes."""
