@@ -40,7 +40,6 @@ from dac_search.proxies.synthetic import AUTO, resolve_kind  # noqa: E402
 from dac_search.reconstruction.planning import default_settings  # noqa: E402
 from dac_search.zoo import input_shape_of, load_model  # noqa: E402
 
-
 WEIGHTS = {"mobilenet_v2": "IMAGENET1K_V1"}  # the weights among the assets
 
 

@@ -6,14 +6,14 @@ instead: the original in data-free int8, uniform DAC and a shallower network, ea
         [--methods LIST] [--precision LIST] [--threads 1] [--correction stream] [--reconstruct 10m]
 
 For every budget the real command runs (``dac-search --model M --budget Bx --device D``, data-free: no
-``--eval-data``, so the best plan is the one the proxy picks), ``dac-search export`` writes its best plan
-in the device runtime's format (ONNX for onnxruntime, ``.tflite`` for LiteRT), and that file is what is
-judged: its top-1 on the labelled images, run by that runtime, and its latency. Every exported plan, the original, the paper's uniform DAC (rank 1, 2
-and 3 on every conv but the first, with the same correction) and the shallower CIFAR ResNets (random
-weights: latency only, their top-1 the upstream fp32 figure on the full test set; ResNet-20 with its real
-weights, its top-1 measured), each also in int8 (every conv, quantized and calibrated on distilled images as
-the search's int8 plans are; a sibling only with real weights), are then timed in one interleaved session beside the original, so every
-ratio in the table is paired.
+``--eval-data``, so the best plan is the one the proxy picks), ``dac-search export`` writes its best plan in the
+device runtime's format (ONNX for onnxruntime, ``.tflite`` for LiteRT), and that file is what is judged: its
+top-1 on the labelled images, run by that runtime, and its latency. Every exported plan, the original, the
+paper's uniform DAC (rank 1, 2 and 3 on every conv but the first, with the same correction) and the shallower
+CIFAR ResNets (random weights: latency only, their top-1 the upstream fp32 figure on the full test set;
+ResNet-20 with its real weights, its top-1 measured), each also in int8 (every conv, quantized and calibrated on
+distilled images as the search's int8 plans are; a sibling only with real weights), are then timed in one
+interleaved session beside the original, so every ratio in the table is paired.
 
 With ``--reconstruct DURATION`` each search runs its reconstruction stage too (``dac-search --reconstruct``),
 and both its best closed-form plan and the plan ``export`` then picks (reconstructed) are judged, in rows of
@@ -44,8 +44,8 @@ from prune_quality import UPSTREAM_TOP1  # noqa: E402
 from dac_search.cost import CostModel  # noqa: E402
 from dac_search.eval_data import EvalData, load_eval_data  # noqa: E402
 from dac_search.export import export_for  # noqa: E402
-from dac_search.int8_model import Int8Model  # noqa: E402
 from dac_search.export.run import ExportedModel, export_run  # noqa: E402
+from dac_search.int8_model import Int8Model  # noqa: E402
 from dac_search.pareto import best_row  # noqa: E402
 from dac_search.plan import LayerChoice, RankPlan  # noqa: E402
 from dac_search.proxies.apply import decompose_model  # noqa: E402
@@ -213,10 +213,19 @@ def main(argv: list[str] | None = None) -> None:
                 closed = closed_form_best(out)
                 path = exported(decompose_model(model, out / closed.plan), f"closed-{budget:g}x")
                 stage = load_run(out).info.reconstruction
-                entries.append({"kind": "search", "label": f"{budget:g}x", "file": path, "top1": file_top1(path, data),
-                                "flops": closed.flops / base_flops, "search_s": seconds - (stage.spent_s if stage else 0),
-                                "search_ratio": closed.latency_ratio,
-                                "methods": method_counts(RankPlan.load(out / closed.plan)), "reconstructed": False})
+                entries.append(
+                    {
+                        "kind": "search",
+                        "label": f"{budget:g}x",
+                        "file": path,
+                        "top1": file_top1(path, data),
+                        "flops": closed.flops / base_flops,
+                        "search_s": seconds - (stage.spent_s if stage else 0),
+                        "search_ratio": closed.latency_ratio,
+                        "methods": method_counts(RankPlan.load(out / closed.plan)),
+                        "reconstructed": False,
+                    }
+                )
         int8 = exported(in_int8(model, model, args.model), "original-int8")
         entries.append({"kind": "original int8", "label": "", "file": int8, "top1": file_top1(int8, data),
                         "flops": 1.0})

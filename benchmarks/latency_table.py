@@ -82,7 +82,9 @@ def parse_settings(text: str) -> MeasureSettings:
         return TABLE_SETTINGS
     default = MeasureSettings()
     values = dict(pair.split("=", 1) for pair in text.split(":"))
-    return replace(default, **{k: type(getattr(default, k))(v) for k, v in values.items()})  # each as its default's type
+    return replace(
+        default, **{k: type(getattr(default, k))(v) for k, v in values.items()}
+    )  # each as its default's type
 
 
 def run_case(name: str, profiler: Profiler, args: argparse.Namespace, cache_dir: Path) -> list[CaseResult]:

@@ -8,8 +8,9 @@ Everything the allocators and corrections see is data-free (distilled inputs, ma
 cached); the shared real test images only measure the result. Every plan is rebuilt from the plan
 alone with ``decompose_model`` (its correction refitted on the default synthetic inputs), as an export would.
 The search row is ``dac-search --device none --budget <target>%flops`` (``--search-correction``, held-out KL, the
-defaults), reporting its best feasible plan by proxy. Greedy reads the single-layer KL table of ``default_proxy`` (a correction fitted on the default distilled
-batch, scored on a second one; cached under the dac-search cache dir, minutes for ResNet-56 on first use).
+defaults), reporting its best feasible plan by proxy. Greedy reads the single-layer KL table of ``default_proxy`` (a
+correction fitted on the default distilled batch, scored on a second one; cached under the dac-search cache dir, minutes
+for ResNet-56 on first use).
 """
 
 from __future__ import annotations
@@ -93,8 +94,16 @@ def main(argv: list[str] | None = None) -> None:
         print()
 
 
-def run_model(spec: str, targets: list[float], rows: list[str], methods: list[str], lazy: bool,
-              limit: int | None, search_trials: int = 0, search_correction: str | None = SearchConfig.correction) -> str:
+def run_model(
+    spec: str,
+    targets: list[float],
+    rows: list[str],
+    methods: list[str],
+    lazy: bool,
+    limit: int | None,
+    search_trials: int = 0,
+    search_correction: str | None = SearchConfig.correction,
+) -> str:
     started = time.perf_counter()
     model = load_model(spec)
     costs = CostModel(model, INPUT_SHAPE)

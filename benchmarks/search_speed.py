@@ -1,7 +1,8 @@
 """Search speed: trials per minute and total time, with no device and with the local device.
 
     .venv/bin/python benchmarks/search_speed.py [--trials 200] [--model torchvision.models:resnet50]
-        [--input-shape 1,3,224,224] [--devices none,local] [--budget 50%flops] [--latency-budget 0.6x] [--correction refit]
+        [--input-shape 1,3,224,224] [--devices none,local] [--budget 50%flops] [--latency-budget 0.6x]
+        [--correction refit]
 
 resnet50 is built with random weights (no download): speed does not depend on the values. The
 one-off set-up (distilled inputs, layer sensitivities, latency table, up to the first trial's end) and the

@@ -67,7 +67,10 @@ def mask_agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, fl
     for label in torch.unique(torch.cat([reference.unique(), other.unique()])):
         a, b = reference == label, other == label
         ious.append(float((a & b).sum()) / max(1, int((a | b).sum())))
-    return {"pixel agreement %": 100 * float((reference == other).float().mean()), "mask mIoU %": 100 * sum(ious) / len(ious)}
+    return {
+        "pixel agreement %": 100 * float((reference == other).float().mean()),
+        "mask mIoU %": 100 * sum(ious) / len(ious),
+    }
 
 
 def detections(detector: nn.Module, pixels: torch.Tensor, score: float) -> list[dict[str, torch.Tensor]]:

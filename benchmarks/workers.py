@@ -16,7 +16,8 @@ study; "trials/min" is over it; "wall" adds each worker's start-up and its own s
 scheduler's array job starts them: every exit code, and the complete trials (exactly ``--trials``).
 ``--long``: one study of that many trials run by ``--long-workers`` workers, while this process, holding the
 study as a worker does, times the storage reads one trial makes (the surplus check, the plan looked up among
-the scored ones, the claimed count, trials.csv's rows) when the study reaches 100 trials and again at the end; and the study's own throughput around trial 100 and near the end, read off its timestamps. Both
+the scored ones, the claimed count, trials.csv's rows) when the study reaches 100 trials and again at the end; and the
+study's own throughput around trial 100 and near the end, read off its timestamps. Both
 need the throwaway cluster (no ``--storage``).
 """
 

@@ -142,7 +142,7 @@ def _uniform(model: nn.Module, costs: CostModel, rank: int | float, method: str,
             choices[name] = _choice(method, _uniform_rank(rank, max_rank(conv, method)))
             continue
         level = float(weight_errors(conv, "dac")[_uniform_rank(rank, max_rank(conv, "dac"))])
-        choices[name] = _cheapest(costs, name, _within(conv, methods, lambda e: e <= level + 1e-12))
+        choices[name] = _cheapest(costs, name, _within(conv, methods, lambda e: e <= level + 1e-12))  # noqa: B023 - called at once
     return _plan(costs.input_shape, choices)
 
 

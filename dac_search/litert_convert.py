@@ -36,7 +36,9 @@ def litert_torch() -> Any:
         with quiet_litert():
             import litert_torch as module
     except ImportError:
-        raise ConfigError(f"LiteRT models are converted by litert-torch, which is not installed: {LITERT_EXTRA}") from None
+        raise ConfigError(
+            f"LiteRT models are converted by litert-torch, which is not installed: {LITERT_EXTRA}"
+        ) from None
     return module
 
 

@@ -1,8 +1,8 @@
 """Pareto math on (cost, proxy), both minimised: the front, 2-D hypervolume, and the best pick.
 
-Pure functions over numbers and rows, no drawing; a leaf below the search, the report and export. ``pareto_front`` is the one front of the project: the
-search picks pareto.csv with it, and the report (its fallback for an interrupted run, the hypervolume)
-and ``export --pick best`` use it too, so they cannot disagree about which plans are on the front.
+Pure functions over numbers and rows, no drawing; a leaf below the search, the report and export. ``pareto_front`` is
+the one front of the project: the search picks pareto.csv with it, and the report (its fallback for an interrupted run,
+the hypervolume) and ``export --pick best`` use it too, so they cannot disagree about which plans are on the front.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ classifier stay float. Format ``plan@1`` (no precision) is still read.
 search scores with, see ``dac_search.proxies.correction.fit_of``), so the plan alone rebuilds its model.
 
 ``{"method": "prune", "rank": r}`` on a producer conv keeps r of its output channels, and ``"rank": 0``
-removes the residual branch it starts (see ``dac_search.decompose.prune``); its consumer may be factorised in the same plan. One name, one choice:
+removes the residual branch it starts (see ``dac_search.decompose.prune``); its consumer may be factorised in the same
+plan. One name, one choice:
 a plan file that lists a layer twice is refused rather than read as whichever came last.
 """
 

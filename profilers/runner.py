@@ -50,7 +50,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 EXIT_OK = 0
 EXIT_BAD_JOB = 3

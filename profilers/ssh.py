@@ -93,7 +93,9 @@ class SshProfiler(Profiler):
         if config.kind != "ssh" or not config.hosts:
             raise DeviceConfigError(f"device {config.name} is not an ssh device with a host")
         if host is not None and host not in config.hosts:
-            raise DeviceConfigError(f"host {host!r} is not one of device {config.name}'s hosts: {', '.join(config.hosts)}")
+            raise DeviceConfigError(
+                f"host {host!r} is not one of device {config.name}'s hosts: {', '.join(config.hosts)}"
+            )
         self.config = config
         self.name = config.name
         self.runtime = config.runtime

@@ -17,8 +17,8 @@ from dac_search.atomic import WriteFailed, write_text_atomic
 def test_files_get_the_mode_the_umask_gives(tmp_path: Path) -> None:
     for umask, mode in ((0o022, 0o644), (0o077, 0o600)):
         target = tmp_path / f"run-{umask:o}.json"
-        code = ("import os; os.umask(%d); from dac_search.atomic import write_text_atomic; "
-                "write_text_atomic(%r, '{}')") % (umask, str(target))
+        code = (f"import os; os.umask({umask}); from dac_search.atomic import write_text_atomic; "
+                f"write_text_atomic({str(target)!r}, '{{}}')")
         subprocess.run([sys.executable, "-c", code], check=True)
         assert target.stat().st_mode & 0o777 == mode
 

@@ -29,9 +29,19 @@ def test_decompose_writes_onnx_and_prints_the_layer_table(hub_cache, tmp_path) -
 
 def test_decompose_applies_a_plan_that_prunes_and_factorises(hub_cache, tmp_path) -> None:
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"format": "dac-search/plan@1", "model": "cifar10-resnet20", "input_shape": [1, 3, 32, 32],
-                                "layers": {"layer1.0.conv1": {"method": "prune", "rank": 12},
-                                           "layer3.1.conv2": {"method": "dac", "rank": 2}}}))
+    plan.write_text(
+        json.dumps(
+            {
+                "format": "dac-search/plan@1",
+                "model": "cifar10-resnet20",
+                "input_shape": [1, 3, 32, 32],
+                "layers": {
+                    "layer1.0.conv1": {"method": "prune", "rank": 12},
+                    "layer3.1.conv2": {"method": "dac", "rank": 2},
+                },
+            }
+        )
+    )
     out = tmp_path / "r20.onnx"
     result = run_cli("decompose", "--model", "cifar10-resnet20", "--plan", str(plan), "-o", str(out))
     assert result.returncode == 0, result.stderr

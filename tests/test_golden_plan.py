@@ -26,6 +26,7 @@ def test_a_stored_plan_rebuilds_the_outputs_it_gave_when_it_was_written(hub_cach
     with torch.no_grad():
         logits = model(inputs)
     # the distillation, the refit and ONNX Runtime's quantizer are deterministic here; the tolerance is for
-    # another CPU's float rounding, far below what a changed default moves (fit on 128 images, or percentile calibration: 0.9 and 1.0)
+    # another CPU's float rounding, far below what a changed default moves (fit on 128 images, or percentile
+    # calibration: 0.9 and 1.0)
     torch.testing.assert_close(logits, expected, atol=0.03, rtol=0.0)
     assert torch.equal(logits.argmax(1), expected.argmax(1))

@@ -27,8 +27,8 @@ from dac_search.proxies.correction import default_input_count, default_inputs
 from profilers.base import MeasureSettings
 from profilers.devices import load_device
 from profilers.local import LocalProfiler
-from tests.profilers.conftest import write_device
 from tests.conftest import top1
+from tests.profilers.conftest import write_device
 
 SHAPE = (1, 3, 32, 32)
 CONVS = ["conv1", *(f"layer{s}.{b}.conv{c}" for s in (1, 2, 3) for b in range(3) for c in (1, 2))]
@@ -89,7 +89,9 @@ def test_the_plan_rebuilds_the_same_int8_model_and_export_writes_it(resnet20, tm
     assert isinstance(first, Int8Model) and first.onnx_bytes() == second.onnx_bytes()
     graph = onnx.load_from_string(first.onnx_bytes()).graph
     producer = {out: node.op_type for node in graph.node for out in node.output}
-    int8 = {node.name for node in graph.node if node.op_type == "Conv" and producer.get(node.input[1]) == "DequantizeLinear"}
+    int8 = {
+        node.name for node in graph.node if node.op_type == "Conv" and producer.get(node.input[1]) == "DequantizeLinear"
+    }
     # every factor of an int8 layer has int8 weights; fp32 layers, factorised or kept, keep float weights
     assert {"/conv1/Conv", "/layer1/layer1.0/conv1/pointwise/Conv", "/layer1/layer1.0/conv1/depthwise.0/Conv",
             "/layer1/layer1.1/conv1/Conv", "/layer2/layer2.1/conv2/vertical/Conv"} <= int8

@@ -61,7 +61,10 @@ def test_plan_json_round_trip(tmp_path) -> None:
                     input_shape=(1, 3, 32, 32))
     path = plan.save(tmp_path / "plan.json")
     data = json.loads(path.read_text())
-    assert data["format"] == "dac-search/plan@2" and data["layers"]["layer3.8.conv2"] == {"method": "spatial", "rank": 40}
+    assert data["format"] == "dac-search/plan@2" and data["layers"]["layer3.8.conv2"] == {
+        "method": "spatial",
+        "rank": 40,
+    }
     assert RankPlan.load(path) == plan
     assert RankPlan.coerce(data) == plan and RankPlan.coerce(str(path)) == plan
     assert "inputs" not in data  # auto, the default, is not written

@@ -109,12 +109,20 @@ def test_a_conv_feeding_a_residual_add_is_refused_in_one_line() -> None:
     assert "\n" not in message and "'layer1.0.conv2' cannot be pruned" in message and "residual add" in message
 
 
-@pytest.mark.parametrize("layers, match", [
-    ({"conv1": {"method": "prune", "rank": 8}}, "read by 2 operations"),  # the stem feeds a block and its shortcut
-    ({"layer1.0.conv1": {"method": "prune", "rank": 17}}, r"keeps 1\.\.16 output channels \(0 removes the branch\), got 17"),
-    ({"layer1.0.conv1": {"method": "prune", "rank": 8}, "layer1.0.conv2": {"method": "spatial", "rank": 30}},
-     "exceeds the limit 24 .*at its pruned input width 8"),  # 48 at the full width
-])
+@pytest.mark.parametrize(
+    "layers, match",
+    [
+        ({"conv1": {"method": "prune", "rank": 8}}, "read by 2 operations"),  # the stem feeds a block and its shortcut
+        (
+            {"layer1.0.conv1": {"method": "prune", "rank": 17}},
+            r"keeps 1\.\.16 output channels \(0 removes the branch\), got 17",
+        ),
+        (
+            {"layer1.0.conv1": {"method": "prune", "rank": 8}, "layer1.0.conv2": {"method": "spatial", "rank": 30}},
+            "exceeds the limit 24 .*at its pruned input width 8",
+        ),  # 48 at the full width
+    ],
+)
 def test_bad_prunings_are_refused(layers: dict, match: str) -> None:
     with pytest.raises(PlanError, match=match):
         replace_layers(CifarResNet(20), {"layers": layers})
@@ -191,8 +199,16 @@ def test_the_cost_model_prices_a_pruned_plan_exactly(case: str) -> None:
         plan["layers"]["layer1.0.conv3"] = {"method": "channel", "rank": 7}  # a 1x1 consumer, at width 32
     else:  # the consumer has no bias and no BatchNorm after it: a refit adds a bias, which is priced too
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                              nn.Conv2d(8, 6, 3, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)).eval()
+        model = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 6, 3, bias=False),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(6, 4),
+        ).eval()
         shape = (1, 3, 12, 12)
         plan = _prune_plan(model, 0.5, ["0"], input_shape=shape, correction="refit")
     inputs = torch.randn(8, *shape[1:])
@@ -266,9 +282,16 @@ def test_every_cifar_block_can_lose_its_branch_but_not_a_projection_or_a_bottlen
 @pytest.mark.parametrize("correction", [None, "bias", "refit", "stream"])
 def test_a_removed_branch_is_a_constant_the_cost_model_prices_exactly(correction: str | None) -> None:
     model = _random_resnet20()
-    plan = {"input_shape": list(CIFAR), "correction": correction,
-            "layers": {"layer1.1.conv1": {"method": "prune", "rank": 0}, "layer2.0.conv1": {"method": "prune", "rank": 0},
-                       "layer3.0.conv1": {"method": "prune", "rank": 32}, "layer3.0.conv2": {"method": "dac", "rank": 2}}}
+    plan = {
+        "input_shape": list(CIFAR),
+        "correction": correction,
+        "layers": {
+            "layer1.1.conv1": {"method": "prune", "rank": 0},
+            "layer2.0.conv1": {"method": "prune", "rank": 0},
+            "layer3.0.conv1": {"method": "prune", "rank": 32},
+            "layer3.0.conv2": {"method": "dac", "rank": 2},
+        },
+    }
     torch.manual_seed(3)
     inputs = torch.randn(8, *CIFAR[1:])
     built = decompose_model(model, plan, inputs)
@@ -322,7 +345,9 @@ def test_an_inverted_residual_is_pruned_through_its_depthwise_conv_at_the_exact_
                 module.bias.normal_(0, 0.5)
     sites = prune_sites(model)
     expand = sites["features.2.conv.0.0"]
-    assert expand.through == (("features.2.conv.1.0", "features.2.conv.1.1"),) and expand.consumer == "features.2.conv.2"
+    assert (
+        expand.through == (("features.2.conv.1.0", "features.2.conv.1.1"),) and expand.consumer == "features.2.conv.2"
+    )
     assert expand.last_norm == "features.2.conv.1.1" and not expand.removable
     assert isinstance(sites["features.2.conv.1.0"], str)  # a depthwise conv is passed through, not a producer
     plan = {"input_shape": list(SMALL), "layers": {

@@ -28,7 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--variant", choices=DAC_VARIANTS, default="grouped", help="how DAC layers are laid out")
     parser.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                         help="layers to keep with --rank (repeatable), e.g. conv1")
-    parser.add_argument("-o", "--output", required=True, help="output file: .onnx, .ts (TorchScript) or .pt (state dict + plan)")
+    parser.add_argument(
+        "-o", "--output", required=True, help="output file: .onnx, .ts (TorchScript) or .pt (state dict + plan)"
+    )
     parser.set_defaults(run=run)
 
 

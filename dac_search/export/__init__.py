@@ -5,7 +5,6 @@ from __future__ import annotations
 from dac_search.export.formats import (
     EXPORT_FORMATS,
     FORMATS,
-    ONNX_OPSET,
     PT_FORMAT,
     export_for,
     export_model,
@@ -16,6 +15,7 @@ from dac_search.export.formats import (
     format_of,
     load_pt_export,
 )
+from dac_search.onnx_file import ONNX_OPSET
 
 __all__ = [
     "EXPORT_FORMATS", "FORMATS", "ONNX_OPSET", "PT_FORMAT", "export_for", "export_model", "export_onnx", "export_pt",

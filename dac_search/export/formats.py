@@ -16,7 +16,7 @@ from dac_search.atomic import atomic_path
 from dac_search.errors import ConfigError
 from dac_search.int8_model import Int8Model, check_int8_runtime
 from dac_search.litert_convert import convert_to_tflite
-from dac_search.onnx_file import ONNX_OPSET, export_onnx
+from dac_search.onnx_file import export_onnx
 from dac_search.plan import RankPlan
 
 FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".pt": "pt", ".tflite": "tflite"}
@@ -53,8 +53,15 @@ def export_pt(model: nn.Module, path: str | os.PathLike[str], plan: RankPlan, sp
 
     Read back with ``load_pt_export``; needs this package, but no pickled code (``weights_only=True``).
     """
-    record = {"format": PT_FORMAT, "model": spec, "weights": weights,
-              "input_shape": list(plan.input_shape or ()), "plan": plan.to_dict(), **(provenance or {}), "state_dict": model.state_dict()}
+    record = {
+        "format": PT_FORMAT,
+        "model": spec,
+        "weights": weights,
+        "input_shape": list(plan.input_shape or ()),
+        "plan": plan.to_dict(),
+        **(provenance or {}),
+        "state_dict": model.state_dict(),
+    }
     with atomic_path(path) as tmp:
         torch.save(record, tmp)
     return Path(path)

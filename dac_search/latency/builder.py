@@ -196,11 +196,16 @@ class LatencyTableBuilder:
         seen: set[str] = set()
         for name in names:
             geo, conv = geometry[name], model.get_submodule(name)
-            layer_jobs = [(candidate_key(choice, precision), _layer_factory(conv, choice, precision, geo.in_channels,
-                                                                            geo.in_hw, batch), geo.in_channels)
-                          for precision in precisions
-                          for choice in [None, *offered.get(name, [])]
-                          if (choice is None or choice.rank) and (precision == FP32 or not (choice and choice.structural))]
+            layer_jobs = [
+                (
+                    candidate_key(choice, precision),
+                    _layer_factory(conv, choice, precision, geo.in_channels, geo.in_hw, batch),
+                    geo.in_channels,
+                )
+                for precision in precisions
+                for choice in [None, *offered.get(name, [])]
+                if (choice is None or choice.rank) and (precision == FP32 or not (choice and choice.structural))
+            ]
             layer_jobs += [(f"{INPUTS}/{width}", _slim_factory(conv, width), width) for width in inputs.get(name, [])]
             for candidate, factory, channels in layer_jobs:
                 key = cache.layer_key(geo.key(), batch, candidate)

@@ -33,7 +33,8 @@ def measure_models(pool: DevicePool, models: Sequence[nn.Module], input_shape: S
 
 def measure_beside(pool: DevicePool, reference: nn.Module, models: Sequence[nn.Module],
                    input_shape: Sequence[int]) -> list[Paired]:
-    """Each model timed in one interleaved session with ``reference`` on the same host (``DevicePool.measure_beside``)."""
+    """Each model timed in one interleaved session with ``reference`` on the same host
+    (``DevicePool.measure_beside``)."""
     if not models:
         return []
     with _exported(pool.config.runtime, [reference, *models], input_shape) as paths:

@@ -49,7 +49,11 @@ class CandidateKey:
     precision: str = FP32
 
     def __str__(self) -> str:
-        parts = [self.prefix, *([] if self.rank is None else [str(self.rank)]), *([self.variant] if self.variant else [])]
+        parts = [
+            self.prefix,
+            *([] if self.rank is None else [str(self.rank)]),
+            *([self.variant] if self.variant else []),
+        ]
         return "/".join(parts) + ("" if self.precision == FP32 else f"@{self.precision}")
 
     @classmethod
@@ -199,8 +203,10 @@ class LatencyTable:
         ranks = sorted(key.rank for key in map(CandidateKey.parse, row)
                        if (key.prefix, key.variant, key.precision) == (prefix, variant, precision) and key.rank)
         if not ranks:
-            raise PlanError(f"latency table has no {CandidateKey(prefix, None, variant, precision)} timings for layer {layer!r}; rebuild it with that "
-                            "method and precision")
+            raise PlanError(
+                f"latency table has no {CandidateKey(prefix, None, variant, precision)} timings for layer {layer!r}; "
+                "rebuild it with that method and precision"
+            )
 
         def at(r: int) -> float:
             return row[str(CandidateKey(prefix, r, variant, precision))].median_ms

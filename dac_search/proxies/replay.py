@@ -110,14 +110,14 @@ def _replaying(network: nn.Module, prefix: Prefix) -> Iterator[None]:
         for name, outputs in prefix.outputs.items():
             module = network.get_submodule(name)
             patched.append((module, module.__dict__.get("forward")))
-            module.forward = replay(module, outputs)  # type: ignore[method-assign]
+            module.forward = replay(module, outputs)
         yield
     finally:
         for module, own in patched:
             if own is None:
                 del module.forward
             else:
-                module.forward = own  # type: ignore[method-assign]
+                module.forward = own
 
 
 def run_network(network: nn.Module, inputs: torch.Tensor, partial: PartialPass | None = None) -> torch.Tensor | None:

@@ -19,14 +19,14 @@ import torch
 from dac_search.atomic import write_text_atomic
 from dac_search.decompose import decomposable_layers, rank_limit
 from dac_search.errors import ConfigError
-from dac_search.proxies.layer import RankChoice, resolve_ranks
 from dac_search.int8_model import Int8Model
 from dac_search.plan import RankPlan
 from dac_search.precision import INT8, QuantScheme
+from dac_search.progress import OnProgress
 from dac_search.proxies.calibration import calibration_inputs
+from dac_search.proxies.layer import RankChoice, resolve_ranks
 from dac_search.proxies.model import ModelProxy, layer_sensitivity
 from dac_search.proxies.outputs import compare, distributions_of
-from dac_search.progress import OnProgress
 from dac_search.proxies.synthetic import cache_root, model_fingerprint
 
 Key = tuple[str, str, int]
@@ -70,7 +70,9 @@ def cached_int8_sensitivity(proxy: ModelProxy, layers: Sequence[str], scheme: Qu
             if name:
                 model = proxy.build(RankPlan(precisions={name: INT8}, input_shape=shape, quantization=scheme))
             else:
-                model = Int8Model(proxy.model, frozenset(), scheme, calibration_inputs(proxy.model, shape, scheme), shape)
+                model = Int8Model(
+                    proxy.model, frozenset(), scheme, calibration_inputs(proxy.model, shape, scheme), shape
+                )
             with torch.no_grad():
                 known[(name, method, 0)] = compare(proxy.reference_logits, model(proxy.inputs), distributions).kl
             if on_progress is not None:

@@ -244,7 +244,7 @@ def probe_seconds(runner: RegionRunner, regions: list[Region], todo: list[bool],
         target = _forward(runner, region, x)
         if todo[index]:
             stamps: list[float] = []
-            fit(index, region, x, target, lambda step: stamps.append(time.perf_counter()))
+            fit(index, region, x, target, lambda step: stamps.append(time.perf_counter()))  # noqa: B023 - during fit
             cost += (stamps[-1] - stamps[0]) / (probe_steps - 1)
         x = target
     return cost

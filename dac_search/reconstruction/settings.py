@@ -95,7 +95,11 @@ class ReconstructionSettings:
         unknown = set(data) - known
         if unknown:
             raise PlanError(f"reconstruction: unknown keys {sorted(unknown)}")
-        values = {key: float(v) if key in ("lr", "logit_lr", "rounding_lr") and isinstance(v, int) and not isinstance(v, bool)
-                  else v for key, v in data.items()}
+        values = {
+            key: float(v)
+            if key in ("lr", "logit_lr", "rounding_lr") and isinstance(v, int) and not isinstance(v, bool)
+            else v
+            for key, v in data.items()
+        }
         # what a plan meant before it said: cut by ops, its logit steps at the regions' rate
         return cls(**{"regions": "ops", "logit_lr": values.get("lr", cls.lr), **values})

@@ -138,11 +138,24 @@ def hypervolume_svg(curve: HypervolumeCurve, name: str = "plot-hypervolume") -> 
         fig = Figure(figsize=(5.6, 3.0), layout="constrained")
         ax = fig.add_subplot()
         if curve.trials:
-            ax.step(curve.trials, [v / curve.axis.scale for v in curve.values], where="post", color=RED, lw=1.5, label="search",
-                    gid="curve")
+            ax.step(
+                curve.trials,
+                [v / curve.axis.scale for v in curve.values],
+                where="post",
+                color=RED,
+                lw=1.5,
+                label="search",
+                gid="curve",
+            )
         if curve.uniform is not None:
-            ax.axhline(curve.uniform / curve.axis.scale, ls="--", lw=1, color=BLUE, label="uniform rank (within budget)",
-                       gid="uniform")
+            ax.axhline(
+                curve.uniform / curve.axis.scale,
+                ls="--",
+                lw=1,
+                color=BLUE,
+                label="uniform rank (within budget)",
+                gid="uniform",
+            )
         ax.set_title("Hypervolume against trials", loc="left")
         ax.set_xlabel("trial")
         ax.set_ylabel(f"hypervolume ({curve.axis.unit} × proxy)")

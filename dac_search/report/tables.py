@@ -66,7 +66,8 @@ def _speedup(base: Baseline, row: TrialRow | None) -> float | None:
 def pareto_table(data: ReportData) -> TextTable:
     """The original model, then the Pareto points by cost: what a person chooses from."""
     base = data.results.info.baseline
-    headers = ["Trial", "Proxy", "FLOPs (M)", "FLOPs ×", "Params (K)"]
+    scored = data.results.info.proxy.n  # agreement moves in steps of 1/n: say n
+    headers = ["Trial", "Proxy", f"Agrees (% of {scored} synthetic)", "FLOPs (M)", "FLOPs ×", "Params (K)"]
     if data.has_latency:
         headers += ["Latency (ms)", "IQR (ms)", "Speed-up"]
     if data.has_top1:
@@ -80,9 +81,11 @@ def pareto_table(data: ReportData) -> TextTable:
         proxy = base.proxy if row is None else row.proxy
         flops = base.flops if row is None else row.flops
         params = base.params if row is None else row.params
+        agreement = 1.0 if row is None else row.agreement
         values = [
             label,
             fmt_float(proxy, 4),
+            fmt_float(None if agreement is None else 100.0 * agreement, 1),
             _scaled(flops, 1e6, 2),
             fmt_ratio(_ratio(flops, base.flops)),
             _scaled(params, 1e3, 1),
@@ -100,7 +103,7 @@ def pareto_table(data: ReportData) -> TextTable:
         return (*values, note)
 
     def reference(point: ReferencePoint) -> tuple[str, ...]:
-        values = [point.label, fmt_float(point.proxy, 4), _scaled(point.flops, 1e6, 2),
+        values = [point.label, fmt_float(point.proxy, 4), DASH, _scaled(point.flops, 1e6, 2),
                   fmt_ratio(_ratio(point.flops, base.flops)), _scaled(point.params, 1e3, 1)]
         if data.has_latency:
             speedup = 1.0 / point.latency_ratio if point.latency_ratio else _ratio(base.latency_ms, point.latency_ms)
@@ -255,11 +258,15 @@ def condition_items(data: ReportData) -> tuple[tuple[str, str], ...]:
         items.append(("Device", "none (cost = FLOPs, no latency measured)"))
     else:
         items += [("Device", info.device.name), ("Runtime", info.device.runtime)]
-        items += [(key, _detail_text(value)) for key, value in info.device.details if value is not None]
+        items += [(key.replace("_", " "), _detail_text(value)) for key, value in info.device.details
+                  if key not in _SAID_ALREADY and value not in (None, "", [], {})]
     items += [("Input shape", "×".join(str(n) for n in info.input_shape)), ("Seed", str(info.seed))]
     items.append(("Command", info.command))
     items += [(f"{name} version", version) for name, version in info.versions]
     return tuple(items)
+
+
+_SAID_ALREADY = {"name", "device", "runtime", "ok"}  # a device's report of itself repeats what the rows above say
 
 
 def _detail_text(value: Any) -> str:

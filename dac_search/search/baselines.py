@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-
 from dac_search.decompose import max_rank
 from dac_search.errors import PlanError
 from dac_search.eval_data import EvalData, top1
@@ -45,7 +44,9 @@ def uniform_baseline(ctx: SearchContext) -> list[UniformPoint]:
     return rows
 
 
-def with_top1(ctx: SearchContext, run_dir: Path, front: Sequence[TrialRow], data: EvalData) -> tuple[list[TrialRow], float]:
+def with_top1(
+    ctx: SearchContext, run_dir: Path, front: Sequence[TrialRow], data: EvalData
+) -> tuple[list[TrialRow], float]:
     """The front with the real top-1 of each plan's model as ``dac-search export`` writes it, and the original's."""
     rows = [replace(p, top1=top1(decompose_model(ctx.model, run_dir / p.plan), data)) for p in front]
     return rows, top1(ctx.model, data)

@@ -38,6 +38,7 @@ from dac_search.zoo import input_shape_of, load_model
 from profilers.devices import load_device
 from profilers.pool import DevicePool
 
+
 @dataclass(frozen=True)
 class PlanScore:
     """What the search minimises for a plan, and the two measurements it combines.

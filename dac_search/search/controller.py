@@ -94,8 +94,11 @@ def _previous_run(run_dir: Path, config: SearchConfig, identity: SearchIdentity)
     if previous.settings:
         refuse_difference(str(run_dir), dict(previous.settings), identity.settings)
         return previous
-    for key, before, value in (("model", previous.model, config.model), ("budget", previous.budget.text, config.budget.text),
-                               ("device_spec", previous.device_spec, config.device)):
+    for key, before, value in (
+        ("model", previous.model, config.model),
+        ("budget", previous.budget.text, config.budget.text),
+        ("device_spec", previous.device_spec, config.device),
+    ):
         if before != value:
             raise ConfigError(f"{run_dir} holds a search with {key} {before!r}, not {value!r}: pick another --out")
     return previous

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import platform
 import subprocess
-from pathlib import Path
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from pathlib import Path
 
 from dac_search.budget import Budget
 from dac_search.proxies.synthetic import resolve_kind
@@ -27,7 +27,7 @@ PROXY_KIND = "geometric mean of the whole-plan KL and the sum of single-layer KL
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def versions() -> tuple[tuple[str, str], ...]:

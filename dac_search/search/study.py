@@ -20,9 +20,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dac_search.errors import ConfigError
 from dac_search.redact import mask_url
-from dac_search.search.storage_setup import setup_lock, with_retries
 from dac_search.search.identity import SearchIdentity, refuse_difference
 from dac_search.search.space import SearchSpace
+from dac_search.search.storage_setup import setup_lock, with_retries
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 CLAIM_WITHIN_S = 10.0  # a live worker claims its trial within milliseconds of asking for it

@@ -89,7 +89,10 @@ def test_unknown_device_name_lists_the_known_ones() -> None:
 
 def test_missing_key_file_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "d.toml").write_text(f'kind = "ssh"\nhost = "127.0.0.1"\nkey = "{tmp_path}/absent"\n')
-    with make_profiler(load_device(tmp_path / "d.toml")) as profiler, pytest.raises(DeviceConfigError, match="absent does not exist"):
+    with (
+        make_profiler(load_device(tmp_path / "d.toml")) as profiler,
+        pytest.raises(DeviceConfigError, match="absent does not exist"),
+    ):
         profiler.info()
 
 

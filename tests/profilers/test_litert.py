@@ -107,9 +107,12 @@ def test_an_int8_plan_is_written_for_litert_as_the_model_the_proxy_scored(hub_ca
 
     shape = (1, 3, 32, 32)
     resnet20 = load_model("cifar10-resnet20")
-    plan = RankPlan({"layer1.0.conv1": LayerChoice("dac", 2, "stacked"), "layer3.0.conv1": LayerChoice("dac", 3, "grouped")},
-                    "cifar10-resnet20", shape,
-                    precisions={"conv1": "int8", "layer1.0.conv1": "int8", "layer2.1.conv2": "int8"})
+    plan = RankPlan(
+        {"layer1.0.conv1": LayerChoice("dac", 2, "stacked"), "layer3.0.conv1": LayerChoice("dac", 3, "grouped")},
+        "cifar10-resnet20",
+        shape,
+        precisions={"conv1": "int8", "layer1.0.conv1": "int8", "layer2.1.conv2": "int8"},
+    )
     int8 = decompose_model(resnet20, plan)
     path = export_for("litert", int8, tmp_path / "mixed", shape)
     interpreter = Interpreter(model_path=str(path))

@@ -101,7 +101,7 @@ def test_a_pool_with_no_healthy_host_names_the_device(sshd: SshServer, tmp_path:
     assert "loopback-test" in str(raised.value) or "127.0.0.1" in str(raised.value)
     assert len(warnings) == 2
     with pytest.raises(ProfilerError, match="every host of device loopback-test has failed"):
-        pool.primary
+        _ = pool.primary
 
 
 def test_paired_measurement_times_each_model_beside_the_reference_on_its_own_host(

@@ -107,8 +107,12 @@ def test_info() -> None:
 def test_runner_imports_only_stdlib_and_runtimes() -> None:
     """It is uploaded alone to bare devices: nothing from this project, nothing but the runtimes."""
     tree = ast.parse(RUNNER.read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
     assert imported - set(sys.stdlib_module_names) == {"numpy", "onnxruntime", "torch", "ai_edge_litert"}
 
 

@@ -147,7 +147,8 @@ def test_the_device_cache_evicts_least_recently_used_models_above_its_cap(sshd: 
 def test_ssh_config_alias_is_honoured(sshd: SshServer, tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
     ssh_config = tmp_path / "ssh_config"
     ssh_config.write_text(
-        f"Host testbox\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n  IdentityFile {sshd.client_key}\n"
+        f"Host testbox\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n"
+        f"  IdentityFile {sshd.client_key}\n"
     )
     config = load_device(sshd.device_toml(tmp_path / "d.toml", host="testbox", port=None, user=None, key=None))
     with SshProfiler(config, ssh_config=ssh_config) as profiler:
@@ -163,7 +164,8 @@ def test_aliases_resolve_as_openssh_does_with_include_and_proxyjump(
     require(shutil.which("ssh") is not None, "the OpenSSH client (ssh) is missing")
     (tmp_path / "config.d").mkdir()
     (tmp_path / "config.d" / "boards").write_text(
-        f"Host jumpbox\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n  IdentityFile {sshd.client_key}\n"
+        f"Host jumpbox\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n"
+        f"  IdentityFile {sshd.client_key}\n"
         f"Host board\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n  IdentityFile {sshd.client_key}\n"
         f"  ProxyJump jumpbox\n"
     )
@@ -265,7 +267,9 @@ def test_python_without_runtime(sshd: SshServer, tmp_path: Path, tiny_models: tu
             profiler.measure(tiny_models[0], (1, 3, 16, 16))
 
 
-def test_hanging_runner_is_killed_on_the_device(sshd: SshServer, tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+def test_hanging_runner_is_killed_on_the_device(
+    sshd: SshServer, tmp_path: Path, tiny_models: tuple[Path, Path]
+) -> None:
     marker = f"dac-hang-{uuid.uuid4().hex}"
     python = tmp_path / "hangpython"
     python.write_text(f'#!/bin/sh\ncase "$*" in *--job*) exec {sys.executable} -c "import time; time.sleep(600)" '

@@ -20,13 +20,17 @@ def test_the_shortcuts_are_the_parameter_free_paths_of_removable_branches() -> N
     model = CifarResNet(20).eval()
     shortcuts = residual_shortcuts(model)
     assert sorted(shortcuts) == sorted(f"layer{s}.{b}.conv2" for s in (1, 2, 3) for b in range(3))
-    assert shortcuts["layer2.0.conv2"].producer == "layer2.0.conv1" and shortcuts["layer2.0.conv2"].norm == "layer2.0.bn2"
+    assert (
+        shortcuts["layer2.0.conv2"].producer == "layer2.0.conv1" and shortcuts["layer2.0.conv2"].norm == "layer2.0.bn2"
+    )
     x = torch.randn(2, 16, 32, 32)
     assert torch.equal(shortcuts["layer1.1.conv2"].path(x), x)  # identity
     assert torch.equal(shortcuts["layer2.0.conv2"].path(x), model.layer2[0].shortcut(x))  # option A: subsample, pad
     resnet18 = residual_shortcuts(torchvision.models.resnet18())
     assert "layer1.0.conv2" in resnet18 and "layer2.0.conv2" not in resnet18  # a projection shortcut has weights
-    assert residual_shortcuts(torchvision.models.resnet50()) == {}  # a bottleneck's branch input is not conv3's producer's
+    assert (
+        residual_shortcuts(torchvision.models.resnet50()) == {}
+    )  # a bottleneck's branch input is not conv3's producer's
 
 
 def _plan(rank: int, layers: tuple[str, ...], correction: str) -> RankPlan:

@@ -36,11 +36,15 @@ def test_html_has_the_pareto_table_with_the_best_plan_marked(rendered: Path) -> 
     html = (rendered / "report.html").read_text(encoding="utf-8")
     rows = table_rows(html, "pareto-table")
     assert [r[0] for r in rows] == ["original", *map(str, PARETO)]
-    # the original: proxy, MFLOPs, ms
-    assert rows[0][1:3] == ["0.0000", f"{BASELINE.flops / 1e6:.2f}"] and rows[0][5] == f"{BASELINE.latency_ms:.3f}"
+    # the original: proxy, agreement with itself, MFLOPs, ms
+    assert (
+        rows[0][1:4] == ["0.0000", "100.0", f"{BASELINE.flops / 1e6:.2f}"]
+        and rows[0][6] == f"{BASELINE.latency_ms:.3f}"
+    )
     best = final_row(BEST)
+    agreement = "-" if best.agreement is None else f"{100 * best.agreement:.1f}"
     assert rows[1 + PARETO.index(BEST)] == [
-        str(BEST), f"{best.proxy:.4f}", f"{best.flops / 1e6:.2f}", f"{best.flops / BASELINE.flops:.2f}×",
+        str(BEST), f"{best.proxy:.4f}", agreement, f"{best.flops / 1e6:.2f}", f"{best.flops / BASELINE.flops:.2f}×",
         f"{best.params / 1e3:.1f}", f"{best.latency_ms:.3f}", f"{best.latency_iqr_ms:.3f}",
         f"{1 / best.latency_ratio:.2f}×", f"{TOP1[BEST]:.2f}", "best",
     ]

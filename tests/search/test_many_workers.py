@@ -187,8 +187,8 @@ def test_what_a_trial_reads_from_the_storage_does_not_grow_with_the_study(tmp_pa
     """The bookkeeping of one trial - ask, claim, the surplus check, the plan looked up among scored ones,
     the rows of trials.csv, tell - runs the same statements and fetches the same trials at 20 trials as
     at 400 (counted with SQLAlchemy's event hooks on the worker's own engine)."""
-    from sqlalchemy import event
     from optuna.storages import RDBStorage
+    from sqlalchemy import event
 
     study = open_study(f"sqlite:///{tmp_path / 'study.db'}", 0, SearchIdentity("reads", ()))[0]
     engine = study._storage._backend.engine

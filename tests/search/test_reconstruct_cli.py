@@ -79,7 +79,11 @@ def test_ctrl_c_in_the_stage_keeps_the_run_and_the_same_command_resumes_it(hub_c
 
 
 def test_a_bad_reconstruction_budget_is_one_line(hub_cache, tmp_path) -> None:
-    for args in (("--reconstruct", "soon"), ("--reconstruct", "-5m"), ("--reconstruct", "1m", "--reconstruct-images", "0")):
+    for args in (
+        ("--reconstruct", "soon"),
+        ("--reconstruct", "-5m"),
+        ("--reconstruct", "1m", "--reconstruct-images", "0"),
+    ):
         result = run_cli(*STAGE, *args, "--out", str(tmp_path / "run"))
         assert result.returncode == 2, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
