@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dac_search.plan import RankPlan
-from dac_search.proxies.apply import decompose_model
+from dac_search.proxies.apply import build_model, decompose_model
 from dac_search.zoo import load_model
 
 ASSETS = Path(os.environ.get("DAC_SEARCH_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))
@@ -70,7 +70,7 @@ def real_top1(model_spec: str, plan: RankPlan | None, limit: int | None = None, 
     4x slower than the original model on CPU); ``check_dense`` shows it changes nothing.
     """
     model = _model(model_spec)
-    return top1(model if plan is None else decompose_model(model, plan, dense=dense), limit)
+    return top1(model if plan is None else build_model(model, plan, dense=dense), limit)
 
 
 def check_dense(model_spec: str, plan: RankPlan, images: int = 200) -> float:
@@ -78,7 +78,7 @@ def check_dense(model_spec: str, plan: RankPlan, images: int = 200) -> float:
     model = _model(model_spec)
     x, _ = cifar_test(images)
     with torch.no_grad():
-        return float((decompose_model(model, plan)(x) - decompose_model(model, plan, dense=True)(x)).abs().max())
+        return float((decompose_model(model, plan)(x) - build_model(model, plan, dense=True)(x)).abs().max())
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

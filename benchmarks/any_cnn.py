@@ -53,7 +53,7 @@ from dac_search.eval_data import IMAGENET_MEAN, IMAGENET_STD, EvalData, load_eva
 from dac_search.methods import PLAN_METHODS  # noqa: E402
 from dac_search.plan import RankPlan  # noqa: E402
 from dac_search.proxies import cached_layer_sensitivity, default_proxy  # noqa: E402
-from dac_search.proxies.apply import decompose_model  # noqa: E402
+from dac_search.proxies.apply import build_model, decompose_model  # noqa: E402
 from dac_search.proxies.synthetic import AUTO, resolve_kind, synthetic_inputs  # noqa: E402
 from dac_search.reconstruction.planning import default_settings, plan_settings  # noqa: E402
 from dac_search.rundir import load_run  # noqa: E402
@@ -119,7 +119,7 @@ def search_plan(case: Case, kind: str, target: float, trials: int, model: torch.
             if row.complete and row.plan and row.proxy is not None:
                 plan = RankPlan.load(outcome.run_dir / row.plan)
                 scored.setdefault(plan.to_json(), (row.proxy, row.feasible, plan))
-        real = [top1(decompose_model(model, p, dense=True), data) for _, _, p in scored.values()]
+        real = [top1(build_model(model, p, dense=True), data) for _, _, p in scored.values()]
         proxies = [-proxy for proxy, _, _ in scored.values()]
         feasible = [(proxy, r) for (proxy, ok, _), r in zip(scored.values(), real) if ok]
         regret = max(r for _, r in feasible) - min(feasible)[1]
@@ -152,7 +152,7 @@ def fidelity(name: str, case: Case, kinds: list[str], count: int, seed: int = 0)
         for plan in plans.values():
             scores.append(-proxy.score(plan).kl)
             fitted = replace(plan, correction="refit", inputs=plan_inputs)
-            real.append(top1(decompose_model(model, fitted, dense=True), data))
+            real.append(top1(build_model(model, fitted, dense=True), data))
         rows.append([kind if kind != AUTO else f"auto ({resolve_kind(model, kind, case.shape)})",
                      f"{spearman(scores, real):.3f}", f"{min(real):.1f}-{max(real):.1f}"])
     return (f"**{name}**: {len(plans)} random plans; proxy = held-out KL after refit\n\n"
@@ -204,7 +204,7 @@ def run_case(name: str, case: Case, targets: list[float], kinds: list[str], rows
                                  f"{searched.fidelity}")
                 plan = replace(plan, model=case.spec, input_shape=case.shape, correction="refit", inputs=plan_inputs)
                 kept = costs.cost(plan).flops / costs.baseline.flops
-                cells.append(f"{top1(decompose_model(model, plan, dense=True), data):.2f} ({kept:.0%})")
+                cells.append(f"{top1(build_model(model, plan, dense=True), data):.2f} ({kept:.0%})")
                 if row == "search" and reconstruct_s:
                     rebuilt.append(reconstructed_cell(model, plan, reconstruct_s, data))
             what = {"uniform": f"uniform {case.uniform_method} + refit", "greedy": "greedy on KL + refit",

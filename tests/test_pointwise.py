@@ -27,6 +27,7 @@ from dac_search.decompose import ChannelConv2d, check_decomposable, decomposable
 from dac_search.latency import LatencyTableBuilder
 from dac_search.latency.table import default_candidates
 from dac_search.proxies import ModelProxy, layer_error_table
+from dac_search.proxies.apply import build_model
 from profilers.base import Conditions, LatencyResult, Profiler
 
 torch.manual_seed(0)
@@ -182,7 +183,7 @@ def test_refit_of_a_factorised_1x1_runs_and_keeps_shapes(net: nn.Module) -> None
     for correction in (None, "bias", "refit"):
         plan = RankPlan(PLAN, input_shape=SHAPE, correction=correction)
         built = decompose_model(net, plan, inputs)
-        dense = decompose_model(net, plan, inputs, dense=True)
+        dense = build_model(net, plan, inputs, dense=True)
         for name, choice in PLAN.items():
             layer, conv = built.get_submodule(name), net.get_submodule(name)
             assert isinstance(layer, ChannelConv2d) and layer.rank == choice.rank

@@ -15,6 +15,7 @@ import torch
 from dac_search import decompose_model, load_model
 from dac_search.export import export_onnx
 from dac_search.proxies import ModelProxy, synthetic_inputs
+from dac_search.proxies.apply import build_model
 from dac_search.proxies.outputs import compare, leaves
 from dac_search.zoo.tasks import RawDetector
 from tests.conftest import NOBN_SPEC
@@ -131,5 +132,5 @@ def test_a_search_on_the_bn_free_net_beats_uniform_dac_in_real_top1(nobn_weights
     model = load_model(NOBN_SPEC, nobn_weights)
     data = load_eval_data(data_file, (0.5,), (0.5,), size=(32, 32))
     uniform = allocate("uniform", model, (1, 3, 32, 32), 0.4, "dac")  # the paper's way, with the same refit
-    uniform_top1 = top1(decompose_model(model, {**uniform.to_dict(), "correction": "refit"}, dense=True), data)
+    uniform_top1 = top1(build_model(model, {**uniform.to_dict(), "correction": "refit"}, dense=True), data)
     assert best.top1 is not None and best.top1 > uniform_top1 + 1.0, (best.top1, uniform_top1)

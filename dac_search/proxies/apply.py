@@ -63,20 +63,31 @@ PlanLike = RankPlan | Mapping[str, Any] | str | os.PathLike[str]
 
 
 def decompose_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | None = None, *,
-                    settings: RefitSettings | None = None, dense: bool = False,
-                    ref: Reference | None = None, branches: BranchInputs | None = None,
-                    partial: PartialPass | None = None, on_step: OnStep | None = None) -> nn.Module:
-    """The model ``plan`` names, in eval mode: a deep copy of ``model``, the original left untouched.
+                    on_step: OnStep | None = None) -> nn.Module:
+    """The model ``plan`` names, in eval mode: a deep copy of ``model``, the original left untouched. It is
+    the model ``dac-search export`` writes.
 
     A plan with int8 layers gives its int8 model (``dac_search.int8_model.Int8Model``: called, it runs the
-    quantized file in ONNX Runtime), calibrated as the plan's ``quantization`` says; ``dense`` gives the
-    float model alone.
+    quantized file in ONNX Runtime), calibrated as the plan's ``quantization`` says.
 
     ``plan``: a ``RankPlan``, its dict form or a path to its JSON. A plan with a correction needs its
     ``input_shape`` (every plan the search writes has it) to make the synthetic inputs the correction is
     fitted on; without one this raises ``ConfigError`` rather than return a model the plan does not name.
-    ``inputs``: fit the correction on these instead (what a ``ModelProxy`` scored with).
-    ``dense``: the same function with dense convs, to measure accuracy fast on CPU (never to deploy).
+    ``inputs``: fit the correction on these instead. A plan with a ``reconstruction`` is then fitted by
+    gradient steps, once per plan and weights (cached; a cut-off one resumes); ``on_step`` is called with
+    (steps done, steps in all) while it runs.
+    """
+    return build_model(model, plan, inputs, on_step=on_step)
+
+
+def build_model(model: nn.Module, plan: PlanLike, inputs: torch.Tensor | None = None, *,
+                settings: RefitSettings | None = None, dense: bool = False,
+                ref: Reference | None = None, branches: BranchInputs | None = None,
+                partial: PartialPass | None = None, on_step: OnStep | None = None) -> nn.Module:
+    """``decompose_model`` with the plumbing the proxy and the benchmarks use.
+
+    ``dense``: the same function with dense convs, to measure accuracy fast on CPU (never to deploy); an
+    int8 plan then gives its float model.
     ``ref``: the original model's reference on ``inputs`` at every layer, when the caller has it already
     (a ``ModelProxy`` does), so it is not computed again; ``branches``: likewise, under ``stream``, the
     residual branches of ``model`` (``stream_branches``), so the model is not traced again. ``partial``: the

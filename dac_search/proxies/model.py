@@ -28,7 +28,7 @@ from dac_search.methods import default_variant
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.progress import OnProgress, part_of
 from dac_search.proxies._hooks import eval_mode
-from dac_search.proxies.apply import decompose_model, stream_branches
+from dac_search.proxies.apply import build_model, stream_branches
 from dac_search.proxies.calibration import calibration_inputs, quantized
 from dac_search.proxies.correction import (
     PassResult,
@@ -197,7 +197,7 @@ class ModelProxy:
         """A plan that prunes changes widths, which the workbench's swap-in stand-ins cannot: it is built
         whole, by the function that builds every exported model, fitted on this proxy's inputs."""
         ref = self._reference if self.correction is not None else None
-        return decompose_model(self.model, plan, self.fit_inputs, settings=self.settings, dense=dense, ref=ref,
+        return build_model(self.model, plan, self.fit_inputs, settings=self.settings, dense=dense, ref=ref,
                                branches=self._branches, partial=partial)
 
 

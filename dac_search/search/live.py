@@ -44,7 +44,7 @@ class LiveView:
         if self._live:
             self._live.refresh()
         else:
-            self.console.print(Text(message, style="dim"))
+            self.console.print(Text(message, style="dim"), soft_wrap=True)  # one line a message in a log
 
     @property
     def progress_interval_s(self) -> float:
