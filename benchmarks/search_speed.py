@@ -6,7 +6,8 @@
 
 resnet50 is built with random weights (no download): speed does not depend on the values. The
 one-off set-up (distilled inputs, layer sensitivities, latency table, up to the first trial's end) and the
-final end-to-end measurement are timed apart from the trials;
+final end-to-end measurement are timed apart from the trials, and each stage's host or device seconds are
+read from run.json;
 each device runs with a cold dac-search cache, so its set-up is what a first search pays.
 """
 
@@ -23,7 +24,7 @@ from _common import method_counts
 
 from dac_search.budget import parse_budget
 from dac_search.export.run import pick_trial
-from dac_search.plan import RankPlan
+from dac_search.plan import CORRECTIONS, RankPlan
 from dac_search.proxies.correction import default_input_count
 from dac_search.rundir import load_run
 from dac_search.search.config import SearchConfig
@@ -33,15 +34,10 @@ from dac_search.shapes import parse_shape
 
 
 class TimedView(LiveView):
-    """The live view, remembering when each set-up step began and when the first and the last trial finished."""
+    """The live view, remembering when the first and the last trial finished."""
 
     first_trial_at: float | None = None
     last_trial_at: float | None = None
-    steps: list[tuple[float, str]] = []
-
-    def say(self, message: str) -> None:
-        TimedView.steps.append((time.monotonic(), message))
-        super().say(message)
 
     def trial_done(self, proxy: float, cost: float, feasible: bool) -> None:
         now = time.monotonic()
@@ -59,7 +55,7 @@ def main() -> None:
     parser.add_argument("--devices", default="none,local")
     parser.add_argument("--budget", default="50%flops", help="with --device none")
     parser.add_argument("--latency-budget", default="0.6x", help="with a device")
-    parser.add_argument("--correction", default="refit", choices=("refit", "bias", "none"))
+    parser.add_argument("--correction", default="refit", choices=(*CORRECTIONS, "none"))
     args = parser.parse_args()
     shape = parse_shape(args.input_shape)
     correction = None if args.correction == "none" else args.correction
@@ -74,7 +70,6 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["DAC_SEARCH_CACHE"] = str(Path(tmp) / "cache")
             TimedView.first_trial_at = TimedView.last_trial_at = None
-            TimedView.steps = []
             budget = args.budget if device == "none" else args.latency_budget
             config = SearchConfig(model=args.model, budget=parse_budget(budget), device=device,
                                   input_shape=shape, trials=args.trials, out=Path(tmp) / "run",
@@ -87,20 +82,13 @@ def main() -> None:
             rate = (args.trials - 1) / (last - first) * 60 if last > first else float("nan")
             print(f"| {device} | {budget} | {first - start:.1f} | {args.trials} | {last - first:.1f} | {rate:.0f} "
                   f"| {start + total - last:.1f} | {total:.1f} | {_best(Path(tmp) / 'run')} |", flush=True)
-            setups.append((device, _steps(start, first)))
-    for device, steps in setups:
-        print(f"\nset-up of `{device}`, step by step:\n\n| step | s |\n|---|---:|")
-        for message, seconds in steps:
-            print(f"| {message} | {seconds:.1f} |")
-
-
-def _steps(start: float, first_trial: float) -> list[tuple[str, float]]:
-    """Each set-up message the search said and the seconds until the next one (the last: until the first
-    trial ended)."""
-    said = [(at, message) for at, message in TimedView.steps if at < first_trial]
-    ends = [at for at, _ in said[1:]] + [first_trial]
-    return [("loading the model", said[0][0] - start)] * bool(said) + [
-        (message, end - at) for (at, message), end in zip(said, ends)]
+            setups.append((device, load_run(Path(tmp) / "run").info.stages))
+    for device, stages in setups:
+        print(f"\n`{device}`, stage by stage (run.json):\n\n| stage | waits on | s |\n|---|---|---:|")
+        for stage in stages:
+            print(f"| {stage.name} | {stage.where} | {stage.seconds:.1f} |")
+        for where in ("host", "device"):
+            print(f"| **{where}, in all** | | **{sum(s.seconds for s in stages if s.where == where):.1f}** |")
 
 
 def _best(run_dir: Path) -> str:
