@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from dac_search.commands._common import RECONSTRUCT_IMAGES_HELP, console, step_progress
-from dac_search.export import EXPORT_FORMATS
+from dac_search.export import EXPORT_FORMATS, format_of
 from dac_search.export.run import Reconstruct, export_run
 from dac_search.search.config import check_reconstruct_images, parse_duration
 
@@ -23,9 +23,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
              "else by proxy; or a trial number from the report",
     )
     parser.add_argument(
-        "--format", dest="fmt", choices=EXPORT_FORMATS, required=True,
+        "--format", dest="fmt", choices=EXPORT_FORMATS,
         help="onnx; torchscript (traced); pt: torch.save dict of the plan and the decomposed state dict, "
-             "read back with dac_search.export.load_pt_export",
+             "read back with dac_search.export.load_pt_export; tflite (LiteRT); default: by -o's suffix "
+             "(.onnx, .ts, .pt, .tflite)",
     )
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
     parser.add_argument("--model", help="the run's model spec, named again: needed where it runs code (file.py:fn, "
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     budget = parse_duration(args.reconstruct) if args.reconstruct else None
     check_reconstruct_images(args.reconstruct_images)
     with step_progress("reconstructing") as on_step:
-        exported = export_run(args.run_dir, args.output, args.fmt, args.pick, args.model,
+        exported = export_run(args.run_dir, args.output, format_of(args.output, args.fmt), args.pick, args.model,
                               Reconstruct(budget, args.reconstruct_images) if budget else None, on_step)
     row = exported.row
     details = [f"trial {row.trial}"]

@@ -37,12 +37,19 @@ def export(run_dir: Path, output: Path, *args: str) -> Path:
 
 def test_export_best_to_onnx(run_dir: Path, tmp_path: Path, expected: torch.Tensor,
                              capsys: pytest.CaptureFixture[str]) -> None:
-    output = export(run_dir, tmp_path / "out" / "best.onnx", "--format", "onnx")
+    output = export(run_dir, tmp_path / "out" / "best.onnx")  # the format read off the suffix
     assert f"trial {BEST}" in capsys.readouterr().out
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {session.get_inputs()[0].name: SAMPLE.numpy()})
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4)
     assert [p.name for p in output.parent.iterdir()] == ["best.onnx"], "no temp file left behind"
+
+
+def test_an_output_whose_suffix_names_no_format_is_one_line(run_dir: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", str(run_dir), "-o", str(tmp_path / "model.bin")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "cannot tell the format of" in err and ".onnx" in err
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
