@@ -26,7 +26,7 @@ from dac_search.budget import parse_budget
 from dac_search.export.run import pick_trial
 from dac_search.plan import CORRECTIONS, RankPlan
 from dac_search.proxies.correction import default_input_count
-from dac_search.rundir import load_run
+from dac_search.rundir import load_run, stage_seconds
 from dac_search.search.config import SearchConfig
 from dac_search.search.controller import run_search
 from dac_search.search.live import LiveView
@@ -88,7 +88,7 @@ def main() -> None:
         for stage in stages:
             print(f"| {stage.name} | {stage.where} | {stage.seconds:.1f} |")
         for where in ("host", "device"):
-            print(f"| **{where}, in all** | | **{sum(s.seconds for s in stages if s.where == where):.1f}** |")
+            print(f"| **{where}, in all** | | **{stage_seconds(stages, where):.1f}** |")
 
 
 def _best(run_dir: Path) -> str:

@@ -50,19 +50,19 @@ class Run:
 
     def plan(self, trial: int | None = None) -> RankPlan:
         """The plan of ``trial`` (None: the best) whose model it exports: the reconstructed one where made."""
-        from dac_search.export.run import pick_trial, plan_file
+        from dac_search.export.run import exported_plan, pick_trial
 
         results = load_run(self.directory)
-        return RankPlan.load(plan_file(results, pick_trial(results, _pick(trial))))
+        return exported_plan(results, pick_trial(results, _pick(trial)))
 
     def model(self, trial: int | None = None, *, original: str | None = None) -> nn.Module:
         """The model of ``trial`` (None: the best), built from the run's model and weights. ``original``: the
         model spec again, where the recorded one runs code (a ``file.py:fn``), as ``export --model`` asks."""
-        from dac_search.export.run import original_model
+        from dac_search.export.run import exported_plan, original_model, pick_trial
         from dac_search.proxies.apply import decompose_model
 
         results = load_run(self.directory)
-        plan = dataclasses.replace(self.plan(trial), model=self.info.model, input_shape=tuple(self.info.input_shape))
+        plan = exported_plan(results, pick_trial(results, _pick(trial)))
         return decompose_model(original_model(results, original), plan)
 
     def export(self, path: str | Path, trial: int | None = None, format: str = "onnx", *,

@@ -229,6 +229,11 @@ class StageTime(_Record):
     seconds: float
 
 
+def stage_seconds(stages: Sequence[StageTime], where: str) -> float:
+    """The seconds of the stages that wait on ``where`` (host or device), overlapping or not."""
+    return sum(s.seconds for s in stages if s.where == where)
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """Everything in ``run.json``. ``budget`` is absolute (resolved against the original);

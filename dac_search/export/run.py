@@ -93,6 +93,13 @@ class Reconstruct:
     images: int | None = None
 
 
+def exported_plan(results: RunResults, row: TrialRow) -> RankPlan:
+    """The plan of ``row`` whose model is exported (the reconstructed one where made), naming the run's model
+    and input shape."""
+    info = results.info
+    return replace(RankPlan.load(plan_file(results, row)), model=info.model, input_shape=tuple(info.input_shape))
+
+
 def export_run(run_dir: str | Path, output: str | Path, fmt: str, pick: str = "best", model: str | None = None,
                reconstruct: Reconstruct | None = None, on_step: OnStep | None = None) -> ExportedModel:
     """Write the model of the picked plan to ``output`` atomically (a file is either whole or absent).
@@ -107,7 +114,7 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: str, pick: str = "b
     original = original_model(results, model)
     if reconstruct is not None and not row.plan_reconstructed:
         row = _reconstructed_row(results, row, original, reconstruct)
-    plan = replace(RankPlan.load(plan_file(results, row)), model=info.model, input_shape=tuple(info.input_shape))
+    plan = exported_plan(results, row)
     built = decompose_model(original, plan, on_step=on_step)
     path = export_model(built, output, plan, info.model, info.weights, fmt, {"trial": row.trial})
     return ExportedModel(path=Path(path), fmt=fmt, row=row)

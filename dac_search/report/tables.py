@@ -12,7 +12,7 @@ from typing import Any
 
 from dac_search.budget import Budget
 from dac_search.report.summary import ReportData
-from dac_search.rundir import Baseline, ReferencePoint, StageTime, TrialRow
+from dac_search.rundir import Baseline, ReferencePoint, StageTime, TrialRow, stage_seconds
 
 DASH = "–"
 _OBJECTIVE_NAMES = {"latency_ms": "latency", "flops": "FLOPs"}
@@ -201,7 +201,7 @@ def stages_text(stages: Sequence[StageTime]) -> str:
         mine = [s for s in stages if s.where == where]
         if mine:
             each = ", ".join(f"{s.name} {s.seconds:.0f} s" for s in mine)
-            parts.append(f"{where} {sum(s.seconds for s in mine):.0f} s ({each})")
+            parts.append(f"{where} {stage_seconds(stages, where):.0f} s ({each})")
     return "; ".join(parts) + " in this session"
 
 

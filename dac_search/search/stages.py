@@ -42,9 +42,6 @@ class StageClock:
             with self._lock:
                 self.stages.append(StageTime(name, where, round(start - self.started, 1), round(end - start, 1)))
 
-    def total(self, where: str) -> float:
-        return sum(s.seconds for s in self.stages if s.where == where)
-
 
 def beside(device_step: Callable[[], A], host_step: Callable[[], B], overlap: bool) -> tuple[A, B]:
     """Both steps' results; with ``overlap`` the device step runs in a thread while the host step runs here.
