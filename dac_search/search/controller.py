@@ -139,7 +139,7 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
 
     rows = rows_of(study, run_dir)
     write_trials(run_dir, rows)
-    with ctx.clock.stage("final measurement", DEVICE) if ctx.pool else nullcontext():
+    with ctx.clock.stage("final measurement", DEVICE) if ctx.pool and not interrupted else nullcontext():
         final = _final_front(ctx, run_dir, rows, view, measure=not interrupted)
     front = final.points
     if final.measured:  # end-to-end timings replace the table's predictions in trials.csv too
