@@ -111,4 +111,6 @@ def _row(spec: str, runtime: str, calibration: str, scheme: QuantScheme, fp32: f
 
 
 if __name__ == "__main__":
-    main()
+    from _record import run
+
+    run(main, __file__)

@@ -191,4 +191,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from _record import run
+
+    raise SystemExit(run(main, __file__))

@@ -250,4 +250,6 @@ def run_model(spec: str, count: int, low: float, high: float, seed: int, limit: 
 
 
 if __name__ == "__main__":
-    main()
+    from _record import run
+
+    run(main, __file__)

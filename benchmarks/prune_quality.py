@@ -116,4 +116,6 @@ def _paired_ratios(device: str, models: list[torch.nn.Module]) -> list[float]:
 
 
 if __name__ == "__main__":
-    main()
+    from _record import run
+
+    run(main, __file__)

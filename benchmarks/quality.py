@@ -176,4 +176,6 @@ def search_plan(spec: str, method: str, target: float, trials: int, correction: 
 
 
 if __name__ == "__main__":
-    main()
+    from _record import run
+
+    run(main, __file__)

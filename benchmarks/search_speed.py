@@ -100,4 +100,6 @@ def _best(run_dir: Path) -> str:
     return f"trial {row.trial}: {ratio}, {row.flops / results.info.baseline.flops:.1%}, {method_counts(plan)}"
 
 if __name__ == "__main__":
-    main()
+    from _record import run
+
+    run(main, __file__)

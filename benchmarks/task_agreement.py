@@ -166,4 +166,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from _record import run
+
+    run(main, __file__)

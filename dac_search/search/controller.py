@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from dac_search.errors import ConfigError
 from dac_search.eval_data import EvalData
 from dac_search.plan import RankPlan
+from dac_search.provenance import now
 from dac_search.rundir import Baseline, RunInfo, TrialRow, read_run_info, write_pareto, write_run, write_trials
 from dac_search.search.baselines import int8_reference, measured_references, uniform_baseline, with_top1
 from dac_search.search.config import SearchConfig
@@ -28,7 +29,7 @@ from dac_search.search.identity import LEGACY_STUDY, SearchIdentity, identity_of
 from dac_search.search.live import LiveView
 from dac_search.search.objective import AfterTrial, Objective, rows_of, stop_at_total
 from dac_search.search.reconstruct_stage import reconstruct_front
-from dac_search.search.record import now, run_info
+from dac_search.search.record import run_info
 from dac_search.search.stages import DEVICE, HOST
 from dac_search.search.study import RUN_ATTR, Heartbeat, enqueue_warm_starts, fail_dead_trials, open_study
 from profilers.devices import load_device

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import platform
-import subprocess
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from pathlib import Path
 
 from dac_search.budget import Budget
+from dac_search.provenance import now, versions
 from dac_search.proxies.synthetic import resolve_kind
 from dac_search.rundir import (
     Baseline,
@@ -24,39 +21,6 @@ from dac_search.search.context import SearchContext
 from dac_search.search.identity import SearchIdentity
 
 PROXY_KIND = "geometric mean of the whole-plan KL and the sum of single-layer KLs"
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def versions() -> tuple[tuple[str, str], ...]:
-    import onnxruntime
-    import optuna
-    import torch
-
-    import dac_search
-
-    commit = source_commit()
-    return (("dac_search", dac_search.__version__), *((("dac_search_commit", commit),) if commit else ()),
-            ("torch", torch.__version__), ("optuna", optuna.__version__),
-            ("onnxruntime", onnxruntime.__version__), ("python", platform.python_version()))
-
-
-def source_commit() -> str | None:
-    """The git commit of the checkout this package runs from (``+dirty`` with uncommitted changes), or None for
-    an installed package: a run then names the code that made it, not only a version string."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
-        return None
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+dirty" if dirty else "") if head else None
 
 
 def run_info(ctx: SearchContext, identity: SearchIdentity, started: str, *, partial: bool, baseline: Baseline,
