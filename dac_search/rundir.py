@@ -48,10 +48,12 @@ class TrialRow:
 
     ``latency_ms`` is the end-to-end timing of a plan measured at the end of the search, else the latency
     table's prediction (``latency_predicted_ms``); ``latency_ratio`` is to the original timed in the same
-    session, set for plans judged against a relative budget (``0.7x``). ``top1`` is measured on the front
-    with ``--eval-data``. The ``*_reconstructed`` columns are set on the plans the reconstruction stage
-    fitted (``--reconstruct``): the proxy and top-1 of the reconstructed model, and its plan file (same
-    layers, so the same latency). The field order is the column order.
+    session, set for plans judged against a relative budget (``0.7x``). ``agreement`` is the trial's, on the
+    scoring batch; ``agreement_held_out`` that of the exported model on held-out synthetic images, and ``top1``
+    its real top-1 with ``--eval-data``, both measured on the front. The ``*_reconstructed`` columns are set
+    on the plans the reconstruction stage fitted (``--reconstruct``): the proxy, top-1 and held-out agreement
+    of the reconstructed model, and its plan file (same layers, so the same latency). The field order is the
+    column order.
     """
 
     trial: int
@@ -70,6 +72,8 @@ class TrialRow:
     proxy_reconstructed: float | None = None
     top1_reconstructed: float | None = None
     plan_reconstructed: str | None = None
+    agreement_held_out: float | None = None
+    agreement_reconstructed: float | None = None
 
     @property
     def final_proxy(self) -> float | None:
@@ -79,6 +83,11 @@ class TrialRow:
     @property
     def final_top1(self) -> float | None:
         return self.top1_reconstructed if self.plan_reconstructed else self.top1
+
+    @property
+    def final_agreement(self) -> float | None:
+        """Held-out agreement of the model the row exports (None where it was not measured)."""
+        return self.agreement_reconstructed if self.plan_reconstructed else self.agreement_held_out
 
     @property
     def final_plan(self) -> str | None:
@@ -111,7 +120,8 @@ class TrialRow:
 
 
 TRIAL_COLUMNS = tuple(f.name for f in fields(TrialRow))
-LATER_COLUMNS = ("proxy_reconstructed", "top1_reconstructed", "plan_reconstructed")  # read as empty when absent
+LATER_COLUMNS = ("proxy_reconstructed", "top1_reconstructed", "plan_reconstructed", "agreement_held_out",
+                 "agreement_reconstructed")  # read as empty when absent: a run dir written before them
 PARETO_COLUMNS = tuple(name for name in TRIAL_COLUMNS if name != "state")
 
 
@@ -191,6 +201,7 @@ class ReferencePoint(_Record):
     latency_ms: float | None
     latency_ratio: float | None  # measured beside the original in one session (None: predicted or unmeasured)
     top1: float | None
+    agreement: float | None = None  # on the held-out synthetic images the front is judged on
 
 
 @dataclass(frozen=True)
@@ -201,6 +212,7 @@ class ProxyInfo(_Record):
     inputs: str
     n: int
     held_out: bool
+    agreement_images: int | None = None  # held-out synthetic images the exported front is judged on
 
 
 @dataclass(frozen=True)
@@ -474,7 +486,7 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         raise ConfigError(f"{path} is missing") from None
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ConfigError(f"{path} is not readable CSV: {str(exc).strip()}") from None
-    for name in LATER_COLUMNS:  # a run dir written before these columns existed: nothing was reconstructed
+    for name in LATER_COLUMNS:  # a run dir written before these columns existed: nothing was measured there
         if name in columns and name not in raw.columns:
             raw[name] = ""
     missing = [name for name in columns if name not in raw.columns]

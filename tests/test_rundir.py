@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,7 @@ from tests.report.conftest import final_row, pareto_rows, run_info
 
 ROWS = [
     TrialRow(0, "COMPLETE", True, 0.125, 0.875, 20_000_000, 100_000, 0.75, 0.0125, 0.7375, 0.625,
-             "plans/trial-0.json", 88.5),
+             "plans/trial-0.json", 88.5, agreement_held_out=0.90625),
     TrialRow(1, "COMPLETE", False, 0.0625, 0.9375, 30_000_000, 150_000, 0.9, None, 0.9, None, "plans/trial-1.json"),
     TrialRow(2, "FAIL", False),
     TrialRow(3, "RUNNING", False, flops=25_000_000),
@@ -43,18 +44,20 @@ def write(run: Path, rows: list[TrialRow] = ROWS, pareto: list[TrialRow] | None 
 def test_columns_keep_the_order_the_search_writes() -> None:
     assert TRIAL_COLUMNS == ("trial", "state", "feasible", "proxy", "agreement", "flops", "params", "latency_ms",
                              "latency_iqr_ms", "latency_predicted_ms", "latency_ratio", "plan", "top1",
-                             "proxy_reconstructed", "top1_reconstructed", "plan_reconstructed")
+                             "proxy_reconstructed", "top1_reconstructed", "plan_reconstructed",
+                             "agreement_held_out", "agreement_reconstructed")  # new columns go last
     assert PARETO_COLUMNS == tuple(c for c in TRIAL_COLUMNS if c != "state")
 
 
-def test_a_run_dir_from_before_the_reconstruction_columns_reads_them_as_empty(tmp_path: Path) -> None:
+def test_a_run_dir_from_before_the_reconstruction_and_held_out_columns_reads_them_as_empty(tmp_path: Path) -> None:
     run = write(tmp_path / "run")
+    newer = {"agreement_held_out", "proxy_reconstructed", "top1_reconstructed", "agreement_reconstructed",
+             "plan_reconstructed"}
     for name in ("trials.csv", "pareto.csv"):
-        lines = (run / name).read_text().splitlines()
-        width = len(lines[0].split(",")) - 3  # the three reconstruction columns are the last ones
-        (run / name).write_text("\n".join(",".join(line.split(",")[:width]) for line in lines) + "\n")
+        frame = pd.read_csv(run / name, dtype=str, keep_default_na=False)
+        frame.drop(columns=[c for c in frame.columns if c in newer]).to_csv(run / name, index=False)
     results = load_run(run)
-    assert results.trials == tuple(ROWS) and all(r.plan_reconstructed is None for r in results.trials)
+    assert results.trials == tuple(replace(r, agreement_held_out=None) for r in ROWS)
 
 
 def test_run_info_round_trips_through_a_dict_and_the_file(tmp_path: Path) -> None:
@@ -147,4 +150,4 @@ def test_non_finite_measures_are_written_empty(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     write_trials(run, [TrialRow(0, "COMPLETE", True, float("inf"), flops=1, plan="plans/trial-0.json")])
-    assert (run / "trials.csv").read_text().splitlines()[1] == "0,COMPLETE,True,,,1,,,,,,plans/trial-0.json,,,,"
+    assert (run / "trials.csv").read_text().splitlines()[1] == "0,COMPLETE,True,,,1,,,,,,plans/trial-0.json,,,,,,"

@@ -46,6 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "impressions (confident classifier outputs, for models without BatchNorm), gaussian; "
                         "default auto: distilled where the model has BatchNorm, impressions where not")
     parser.add_argument("--proxy-images", type=int, default=64, help="synthetic images the proxy uses")
+    parser.add_argument("--agreement-images", type=int, help="held-out synthetic images the exported front is judged "
+                        "on: each plan's top-1 agreement with the original, in the report (default: four times the "
+                        "scoring batch: 256 at 32x32 and 32 at 224x224 with a correction; 0: none)")
     parser.add_argument("--reconstruct", metavar="DURATION", help="after the search, fit the best few plans of the "
                         "front by gradient steps on synthetic images (no data) for this long in all, e.g. 20m; "
                         "written beside the closed-form plans, labelled, and picked by export when better")
@@ -69,7 +72,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         methods=None if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
         correction=None if args.correction == "none" else args.correction, inputs=args.inputs,
         proxy_images=args.proxy_images, reconstruct_s=parse_duration(args.reconstruct) if args.reconstruct else None,
-        reconstruct_images=args.reconstruct_images,
+        reconstruct_images=args.reconstruct_images, agreement_images=args.agreement_images,
         precisions=None if args.precision is None else parse_precisions(args.precision),
         eval_data=args.eval_data, mean=parse_floats(args.mean) if args.mean else None,
         std=parse_floats(args.std) if args.std else None,

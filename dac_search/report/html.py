@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from html import escape
 
-from dac_search.report.plots import hypervolume_svg, layers_svg, pareto_svg
+from dac_search.report.plots import agreement_svg, hypervolume_svg, layers_svg, pareto_svg
 from dac_search.report.summary import LATENCY, ReportData
 from dac_search.report.tables import (
     TextTable,
@@ -102,6 +102,8 @@ def _plots(data: ReportData) -> str:
         _figure(pareto_svg(panel, "plot-pareto-latency" if panel.axis is LATENCY else "plot-pareto-flops"))
         for panel in data.panels
     ]
+    if data.agreement is not None:
+        figures.append(_figure(agreement_svg(data.agreement)))
     figures.append(_figure(hypervolume_svg(data.hypervolume)))
     return '<div class="plots">\n' + "\n".join(figures) + "\n</div>"
 

@@ -21,7 +21,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from dac_search.plan import LayerChoice
 from dac_search.precision import INT8
-from dac_search.report.summary import FrontPanel, HypervolumeCurve, LayerGrid
+from dac_search.report.summary import AgreementPanel, FrontPanel, HypervolumeCurve, LayerGrid
 
 GREY = "#8a96a3"
 RED = "#c8374a"
@@ -129,6 +129,46 @@ def pareto_svg(panel: FrontPanel, name: str) -> str:
         if not panel.trials:
             ax.text(0.5, 0.5, "no completed trials yet", transform=ax.transAxes, ha="center", color=GREY)
         ax.legend(fontsize=7, loc="upper right", frameon=False)
+        return _to_svg(fig, name, title)
+
+
+def agreement_svg(panel: AgreementPanel, name: str = "plot-agreement") -> str:
+    """Cost against the percentages a person reads: each Pareto point's held-out agreement with the original
+    (circles) and, where labelled data was given, its real top-1 (triangles); the original and the references
+    beside them, and the budget."""
+    scale = panel.axis.scale
+    with _style(name):
+        fig = Figure(figsize=(5.6, 3.9), layout="constrained")
+        ax = fig.add_subplot()
+        agreeing = [m for m in panel.points if m.agreement is not None]
+        if agreeing:
+            xs = [m.cost / scale for m in agreeing]
+            ax.plot(xs, [m.agreement for m in agreeing], "-", lw=1, color=RED, alpha=0.6)
+            ax.scatter(xs, [m.agreement for m in agreeing], s=36, zorder=3, gid="agreement",
+                       label=f"agrees with the original ({panel.images} held-out synthetic)",
+                       color=[RED if m.feasible else "white" for m in agreeing], edgecolors=RED)
+            for m in agreeing:
+                ax.annotate(m.label, (m.cost / scale, m.agreement), xytext=(4, 4), textcoords="offset points",
+                            fontsize=7, color=RED)
+        measured = [m for m in panel.points if m.top1 is not None]
+        if measured:
+            ax.scatter([m.cost / scale for m in measured], [m.top1 for m in measured], s=36, marker="^", zorder=3,
+                       color=BLUE, gid="top1", label="real top-1 (--eval-data)")
+        for mark, style in ((panel.original, {"s": 140, "marker": "*", "color": INK, "gid": "original"}),
+                            *((ref, {"s": 70, "marker": "s", "color": ORANGE, "edgecolors": INK, "gid": "reference"})
+                              for ref in panel.references)):
+            values = [v for v in (None if mark is None else (mark.agreement, mark.top1)) or () if v is not None]
+            if mark is None or not values:
+                continue
+            ax.scatter([mark.cost / scale] * len(values), values, zorder=4, label=mark.label, **style)
+        if panel.budget is not None:
+            ax.axvline(panel.budget / scale, ls="--", lw=1.2, color=ORANGE, label="budget", gid="budget")
+        title = f"{panel.axis.name} against agreement" + (" and top-1" if measured else "")
+        ax.set_title(title, loc="left")
+        ax.set_xlabel(panel.axis.label)
+        ax.set_ylabel("% (higher is closer to the original)")
+        ax.grid(alpha=0.25)
+        ax.legend(fontsize=7, loc="lower right", frameon=False)
         return _to_svg(fig, name, title)
 
 

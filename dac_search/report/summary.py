@@ -104,6 +104,30 @@ class TrialCounts:
 
 
 @dataclass(frozen=True)
+class AgreementMark:
+    """A plan in percentages a person reads: held-out agreement with the original, and real top-1 if measured."""
+
+    label: str
+    cost: float
+    agreement: float | None
+    top1: float | None
+    feasible: bool
+
+
+@dataclass(frozen=True)
+class AgreementPanel:
+    """The Pareto points' held-out agreement (and real top-1) against the objective's cost, the original and
+    the references beside them; ``images``: how many held-out synthetic images the agreement is taken on."""
+
+    axis: CostAxis
+    points: tuple[AgreementMark, ...]
+    original: AgreementMark | None
+    references: tuple[AgreementMark, ...]
+    budget: float | None
+    images: int | None
+
+
+@dataclass(frozen=True)
 class ReportData:
     """The single input of every renderer."""
 
@@ -118,6 +142,7 @@ class ReportData:
     has_latency: bool
     has_top1: bool
     notes: tuple[str, ...]
+    agreement: AgreementPanel | None = None  # None: the front was judged on no held-out images nor data
 
 
 def build_report_data(results: RunResults) -> ReportData:
@@ -152,7 +177,29 @@ def build_report_data(results: RunResults) -> ReportData:
         has_latency=has_latency,
         has_top1=any(r.top1 is not None for r in pareto) or info.baseline.top1 is not None,
         notes=tuple(notes),
+        agreement=_agreement_panel(results, pareto, objective),
     )
+
+
+def _agreement_panel(results: RunResults, pareto: tuple[TrialRow, ...], axis: CostAxis) -> AgreementPanel | None:
+    info = results.info
+    points = tuple(AgreementMark(str(r.trial), cost, _pct(r.final_agreement), r.final_top1, r.feasible)
+                   for r in pareto if (cost := r.cost(axis.key)) is not None
+                   and (r.final_agreement is not None or r.final_top1 is not None))
+    if not points:
+        return None
+    original_cost = _original_cost(results, axis)
+    original = None if original_cost is None else AgreementMark("original", original_cost, 100.0,
+                                                                info.baseline.top1, True)
+    references = tuple(AgreementMark(r.label, cost, _pct(r.agreement), r.top1, True) for r in info.references
+                       if (cost := (r.latency_ms if axis is LATENCY else r.flops)) is not None)
+    budget_kind = "latency" if axis is LATENCY else "flops"
+    return AgreementPanel(axis, points, original, references,
+                          info.budget.value if info.budget.kind == budget_kind else None, info.proxy.agreement_images)
+
+
+def _pct(share: float | None) -> float | None:
+    return None if share is None else 100.0 * share
 
 
 def _counts(trials: tuple[TrialRow, ...]) -> TrialCounts:

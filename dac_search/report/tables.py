@@ -48,6 +48,10 @@ def _scaled(value: float | None, unit: float, digits: int) -> str:
     return DASH if value is None else f"{value / unit:.{digits}f}"
 
 
+def _percent(share: float | None) -> str:
+    return fmt_float(None if share is None else 100.0 * share, 1)
+
+
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None or denominator == 0:
         return None
@@ -66,26 +70,31 @@ def _speedup(base: Baseline, row: TrialRow | None) -> float | None:
 def pareto_table(data: ReportData) -> TextTable:
     """The original model, then the Pareto points by cost: what a person chooses from."""
     base = data.results.info.baseline
-    scored = data.results.info.proxy.n  # agreement moves in steps of 1/n: say n
-    headers = ["Trial", "Proxy", f"Agrees (% of {scored} synthetic)", "FLOPs (M)", "FLOPs ×", "Params (K)"]
+    held_out = data.results.info.proxy.agreement_images if any(
+        row.agreement_held_out is not None for row in data.pareto) else None
+    # agreement moves in steps of 1/n: say n, and which images
+    agrees = (f"Agrees (% of {held_out} held-out synthetic)" if held_out
+              else f"Agrees (% of {data.results.info.proxy.n} scoring synthetic)")
+    headers = ["Trial", "Proxy", agrees, "FLOPs (M)", "FLOPs ×", "Params (K)"]
     if data.has_latency:
         headers += ["Latency (ms)", "IQR (ms)", "Speed-up"]
     if data.has_top1:
         headers += ["Top-1 (%)"]
     reconstructed = any(row.plan_reconstructed for row in data.pareto)
     if reconstructed:  # the stage after the search, labelled as such
-        headers += ["Proxy reconstructed"] + (["Top-1 reconstructed (%)"] if data.has_top1 else [])
+        headers += (["Proxy reconstructed"] + (["Agrees reconstructed (%)"] if held_out else [])
+                    + (["Top-1 reconstructed (%)"] if data.has_top1 else []))
     headers += ["Note"]
 
     def cells(label: str, row: TrialRow | None, note: str) -> tuple[str, ...]:
         proxy = base.proxy if row is None else row.proxy
         flops = base.flops if row is None else row.flops
         params = base.params if row is None else row.params
-        agreement = 1.0 if row is None else row.agreement
+        agreement = 1.0 if row is None else (row.agreement_held_out if held_out else row.agreement)
         values = [
             label,
             fmt_float(proxy, 4),
-            fmt_float(None if agreement is None else 100.0 * agreement, 1),
+            _percent(agreement),
             _scaled(flops, 1e6, 2),
             fmt_ratio(_ratio(flops, base.flops)),
             _scaled(params, 1e3, 1),
@@ -98,12 +107,15 @@ def pareto_table(data: ReportData) -> TextTable:
             values += [fmt_float(base.top1 if row is None else row.top1, 2)]
         if reconstructed:
             values += [fmt_float(None if row is None else row.proxy_reconstructed, 4)]
+            if held_out:
+                values += [_percent(None if row is None else row.agreement_reconstructed)]
             if data.has_top1:
                 values += [fmt_float(None if row is None else row.top1_reconstructed, 2)]
         return (*values, note)
 
     def reference(point: ReferencePoint) -> tuple[str, ...]:
-        values = [point.label, fmt_float(point.proxy, 4), DASH, _scaled(point.flops, 1e6, 2),
+        values = [point.label, fmt_float(point.proxy, 4), _percent(point.agreement) if held_out else DASH,
+                  _scaled(point.flops, 1e6, 2),
                   fmt_ratio(_ratio(point.flops, base.flops)), _scaled(point.params, 1e3, 1)]
         if data.has_latency:
             speedup = 1.0 / point.latency_ratio if point.latency_ratio else _ratio(base.latency_ms, point.latency_ms)
@@ -111,7 +123,7 @@ def pareto_table(data: ReportData) -> TextTable:
         if data.has_top1:
             values += [fmt_float(point.top1, 2)]
         if reconstructed:
-            values += [DASH] * (2 if data.has_top1 else 1)
+            values += [DASH] * (1 + bool(held_out) + data.has_top1)
         return (*values, "reference")
 
     references = data.results.info.references

@@ -1,12 +1,11 @@
 """What a user could do instead, scored the way the search scores its own plans: the paper's uniform
 ranks at every rank, the original in int8 (one call of ONNX Runtime's quantizer, calibrated on the same
-distilled images as the plans), and the real top-1 of the original beside the front's (``--eval-data``)."""
+distilled images as the plans), and the real top-1 of the original in int8 beside the front's (``--eval-data``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 
 from dac_search.decompose import max_rank
 from dac_search.errors import PlanError
@@ -16,8 +15,9 @@ from dac_search.plan import LayerChoice, RankPlan
 from dac_search.precision import INT8
 from dac_search.proxies.apply import decompose_model
 from dac_search.proxies.calibration import every_conv_in_int8
-from dac_search.rundir import ReferencePoint, TrialRow, UniformPoint
+from dac_search.rundir import ReferencePoint, UniformPoint
 from dac_search.search.context import SearchContext
+from dac_search.search.held_out import HeldOut
 
 INT8_ORIGINAL = "original int8"
 
@@ -44,14 +44,6 @@ def uniform_baseline(ctx: SearchContext) -> list[UniformPoint]:
     return rows
 
 
-def with_top1(
-    ctx: SearchContext, run_dir: Path, front: Sequence[TrialRow], data: EvalData
-) -> tuple[list[TrialRow], float]:
-    """The front with the real top-1 of each plan's model as ``dac-search export`` writes it, and the original's."""
-    rows = [replace(p, top1=top1(decompose_model(ctx.model, run_dir / p.plan), data)) for p in front]
-    return rows, top1(ctx.model, data)
-
-
 def int8_original_plan(ctx: SearchContext) -> RankPlan:
     """The original with every conv in int8, quantized and calibrated as the search's int8 plans are."""
     return RankPlan({}, **ctx.space.plan_fields(), precisions=every_conv_in_int8(ctx.model),  # type: ignore[arg-type]
@@ -72,16 +64,19 @@ def int8_reference(ctx: SearchContext) -> tuple[ReferencePoint, ...]:
                            latency, None, None),)
 
 
-def measured_references(ctx: SearchContext, references: Sequence[ReferencePoint],
-                        data: EvalData | None) -> tuple[ReferencePoint, ...]:
-    """The references timed end to end beside the original in one session, and their real top-1 with data."""
+def measured_references(ctx: SearchContext, references: Sequence[ReferencePoint], data: EvalData | None,
+                        held_out: HeldOut | None = None) -> tuple[ReferencePoint, ...]:
+    """The references timed end to end beside the original in one session; their real top-1 with data, and
+    their agreement on the held-out images the front is judged on."""
     out = []
     for point in references:
         plan = int8_original_plan(ctx)
         if ctx.pool is not None:
             (pair,) = measure_beside(ctx.pool, ctx.model, [ctx.proxy.build(plan)], ctx.input_shape)
             point = replace(point, latency_ms=pair.result.median_ms, latency_ratio=pair.ratio)
-        if data is not None:
-            point = replace(point, top1=top1(decompose_model(ctx.model, plan), data))
+        if data is not None or held_out is not None:
+            model = decompose_model(ctx.model, plan)
+            point = replace(point, top1=None if data is None else top1(model, data),
+                            agreement=None if held_out is None else held_out.agreement(model))
         out.append(point)
     return tuple(out)

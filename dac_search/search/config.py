@@ -47,6 +47,7 @@ class SearchConfig:
     precisions: tuple[str, ...] | None = None
     proxy_images: int = 64
     measure_points: int = 8  # Pareto points measured end to end at the end
+    agreement_images: int | None = None  # held-out synthetic images the front is judged on (None: by size; 0: none)
     reconstruct_s: float | None = None  # wall time of the reconstruction stage after the search (None: none)
     reconstruct_images: int | None = None  # synthetic images it fits on (None: by input size)
     eval_data: str | None = None
@@ -71,6 +72,8 @@ class SearchConfig:
         if unknown or not self.methods:
             raise ConfigError(f"--methods takes a comma list of {', '.join(PLAN_METHODS)}, "
                               f"got {','.join(self.methods)}")
+        if self.agreement_images is not None and self.agreement_images < 0:
+            raise ConfigError(f"--agreement-images must be 0 or more, got {self.agreement_images}")
         if self.trials < 1:
             raise ConfigError(f"--trials must be at least 1, got {self.trials}")
         from dac_search.proxies.synthetic import AUTO, KINDS

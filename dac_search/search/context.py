@@ -24,7 +24,7 @@ from dac_search.plan import LayerChoice, RankPlan
 from dac_search.precision import FP32, INT8, INT8_RUNTIMES, QuantScheme
 from dac_search.progress import Progress, Say
 from dac_search.proxies import ModelProxy, ProxyScore, cached_layer_sensitivity, default_proxy, synthetic_inputs
-from dac_search.proxies.correction import fit_of
+from dac_search.proxies.correction import FIT_SCALE, fit_of
 from dac_search.proxies.sensitivity import cached_int8_sensitivity
 from dac_search.proxies.synthetic import resolve_kind
 from dac_search.reconstruction.regions import check_reconstructable
@@ -112,6 +112,13 @@ class SearchContext:
     penalty: Penalties
     precisions: tuple[str, ...] = (FP32,)  # offered: the config's, less int8 where the device has no int8 path
     clock: StageClock = field(default_factory=StageClock)  # this session's stages, host and device apart
+
+    @property
+    def agreement_images(self) -> int:
+        """Held-out synthetic images the front is judged on (0: none); by default ``FIT_SCALE`` times the scoring
+        batch, as a plan's fit."""
+        asked = self.config.agreement_images
+        return FIT_SCALE * int(self.proxy.inputs.shape[0]) if asked is None else asked
 
     @property
     def quantization(self) -> QuantScheme:

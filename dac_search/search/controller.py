@@ -17,14 +17,16 @@ import optuna
 from optuna.trial import TrialState
 
 from dac_search.errors import ConfigError
-from dac_search.eval_data import EvalData
+from dac_search.eval_data import EvalData, top1
 from dac_search.plan import RankPlan
+from dac_search.progress import Progress
 from dac_search.provenance import now
 from dac_search.rundir import Baseline, RunInfo, TrialRow, read_run_info, write_pareto, write_run, write_trials
-from dac_search.search.baselines import int8_reference, measured_references, uniform_baseline, with_top1
+from dac_search.search.baselines import int8_reference, measured_references, uniform_baseline
 from dac_search.search.config import SearchConfig
 from dac_search.search.context import SearchContext, build_context, load_inputs
 from dac_search.search.final import DeviceTimer, FinalFront, measured_front, unmeasured_front
+from dac_search.search.held_out import HeldOut, judged_front
 from dac_search.search.identity import LEGACY_STUDY, SearchIdentity, identity_of, refuse_difference
 from dac_search.search.live import LiveView
 from dac_search.search.objective import AfterTrial, Objective, rows_of, stop_at_total
@@ -151,14 +153,17 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
     if final.original_ms is not None:  # the original timed in the same sessions as the front
         baseline = replace(baseline, latency_ms=final.original_ms)
         budget = config.budget.resolve(final.original_ms) if ctx.budget.relative_latency else budget
-    if data is not None and not interrupted:
-        with ctx.clock.stage("top-1 on --eval-data", HOST):
-            front, original_top1 = with_top1(ctx, run_dir, front, data)
-        baseline = replace(baseline, top1=original_top1)
+    held_out = None
+    if not interrupted and (data is not None or ctx.agreement_images):
+        with ctx.clock.stage("front judged on held-out images" + (" and --eval-data" if data else ""), HOST):
+            held_out = _held_out(ctx, view)
+            front = judged_front(ctx.model, run_dir, front, held_out, data)
+            if data is not None:
+                baseline = replace(baseline, top1=top1(ctx.model, data))
     if not interrupted and references:
         view.say("measuring the original in int8 beside the original")
         with ctx.clock.stage("int8 reference", DEVICE):
-            references = measured_references(ctx, references, data)
+            references = measured_references(ctx, references, data, held_out)
     write_pareto(run_dir, front)
     reconstruction = None
     if config.reconstruct_s and not interrupted and final.feasible:
@@ -166,7 +171,7 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
             with ctx.clock.stage("reconstruction", HOST):
                 front, reconstruction = reconstruct_front(ctx, run_dir, front, config.reconstruct_s, view.say,
                                                           lambda points: _write_front(run_dir, points, rows),
-                                                          data, view.progress_interval_s)
+                                                          data, held_out, view.progress_interval_s)
         except KeyboardInterrupt:
             interrupted = True  # the plans finished are in pareto.csv; the same command resumes the rest
     done = sum(p.state == "COMPLETE" for p in rows)
@@ -191,6 +196,16 @@ def _record(run_dir: Path, study: optuna.Study, info: RunInfo) -> None:
     """run.json in this worker's run dir, and in the study for ``dac-search report --storage``."""
     write_run(run_dir, info)
     study.set_user_attr(RUN_ATTR, info.to_dict())
+
+
+def _held_out(ctx: SearchContext, view: LiveView) -> HeldOut | None:
+    """The held-out synthetic images the front is judged on (made and cached now), or None if none are asked."""
+    if not ctx.agreement_images:
+        return None
+    label = f"making {ctx.agreement_images} held-out synthetic inputs to judge the front on"
+    view.say(label)
+    return HeldOut.of(ctx.model, ctx.input_shape, ctx.config.inputs, ctx.agreement_images, ctx.config.seed,
+                      Progress(view.say, label, view.progress_interval_s, "step "))
 
 
 def _final_front(ctx: SearchContext, run_dir: Path, rows: list[TrialRow], view: LiveView,

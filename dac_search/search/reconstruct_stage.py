@@ -35,12 +35,14 @@ from dac_search.reconstruction.planning import (
 )
 from dac_search.rundir import ReconstructionInfo, TrialRow
 from dac_search.search.context import SearchContext
+from dac_search.search.held_out import HeldOut
 
 CANDIDATES = 3  # plans reconstructed at most: the best few by proxy, as the budget allows
 
 
 def reconstruct_front(ctx: SearchContext, run_dir: Path, front: Sequence[TrialRow], budget_s: float, say: Say,
                       write: Callable[[list[TrialRow]], None], data: EvalData | None = None,
+                      held_out: HeldOut | None = None,
                       interval_s: float = 0.5) -> tuple[list[TrialRow], ReconstructionInfo]:
     """The front with the best few plans reconstructed within ``budget_s``; ``write`` is called with the rows
     after each plan, so a cut-off keeps every plan finished. Progress goes to ``say`` every ``interval_s``."""
@@ -75,7 +77,8 @@ def reconstruct_front(ctx: SearchContext, run_dir: Path, front: Sequence[TrialRo
         model = decompose_model(ctx.model, plan, on_step=Progress(say, f"reconstructing {label}", interval_s, "step "))
         score = ctx.score_model(closed, model)
         updated = replace(row, proxy_reconstructed=score.value, plan_reconstructed=relative,
-                          top1_reconstructed=None if data is None else top1(model, data))
+                          top1_reconstructed=None if data is None else top1(model, data),
+                          agreement_reconstructed=None if held_out is None else held_out.agreement(model))
         rows = [updated if r.trial == row.trial else r for r in rows]
         write(rows)
         done += 1

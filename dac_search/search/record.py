@@ -37,7 +37,7 @@ def run_info(ctx: SearchContext, identity: SearchIdentity, started: str, *, part
         device=device, budget=budget or ctx.budget, objective=ctx.budget.objective, methods=tuple(config.methods),
         correction=config.correction, seed=config.seed, n_trials=config.trials,
         proxy=ProxyInfo(PROXY_KIND, resolve_kind(ctx.model, config.inputs, ctx.input_shape),
-                        int(ctx.proxy.inputs.shape[0]), ctx.proxy.held_out),
+                        int(ctx.proxy.inputs.shape[0]), ctx.proxy.held_out, ctx.agreement_images or None),
         versions=versions(), baseline=baseline, uniform=tuple(uniform), trials_complete=trials_complete,
         study=identity.name, settings=identity.settings, references=tuple(references),
         reconstruction=reconstruction, stages=tuple(stages))

@@ -12,6 +12,7 @@ from dac_search.report import build_report_data, print_pareto, write_reports
 from dac_search.rundir import load_run
 from tests.report.conftest import (
     BUDGET_MS,
+    HELD_OUT,
     PARETO,
     TOP1,
     edit_csv,
@@ -24,7 +25,7 @@ from tests.report.conftest import (
 
 BEST = max(PARETO, key=TOP1.__getitem__)  # the most accurate plan within the budget
 BASELINE = run_info(partial=False).baseline
-PLOT_IDS = ("plot-pareto-latency", "plot-pareto-flops", "plot-hypervolume", "plot-layers")
+PLOT_IDS = ("plot-pareto-latency", "plot-pareto-flops", "plot-agreement", "plot-hypervolume", "plot-layers")
 
 
 def table_rows(html: str, table_id: str) -> list[list[str]]:
@@ -42,7 +43,8 @@ def test_html_has_the_pareto_table_with_the_best_plan_marked(rendered: Path) -> 
         and rows[0][6] == f"{BASELINE.latency_ms:.3f}"
     )
     best = final_row(BEST)
-    agreement = "-" if best.agreement is None else f"{100 * best.agreement:.1f}"
+    agreement = f"{100 * HELD_OUT[BEST]:.1f}"  # the exported model's, on the held-out images
+    assert "Agrees (% of 256 held-out synthetic)" in html
     assert rows[1 + PARETO.index(BEST)] == [
         str(BEST), f"{best.proxy:.4f}", agreement, f"{best.flops / 1e6:.2f}", f"{best.flops / BASELINE.flops:.2f}×",
         f"{best.params / 1e3:.1f}", f"{best.latency_ms:.3f}", f"{best.latency_iqr_ms:.3f}",
@@ -62,6 +64,8 @@ def test_html_embeds_every_plot_as_inline_svg_and_fetches_nothing(rendered: Path
     for group in ("pareto", "trials", "original", "uniform", "budget"):
         assert f'id="plot-pareto-latency-{group}"' in html
     assert 'id="plot-pareto-flops-budget"' not in html  # the budget is on latency
+    for group in ("agreement", "top1", "original", "budget"):  # the percentages a person reads, by latency
+        assert f'id="plot-agreement-{group}"' in html
     assert 'id="plot-hypervolume-curve"' in html and 'id="plot-layers-cells"' in html
     ids = re.findall(r'\bid="([^"]+)"', html)
     assert len(ids) == len(set(ids)), "ids must be unique across the inlined SVGs"

@@ -94,6 +94,10 @@ def test_search_on_the_local_device_picks_among_every_method_and_judges_each_pla
     report = (out / "report.md").read_text()
     assert all(f"{1 / float(p['latency_ratio']):.2f}×" in report for p in pareto)  # speed-up of the pair
     assert "**Time**: host " in report and "; device " in report
+    # each exported model judged on held-out synthetic images: four times the 16 scored, in whole images
+    assert run["proxy"]["agreement_images"] == 64 and "Agrees (% of 64 held-out synthetic)" in report
+    assert all(0 < float(p["agreement_held_out"]) <= 1 and (64 * float(p["agreement_held_out"])).is_integer()
+               for p in pareto)
     # the user's way: the exported file, timed beside the original in one session, is under the budget
     exported = tmp_path / "best.onnx"
     result = run_cli("export", str(out), "--format", "onnx", "-o", str(exported))

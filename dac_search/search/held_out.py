@@ -1,0 +1,75 @@
+"""The front judged as a user meets it: each plan's model as ``dac-search export`` writes it, its top-1
+agreement with the original on held-out synthetic images and, with ``--eval-data``, its real top-1.
+
+The agreement a trial records is taken on the scoring batch by the trial's quick model (8 images at 224x224:
+steps of 12.5%) and the search picks plans by it. The held-out images come from a seed no fit, score,
+calibration or reconstruction uses, four times the scoring batch by default (256 at 32x32 and 32 at
+224x224 with a correction), and each exported model is
+built once for both numbers: a percentage a person reads in the morning, with no image of theirs seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dac_search.eval_data import EvalData, top1
+from dac_search.progress import OnProgress
+from dac_search.proxies.apply import decompose_model
+from dac_search.proxies.outputs import compare, distributions_of
+from dac_search.proxies.synthetic import synthetic_inputs
+from dac_search.rundir import TrialRow
+
+HELD_OUT_SEED = 3  # fit 0, scoring 1, reconstruction 2: these images are none of theirs
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Held-out synthetic inputs, with the original's outputs on them computed once."""
+
+    inputs: torch.Tensor
+    reference: tuple[Any, ...]  # the original's output on each batch of ``BATCH``
+    distributions: dict[str, int]
+
+    @classmethod
+    def of(cls, model: nn.Module, input_shape: Sequence[int], kind: str, n: int, seed: int = 0,
+           on_progress: OnProgress | None = None) -> HeldOut:
+        inputs = synthetic_inputs(model, input_shape, kind, n, seed + HELD_OUT_SEED, on_progress=on_progress)
+        with torch.no_grad():
+            reference = tuple(model(batch) for batch in inputs.split(BATCH))
+        return cls(inputs, reference, distributions_of(model, reference[0]))
+
+    @property
+    def n(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def agreement(self, model: nn.Module) -> float | None:
+        """Share of the held-out images on which ``model``'s argmax is the original's (None: no distribution
+        output to take an argmax of)."""
+        agreed, counted = 0.0, 0
+        with torch.no_grad():
+            for batch, reference in zip(self.inputs.split(BATCH), self.reference):
+                share = compare(reference, model(batch), self.distributions).agreement
+                if share is None:
+                    return None
+                agreed += share * batch.shape[0]
+                counted += batch.shape[0]
+        return agreed / counted
+
+
+def judged_front(original: nn.Module, run_dir: Path, front: Sequence[TrialRow], held_out: HeldOut | None,
+                 data: EvalData | None) -> list[TrialRow]:
+    """The front with each plan's exported model judged: held-out agreement, and real top-1 with data."""
+    rows = []
+    for row in front:
+        assert row.plan is not None
+        model = decompose_model(original, run_dir / row.plan)
+        rows.append(replace(row, agreement_held_out=None if held_out is None else held_out.agreement(model),
+                            top1=None if data is None else top1(model, data)))
+    return rows
