@@ -116,13 +116,13 @@ def run(main: Callable[[], object], script: str) -> object:
     name, directory, rest = _own_flags(sys.argv[1:], Path(script).stem)
     sys.argv[1:] = rest
     command = shlex.join([".venv/bin/python", f"benchmarks/{Path(script).name}", *rest])
+    version_map = dict(versions())  # the code as it starts: a benchmark may write tracked files (an SVG)
     started, start = now(), time.monotonic()
     tee = _Tee(sys.stdout)
     with redirect_stdout(tee):  # type: ignore[type-var]
         result = main()
     if name is None or result not in (None, 0):
         return result
-    version_map = dict(versions())
     record = Record(name=name, command=command, output=tee.kept.getvalue().strip() + "\n", date=started,
                     seconds=time.monotonic() - start, commit=version_map.get("dac_search_commit"),
                     versions=version_map, machine=machine(), defaults=shaping_defaults())

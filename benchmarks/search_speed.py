@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/search_speed.py [--trials 200] [--model torchvision.models:resnet50]
         [--input-shape 1,3,224,224] [--devices none,local] [--budget 50%flops] [--latency-budget 0.6x]
-        [--correction refit]
+        [--correction auto]
 
 resnet50 is built with random weights (no download): speed does not depend on the values. The
 one-off set-up (distilled inputs, layer sensitivities, latency table, up to the first trial's end) and the
@@ -27,7 +27,7 @@ from dac_search.export.run import pick_trial
 from dac_search.plan import CORRECTIONS, RankPlan
 from dac_search.proxies.correction import default_input_count
 from dac_search.rundir import load_run, stage_seconds
-from dac_search.search.config import SearchConfig
+from dac_search.search.config import AUTO_CORRECTION, SearchConfig
 from dac_search.search.controller import run_search
 from dac_search.search.live import LiveView
 from dac_search.shapes import parse_shape
@@ -55,7 +55,8 @@ def main() -> None:
     parser.add_argument("--devices", default="none,local")
     parser.add_argument("--budget", default="50%flops", help="with --device none")
     parser.add_argument("--latency-budget", default="0.6x", help="with a device")
-    parser.add_argument("--correction", default="refit", choices=(*CORRECTIONS, "none"))
+    parser.add_argument("--correction", default=AUTO_CORRECTION, choices=(AUTO_CORRECTION, *CORRECTIONS, "none"),
+                        help="the search's --correction (default: its own, by the budget's kind)")
     args = parser.parse_args()
     shape = parse_shape(args.input_shape)
     correction = None if args.correction == "none" else args.correction

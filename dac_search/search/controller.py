@@ -157,7 +157,10 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
     if not interrupted and (data is not None or ctx.agreement_images):
         with ctx.clock.stage("front judged on held-out images" + (" and --eval-data" if data else ""), HOST):
             held_out = _held_out(ctx, view)
-            front = judged_front(ctx.model, run_dir, front, held_out, data)
+            label = "building and judging the front's models as export writes them"
+            view.say(label)
+            front = judged_front(ctx.model, run_dir, front, held_out, data,
+                                 Progress(view.say, label, view.progress_interval_s, "plan "))
             if data is not None:
                 baseline = replace(baseline, top1=top1(ctx.model, data))
     if not interrupted and references:

@@ -64,12 +64,16 @@ class HeldOut:
 
 
 def judged_front(original: nn.Module, run_dir: Path, front: Sequence[TrialRow], held_out: HeldOut | None,
-                 data: EvalData | None) -> list[TrialRow]:
+                 data: EvalData | None, on_progress: OnProgress | None = None) -> list[TrialRow]:
     """The front with each plan's exported model judged: held-out agreement, and real top-1 with data."""
     rows = []
-    for row in front:
+    for done, row in enumerate(front):
+        if on_progress is not None:
+            on_progress(done, len(front))
         assert row.plan is not None
         model = decompose_model(original, run_dir / row.plan)
         rows.append(replace(row, agreement_held_out=None if held_out is None else held_out.agreement(model),
                             top1=None if data is None else top1(model, data)))
+    if on_progress is not None:
+        on_progress(len(front), len(front))
     return rows
