@@ -112,9 +112,9 @@ def render_headline(template: str, records: Mapping[str, Record]) -> str:
         return cell(records[match["record"]], match["row"], match["column"])
 
     body = _CELL.sub(substitute, template).rstrip("\n")
-    sources = "; ".join(f"`{name}` ({records[name].date[:10]}, commit `{(records[name].commit or '-')[:7]}`)"
-                        for name in headline_records(template))
-    return f"{body}\n\nFrom the benchmark records {sources} (docs/records; benchmarks/render_results.py).\n"
+    sources = ";\n".join(f"`{name}` ({records[name].date[:10]}, commit `{(records[name].commit or '-')[:7]}`)"
+                         for name in headline_records(template))
+    return f"{body}\n\nFrom the benchmark records (docs/records, rendered by render_results.py)\n{sources}.\n"
 
 
 def main(argv: list[str] | None = None) -> int:
