@@ -2,7 +2,7 @@
 
 Every script runs its ``main`` through ``run``: what it prints goes to the terminal as before and, when the
 script finishes, into a record beside it with the command, the git commit, the package versions, the
-machine, the date, the wall time and every default that shapes a result (``provenance.shaping_defaults``).
+machine, the date, the wall time and every default that shapes a result (``dac_search.search.defaults``).
 ``render_results.py`` writes the results pages from the records, and marks a record made at other defaults
 than today's, so a stale table is seen as stale. ``--record NAME`` names the record (default: the script's
 name; a variant of a script gets a name of its own); ``--record none`` writes none.
@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from dac_search.atomic import atomic_path
-from dac_search.provenance import machine, now, shaping_defaults, versions
+from dac_search.provenance import machine, now, versions
+from dac_search.search.defaults import shaping_defaults
 
 RECORD_FORMAT = "dac-search/benchmark-record@1"
 RECORDS = Path(__file__).resolve().parents[1] / "docs" / "records"

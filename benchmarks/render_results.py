@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _record import Record, load_all  # noqa: E402
 
-from dac_search.provenance import changed_defaults  # noqa: E402
+from dac_search.search.defaults import changed_defaults  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = (ROOT / "docs" / "results.md", ROOT / "README.md")

@@ -17,7 +17,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import _record  # noqa: E402
 import render_results  # noqa: E402
 
-from dac_search.provenance import changed_defaults, shaping_defaults  # noqa: E402
+from dac_search.search.defaults import changed_defaults, shaping_defaults  # noqa: E402
 
 
 def test_every_record_reads_back_and_names_what_made_it() -> None:
