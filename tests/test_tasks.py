@@ -84,7 +84,7 @@ def test_a_task_model_is_searched_and_its_plan_exported_from_the_command_line(sp
     out = tmp_path / "run"
     result = run_cli("--model", spec, "--weights", "none", "--input-shape", shape, "--device", "none",
                      "--budget", "90%flops", "--methods", methods, "--trials", "3", "--correction", "none",
-                     "--proxy-images", "2", "--out", str(out))
+                     "--proxy-images", "2", "--agreement-images", "0", "--out", str(out))
     assert result.returncode == 0, result.stderr
     run = json.loads((out / "run.json").read_text())
     assert run["proxy"]["inputs"] == inputs and run["trials_complete"] == 3
@@ -124,7 +124,7 @@ def test_a_search_on_the_bn_free_net_beats_uniform_dac_in_real_top1(nobn_weights
     out, data_file = tmp_path / "run", cifar_assets / "cifar10_test_a.npz"
     result = run_cli("--model", NOBN_SPEC, "--weights", str(nobn_weights), "--input-shape", "1,3,32,32",
                      "--device", "none", "--budget", "40%flops", "--trials", "12", "--eval-data", str(data_file),
-                     "--mean", "0.5", "--std", "0.5", "--out", str(out))
+                     "--mean", "0.5", "--std", "0.5", "--agreement-images", "0", "--out", str(out))
     assert result.returncode == 0, result.stderr
     run = load_run(out)
     assert run.info.proxy.inputs == "impressions"

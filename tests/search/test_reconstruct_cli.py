@@ -33,7 +33,7 @@ def _interrupt_when(process: subprocess.Popen[str], marker: str, seen: list[str]
 @pytest.mark.slow  # over 10 s here
 def test_ctrl_c_in_the_stage_keeps_the_run_and_the_same_command_resumes_it(hub_cache, tmp_path) -> None:
     out = tmp_path / "run"
-    command = (*STAGE, "--reconstruct", "20s", "--out", str(out))
+    command = (*STAGE, "--reconstruct", "20s", "--agreement-images", "16", "--out", str(out))
     # SIGINT back to its default in the child: a shell that started the tests in the background ignores it,
     # and a Python started with SIGINT ignored never raises KeyboardInterrupt
     process = subprocess.Popen(cli(*command), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -61,9 +61,11 @@ def test_ctrl_c_in_the_stage_keeps_the_run_and_the_same_command_resumes_it(hub_c
     for point in done:
         assert trials[point["trial"]]["plan_reconstructed"] == point["plan_reconstructed"]
         assert float(point["proxy_reconstructed"]) > 0
+        assert 0 <= float(point["agreement_reconstructed"]) <= 1  # judged on the held-out images, as the rest
         plan = json.loads((out / point["plan_reconstructed"]).read_text())
         assert plan["format"] == RECONSTRUCTED_FORMAT and plan["reconstruction"]["steps"] >= 1
     assert "Proxy reconstructed" in (out / "report.md").read_text()
+    assert "Agrees reconstructed (%)" in (out / "report.md").read_text()
 
     # the exported model is the reconstructed plan's model, as decompose_model builds it
     best = min(done, key=lambda p: float(p["proxy_reconstructed"]))
