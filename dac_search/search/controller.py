@@ -159,7 +159,7 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
             held_out = _held_out(ctx, view)
             label = "building and judging the front's models as export writes them"
             view.say(label)
-            front = judged_front(ctx.model, run_dir, front, held_out, data,
+            front = judged_front(ctx.model, run_dir, front, held_out, data, config.measure_points,
                                  Progress(view.say, label, view.progress_interval_s, "plan "))
             if data is not None:
                 baseline = replace(baseline, top1=top1(ctx.model, data))

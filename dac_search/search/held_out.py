@@ -2,10 +2,10 @@
 agreement with the original on held-out synthetic images and, with ``--eval-data``, its real top-1.
 
 The agreement a trial records is taken on the scoring batch by the trial's quick model (8 images at 224x224:
-steps of 12.5%) and the search picks plans by it. The held-out images come from a seed no fit, score,
+steps of 12.5%), the images the search also selects on. The held-out images come from a seed no fit, score,
 calibration or reconstruction uses, four times the scoring batch by default (256 at 32x32 and 32 at
-224x224 with a correction), and each exported model is
-built once for both numbers: a percentage a person reads in the morning, with no image of theirs seen.
+224x224 with a correction), and each exported model is built once for both numbers: a percentage a person
+reads in the morning, with no image of theirs seen.
 """
 
 from __future__ import annotations
@@ -63,17 +63,29 @@ class HeldOut:
         return agreed / counted
 
 
+def worth_judging(front: Sequence[TrialRow], data: EvalData | None, limit: int) -> list[TrialRow]:
+    """The points whose models are built and judged: every one with labelled data (the user asked for top-1,
+    and the pick goes by it); without, the ``limit`` feasible ones of lowest proxy, the plans a user picks
+    among. A model build is not free: an int8 plan is quantized by ONNX Runtime, a corrected one refitted."""
+    if data is not None:
+        return list(front)
+    feasible = [row for row in front if row.feasible and row.proxy is not None]
+    return sorted(feasible, key=lambda row: (row.proxy, row.trial))[:limit]
+
+
 def judged_front(original: nn.Module, run_dir: Path, front: Sequence[TrialRow], held_out: HeldOut | None,
-                 data: EvalData | None, on_progress: OnProgress | None = None) -> list[TrialRow]:
-    """The front with each plan's exported model judged: held-out agreement, and real top-1 with data."""
-    rows = []
-    for done, row in enumerate(front):
+                 data: EvalData | None, limit: int, on_progress: OnProgress | None = None) -> list[TrialRow]:
+    """The front with the exported models of the points ``worth_judging`` judged: held-out agreement, and real
+    top-1 with data; the other points as they were."""
+    chosen = worth_judging(front, data, limit)
+    judged = {}
+    for done, row in enumerate(chosen):
         if on_progress is not None:
-            on_progress(done, len(front))
+            on_progress(done, len(chosen))
         assert row.plan is not None
         model = decompose_model(original, run_dir / row.plan)
-        rows.append(replace(row, agreement_held_out=None if held_out is None else held_out.agreement(model),
-                            top1=None if data is None else top1(model, data)))
+        judged[row.trial] = replace(row, agreement_held_out=None if held_out is None else held_out.agreement(model),
+                                    top1=None if data is None else top1(model, data))
     if on_progress is not None:
-        on_progress(len(front), len(front))
-    return rows
+        on_progress(len(chosen), len(chosen))
+    return [judged.get(row.trial, row) for row in front]

@@ -98,8 +98,9 @@ def test_search_on_the_local_device_picks_among_every_method_and_judges_each_pla
     assert "**Time**: host " in report and "; device " in report
     # each exported model judged on the held-out synthetic images asked for, in whole images
     assert run["proxy"]["agreement_images"] == 32 and "Agrees (% of 32 held-out synthetic)" in report
-    assert all(0 < float(p["agreement_held_out"]) <= 1 and (32 * float(p["agreement_held_out"])).is_integer()
-               for p in pareto)
+    judged = [float(p["agreement_held_out"]) for p in pareto if p["agreement_held_out"]]
+    assert len(judged) == min(8, len(pareto))  # the best eight feasible points, not every model of the front
+    assert all(0 < share <= 1 and (32 * share).is_integer() for share in judged)
     # the user's way: the exported file, timed beside the original in one session, is under the budget
     exported = tmp_path / "best.onnx"
     result = run_cli("export", str(out), "--format", "onnx", "-o", str(exported))
