@@ -41,3 +41,14 @@ def test_an_output_without_a_distribution_has_no_agreement() -> None:
     inputs = torch.randn(4, 3, 8, 8)
     judged = HeldOut(inputs, (inputs.mean((2, 3)),), {})  # a feature map, not a distribution
     assert judged.agreement(_Pooled()) is None
+
+
+def test_without_labels_the_best_feasible_points_are_judged_and_with_labels_every_point() -> None:
+    from dac_search.rundir import TrialRow
+    from dac_search.search.held_out import worth_judging
+
+    front = [TrialRow(t, "COMPLETE", feasible, proxy, flops=100 - t, plan=f"plans/trial-{t}.json")
+             for t, feasible, proxy in ((0, True, 0.5), (1, False, 0.1), (2, True, 0.2), (3, True, 0.9),
+                                        (4, True, 0.3))]
+    assert [row.trial for row in worth_judging(front, None, 3)] == [2, 4, 0]  # feasible, lowest proxy first
+    assert worth_judging(front, object(), 3) == front  # type: ignore[arg-type]  # labelled data: all of them
