@@ -65,7 +65,11 @@ def test_ctrl_c_in_the_stage_keeps_the_run_and_the_same_command_resumes_it(hub_c
         plan = json.loads((out / point["plan_reconstructed"]).read_text())
         assert plan["format"] == RECONSTRUCTED_FORMAT and plan["reconstruction"]["steps"] >= 1
     assert "Proxy reconstructed" in (out / "report.md").read_text()
-    assert "Agrees reconstructed (%)" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Agrees reconstructed (%)" in report and "Agrees (% of 16 held-out synthetic)" in report
+    # the front's best feasible points judged on the held-out images asked for, in whole images
+    judged = [float(p["agreement_held_out"]) for p in rows(out / "pareto.csv") if p["agreement_held_out"]]
+    assert 1 <= len(judged) <= 8 and all(0 <= share <= 1 and (16 * share).is_integer() for share in judged)
 
     # the exported model is the reconstructed plan's model, as decompose_model builds it
     best = min(done, key=lambda p: float(p["proxy_reconstructed"]))

@@ -68,8 +68,7 @@ def test_search_on_the_local_device_picks_among_every_method_and_judges_each_pla
     device = tmp_path / "quick.toml"  # short timings: this checks the plumbing, not the machine
     device.write_text('name = "quick"\nkind = "local"\nthreads = 1\n'
                       '[measure]\nwarmup_s = 0.05\nrepeat_s = 0.02\nrepeats = 7\nmax_attempts = 1\n')
-    result = run_cli(*SEARCH, "--device", str(device), "--budget", "0.7x", "--trials", "12", "--out", str(out),
-                     "--agreement-images", "32")
+    result = run_cli(*SEARCH, "--device", str(device), "--budget", "0.7x", "--trials", "12", "--out", str(out))
     assert result.returncode == 0, result.stderr
     run = json.loads((out / "run.json").read_text())
     assert run["methods"] == ["dac", "spatial", "channel", "prune"]  # every method is offered by default
@@ -96,11 +95,6 @@ def test_search_on_the_local_device_picks_among_every_method_and_judges_each_pla
     report = (out / "report.md").read_text()
     assert all(f"{1 / float(p['latency_ratio']):.2f}×" in report for p in pareto)  # speed-up of the pair
     assert "**Time**: host " in report and "; device " in report
-    # each exported model judged on the held-out synthetic images asked for, in whole images
-    assert run["proxy"]["agreement_images"] == 32 and "Agrees (% of 32 held-out synthetic)" in report
-    judged = [float(p["agreement_held_out"]) for p in pareto if p["agreement_held_out"]]
-    assert len(judged) == min(8, len(pareto))  # the best eight feasible points, not every model of the front
-    assert all(0 < share <= 1 and (32 * share).is_integer() for share in judged)
     # the user's way: the exported file, timed beside the original in one session, is under the budget
     exported = tmp_path / "best.onnx"
     result = run_cli("export", str(out), "--format", "onnx", "-o", str(exported))
