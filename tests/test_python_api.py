@@ -27,9 +27,9 @@ def test_the_readmes_python_loop_runs_as_written(hub_cache, tmp_path, monkeypatc
     run, again = scope["run"], scope["again"]
     assert isinstance(run, dac_search.Run) and isinstance(again, dac_search.Run)
     assert len(run.trials) == 20 and run.front is not None and len(run.front) >= 1
-    # by default the front is judged on four times the 64 images the search scores with
+    # by default the front is judged on twice the 64 images the search scores with
     judged = run.front["agreement_held_out"].dropna()
-    assert run.info.proxy.agreement_images == 256 and 1 <= len(judged) <= 8 and judged.between(0, 1).all()
+    assert run.info.proxy.agreement_images == 128 and 1 <= len(judged) <= 8 and judged.between(0, 1).all()
     best = scope["best"]
     assert best in set(run.front["trial"]) and again.best() == best
     model, plan = scope["model"], scope["plan"]

@@ -47,8 +47,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "default auto: distilled where the model has BatchNorm, impressions where not")
     parser.add_argument("--proxy-images", type=int, default=64, help="synthetic images the proxy uses")
     parser.add_argument("--agreement-images", type=int, help="held-out synthetic images the exported front is judged "
-                        "on: each plan's top-1 agreement with the original, in the report (default: four times the "
-                        "scoring batch: 256 at 32x32 and 32 at 224x224 with a correction; 0: none)")
+                        "on: each plan's top-1 agreement with the original, in the report (default: twice the "
+                        "scoring batch: 128 at 32x32 and 16 at 224x224 with a correction; 0: none)")
     parser.add_argument("--reconstruct", metavar="DURATION", help="after the search, fit the best few plans of the "
                         "front by gradient steps on synthetic images (no data) for this long in all, e.g. 20m; "
                         "written beside the closed-form plans, labelled, and picked by export when better")

@@ -24,12 +24,13 @@ from dac_search.plan import LayerChoice, RankPlan
 from dac_search.precision import FP32, INT8, INT8_RUNTIMES, QuantScheme
 from dac_search.progress import Progress, Say
 from dac_search.proxies import ModelProxy, ProxyScore, cached_layer_sensitivity, default_proxy, synthetic_inputs
-from dac_search.proxies.correction import FIT_SCALE, fit_of
+from dac_search.proxies.correction import fit_of
 from dac_search.proxies.sensitivity import cached_int8_sensitivity
 from dac_search.proxies.synthetic import resolve_kind
 from dac_search.reconstruction.regions import check_reconstructable
 from dac_search.search.config import SearchConfig
 from dac_search.search.final import Judge
+from dac_search.search.held_out import SCALE as HELD_OUT_SCALE
 from dac_search.search.refine import LATENCY_MARGINS
 from dac_search.search.space import LOG_LAMBDA_RANGE, SearchSpace
 from dac_search.search.stages import DEVICE, HOST, StageClock, beside
@@ -115,10 +116,10 @@ class SearchContext:
 
     @property
     def agreement_images(self) -> int:
-        """Held-out synthetic images the front is judged on (0: none); by default ``FIT_SCALE`` times the scoring
-        batch, as a plan's fit."""
+        """Held-out synthetic images the front is judged on (0: none); by default ``held_out.SCALE`` times the
+        scoring batch."""
         asked = self.config.agreement_images
-        return FIT_SCALE * int(self.proxy.inputs.shape[0]) if asked is None else asked
+        return HELD_OUT_SCALE * int(self.proxy.inputs.shape[0]) if asked is None else asked
 
     @property
     def quantization(self) -> QuantScheme:
