@@ -65,12 +65,15 @@ def render_record(record: Record) -> str:
     return f"<!-- record {record.name} -->\n" + "\n".join(parts) + "\n<!-- /record -->"
 
 
+def _named(records: Mapping[str, Record], name: str) -> Record:
+    if name not in records:
+        raise RenderError(f"no record {name!r} in docs/records")
+    return records[name]
+
+
 def render_page(text: str, records: Mapping[str, Record]) -> str:
     def block(match: re.Match[str]) -> str:
-        name = match["name"]
-        if name not in records:
-            raise RenderError(f"no record {name!r} in docs/records")
-        return render_record(records[name])
+        return render_record(_named(records, match["name"]))
 
     text = _BLOCK.sub(block, text)
     if _HEADLINE.search(text):
@@ -107,9 +110,7 @@ def headline_records(template: str) -> list[str]:
 
 def render_headline(template: str, records: Mapping[str, Record]) -> str:
     def substitute(match: re.Match[str]) -> str:
-        if match["record"] not in records:
-            raise RenderError(f"no record {match['record']!r} in docs/records")
-        return cell(records[match["record"]], match["row"], match["column"])
+        return cell(_named(records, match["record"]), match["row"], match["column"])
 
     body = _CELL.sub(substitute, template).rstrip("\n")
     sources = ";\n".join(f"`{name}` ({records[name].date[:10]}, commit `{(records[name].commit or '-')[:7]}`)"
