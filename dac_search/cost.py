@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dac_search.decompose.prune import PruneSite, check_site, check_width, prune_sites
+from dac_search.decompose.graph import PruneSite, check_site, model_graph
+from dac_search.decompose.prune import check_width
 from dac_search.decompose.surgery import decomposable_layers
 from dac_search.errors import PlanError
 from dac_search.methods import METHODS
@@ -163,7 +164,6 @@ class CostModel:
         self.geometry = {name: geometry for name, geometry in self.traced.items() if name in wanted}
         self.baseline = count_cost(model, input_shape)
         self._model = model  # read again only for a plan that prunes
-        self._sites: dict[str, PruneSite | str] | None = None
         self._passed: dict[str, ConvGeometry] | None = None
 
     def _original(self, name: str) -> ConvGeometry:
@@ -176,11 +176,9 @@ class CostModel:
                                         {name: self._model.get_submodule(name) for name in passed})
         return self._passed[name]
 
-    def sites(self) -> dict[str, PruneSite | str]:
-        """The model's prune sites (``prune_sites``), traced on first use."""
-        if self._sites is None:
-            self._sites = prune_sites(self._model)
-        return self._sites
+    def sites(self) -> Mapping[str, PruneSite | str]:
+        """The model's prune sites (its ``model_graph``, traced once)."""
+        return model_graph(self._model).sites
 
     def producers(self) -> frozenset[str]:
         """The convs ``prune`` can take; none when torch.fx cannot trace the model (nothing is offered pruned)."""

@@ -147,9 +147,30 @@ def test_an_untraceable_model_is_refused_with_the_reason() -> None:
             y = self.a(x)
             return self.b(y) if y.sum() > 0 else y
 
+    model = Branchy()
     with pytest.raises(PlanError, match="torch.fx cannot trace this model") as info:
-        replace_layers(Branchy(), {"layers": {"a": {"method": "prune", "rank": 4}}})
+        replace_layers(model, {"layers": {"a": {"method": "prune", "rank": 4}}})
     assert "\n" not in str(info.value)
+    with pytest.raises(PlanError, match="torch.fx cannot trace this model"):  # remembered, refused alike
+        prune_sites(model)
+
+
+def test_a_model_is_traced_once_for_every_reader_and_again_after_a_submodule_is_swapped(monkeypatch) -> None:
+    from dac_search.decompose import graph
+
+    traced = []
+    trace = graph._trace
+    monkeypatch.setattr(graph, "_trace", lambda model: traced.append(model) or trace(model))
+    model = _random_resnet20()
+    costs = CostModel(model, CIFAR)
+    plan = _prune_plan(model, 0.5, ["layer1.0.conv1"])
+    first = graph.model_graph(model)
+    costs.cost(plan), replace_layers(model, plan), prune_sites(model), costs.producers()  # every reader
+    assert len(traced) == 1 and graph.model_graph(model) is first
+    model.set_submodule("layer1.0.conv1", nn.Conv2d(16, 16, 3, padding=1, bias=False))  # changed in place
+    assert graph.model_graph(model) is not first and len(traced) == 2
+    copy = _random_resnet20()  # another model object of the same structure is traced on its own
+    assert set(prune_sites(copy)) == set(first.sites) and len(traced) == 3
 
 
 def test_the_consumer_of_a_pruned_producer_is_factorised_at_its_pruned_width() -> None:

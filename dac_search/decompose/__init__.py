@@ -14,17 +14,9 @@ from dac_search.decompose.factors import (
     max_rank,
     refusal,
 )
+from dac_search.decompose.graph import ModelGraph, PruneSite, Shortcut, model_graph, prune_sites, residual_shortcuts
 from dac_search.decompose.layers import LAYERS, ChannelConv2d, DacConv2d, FactorizedConv2d, SpatialConv2d
-from dac_search.decompose.prune import (
-    PruneSite,
-    Pruning,
-    Shortcut,
-    plan_pruning,
-    prune_model,
-    prune_ranks,
-    prune_sites,
-    residual_shortcuts,
-)
+from dac_search.decompose.prune import Pruning, plan_pruning, prune_model, prune_ranks
 from dac_search.decompose.surgery import (
     check_plan,
     decomposable_layers,
@@ -37,8 +29,8 @@ from dac_search.methods import DAC_VARIANTS, METHODS, PLAN_METHODS, STRUCTURAL
 
 __all__ = [
     "DAC_VARIANTS", "LAYERS", "METHODS", "PLAN_METHODS", "STRUCTURAL", "ChannelConv2d", "DacConv2d",
-    "FactorizedConv2d", "LayerFactors", "PruneSite", "Pruning", "SpatialConv2d", "can_decompose",
-    "check_decomposable", "check_plan", "decomposable_layers", "decompose_conv", "factorize", "max_rank",
+    "FactorizedConv2d", "LayerFactors", "ModelGraph", "PruneSite", "Pruning", "SpatialConv2d", "can_decompose",
+    "check_decomposable", "check_plan", "decomposable_layers", "decompose_conv", "factorize", "max_rank", "model_graph",
     "Shortcut", "plan_pruning", "prune_model", "prune_ranks", "prune_sites", "rank_limit", "refusal", "replace_layers",
     "residual_shortcuts", "validate_plan",
 ]

@@ -24,7 +24,8 @@ from torch import nn
 from dac_search.atomic import write_text_atomic
 from dac_search.cost import geometry_of, trace_geometry
 from dac_search.decompose import METHODS, can_decompose, decompose_conv, replace_layers
-from dac_search.decompose.prune import check_site, is_depthwise, prune_sites, slice_conv
+from dac_search.decompose.graph import check_site, is_depthwise, model_graph
+from dac_search.decompose.prune import slice_conv
 from dac_search.errors import PlanError
 from dac_search.export import export_for
 from dac_search.int8_model import Int8Model, int8_for_timing
@@ -383,7 +384,7 @@ def _consumers(model: nn.Module, offered: dict[str, list[LayerChoice]]
     producers = [name for name, choices in offered.items() if any(c.structural for c in choices)]
     if not producers:
         return {}, {}
-    sites = prune_sites(model)
+    sites = model_graph(model).sites
     found = {name: check_site(sites, name) for name in producers}
     return ({name: site.consumer for name, site in found.items()},
             {name: tuple(conv for conv, _ in site.through) for name, site in found.items() if site.through})

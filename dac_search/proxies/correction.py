@@ -38,7 +38,7 @@ from torch import nn
 
 from dac_search.decompose import LAYERS, decomposable_layers, factorize, replace_layers, validate_plan
 from dac_search.decompose.factors import LayerFactors
-from dac_search.decompose.prune import Shortcut
+from dac_search.decompose.graph import Shortcut
 from dac_search.errors import ConfigError
 from dac_search.plan import CORRECTIONS, REFITS, RankPlan
 from dac_search.progress import OnProgress

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from dac_search.decompose import decomposable_layers, rank_limit, validate_plan
-from dac_search.decompose.prune import PruneSite, check_site, prune_sites
+from dac_search.decompose.graph import check_site, model_graph
 from dac_search.errors import ConfigError, PlanError
 from dac_search.methods import default_variant
 from dac_search.plan import LayerChoice, RankPlan
@@ -79,7 +79,6 @@ class ModelProxy:
             self._scored_logits = model(inputs) if self.held_out else self._reference.logits
         self._distributions = distributions_of(model, self._scored_logits)
         self._front: _Front | None = None  # set while scoring one layer's changes (``changing``)
-        self._sites: dict[str, PruneSite | str] | None = None  # where the model can be pruned, traced once
         self._calibrations: dict[tuple[Any, ...], torch.Tensor] = {}  # int8 calibration images by scheme
 
     @property
@@ -132,13 +131,8 @@ class ModelProxy:
 
     def _consumer(self, layer: str) -> str | None:
         """The conv a pruned ``layer`` feeds (the last one its pruning refits), None if it cannot be pruned."""
-        if self._sites is None:
-            try:
-                self._sites = prune_sites(self.model)
-            except PlanError:  # fx cannot trace it: nothing in it can be pruned
-                self._sites = {}
-        try:
-            return check_site(self._sites, layer).consumer
+        try:  # PlanError: fx cannot trace the model (nothing in it can be pruned), or this layer cannot be
+            return check_site(model_graph(self.model).sites, layer).consumer
         except PlanError:
             return None
 

@@ -69,8 +69,8 @@ def measured_references(ctx: SearchContext, references: Sequence[ReferencePoint]
     """The references timed end to end beside the original in one session; their real top-1 with data, and
     their agreement on the held-out images the front is judged on."""
     out = []
+    plan = int8_original_plan(ctx)  # the one reference there is
     for point in references:
-        plan = int8_original_plan(ctx)
         if ctx.pool is not None:
             (pair,) = measure_beside(ctx.pool, ctx.model, [ctx.proxy.build(plan)], ctx.input_shape)
             point = replace(point, latency_ms=pair.result.median_ms, latency_ratio=pair.ratio)

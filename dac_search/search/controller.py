@@ -26,7 +26,7 @@ from dac_search.search.baselines import int8_reference, measured_references, uni
 from dac_search.search.config import SearchConfig
 from dac_search.search.context import SearchContext, build_context, load_inputs
 from dac_search.search.final import DeviceTimer, FinalFront, measured_front, unmeasured_front
-from dac_search.search.held_out import HeldOut, judged_front
+from dac_search.search.held_out import HeldOut, judged_front, worth_judging
 from dac_search.search.identity import LEGACY_STUDY, SearchIdentity, identity_of, refuse_difference
 from dac_search.search.live import LiveView
 from dac_search.search.objective import AfterTrial, Objective, rows_of, stop_at_total
@@ -154,7 +154,9 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
         baseline = replace(baseline, latency_ms=final.original_ms)
         budget = config.budget.resolve(final.original_ms) if ctx.budget.relative_latency else budget
     held_out = None
-    if not interrupted and (data is not None or ctx.agreement_images):
+    # nothing is distilled or built for a front with no point worth judging (no plan fits, no --eval-data)
+    worth = worth_judging(front, data, config.measure_points)
+    if not interrupted and worth and (data is not None or ctx.agreement_images):
         with ctx.clock.stage("front judged on held-out images" + (" and --eval-data" if data else ""), HOST):
             held_out = _held_out(ctx, view)
             label = "building and judging the front's models as export writes them"

@@ -92,6 +92,18 @@ def test_near_budget_plans_are_measured_and_a_fit_is_timed_twice_keeping_the_slo
     assert final.original_ms == pytest.approx(TABLE_MS)
 
 
+def test_only_the_front_is_timed_twice_and_a_plan_that_joins_it_is_timed_twice_too() -> None:
+    # all three fit after one timing, but plan 1 is as fast as plan 0 with a better proxy: 0 is off the front
+    final, profiler = _run([_row(0, 5.0, 0.9), _row(1, 5.4, 0.5), _row(2, 5.8, 0.3)],
+                           {0: [5.0], 1: [4.9], 2: [5.7, 6.2]})
+    assert profiler.calls == [[0, 1, 2], [1, 2]]  # 0 is never timed a second time
+    assert [p.trial for p in final.points] == [1] and {p.trial: p.feasible for p in final.measured}[2] is False
+    # plan 1 misses on its second timing: plan 0 joins the front, so it is timed a second time too
+    final, profiler = _run([_row(0, 5.0, 0.9), _row(1, 5.4, 0.5)], {0: [5.2, 5.5], 1: [5.1, 6.5]})
+    assert profiler.calls == [[0, 1], [1], [0]]
+    assert [p.trial for p in final.points] == [0] and final.points[0].latency_ratio == pytest.approx(0.55)
+
+
 def test_a_second_timing_over_the_budget_leaves_only_the_closest_misses() -> None:
     final, _ = _run([_row(0, 5.0, 0.9)], {0: [5.5, 6.5]})
     assert not final.feasible and [p.trial for p in final.points] == [0]

@@ -146,11 +146,15 @@ def test_resume_after_kill_9_loses_nothing_and_duplicates_nothing(hub_cache, tmp
 
 def test_an_impossible_budget_reports_the_closest_plans(hub_cache, tmp_path) -> None:
     out = tmp_path / "run"
-    result = run_cli(*SEARCH, "--device", "none", "--budget", "0.1%params", "--trials", "8", "--out", str(out))
+    result = run_cli(*SEARCH, "--device", "none", "--budget", "0.1%params", "--trials", "8",
+                     "--agreement-images", "16", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "no plan meets the budget 0.1%params" in result.stderr
     pareto = rows(out / "pareto.csv")
     assert pareto and all(p["feasible"] == "False" for p in pareto)
+    # no point is worth judging, so no held-out image is distilled for it
+    assert "held-out" not in result.stderr and not any(p["agreement_held_out"] for p in pareto)
+    assert not [s for s in json.loads((out / "run.json").read_text())["stages"] if "held-out" in s["name"]]
 
 
 @pytest.mark.parametrize("budget", ["30", "30xs", "-1ms", "150%flops", "0.5x"])
