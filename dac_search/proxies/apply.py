@@ -36,6 +36,7 @@ from dac_search.decompose import Pruning, check_plan, replace_layers, residual_s
 from dac_search.decompose.prune import branch_constant
 from dac_search.errors import ConfigError
 from dac_search.plan import RankPlan
+from dac_search.progress import OnProgress
 from dac_search.proxies._hooks import removing
 from dac_search.proxies.calibration import quantized
 from dac_search.proxies.correction import (
@@ -123,12 +124,8 @@ def float_model(model: nn.Module, plan: RankPlan, inputs: torch.Tensor | None = 
             return assemble_dense(base, initial_layers(base, factorised))
         return replace_layers(base, factorised).eval()
     if inputs is None:
-        if plan.input_shape is None:
-            raise ConfigError(f"the plan asks for the {plan.correction!r} correction but has no input_shape "
-                              "to make the synthetic inputs it is fitted on; add \"input_shape\" to the plan")
-        images, fit_settings = fit_of(plan.input_shape, plan.fit_images)
-        inputs = default_inputs(model, plan.input_shape, kind=plan.inputs, n=images)
-        settings = settings or fit_settings
+        inputs = fit_inputs(model, plan)
+        settings = settings or fit_of(plan.input_shape, plan.fit_images)[1]
     consumers = refitted_consumers(model, pruning, factorised) if plan.correction in REFITS else {}
     removed = pruning.removed
     if branches is None:
@@ -148,6 +145,15 @@ def float_model(model: nn.Module, plan: RankPlan, inputs: torch.Tensor | None = 
         result = run_plan(base, workbench, factorised, inputs, ref, plan.correction, settings, branches, partial)
     fitted = workbench if pruning.keep else model  # the pruned network with its consumers refitted
     return assemble_dense(fitted, result.layers) if dense else assemble(fitted, factorised, result.layers)
+
+
+def fit_inputs(model: nn.Module, plan: RankPlan, on_progress: OnProgress | None = None) -> torch.Tensor:
+    """The synthetic images a corrected plan's own model is fitted on (``fit_of``), made once and cached."""
+    if plan.input_shape is None:
+        raise ConfigError(f"the plan asks for the {plan.correction!r} correction but has no input_shape "
+                          "to make the synthetic inputs it is fitted on; add \"input_shape\" to the plan")
+    images, _ = fit_of(plan.input_shape, plan.fit_images)
+    return default_inputs(model, plan.input_shape, kind=plan.inputs, n=images, on_progress=on_progress)
 
 
 def reconstructed(model: nn.Module, built: nn.Module, plan: RankPlan, on_step: OnStep | None = None) -> nn.Module:

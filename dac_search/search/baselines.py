@@ -28,19 +28,20 @@ def uniform_baseline(ctx: SearchContext) -> list[UniformPoint]:
     rows = []
     limits = {name: max_rank(ctx.model.get_submodule(name), "dac") for name in ctx.costs.geometry}
     first = next(iter(limits))  # the input conv stays, as in the paper
+    timed = ctx.table is not None and "dac" in ctx.config.methods  # the table times the methods searched only
     for rank in range(1, max(limits.values()) + 1):
         choices = {}
         for name, limit in limits.items():
             if name == first:
                 continue
-            variant = ctx.table.fastest_variant(name, "dac", min(rank, limit)) if ctx.table else "grouped"
+            variant = ctx.table.fastest_variant(name, "dac", min(rank, limit)) if timed else "grouped"
             choices[name] = LayerChoice("dac", min(rank, limit), variant)
         plan = RankPlan(choices, **ctx.space.plan_fields())  # type: ignore[arg-type]
         cost = ctx.costs.cost(plan)
         if cost.flops >= ctx.costs.baseline.flops:
             break  # higher ranks only cost more than the original
         rows.append(UniformPoint(rank=rank, flops=cost.flops, params=cost.params, proxy=ctx.score(plan).value,
-                                 latency_ms=ctx.latency(plan), top1=None))
+                                 latency_ms=ctx.latency(plan) if timed else None, top1=None))
     return rows
 
 

@@ -113,6 +113,7 @@ class SearchContext:
     penalty: Penalties
     precisions: tuple[str, ...] = (FP32,)  # offered: the config's, less int8 where the device has no int8 path
     clock: StageClock = field(default_factory=StageClock)  # this session's stages, host and device apart
+    remote: bool = False  # the device is another machine: its timings may run while the host works
 
     @property
     def agreement_images(self) -> int:
@@ -301,7 +302,7 @@ def build_context(config: SearchConfig, inputs: SearchInputs, say: Say, warn: Sa
                               _pairs(costs, cands), inputs, precisions, scheme if INT8 in precisions else None,
                               fit_of(shape)[0] if config.correction else None)
     ctx = SearchContext(config, model, shape, costs, budget, proxy, space, device and device.pool, table,
-                        device and device.info, penalty, precisions, clock)
+                        device and device.info, penalty, precisions, clock, device is not None and device.remote)
     if device is None:
         return ctx
     # Layers alone miss fusion and memory traffic, and cached timings are from another session: re-anchor

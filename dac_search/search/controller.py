@@ -8,6 +8,7 @@ DAC and real top-1), ``record`` (run.json), ``study`` (Optuna storage, warm star
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -21,6 +22,8 @@ from dac_search.eval_data import EvalData, top1
 from dac_search.plan import RankPlan
 from dac_search.progress import Progress
 from dac_search.provenance import now
+from dac_search.proxies.apply import fit_inputs
+from dac_search.proxies.correction import fit_of
 from dac_search.rundir import Baseline, RunInfo, TrialRow, read_run_info, write_pareto, write_run, write_trials
 from dac_search.search.baselines import int8_reference, measured_references, uniform_baseline
 from dac_search.search.config import SearchConfig
@@ -32,7 +35,7 @@ from dac_search.search.live import LiveView
 from dac_search.search.objective import AfterTrial, Objective, rows_of, stop_at_total
 from dac_search.search.reconstruct_stage import reconstruct_front
 from dac_search.search.record import run_info
-from dac_search.search.stages import DEVICE, HOST
+from dac_search.search.stages import DEVICE, HOST, beside
 from dac_search.search.study import RUN_ATTR, Heartbeat, enqueue_warm_starts, fail_dead_trials, open_study
 from profilers.devices import load_device
 
@@ -142,8 +145,17 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
 
     rows = rows_of(study, run_dir)
     write_trials(run_dir, rows)
-    with ctx.clock.stage("final measurement", DEVICE) if ctx.pool and not interrupted else nullcontext():
-        final = _final_front(ctx, run_dir, rows, view, measure=not interrupted)
+    judging = not interrupted and (data is not None or ctx.agreement_images > 0)
+    # A remote device times the front while the host makes the images it is judged on (they share nothing), as
+    # soon as a trial fits as predicted; a local one times on the host's cores, so there they come after, and only
+    # for a front with a point worth judging.
+    early = judging and ctx.remote and (data is not None or any(p.feasible for p in rows))
+
+    def measure() -> FinalFront:
+        with ctx.clock.stage("final measurement", DEVICE) if ctx.pool and not interrupted else nullcontext():
+            return _final_front(ctx, run_dir, rows, view, measure=not interrupted)
+
+    final, early_images = beside(measure, lambda: _judging_images(ctx, view) if early else None, overlap=early)
     front = final.points
     if final.measured:  # end-to-end timings replace the table's predictions in trials.csv too
         measured = {p.trial: p for p in final.measured}
@@ -155,10 +167,9 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
         budget = config.budget.resolve(final.original_ms) if ctx.budget.relative_latency else budget
     held_out = None
     # nothing is distilled or built for a front with no point worth judging (no plan fits, no --eval-data)
-    worth = worth_judging(front, data, config.measure_points)
-    if not interrupted and worth and (data is not None or ctx.agreement_images):
+    if judging and worth_judging(front, data, config.measure_points):
+        held_out = early_images if early else _judging_images(ctx, view)
         with ctx.clock.stage("front judged on held-out images" + (" and --eval-data" if data else ""), HOST):
-            held_out = _held_out(ctx, view)
             label = "building and judging the front's models as export writes them"
             view.say(label)
             front = judged_front(ctx.model, run_dir, front, held_out, data, config.measure_points,
@@ -203,14 +214,24 @@ def _record(run_dir: Path, study: optuna.Study, info: RunInfo) -> None:
     study.set_user_attr(RUN_ATTR, info.to_dict())
 
 
-def _held_out(ctx: SearchContext, view: LiveView) -> HeldOut | None:
-    """The held-out synthetic images the front is judged on (made and cached now), or None if none are asked."""
-    if not ctx.agreement_images:
-        return None
-    label = f"making {ctx.agreement_images} held-out synthetic inputs to judge the front on"
-    view.say(label)
-    return HeldOut.of(ctx.model, ctx.input_shape, ctx.config.inputs, ctx.agreement_images, ctx.config.seed,
-                      Progress(view.say, label, view.progress_interval_s, "step "))
+def _judging_images(ctx: SearchContext, view: LiveView) -> HeldOut | None:
+    """What the front is judged with, made (and cached) now: the images a corrected plan's own model is fitted on
+    (``export`` builds it so), and the held-out images, or None where none are asked for. On a copy of the model:
+    beside a remote device's final measurement, the proxy runs the original in the other thread, and distilling
+    hooks every BatchNorm of the model it runs."""
+    model = copy.deepcopy(ctx.model)  # the same weights: the same cached images
+    with ctx.clock.stage("images the front is judged with", HOST):
+        if ctx.config.correction:
+            plan = RankPlan({}, **ctx.space.plan_fields())  # type: ignore[arg-type]
+            label = f"making the {fit_of(ctx.input_shape, plan.fit_images)[0]} inputs the front's models are fitted on"
+            view.say(label)
+            fit_inputs(model, plan, Progress(view.say, label, view.progress_interval_s, "step "))
+        if not ctx.agreement_images:
+            return None
+        label = f"making {ctx.agreement_images} held-out synthetic inputs to judge the front on"
+        view.say(label)
+        return HeldOut.of(model, ctx.input_shape, ctx.config.inputs, ctx.agreement_images, ctx.config.seed,
+                          Progress(view.say, label, view.progress_interval_s, "step "))
 
 
 def _final_front(ctx: SearchContext, run_dir: Path, rows: list[TrialRow], view: LiveView,

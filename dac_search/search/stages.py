@@ -3,7 +3,8 @@
 A user planning an overnight job on a board needs to know which to buy down: device seconds (the latency
 table, its calibration, the final measurement) grow with the board's slowness; host seconds (distillation,
 proxies, trials) with the model and this machine. With a remote device the table's timings and the host's
-distillation share nothing, so they run at once, and the set-up takes the longer of the two, not their sum.
+distillation share nothing, so they run at once, and the set-up takes the longer of the two, not their sum; so
+do the front's end-to-end timings and the images the front is then judged with.
 A local device times on the host's own cores: there they run one after the other, or each would slow the
 other's timings.
 """

@@ -1,4 +1,5 @@
-"""A search's set-up on a remote device: its table is timed over SSH while the host distils."""
+"""A search on a remote device: its table is timed over SSH while the host distils, and its front while the host
+makes the images the front is judged with."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from dac_search.budget import parse_budget
+from dac_search.rundir import load_run
 from dac_search.search.config import SearchConfig
 from dac_search.search.context import build_context, load_inputs
+from dac_search.search.controller import run_search
 from dac_search.search.stages import DEVICE, HOST
 
 from .conftest import SshServer
@@ -39,3 +42,23 @@ def test_a_remote_table_is_timed_while_the_host_distils_and_each_step_counts_to_
         assert counts, (label, said)
         done, total = counts[-1].split("/")
         assert done == total and int(total) > 1, counts
+
+
+@pytest.mark.slow  # a whole search over SSH
+def test_the_images_the_front_is_judged_with_are_made_while_a_remote_device_times_the_front(
+        sshd: SshServer, hub_cache: Path, tmp_path: Path) -> None:
+    device = sshd.device_toml(tmp_path / "device.toml",
+                              measure={"warmup_s": 0.05, "repeat_s": 0.02, "repeats": 5, "max_attempts": 1})
+    config = SearchConfig(model="cifar10-resnet20", budget=parse_budget("0.9x"), device=str(device), trials=4,
+                          methods=("prune",), precisions=("fp32",), correction=None, proxy_images=16,
+                          agreement_images=16, out=tmp_path / "run")
+    outcome = run_search(config)
+    assert outcome.feasible
+    run = load_run(outcome.run_dir)
+    stages = {s.name: s for s in run.info.stages}
+    final, images = stages["final measurement"], stages["images the front is judged with"]
+    assert (final.where, images.where) == (DEVICE, HOST)
+    # at once: the host made the images while the device was timing the front, not after it
+    assert final.started_s - 0.5 <= images.started_s < final.started_s + final.seconds, stages
+    judged = [p.agreement_held_out for p in run.pareto or () if p.agreement_held_out is not None]
+    assert judged and all(0 <= share <= 1 for share in judged)
