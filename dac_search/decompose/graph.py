@@ -1,11 +1,11 @@
 """A model's structure as the search reads it, from one ``torch.fx`` trace per model: every conv's prune site
 (or why it has none) and the parameter-free shortcut of every removable residual branch.
 
-The cost model, the proxy, the latency table's builder, ``plan_pruning`` and ``dac-search decompose`` each
-need it; ``model_graph`` traces a model once and hands every one of them the same ``ModelGraph`` (``plan_pruning``
-runs for every plan that prunes). It is remembered per model object, and traced
-again if a submodule has been swapped since (``set_submodule``), so a model changed in place is never read
-from a stale graph. Why a conv can or cannot be pruned: ``dac_search.decompose.prune``.
+The cost model, the proxy, the latency table's builder, ``plan_pruning`` (run for every plan that prunes) and
+``dac-search decompose`` each need it; ``model_graph`` traces a model once and hands every one of them the same
+``ModelGraph``. It is remembered per model object, and traced again if a submodule has been swapped since
+(``set_submodule``), so a model changed in place is never read from a stale graph. Why a conv can or cannot be
+pruned: ``dac_search.decompose.prune``.
 """
 
 from __future__ import annotations
