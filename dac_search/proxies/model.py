@@ -131,7 +131,7 @@ class ModelProxy:
 
     def _consumer(self, layer: str) -> str | None:
         """The conv a pruned ``layer`` feeds (the last one its pruning refits), None if it cannot be pruned."""
-        try:  # PlanError: fx cannot trace the model (nothing in it can be pruned), or this layer cannot be
+        try:  # PlanError: fx cannot trace the model, or this layer cannot be pruned
             return check_site(model_graph(self.model).sites, layer).consumer
         except PlanError:
             return None
