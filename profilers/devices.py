@@ -61,10 +61,15 @@ class DeviceConfig:
     source: Path | None = None
 
     @property
+    def remote(self) -> bool:
+        """Another machine: its timings may run while the host works (a local device times on the host's cores)."""
+        return self.kind != "local"
+
+    @property
     def python_path(self) -> str:
         if self.python:
             return self.python
-        return sys.executable if self.kind == "local" else "python3"
+        return "python3" if self.remote else sys.executable
 
     def runner_timeout(self, n_models: int, settings: MeasureSettings | None = None) -> float:
         """Seconds a runner call measuring ``n_models`` may take before it is killed."""

@@ -113,7 +113,6 @@ class SearchContext:
     penalty: Penalties
     precisions: tuple[str, ...] = (FP32,)  # offered: the config's, less int8 where the device has no int8 path
     clock: StageClock = field(default_factory=StageClock)  # this session's stages, host and device apart
-    remote: bool = False  # the device is another machine: its timings may run while the host works
 
     @property
     def agreement_images(self) -> int:
@@ -121,6 +120,11 @@ class SearchContext:
         scoring batch."""
         asked = self.config.agreement_images
         return HELD_OUT_SCALE * int(self.proxy.inputs.shape[0]) if asked is None else asked
+
+    @property
+    def remote(self) -> bool:
+        """The device is another machine (``DeviceConfig.remote``): its timings may run while the host works."""
+        return self.pool is not None and self.pool.config.remote
 
     @property
     def quantization(self) -> QuantScheme:
@@ -215,13 +219,11 @@ def worth_scoring(name: str, choices: Sequence[LayerChoice], change: Callable[[R
 
 @dataclass(frozen=True)
 class OpenDevice:
-    """A device's pool, the builder of its per-layer table, what it reported of itself, and whether it is
-    another machine (its timings may then run while the host works)."""
+    """A device's pool, the builder of its per-layer table, and what it reported of itself."""
 
     pool: DevicePool
     builder: LatencyTableBuilder
     info: dict
-    remote: bool
 
 
 @dataclass(frozen=True)
@@ -278,7 +280,7 @@ def build_context(config: SearchConfig, inputs: SearchInputs, say: Say, warn: Sa
         with clock.stage("distillation", HOST):
             return _proxy(config, model, shape, say, progress)
 
-    table, proxy = beside(time_table, distil, overlap=device is not None and device.remote)
+    table, proxy = beside(time_table, distil, overlap=device is not None and device.pool.config.remote)
     if table is not None:
         cands = {n: [_fastest(table, n, c) for c in cs] for n, cs in cands.items()}
     budget = config.budget.resolve(_baseline(config.budget.kind, costs, table))
@@ -302,7 +304,7 @@ def build_context(config: SearchConfig, inputs: SearchInputs, say: Say, warn: Sa
                               _pairs(costs, cands), inputs, precisions, scheme if INT8 in precisions else None,
                               fit_of(shape)[0] if config.correction else None)
     ctx = SearchContext(config, model, shape, costs, budget, proxy, space, device and device.pool, table,
-                        device and device.info, penalty, precisions, clock, device is not None and device.remote)
+                        device and device.info, penalty, precisions, clock)
     if device is None:
         return ctx
     # Layers alone miss fusion and memory traffic, and cached timings are from another session: re-anchor
@@ -339,8 +341,7 @@ def _open_device(config: SearchConfig, say: Say, warn: Say) -> OpenDevice:
     pool = DevicePool(device, warn)
     info = {"name": device.name, "runtime": device.runtime, **pool.primary.info()}
     say(f"building the latency table on {device.name}")
-    return OpenDevice(pool, LatencyTableBuilder(pool.primary, settings=table_settings(device.measure)), info,
-                      remote=device.kind != "local")
+    return OpenDevice(pool, LatencyTableBuilder(pool.primary, settings=table_settings(device.measure)), info)
 
 
 def _table(device: OpenDevice, model: nn.Module, shape: tuple[int, ...], cands: dict[str, list[LayerChoice]],

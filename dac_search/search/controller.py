@@ -147,9 +147,9 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
     write_trials(run_dir, rows)
     judging = not interrupted and (data is not None or ctx.agreement_images > 0)
     # A remote device times the front while the host makes the images it is judged on (they share nothing), as
-    # soon as a trial fits as predicted; a local one times on the host's cores, so there they come after, and only
-    # for a front with a point worth judging.
-    early = judging and ctx.remote and (data is not None or any(p.feasible for p in rows))
+    # soon as a trial is worth judging as predicted; a local one times on the host's cores, so there they come
+    # after, and only for a measured front with a point worth judging.
+    early = judging and ctx.remote and bool(worth_judging(rows, data, config.measure_points))
 
     def measure() -> FinalFront:
         with ctx.clock.stage("final measurement", DEVICE) if ctx.pool and not interrupted else nullcontext():

@@ -64,8 +64,8 @@ def test_ctrl_c_in_the_stage_keeps_the_run_and_the_same_command_resumes_it(hub_c
         assert 0 <= float(point["agreement_reconstructed"]) <= 1  # judged on the held-out images, as the rest
         plan = json.loads((out / point["plan_reconstructed"]).read_text())
         assert plan["format"] == RECONSTRUCTED_FORMAT and plan["reconstruction"]["steps"] >= 1
-    assert "Proxy reconstructed" in (out / "report.md").read_text()
     report = (out / "report.md").read_text()
+    assert "Proxy reconstructed" in report
     assert "Agrees reconstructed (%)" in report and "Agrees (% of 16 held-out synthetic)" in report
     # the front's best feasible points judged on the held-out images asked for, in whole images
     judged = [float(p["agreement_held_out"]) for p in rows(out / "pareto.csv") if p["agreement_held_out"]]
