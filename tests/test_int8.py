@@ -3,6 +3,7 @@ the table rows that time it. Real ResNet-20 weights, real onnxruntime, real CIFA
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from dac_search import decompose_model, load_model
 from dac_search.cli import main
 from dac_search.errors import ConfigError, PlanError
 from dac_search.export import export_for, export_model
-from dac_search.int8_model import Int8Model, module_of
+from dac_search.int8_model import Int8Model, int8_variants, module_of
 from dac_search.latency import LatencyTableBuilder
 from dac_search.latency.table import default_candidates
 from dac_search.plan import LayerChoice, RankPlan
@@ -205,3 +206,30 @@ def test_an_int8_model_with_several_outputs_gives_them_back_in_their_structure()
     for name, value in expected.items():
         assert got[name].shape == value.shape
         assert (got[name] - value).abs().max() < 0.1 * value.abs().max()  # int8 rounding, not another tensor
+
+
+def test_int8_variants_of_one_float_model_calibrate_once_and_equal_the_models_made_alone(monkeypatch) -> None:
+    """The proxy's table of each layer alone in int8 quantizes one float model many times: one calibration run
+    serves every variant, and each variant computes exactly what the same model quantized on its own does."""
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not its function
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                    torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+                                    torch.nn.Conv2d(8, 4, 1)).eval()
+    generator = torch.Generator().manual_seed(0)
+    calibration, x = torch.randn(8, 3, 16, 16, generator=generator), torch.randn(4, 3, 16, 16, generator=generator)
+    shape = (1, 3, 16, 16)
+    layer_sets = [frozenset(), frozenset({"0"}), frozenset({"2"}), frozenset({"0", "4"})]
+    alone = [Int8Model(model, layers, QuantScheme(), calibration, shape) for layers in layer_sets]
+    with torch.no_grad():
+        expected = [int8(x) for int8 in alone]
+    calibrators = []
+    create = ort_quantize.create_calibrator
+    monkeypatch.setattr(ort_quantize, "create_calibrator", lambda *a, **k: calibrators.append(1) or create(*a, **k))
+    with int8_variants(model, QuantScheme(), calibration, shape) as variant, torch.no_grad():
+        got = [variant(layers)(x) for layers in layer_sets]
+    assert len(calibrators) == 1
+    for want, have in zip(expected, got, strict=True):
+        assert torch.equal(want, have)
+    assert not torch.equal(got[1], got[2])  # the layer sets differ, and so do their models

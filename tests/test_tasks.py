@@ -122,15 +122,19 @@ def test_a_search_on_the_bn_free_net_beats_uniform_dac_in_real_top1(nobn_weights
     from dac_search.rundir import load_run
 
     out, data_file = tmp_path / "run", cifar_assets / "cifar10_test_a.npz"
+    # the plans' own models fitted on the proxy's 64 images (made already), not on 256 more impressions
     result = run_cli("--model", NOBN_SPEC, "--weights", str(nobn_weights), "--input-shape", "1,3,32,32",
                      "--device", "none", "--budget", "40%flops", "--trials", "12", "--eval-data", str(data_file),
-                     "--mean", "0.5", "--std", "0.5", "--agreement-images", "0", "--out", str(out))
+                     "--mean", "0.5", "--std", "0.5", "--agreement-images", "0", "--fit-images", "64",
+                     "--out", str(out))
     assert result.returncode == 0, result.stderr
     run = load_run(out)
     assert run.info.proxy.inputs == "impressions"
     best = pick_trial(run, "best")
+    assert json.loads((out / best.plan).read_text())["fit_images"] == 64
     model = load_model(NOBN_SPEC, nobn_weights)
     data = load_eval_data(data_file, (0.5,), (0.5,), size=(32, 32))
     uniform = allocate("uniform", model, (1, 3, 32, 32), 0.4, "dac")  # the paper's way, with the same refit
-    uniform_top1 = top1(build_model(model, {**uniform.to_dict(), "correction": "refit"}, dense=True), data)
+    uniform_plan = {**uniform.to_dict(), "correction": "refit", "input_shape": [1, 3, 32, 32], "fit_images": 64}
+    uniform_top1 = top1(build_model(model, uniform_plan, dense=True), data)
     assert best.top1 is not None and best.top1 > uniform_top1 + 1.0, (best.top1, uniform_top1)

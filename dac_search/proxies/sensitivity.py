@@ -19,9 +19,8 @@ import torch
 from dac_search.atomic import write_text_atomic
 from dac_search.decompose import decomposable_layers, rank_limit
 from dac_search.errors import ConfigError
-from dac_search.int8_model import Int8Model
-from dac_search.plan import RankPlan
-from dac_search.precision import INT8, QuantScheme
+from dac_search.int8_model import int8_variants
+from dac_search.precision import QuantScheme
 from dac_search.progress import OnProgress
 from dac_search.proxies.calibration import calibration_inputs
 from dac_search.proxies.layer import RankChoice, resolve_ranks
@@ -57,7 +56,8 @@ def cached_int8_sensitivity(proxy: ModelProxy, layers: Sequence[str], scheme: Qu
                             on_progress: OnProgress | None = None) -> dict[str, float]:
     """The proxy's KL of the original with the int8 ops every int8 plan has (additions, pooling: key ``""``, no
     conv in int8), and with each layer in int8 besides them. One quantized model per layer, run by ONNX Runtime,
-    kept on disk beside the single-layer table (method ``int8:<scheme>``, rank 0)."""
+    all from one export and one calibration of the original (``int8_variants``), kept on disk beside the
+    single-layer table (method ``int8:<scheme>``, rank 0)."""
     path = cache_path(proxy)
     known = _read(path)
     method = "int8:" + hashlib.sha256(json.dumps(scheme.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
@@ -66,17 +66,13 @@ def cached_int8_sensitivity(proxy: ModelProxy, layers: Sequence[str], scheme: Qu
     missing = [name for name in wanted if (name, method, 0) not in known]
     distributions = distributions_of(proxy.model, proxy.reference_logits)
     if missing:
-        for done, name in enumerate(missing):
-            if name:
-                model = proxy.build(RankPlan(precisions={name: INT8}, input_shape=shape, quantization=scheme))
-            else:
-                model = Int8Model(
-                    proxy.model, frozenset(), scheme, calibration_inputs(proxy.model, shape, scheme), shape
-                )
-            with torch.no_grad():
-                known[(name, method, 0)] = compare(proxy.reference_logits, model(proxy.inputs), distributions).kl
-            if on_progress is not None:
-                on_progress(done + 1, len(missing))
+        with int8_variants(proxy.model, scheme, calibration_inputs(proxy.model, shape, scheme), shape) as variant:
+            for done, name in enumerate(missing):
+                model = variant(frozenset({name}) if name else frozenset())
+                with torch.no_grad():
+                    known[(name, method, 0)] = compare(proxy.reference_logits, model(proxy.inputs), distributions).kl
+                if on_progress is not None:
+                    on_progress(done + 1, len(missing))
         write_text_atomic(path, json.dumps([[*key, value] for key, value in sorted(known.items())]))
     return {name: known[(name, method, 0)] for name in wanted}
 

@@ -47,6 +47,7 @@ class SearchConfig:
     precisions: tuple[str, ...] | None = None
     proxy_images: int = 64
     measure_points: int = 8  # Pareto points measured end to end at the end
+    fit_images: int | None = None  # synthetic images each plan's own model is fitted on (None: fit_of's default)
     agreement_images: int | None = None  # held-out synthetic images the front is judged on (None: by size; 0: none)
     reconstruct_s: float | None = None  # wall time of the reconstruction stage after the search (None: none)
     reconstruct_images: int | None = None  # synthetic images it fits on (None: by input size)
@@ -72,6 +73,10 @@ class SearchConfig:
         if unknown or not self.methods:
             raise ConfigError(f"--methods takes a comma list of {', '.join(PLAN_METHODS)}, "
                               f"got {','.join(self.methods)}")
+        if self.fit_images is not None and (self.fit_images < 1 or self.correction is None):
+            raise ConfigError(f"--fit-images must be at least 1, got {self.fit_images}" if self.fit_images < 1 else
+                              "--fit-images sets the images a correction is fitted on: it needs --correction "
+                              "other than none")
         if self.agreement_images is not None and self.agreement_images < 0:
             raise ConfigError(f"--agreement-images must be 0 or more, got {self.agreement_images}")
         if self.trials < 1:

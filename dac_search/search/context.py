@@ -302,7 +302,7 @@ def build_context(config: SearchConfig, inputs: SearchInputs, say: Say, warn: Sa
     inputs = resolve_kind(model, config.inputs, shape) if config.correction else config.plan_inputs
     space = SearchSpace.build(cands, change, penalty, config.model, shape, config.correction,
                               _pairs(costs, cands), inputs, precisions, scheme if INT8 in precisions else None,
-                              fit_of(shape)[0] if config.correction else None)
+                              fit_of(shape, config.fit_images)[0] if config.correction else None)
     ctx = SearchContext(config, model, shape, costs, budget, proxy, space, device and device.pool, table,
                         device and device.info, penalty, precisions, clock)
     if device is None:

@@ -17,8 +17,8 @@ from dac_search.precision import INT8, QuantScheme
 from dac_search.search.config import SearchConfig
 
 LEGACY_STUDY = "dac-search"  # the one study name of run dirs written before names were derived
-# Settings added since, as run dirs from before them were searched (every layer fp32)
-LEGACY_SETTINGS = {"precisions": "fp32"}
+# Settings added since, as run dirs from before them were searched (every layer fp32, the default fit)
+LEGACY_SETTINGS = {"precisions": "fp32", "fit_images": "default"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -40,6 +40,7 @@ def settings_of(config: SearchConfig) -> tuple[tuple[str, str], ...]:
             ("correction", config.correction or "none"), ("inputs", config.inputs),
             ("proxy_images", str(config.proxy_images)), ("seed", str(config.seed)),
             ("precisions", ",".join(config.precisions)),
+            ("fit_images", str(config.fit_images or "default")),  # what every plan's own model is fitted on
             *((("int8_scheme", json.dumps(QuantScheme().to_dict(), sort_keys=True)),) if INT8 in config.precisions
               else ()))
 

@@ -240,6 +240,25 @@ def test_a_run_dir_from_before_precisions_resumes_as_fp32_and_refuses_int8() -> 
         refuse_difference("run", recorded, settings_of(SearchConfig("cifar10-resnet20", parse_budget("0.6x"))))
 
 
+def test_fit_images_are_a_setting_a_resume_must_agree_on_and_need_a_correction() -> None:
+    """Every plan names the images its own model is fitted on: a run dir (or study) searched with one count
+    refuses another, and one from before the setting existed was searched with the default."""
+    from dac_search.search.identity import refuse_difference, settings_of
+
+    default = SearchConfig("cifar10-resnet20", parse_budget("50%flops"), device="none")
+    fewer = SearchConfig("cifar10-resnet20", parse_budget("50%flops"), device="none", fit_images=64)
+    recorded_before = {"model": "cifar10-resnet20", "budget": "50%flops"}
+    refuse_difference("run", recorded_before, settings_of(default))
+    for recorded, config in ((recorded_before, fewer), (dict(settings_of(fewer)), default),
+                             (dict(settings_of(default)), fewer)):
+        with pytest.raises(ConfigError, match="fit_images"):
+            refuse_difference("run", recorded, settings_of(config))
+    with pytest.raises(ConfigError, match="needs --correction"):
+        SearchConfig("cifar10-resnet20", parse_budget("50%flops"), device="none", correction=None, fit_images=64)
+    with pytest.raises(ConfigError, match="at least 1"):
+        SearchConfig("cifar10-resnet20", parse_budget("50%flops"), device="none", fit_images=0)
+
+
 def test_an_int8_plan_pays_once_for_the_int8_ops_around_its_convs_so_no_int8_plan_scores_zero() -> None:
     from dac_search.plan import RankPlan
     from dac_search.precision import INT8, QuantScheme
