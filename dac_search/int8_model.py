@@ -59,14 +59,16 @@ class Int8Model(nn.Module):
         if self._onnx is None:
             with tempfile.TemporaryDirectory(prefix="dac-search-int8-") as tmp:
                 path = Path(tmp) / "int8.onnx"
-                if self._calibrated is None:
-                    calibrated = CalibratedFloat(self.model, Path(tmp) / "fp32.onnx", None)
-                    export_onnx(self.model, calibrated.onnx, self.input_shape)
-                else:
-                    calibrated = self._calibrated
+                calibrated = self._calibrated or CalibratedFloat.written(self.model, Path(tmp), self.input_shape,
+                                                                         keep_ranges=False)
                 _quantize(calibrated, path, self.layers, self.scheme, self._calibration())
                 self._onnx = path.read_bytes()
         return self._onnx
+
+    def quantized(self) -> Int8Model:
+        """Itself, its file made now: while the float model's export it was given is still on disk."""
+        self.onnx_bytes()
+        return self
 
     def write_onnx(self, path: str | Path) -> Path:
         with atomic_path(path) as tmp:
@@ -113,6 +115,14 @@ class CalibratedFloat:
     onnx: Path
     ranges: Path | None
 
+    @classmethod
+    def written(cls, model: nn.Module, directory: Path, input_shape: Sequence[int],
+                keep_ranges: bool = True) -> CalibratedFloat:
+        """``model`` exported into ``directory``, its ranges to be kept there (``keep_ranges``)."""
+        calibrated = cls(model, directory / "fp32.onnx", directory / "ranges.json" if keep_ranges else None)
+        export_onnx(model, calibrated.onnx, input_shape)
+        return calibrated
+
 
 @contextmanager
 def int8_variants(model: nn.Module, scheme: QuantScheme, calibration: torch.Tensor,
@@ -121,13 +131,10 @@ def int8_variants(model: nn.Module, scheme: QuantScheme, calibration: torch.Tens
     proxy's table of each layer alone in int8), exported and calibrated once. Each variant is the model
     ``Int8Model`` makes on its own, quantized within the block."""
     with tempfile.TemporaryDirectory(prefix="dac-search-int8-") as tmp:
-        calibrated = CalibratedFloat(model, Path(tmp) / "fp32.onnx", Path(tmp) / "ranges.json")
-        export_onnx(model, calibrated.onnx, input_shape)
+        calibrated = CalibratedFloat.written(model, Path(tmp), input_shape)
 
         def variant(layers: frozenset[str]) -> Int8Model:
-            int8 = Int8Model(model, layers, scheme, calibration, input_shape, calibrated=calibrated)
-            int8.onnx_bytes()
-            return int8
+            return Int8Model(model, layers, scheme, calibration, input_shape, calibrated=calibrated).quantized()
 
         yield variant
 

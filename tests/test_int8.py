@@ -22,7 +22,7 @@ from dac_search.latency import LatencyTableBuilder
 from dac_search.latency.table import default_candidates
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.precision import QuantScheme
-from dac_search.proxies import default_proxy, synthetic_inputs
+from dac_search.proxies import ModelProxy, default_proxy, synthetic_inputs
 from dac_search.proxies.calibration import calibration_inputs
 from dac_search.proxies.correction import default_input_count, default_inputs
 from profilers.base import MeasureSettings
@@ -233,3 +233,27 @@ def test_int8_variants_of_one_float_model_calibrate_once_and_equal_the_models_ma
     for want, have in zip(expected, got, strict=True):
         assert torch.equal(want, have)
     assert not torch.equal(got[1], got[2])  # the layer sets differ, and so do their models
+
+
+def test_an_int8_plan_with_an_earlier_plans_float_layers_reuses_its_model_export_and_ranges(resnet20,
+                                                                                             monkeypatch) -> None:
+    """Refinement often moves only a layer's precision: the proxy then skips the refit, the export and the
+    calibration run, and scores what a proxy that never saw the earlier plan scores."""
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")
+    proxy = default_proxy(resnet20, SHAPE, "refit")
+    first = _mixed_plan("refit")
+    second = RankPlan(first.layers, first.model, SHAPE, "refit",
+                      precisions={**first.precisions, "layer3.2.conv2": "int8"})
+    assert second.in_fp32() == first.in_fp32() and second.int8_layers != first.int8_layers
+    proxy.score(first)
+    calibrators = []
+    create = ort_quantize.create_calibrator
+    monkeypatch.setattr(ort_quantize, "create_calibrator", lambda *a, **k: calibrators.append(1) or create(*a, **k))
+    refits = []
+    run_plan = ModelProxy._run
+    monkeypatch.setattr(ModelProxy, "_run", lambda self, *a, **k: refits.append(1) or run_plan(self, *a, **k))
+    again = proxy.score(second)
+    assert (calibrators, refits) == ([], [])
+    monkeypatch.undo()
+    fresh = ModelProxy(resnet20, proxy.inputs, "refit", fit_inputs=proxy.fit_inputs).score(second)
+    assert again == fresh

@@ -13,9 +13,14 @@ the refit (1.2 s held out).
 from __future__ import annotations
 
 import copy
+import itertools
+import shutil
+import tempfile
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,12 +29,13 @@ from torch import nn
 from dac_search.decompose import decomposable_layers, rank_limit, validate_plan
 from dac_search.decompose.graph import check_site, model_graph
 from dac_search.errors import ConfigError, PlanError
+from dac_search.int8_model import CalibratedFloat, Int8Model
 from dac_search.methods import default_variant
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.progress import OnProgress, part_of
 from dac_search.proxies._hooks import eval_mode
 from dac_search.proxies.apply import build_model, stream_branches
-from dac_search.proxies.calibration import calibration_inputs, quantized
+from dac_search.proxies.calibration import calibration_inputs
 from dac_search.proxies.correction import (
     PassResult,
     Reference,
@@ -46,6 +52,11 @@ from dac_search.proxies.correction import (
 from dac_search.proxies.layer import RankChoice, resolve_ranks
 from dac_search.proxies.outputs import ProxyScore, compare, distributions_of
 from dac_search.proxies.replay import PartialPass, Prefix, record_prefix, run_network, verify_prefix
+
+# Float models of recent int8 plans kept, each with its ONNX export and activation ranges: a search's trials
+# often differ from an earlier one only in which layers are int8 (refinement moves one layer's precision),
+# and such a plan then skips the refit pass, the export and the calibration run (2 of 2.3 s on ResNet-56).
+FLOAT_MODELS_KEPT = 4
 
 
 class ModelProxy:
@@ -80,6 +91,9 @@ class ModelProxy:
         self._distributions = distributions_of(model, self._scored_logits)
         self._front: _Front | None = None  # set while scoring one layer's changes (``changing``)
         self._calibrations: dict[tuple[Any, ...], torch.Tensor] = {}  # int8 calibration images by scheme
+        self._float_models: OrderedDict[str, CalibratedFloat] = OrderedDict()  # by float plan, latest last
+        self._exports: tempfile.TemporaryDirectory[str] | None = None  # where their ONNX files are
+        self._export_numbers = itertools.count()
 
     @property
     def held_out(self) -> bool:
@@ -144,8 +158,12 @@ class ModelProxy:
         """
         plan = self._plan(plan)
         if plan.int8_layers:
-            float_model = self.build(plan.in_fp32(), dense=dense)
-            return float_model if dense else quantized(float_model, plan, self.model, self._calibration(plan))
+            if dense:
+                return self.build(plan.in_fp32(), dense=True)
+            assert plan.quantization is not None and plan.input_shape is not None
+            kept = self._float_model(plan)
+            return Int8Model(kept.model, plan.int8_layers, plan.quantization, self._calibration(plan),
+                             plan.input_shape, calibrated=kept).quantized()
         if _prunes(plan):
             return self._pruned(plan, dense)
         if plan.correction is None or not plan.layers:
@@ -154,6 +172,23 @@ class ModelProxy:
         else:
             layers = self._run(plan).layers
         return assemble_dense(self.model, layers) if dense else assemble(self.model, plan, layers)
+
+    def _float_model(self, plan: RankPlan) -> CalibratedFloat:
+        """The float model of an int8 plan, exported, with its ranges kept once measured: built now, or kept
+        from an earlier plan with the same float layers and calibration (``FLOAT_MODELS_KEPT``)."""
+        assert plan.input_shape is not None
+        key = f"{plan.in_fp32().to_json()}|{plan.quantization}"
+        kept = self._float_models.pop(key, None)
+        if kept is None:
+            if self._exports is None:
+                self._exports = tempfile.TemporaryDirectory(prefix="dac-search-proxy-")
+            directory = Path(self._exports.name) / str(next(self._export_numbers))
+            directory.mkdir()
+            kept = CalibratedFloat.written(self.build(plan.in_fp32()), directory, plan.input_shape)
+        self._float_models[key] = kept
+        while len(self._float_models) > FLOAT_MODELS_KEPT:
+            shutil.rmtree(self._float_models.popitem(last=False)[1].onnx.parent, ignore_errors=True)
+        return kept
 
     def score(self, plan: RankPlan | Mapping[str, Any]) -> ProxyScore:
         """KL and agreement of the plan's model against the original on the (scored) synthetic inputs."""
