@@ -23,6 +23,20 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
+def cli_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """The command's exit code and stderr, run in this process: a refusal of bad input is decided before any
+    work, so an interpreter start-up (3 s of imports) would cost more than the test and check nothing more.
+    Other tests run the real console script."""
+    from dac_search.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's own refusals
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
 def require(condition: bool, reason: str) -> None:
     """Skip with a visible reason on a dev machine; fail in CI, where everything must be present."""
     if condition:

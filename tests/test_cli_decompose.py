@@ -11,6 +11,8 @@ from pathlib import Path
 import onnx
 import pytest
 
+from tests.conftest import cli_in_process
+
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "dac_search.cli", *args], capture_output=True, text=True,
@@ -62,15 +64,15 @@ def test_decompose_applies_a_plan_that_prunes_and_factorises(hub_cache, tmp_path
     (["--model", "cifar10-resnet20", "--rank", "2", "--input-shape", "1,1,32,32"],
      "the model cannot run on input shape 1,1,32,32"),
 ])
-def test_bad_input_is_one_line_and_exit_2(hub_cache, tmp_path, args, message) -> None:
+def test_bad_input_is_one_line_and_exit_2(hub_cache, tmp_path, capsys, args, message) -> None:
     (tmp_path / "other.json").write_text(json.dumps({"model": "cifar10-resnet56", "layers": {}}))
     (tmp_path / "rank.json").write_text(json.dumps({"layers": {"layer1.0.conv1": {"method": "dac", "rank": 10}}}))
     args = [a.format(plan_other=tmp_path / "other.json", plan_rank=tmp_path / "rank.json") for a in args]
     out = tmp_path / "out.onnx"
-    result = run_cli("decompose", *args, "-o", str(out))
-    assert result.returncode == 2
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "Traceback" not in result.stderr and not out.exists()
+    code, stderr = cli_in_process(capsys, "decompose", *args, "-o", str(out))
+    assert code == 2
+    assert message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert "Traceback" not in stderr and not out.exists()
 
 
 def test_unwritable_output_is_exit_2_and_leaves_nothing(hub_cache, tmp_path, capsys) -> None:

@@ -18,7 +18,7 @@ from dac_search.proxies import ModelProxy, synthetic_inputs
 from dac_search.proxies.apply import build_model
 from dac_search.proxies.outputs import compare, leaves
 from dac_search.zoo.tasks import RawDetector
-from tests.conftest import NOBN_SPEC
+from tests.conftest import NOBN_SPEC, cli_in_process
 
 # Small inputs keep these fast; the architectures are the full ones.
 SHAPES = {"ssd300_vgg16": (1, 3, 300, 300), "deeplabv3_resnet50": (1, 3, 64, 64)}
@@ -94,22 +94,22 @@ def test_a_task_model_is_searched_and_its_plan_exported_from_the_command_line(sp
     assert len(session.get_outputs()) == (2 if spec.startswith("ssd") else 1)  # the raw head outputs
 
 
-def test_a_task_model_without_the_shape_it_needs_is_one_line(tmp_path: Path) -> None:
-    result = run_cli("--model", "fasterrcnn_resnet50_fpn", "--weights", "none", "--device", "none",
-                     "--budget", "50%flops", "--out", str(tmp_path / "r"))
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "--input-shape" in result.stderr
+def test_a_task_model_without_the_shape_it_needs_is_one_line(tmp_path: Path, capsys) -> None:
+    code, stderr = cli_in_process(capsys, "--model", "fasterrcnn_resnet50_fpn", "--weights", "none", "--device",
+                                  "none", "--budget", "50%flops", "--out", str(tmp_path / "r"))
+    assert code == 2
+    assert stderr.strip().splitlines() == [stderr.strip()] and "--input-shape" in stderr
 
 
-def test_a_model_with_no_conv_to_factorise_is_one_line(tmp_path: Path) -> None:
+def test_a_model_with_no_conv_to_factorise_is_one_line(tmp_path: Path, capsys) -> None:
     (tmp_path / "net.py").write_text(
         "from torch import nn\n"
         "def build():\n"
         "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 14 * 14, 10))\n")
-    result = run_cli("--model", f"{tmp_path / 'net.py'}:build", "--input-shape", "1,3,16,16", "--device", "none",
-                     "--budget", "50%flops", "--out", str(tmp_path / "r"))
-    assert result.returncode == 2, result.stderr
-    assert "no conv a factorisation can help" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    code, stderr = cli_in_process(capsys, "--model", f"{tmp_path / 'net.py'}:build", "--input-shape", "1,3,16,16",
+                                  "--device", "none", "--budget", "50%flops", "--out", str(tmp_path / "r"))
+    assert code == 2, stderr
+    assert "no conv a factorisation can help" in stderr and len(stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow  # class impressions for the fit and the held-out score, then the search

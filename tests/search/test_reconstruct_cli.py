@@ -16,6 +16,7 @@ from dac_search.export import load_pt_export
 from dac_search.plan import RECONSTRUCTED_FORMAT, RankPlan
 from dac_search.proxies.apply import decompose_model
 from dac_search.rundir import load_run
+from tests.conftest import cli_in_process
 from tests.search.test_search_cli import SEARCH, TIMEOUT, cli, rows, run_cli
 
 STAGE = (*SEARCH, "--device", "none", "--budget", "60%flops", "--trials", "4", "--reconstruct-images", "64")
@@ -84,19 +85,19 @@ def test_ctrl_c_in_the_stage_keeps_the_run_and_the_same_command_resumes_it(hub_c
         assert torch.equal(model(x), expected(x))
 
 
-def test_a_bad_reconstruction_budget_is_one_line(hub_cache, tmp_path) -> None:
+def test_a_bad_reconstruction_budget_is_one_line(hub_cache, tmp_path, capsys) -> None:
     for args in (
         ("--reconstruct", "soon"),
         ("--reconstruct", "-5m"),
         ("--reconstruct", "1m", "--reconstruct-images", "0"),
     ):
-        result = run_cli(*STAGE, *args, "--out", str(tmp_path / "run"))
-        assert result.returncode == 2, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        code, stderr = cli_in_process(capsys, *STAGE, *args, "--out", str(tmp_path / "run"))
+        assert code == 2, stderr
+        assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
         assert not (tmp_path / "run").exists()
 
 
-def test_a_model_that_cannot_be_cut_into_regions_is_refused_before_the_search(tmp_path) -> None:
+def test_a_model_that_cannot_be_cut_into_regions_is_refused_before_the_search(tmp_path, capsys) -> None:
     source = tmp_path / "branchy.py"
     source.write_text(
         "import torch\n"
@@ -112,8 +113,8 @@ def test_a_model_that_cannot_be_cut_into_regions_is_refused_before_the_search(tm
         "        return self.head(y.mean((2, 3)))\n"
         "def net():\n"
         "    return Branchy()\n")
-    result = run_cli("--model", f"{source}:net", "--input-shape", "1,3,32,32", "--device", "none", "--budget",
-                     "60%flops", "--reconstruct", "1m", "--out", str(tmp_path / "run"))
-    assert result.returncode == 2, result.stderr
-    assert "cannot reconstruct" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    code, stderr = cli_in_process(capsys, "--model", f"{source}:net", "--input-shape", "1,3,32,32", "--device",
+                                  "none", "--budget", "60%flops", "--reconstruct", "1m", "--out", str(tmp_path / "run"))
+    assert code == 2, stderr
+    assert "cannot reconstruct" in stderr and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()

@@ -16,6 +16,7 @@ import pytest
 
 from dac_search import load_model
 from dac_search.onnx_file import export_onnx
+from tests.conftest import cli_in_process
 
 TIMEOUT = 600
 
@@ -191,11 +192,12 @@ def test_bad_search_arguments_exit_2(tmp_path, capsys) -> None:
     (["--eval-data", "no/such/images.npz"], "no/such/images.npz"),
     (["--model", "x[/y]"], "unknown model 'x[/y]'"),
 ])
-def test_input_the_model_cannot_use_is_one_line_before_anything_is_written(hub_cache, tmp_path, args, message) -> None:
-    result = run_cli("--model", "cifar10-resnet20", "--device", "none", "--budget", "50%flops",
-                     "--out", str(tmp_path / "r"), *args)
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr
+def test_input_the_model_cannot_use_is_one_line_before_anything_is_written(hub_cache, tmp_path, capsys, args,
+                                                                           message) -> None:
+    code, stderr = cli_in_process(capsys, "--model", "cifar10-resnet20", "--device", "none", "--budget", "50%flops",
+                                  "--out", str(tmp_path / "r"), *args)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert message in stderr and "Traceback" not in stderr
     assert not (tmp_path / "r").exists()
 
 
