@@ -223,13 +223,17 @@ def export_command(row: TrialRow) -> str:
 
 
 def budget_text(budget: Budget) -> str:
-    """``latency ≤ 0.829 ms (0.7x)``: the absolute limit first, then what the user typed."""
+    """``latency ≤ 0.829 ms (30ms)``: the absolute limit first, then what the user typed. A relative latency
+    budget reads as the ratio it is judged by (each plan against the original timed beside it): its limit in ms
+    is only the original's median times the fraction, which a plan timed in its own pair may pass and still fit."""
     if budget.unit == "ms":
         limit = f"{budget.value:.3f} ms"
     elif budget.unit == "flops":
         limit = f"{budget.value / 1e6:.2f} MFLOPs"
     else:
         limit = f"{budget.value / 1e3:.1f} K params"
+    if budget.relative_latency:
+        return f"latency ≤ {budget.text} of the original timed beside each plan ({limit} at its median)"
     return f"{budget.kind} ≤ {limit} ({budget.text})"
 
 

@@ -133,7 +133,9 @@ def test_terminal_table_lists_the_front(run_dir: Path) -> None:
     console = Console(record=True, width=140)
     print_pareto(build_report_data(load_run(run_dir)), console)
     text = console.export_text()
-    assert f"Pareto front: cifar10-resnet20, budget latency ≤ {BUDGET_MS:.3f} ms (0.7x)" in text
+    # judged by each plan's ratio to the original timed beside it, so said as a ratio, not as a limit in ms
+    assert (f"Pareto front: cifar10-resnet20, budget latency ≤ 0.7x of the original timed beside each plan "
+            f"({BUDGET_MS:.3f} ms at its median)") in text
     lines = {line.split()[0]: line for line in text.splitlines() if line.strip()[:1].isdigit()}
     assert set(lines) == {str(t) for t in PARETO}
     assert "best" in lines[str(BEST)] and f"{TOP1[BEST]:.2f}" in lines[str(BEST)]
