@@ -76,10 +76,7 @@ def test_bad_input_is_one_line_and_exit_2(hub_cache, tmp_path, capsys, args, mes
 
 
 def test_unwritable_output_is_exit_2_and_leaves_nothing(hub_cache, tmp_path, capsys) -> None:
-    from dac_search.cli import main  # in process: three interpreter start-ups cost 10 s and test nothing more
-
     for target in (tmp_path / "missing-dir" / "m.onnx", tmp_path / "m.bin", tmp_path):
-        code = main(["decompose", "--model", "cifar10-resnet20", "--rank", "2", "-o", str(target)])
-        err = capsys.readouterr().err
+        code, err = cli_in_process(capsys, "decompose", "--model", "cifar10-resnet20", "--rank", "2", "-o", str(target))
         assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert list(Path(tmp_path).iterdir()) == []

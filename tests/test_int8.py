@@ -208,10 +208,18 @@ def test_an_int8_model_with_several_outputs_gives_them_back_in_their_structure()
         assert (got[name] - value).abs().max() < 0.1 * value.abs().max()  # int8 rounding, not another tensor
 
 
+def _counted_calibrations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one at every calibration run ONNX Runtime's quantizer starts from now on."""
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not its function
+    calibrators: list[int] = []
+    create = ort_quantize.create_calibrator
+    monkeypatch.setattr(ort_quantize, "create_calibrator", lambda *a, **k: calibrators.append(1) or create(*a, **k))
+    return calibrators
+
+
 def test_int8_variants_of_one_float_model_calibrate_once_and_equal_the_models_made_alone(monkeypatch) -> None:
     """The proxy's table of each layer alone in int8 quantizes one float model many times: one calibration run
     serves every variant, and each variant computes exactly what the same model quantized on its own does."""
-    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not its function
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
@@ -224,9 +232,7 @@ def test_int8_variants_of_one_float_model_calibrate_once_and_equal_the_models_ma
     alone = [Int8Model(model, layers, QuantScheme(), calibration, shape) for layers in layer_sets]
     with torch.no_grad():
         expected = [int8(x) for int8 in alone]
-    calibrators = []
-    create = ort_quantize.create_calibrator
-    monkeypatch.setattr(ort_quantize, "create_calibrator", lambda *a, **k: calibrators.append(1) or create(*a, **k))
+    calibrators = _counted_calibrations(monkeypatch)
     with int8_variants(model, QuantScheme(), calibration, shape) as variant, torch.no_grad():
         got = [variant(layers)(x) for layers in layer_sets]
     assert len(calibrators) == 1
@@ -239,16 +245,13 @@ def test_an_int8_plan_with_an_earlier_plans_float_layers_reuses_its_model_export
                                                                                              monkeypatch) -> None:
     """Refinement often moves only a layer's precision: the proxy then skips the refit, the export and the
     calibration run, and scores what a proxy that never saw the earlier plan scores."""
-    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")
     proxy = default_proxy(resnet20, SHAPE, "refit")
     first = _mixed_plan("refit")
     second = RankPlan(first.layers, first.model, SHAPE, "refit",
                       precisions={**first.precisions, "layer3.2.conv2": "int8"})
     assert second.in_fp32() == first.in_fp32() and second.int8_layers != first.int8_layers
     proxy.score(first)
-    calibrators = []
-    create = ort_quantize.create_calibrator
-    monkeypatch.setattr(ort_quantize, "create_calibrator", lambda *a, **k: calibrators.append(1) or create(*a, **k))
+    calibrators = _counted_calibrations(monkeypatch)
     refits = []
     run_plan = ModelProxy._run
     monkeypatch.setattr(ModelProxy, "_run", lambda self, *a, **k: refits.append(1) or run_plan(self, *a, **k))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from dac_search.errors import ConfigError
-from dac_search.int8_model import Int8Model
+from dac_search.int8_model import CalibratedFloat, Int8Model
 from dac_search.plan import RankPlan
 from dac_search.precision import INT8, QuantScheme
 from dac_search.proxies.correction import DEFAULT_INPUTS, default_input_count
@@ -29,15 +29,17 @@ def calibration_inputs(original: nn.Module, input_shape: Sequence[int], scheme: 
 
 
 def quantized(float_model: nn.Module, plan: RankPlan, original: nn.Module,
-              calibration: torch.Tensor | None = None) -> Int8Model:
+              calibration: torch.Tensor | None = None, calibrated: CalibratedFloat | None = None) -> Int8Model:
     """``float_model`` (the plan's layers, in fp32) with the plan's int8 layers quantized.
-    ``calibration``: the scheme's images when the caller has them already."""
+    ``calibration``: the scheme's images when the caller has them already; ``calibrated``: the float model's
+    export, and its ranges, when the caller keeps them."""
     if plan.quantization is None or plan.input_shape is None:
         raise ConfigError("a plan with int8 layers needs its input_shape to make the images it is calibrated on; "
                           "add \"input_shape\" to the plan")
     if calibration is None:
         calibration = calibration_inputs(original, plan.input_shape, plan.quantization, plan.inputs)
-    return Int8Model(float_model, plan.int8_layers, plan.quantization, calibration, plan.input_shape)
+    return Int8Model(float_model, plan.int8_layers, plan.quantization, calibration, plan.input_shape,
+                     calibrated=calibrated)
 
 
 def every_conv_in_int8(model: nn.Module) -> dict[str, str]:

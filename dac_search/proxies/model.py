@@ -29,13 +29,13 @@ from torch import nn
 from dac_search.decompose import decomposable_layers, rank_limit, validate_plan
 from dac_search.decompose.graph import check_site, model_graph
 from dac_search.errors import ConfigError, PlanError
-from dac_search.int8_model import CalibratedFloat, Int8Model
+from dac_search.int8_model import CalibratedFloat
 from dac_search.methods import default_variant
 from dac_search.plan import LayerChoice, RankPlan
 from dac_search.progress import OnProgress, part_of
 from dac_search.proxies._hooks import eval_mode
 from dac_search.proxies.apply import build_model, stream_branches
-from dac_search.proxies.calibration import calibration_inputs
+from dac_search.proxies.calibration import calibration_inputs, quantized
 from dac_search.proxies.correction import (
     PassResult,
     Reference,
@@ -160,10 +160,8 @@ class ModelProxy:
         if plan.int8_layers:
             if dense:
                 return self.build(plan.in_fp32(), dense=True)
-            assert plan.quantization is not None and plan.input_shape is not None
             kept = self._float_model(plan)
-            return Int8Model(kept.model, plan.int8_layers, plan.quantization, self._calibration(plan),
-                             plan.input_shape, calibrated=kept).quantized()
+            return quantized(kept.model, plan, self.model, self._calibration(plan), kept).quantized()
         if _prunes(plan):
             return self._pruned(plan, dense)
         if plan.correction is None or not plan.layers:

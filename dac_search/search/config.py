@@ -73,9 +73,10 @@ class SearchConfig:
         if unknown or not self.methods:
             raise ConfigError(f"--methods takes a comma list of {', '.join(PLAN_METHODS)}, "
                               f"got {','.join(self.methods)}")
-        if self.fit_images is not None and (self.fit_images < 1 or self.correction is None):
-            raise ConfigError(f"--fit-images must be at least 1, got {self.fit_images}" if self.fit_images < 1 else
-                              "--fit-images sets the images a correction is fitted on: it needs --correction "
+        if self.fit_images is not None and self.fit_images < 1:
+            raise ConfigError(f"--fit-images must be at least 1, got {self.fit_images}")
+        if self.fit_images is not None and self.correction is None:
+            raise ConfigError("--fit-images sets the images a correction is fitted on: it needs --correction "
                               "other than none")
         if self.agreement_images is not None and self.agreement_images < 0:
             raise ConfigError(f"--agreement-images must be 0 or more, got {self.agreement_images}")
