@@ -7,6 +7,11 @@ time of the table is set against measuring every plan end to end. Also: run-to-r
     python benchmarks/latency_table.py                 # 50 plans, resnet56 b1/b32 and resnet50 b1
     python benchmarks/latency_table.py --plans 10 --cases resnet56-b1
     python benchmarks/latency_table.py --table-settings table,repeats=10:repeat_s=0.1:max_attempts=2
+    python benchmarks/latency_table.py --int8 --cases resnet56-b1  # plans with int8 layers too
+
+``--int8``: the table also times every layer in int8, and each random plan puts a random share of its layers
+in int8 (as a latency-budget search offers by default); their end-to-end models are quantized on random inputs
+(the ranges change an int8 model's values, not its speed).
 
 ``--table-settings``: one table per entry, each built in its own fresh cache and judged against the same
 end-to-end measurements (``table``: what a search uses; else ``key=value`` pairs of ``MeasureSettings``).
@@ -35,6 +40,7 @@ from dac_search.export import export_for
 from dac_search.latency import LatencyTable, LatencyTableBuilder, default_candidates
 from dac_search.latency.builder import TABLE_SETTINGS, BuildStats
 from dac_search.plan import LayerChoice, RankPlan
+from dac_search.precision import FP32, INT8
 from dac_search.zoo.cifar_resnet import CifarResNet
 from profilers import Profiler, load_device, make_profiler
 from profilers.base import MeasureSettings
@@ -63,8 +69,9 @@ class CaseResult:
     original_ms: float
 
 
-def random_plan(model: nn.Module, layers: Sequence[str], rng: random.Random) -> RankPlan:
-    """A random share of the layers replaced, each by a random method, rank (any in range) and variant."""
+def random_plan(model: nn.Module, layers: Sequence[str], rng: random.Random, int8: bool = False) -> RankPlan:
+    """A random share of the layers replaced, each by a random method, rank (any in range) and variant; with
+    ``int8``, a random share of the layers (replaced or not) in int8 too."""
     chosen = {}
     share = rng.uniform(0.2, 1.0)
     for name in layers:
@@ -73,7 +80,8 @@ def random_plan(model: nn.Module, layers: Sequence[str], rng: random.Random) -> 
         conv = model.get_submodule(name)
         method = rng.choice(METHODS)
         chosen[name] = LayerChoice(method, rng.randint(1, max_rank(conv, method)), rng.choice(LAYERS[method].variants))
-    return RankPlan(chosen)
+    int8_share = rng.uniform(0.0, 1.0) if int8 else 0.0
+    return RankPlan(chosen, precisions={name: INT8 for name in layers if rng.random() < int8_share})
 
 
 def parse_settings(text: str) -> MeasureSettings:
@@ -90,15 +98,16 @@ def parse_settings(text: str) -> MeasureSettings:
 def run_case(name: str, profiler: Profiler, args: argparse.Namespace, cache_dir: Path) -> list[CaseResult]:
     make, shape = CASES[name]
     model = make().eval()
+    precisions = (FP32, INT8) if args.int8 else (FP32,)
     tables = []
     for i, text in enumerate(args.table_settings.split(",")):
         builder = LatencyTableBuilder(profiler, cache_dir=cache_dir / f"{name}-{i}", settings=parse_settings(text))
-        tables.append((text, builder.build(model, shape, candidates=default_candidates(points=args.points)),
-                       builder.stats))
+        tables.append((text, builder.build(model, shape, candidates=default_candidates(points=args.points),
+                                           precisions=precisions), builder.stats))
     rng = random.Random(args.seed)
     layers = list(trace_geometry(model, shape))
-    calibration = [random_plan(model, layers, rng) for _ in range(args.calibration)]
-    plans = [random_plan(model, layers, rng) for _ in range(args.plans)]
+    calibration = [random_plan(model, layers, rng, args.int8) for _ in range(args.calibration)]
+    plans = [random_plan(model, layers, rng, args.int8) for _ in range(args.plans)]
     # One interleaved session: the original first, so predictions are anchored to the same conditions.
     measure = LatencyTableBuilder(profiler, cache_dir=cache_dir)
     start = time.monotonic()
@@ -155,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, help="reuse layer timings (default: a fresh temporary dir)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--table-settings", default="table", help="comma-separated; see the module doc")
+    parser.add_argument("--int8", action="store_true", help="int8 layers in the table and the plans")
     args = parser.parse_args(argv)
     cases = [case for case in args.cases.split(",") if case]
     unknown = set(cases) - set(CASES)

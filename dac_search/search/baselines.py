@@ -25,10 +25,10 @@ INT8_ORIGINAL = "original int8"
 def uniform_baseline(ctx: SearchContext) -> list[UniformPoint]:
     """The paper's allocation (one DAC rank on every layer but the input conv) at every rank that costs
     less than the original, in the variant the device's table finds faster."""
-    rows = []
     limits = {name: max_rank(ctx.model.get_submodule(name), "dac") for name in ctx.costs.geometry}
     first = next(iter(limits))  # the input conv stays, as in the paper
     timed = ctx.table is not None and "dac" in ctx.config.methods  # the table times the methods searched only
+    plans = []
     for rank in range(1, max(limits.values()) + 1):
         choices = {}
         for name, limit in limits.items():
@@ -37,9 +37,13 @@ def uniform_baseline(ctx: SearchContext) -> list[UniformPoint]:
             variant = ctx.table.fastest_variant(name, "dac", min(rank, limit)) if timed else "grouped"
             choices[name] = LayerChoice("dac", min(rank, limit), variant)
         plan = RankPlan(choices, **ctx.space.plan_fields())  # type: ignore[arg-type]
-        cost = ctx.costs.cost(plan)
-        if cost.flops >= ctx.costs.baseline.flops:
+        if ctx.costs.cost(plan).flops >= ctx.costs.baseline.flops:
             break  # higher ranks only cost more than the original
+        plans.append(plan)
+    ctx.penalty.prefetch(plans)
+    rows = []
+    for rank, plan in enumerate(plans, start=1):
+        cost = ctx.costs.cost(plan)
         rows.append(UniformPoint(rank=rank, flops=cost.flops, params=cost.params, proxy=ctx.score(plan).value,
                                  latency_ms=ctx.latency(plan) if timed else None, top1=None))
     return rows

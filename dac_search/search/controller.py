@@ -116,8 +116,9 @@ def _search(ctx: SearchContext, data: EvalData | None, identity: SearchIdentity,
     baseline = Baseline(flops=ctx.costs.baseline.flops, params=ctx.costs.baseline.params,
                         latency_ms=ctx.table.original_ms if ctx.table else None, latency_iqr_ms=None,
                         proxy=0.0, top1=None)
-    uniform = uniform_baseline(ctx)
-    references = int8_reference(ctx)
+    with ctx.clock.stage("baselines scored (uniform ranks, original in int8)", HOST):
+        uniform = uniform_baseline(ctx)
+        references = int8_reference(ctx)
     _record(run_dir, study, run_info(ctx, identity, started, partial=True, baseline=baseline, uniform=uniform,
                                      references=references))
 

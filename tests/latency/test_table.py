@@ -188,9 +188,9 @@ def test_the_builder_times_the_depthwise_convs_a_pruned_producer_passes_through(
     assert table.predict_raw(quarter) < without_depthwise.predict_raw(quarter)  # the 3x3 at 12 channels is faster
 
 
-def test_a_table_times_each_layer_once_with_half_a_devices_repeats() -> None:
-    """A device's own warm-up and cooldown stay; its repeats are halved, each half as long, one attempt."""
-    device = MeasureSettings(warmup_s=2.0, repeat_s=0.2, repeats=12, max_attempts=3, cooldown_s=5.0)
-    assert table_settings(device) == MeasureSettings(warmup_s=2.0, repeat_s=0.1, repeats=6, max_attempts=1,
+def test_a_table_times_each_layer_once_with_a_quarter_of_a_devices_repeats() -> None:
+    """A device's own warm-up and cooldown stay; a quarter of its repeats, each a quarter as long, one attempt."""
+    device = MeasureSettings(warmup_s=2.0, repeat_s=0.2, repeats=24, max_attempts=3, cooldown_s=5.0)
+    assert table_settings(device) == MeasureSettings(warmup_s=2.0, repeat_s=0.05, repeats=6, max_attempts=1,
                                                      max_cov=device.max_cov, cooldown_s=5.0)
-    assert table_settings(replace(device, repeats=4)).repeats == 3  # never fewer than three to take a median of
+    assert table_settings(replace(device, repeats=10)).repeats == 3  # never fewer than three to take a median of

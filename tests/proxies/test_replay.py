@@ -96,3 +96,24 @@ def test_a_torchvision_bottleneck_network_replays_exactly() -> None:
     for cut in ("layer1.0.conv3", "layer3.1.conv2", "fc"):
         prefix = record_prefix(net, x, cut)
         assert prefix is not None and verify_prefix(net, prefix, expected), cut
+
+
+def test_choices_outside_the_space_are_measured_with_one_replayed_prefix_per_layer(
+        resnet20: nn.Module, distilled: torch.Tensor, fresh_cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The uniform baseline's ranks: prefetched together, they score what each scores when asked alone."""
+    from dac_search.precision import QuantScheme
+    from dac_search.search.context import Penalties
+
+    proxy = ModelProxy(resnet20, distilled[8:], "refit", fit_inputs=distilled[:8])
+    prefixes = []
+    changing = proxy.changing
+    monkeypatch.setattr(proxy, "changing", lambda layer: prefixes.append(layer) or changing(layer))
+    plans = [RankPlan({name: LayerChoice("dac", rank, "grouped") for name in LAYERS[1:4]}) for rank in (1, 2, 3)]
+    penalty = Penalties(proxy, QuantScheme(), {})
+    penalty.prefetch(plans)
+    assert sorted(prefixes) == sorted(LAYERS[1:4])  # one prefix per layer, not one per (layer, rank)
+    alone = layer_sensitivity(proxy, LAYERS[1:4], ["dac"], [1, 2, 3])
+    assert penalty.choices == pytest.approx(alone, rel=1e-6)
+    for plan in plans:  # no further measurement: every choice was prefetched
+        penalty.additive(plan)
+    assert len(prefixes) == 3 + 3
