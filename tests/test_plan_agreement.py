@@ -35,7 +35,7 @@ def searched(hub_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     result = subprocess.run(
         [sys.executable, "-m", "dac_search.cli", "--model", "cifar10-resnet20", "--device", "none",
          "--budget", "60%flops", "--trials", "4", "--proxy-images", "16", "--correction", "refit",
-         "--methods", "dac", "--agreement-images", "0",
+         "--methods", "dac", "--agreement-images", "0", "--fit-images", "16",  # fitted on the proxy's images
          "--out", str(run)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     pareto = (run / "pareto.csv").read_text().splitlines()

@@ -46,7 +46,7 @@ class SearchConfig:
     # device can say where), fp32 alone under a FLOPs or parameter budget (counts that precision does not change)
     precisions: tuple[str, ...] | None = None
     proxy_images: int = 64
-    measure_points: int = 8  # Pareto points measured end to end at the end
+    measure_points: int = 8  # Pareto candidates measured end to end per round at the end, and judged
     fit_images: int | None = None  # synthetic images each plan's own model is fitted on (None: fit_of's default)
     agreement_images: int | None = None  # held-out synthetic images the front is judged on (None: by size; 0: none)
     reconstruct_s: float | None = None  # wall time of the reconstruction stage after the search (None: none)

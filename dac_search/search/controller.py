@@ -245,7 +245,7 @@ def _final_front(ctx: SearchContext, run_dir: Path, rows: list[TrialRow], view: 
     # distilling the plan's larger fit in the middle of a search (the export pays that once)
     timer = DeviceTimer(ctx.pool, lambda p: ctx.proxy.build(RankPlan.load(run_dir / p.plan)), ctx.model,
                         ctx.input_shape, paired=ctx.budget.relative_latency)
-    return measured_front(complete, ctx.judge, timer, ctx.config.measure_points * 2, view.say, ctx.pool.config.name)
+    return measured_front(complete, ctx.judge, timer, ctx.config.measure_points, view.say, ctx.pool.config.name)
 
 
 def _miss_message(ctx: SearchContext, closest: list[TrialRow]) -> str:
