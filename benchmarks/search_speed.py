@@ -4,8 +4,9 @@
         [--input-shape 1,3,224,224] [--devices none,local] [--budget 50%flops] [--latency-budget 0.6x]
         [--correction auto]
 
-resnet50 is built with random weights (no download): speed does not depend on the values. The
-one-off set-up (distilled inputs, layer sensitivities, latency table, up to the first trial's end) and the
+resnet50 is built with random weights (no download). An int8 model's speed depends on its values (an untrained
+ResNet-56 in int8 ran slower than in fp32), so its int8 timings, and the trials that run int8 models, may differ
+from a trained resnet50's. The one-off set-up (distilled inputs, layer sensitivities, latency table, up to the first trial's end) and the
 final end-to-end measurement are timed apart from the trials, and each stage's host or device seconds are
 read from run.json;
 each device runs with a cold dac-search cache, so its set-up is what a first search pays.
