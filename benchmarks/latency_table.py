@@ -10,15 +10,15 @@ time of the table is set against measuring every plan end to end. Also: run-to-r
     python benchmarks/latency_table.py --int8 --cases resnet56-b1  # plans with int8 layers too
 
 ``--int8``: the table also times every layer in int8, and each random plan puts a random share of its layers
-in int8 (as a latency-budget search offers by default); their end-to-end models are quantized on random inputs
-(the ranges change an int8 model's values, not its speed).
+in int8 (as a latency-budget search offers by default); their end-to-end models are quantized on random inputs,
+as the search's own table calibration does.
 
 ``--table-settings``: one table per entry, each built in its own fresh cache and judged against the same
 end-to-end measurements (``table``: what a search uses; else ``key=value`` pairs of ``MeasureSettings``).
 
 ResNet-56 runs with its pretrained weights (torch.hub's cache): an int8 model's speed depends on its values.
-The untrained ResNet-56 with every conv in int8 ran 1.8x slower than in fp32 here (trained: 2.5x faster), while in
-fp32 trained and untrained ran alike. resnet50 is built untrained (no download), so judge fp32 tables on it only.
+The untrained ResNet-56 with every conv in int8 ran 1.8x slower than in fp32 here (the trained one 2.5x faster),
+while in fp32 the two ran alike. resnet50 is built untrained (no download): judge only fp32 tables on it.
 """
 
 from __future__ import annotations

@@ -6,10 +6,10 @@
 
 resnet50 is built with random weights (no download). An int8 model's speed depends on its values (an untrained
 ResNet-56 in int8 ran slower than in fp32), so its int8 timings, and the trials that run int8 models, may differ
-from a trained resnet50's. The one-off set-up (distilled inputs, layer sensitivities, latency table, up to the first trial's end) and the
-final end-to-end measurement are timed apart from the trials, and each stage's host or device seconds are
-read from run.json;
-each device runs with a cold dac-search cache, so its set-up is what a first search pays.
+from a trained resnet50's. The one-off set-up (distilled inputs, layer sensitivities, latency table, up to the
+first trial's end) and the final end-to-end measurement are timed apart from the trials, and each stage's host
+or device seconds are read from run.json; each device runs with a cold dac-search cache, so its set-up is what a
+first search pays.
 """
 
 from __future__ import annotations

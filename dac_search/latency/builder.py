@@ -51,8 +51,8 @@ REFERENCE_SHAPE = (1, 32, 16, 16)
 # quarter of the device's repeats (never fewer than three), each a quarter as long, and no second attempt.
 # Judged against 30 random plans measured whole (ResNet-56, local, onnxruntime, batch 1), these timings
 # predict as well as half-length ones and as the device's own settings: fp32 plans 100% within 10%, median
-# error 2.1%, for 22 s of device time instead of 62 s; plans with int8 layers too, 44 s instead of 123 s
-# (``benchmarks/latency_table.py --table-settings``, docs/results.md).
+# error 2.1%, for 22 s of device time instead of 62 s; with int8 layers too, 57% within 10% against 60%,
+# for 45 s instead of 132 s (``benchmarks/latency_table.py --table-settings [--int8]``, docs/results.md).
 TABLE_SHARE = 0.25
 MIN_TABLE_REPEATS = 3  # a median of three
 MAX_MODELS_PER_CALL = 96  # bounds one runner call's duration
