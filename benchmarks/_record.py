@@ -23,7 +23,7 @@ from typing import Any
 
 from dac_search.atomic import atomic_path
 from dac_search.provenance import machine, now, versions
-from dac_search.search.defaults import shaping_defaults
+from dac_search.search.defaults import changed_defaults, shaping_defaults
 
 RECORD_FORMAT = "dac-search/benchmark-record@1"
 RECORDS = Path(__file__).resolve().parents[1] / "docs" / "records"
@@ -40,11 +40,20 @@ class Record:
     versions: dict[str, str]
     machine: dict[str, Any]
     defaults: dict[str, str]
+    # groups of defaults (``table``, ``measure``) the benchmark never reads: one that times nothing on a device is
+    # not made stale by a change of the device's timing settings
+    unread: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": RECORD_FORMAT, "name": self.name, "command": self.command, "date": self.date,
                 "seconds": round(self.seconds, 1), "commit": self.commit, "versions": self.versions,
-                "machine": self.machine, "defaults": self.defaults, "output": self.output}
+                "machine": self.machine, "defaults": self.defaults, "unread": list(self.unread),
+                "output": self.output}
+
+    def changed_defaults(self) -> dict[str, tuple[str | None, str | None]]:
+        """The defaults this benchmark reads that read otherwise today: name -> (then, now)."""
+        return {key: change for key, change in changed_defaults(self.defaults).items()
+                if key.split(".")[0] not in self.unread}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
@@ -52,7 +61,8 @@ class Record:
             raise ValueError(f"not a benchmark record ({RECORD_FORMAT}): format {data.get('format')!r}")
         return cls(name=data["name"], command=data["command"], output=data["output"], date=data["date"],
                    seconds=float(data["seconds"]), commit=data.get("commit"), versions=dict(data["versions"]),
-                   machine=dict(data["machine"]), defaults=dict(data["defaults"]))
+                   machine=dict(data["machine"]), defaults=dict(data["defaults"]),
+                   unread=tuple(data.get("unread", ())))
 
     def tables(self) -> list[tuple[list[str], list[list[str]]]]:
         """The markdown tables in the output, each as (header, rows) of cell texts."""
@@ -111,9 +121,9 @@ def _own_flags(argv: list[str], default: str) -> tuple[str | None, Path, list[st
     return name, directory, rest
 
 
-def run(main: Callable[[], object], script: str) -> object:
+def run(main: Callable[[], object], script: str, unread: tuple[str, ...] = ()) -> object:
     """Run a benchmark's ``main`` with ``sys.argv`` less this module's flags; record what it printed, unless
-    it returned an exit status other than 0. Returns what ``main`` returned."""
+    it returned an exit status other than 0. Returns what ``main`` returned. ``unread``: ``Record.unread``."""
     name, directory, rest = _own_flags(sys.argv[1:], Path(script).stem)
     sys.argv[1:] = rest
     command = shlex.join([".venv/bin/python", f"benchmarks/{Path(script).name}", *rest])
@@ -126,7 +136,7 @@ def run(main: Callable[[], object], script: str) -> object:
         return result
     record = Record(name=name, command=command, output=tee.kept.getvalue().strip() + "\n", date=started,
                     seconds=time.monotonic() - start, commit=version_map.get("dac_search_commit"),
-                    versions=version_map, machine=machine(), defaults=shaping_defaults())
+                    versions=version_map, machine=machine(), defaults=shaping_defaults(), unread=unread)
     print(f"record written: {save(record, directory)}", file=sys.stderr)
     return result
 

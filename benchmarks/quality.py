@@ -178,4 +178,4 @@ def search_plan(spec: str, method: str, target: float, trials: int, correction: 
 if __name__ == "__main__":
     from _record import run
 
-    run(main, __file__)
+    run(main, __file__, unread=("measure", "table"))  # FLOPs budgets, no device: nothing is timed

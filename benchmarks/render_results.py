@@ -23,8 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _record import Record, load_all  # noqa: E402
 
-from dac_search.search.defaults import changed_defaults  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = (ROOT / "docs" / "results.md", ROOT / "README.md")
 HEADLINE = Path(__file__).resolve().parent / "headline.md"
@@ -51,7 +49,7 @@ def provenance(record: Record) -> str:
 
 def staleness(record: Record) -> str | None:
     """A line naming the defaults that read otherwise today than when the record was made, or None."""
-    changes = changed_defaults(record.defaults)
+    changes = record.changed_defaults()
     if not changes:
         return None
     shown = [f"`{key}` {then} → {now}" for key, (then, now) in list(changes.items())[:SHOWN_CHANGES]]

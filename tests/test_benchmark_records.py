@@ -17,7 +17,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import _record  # noqa: E402
 import render_results  # noqa: E402
 
-from dac_search.search.defaults import changed_defaults, shaping_defaults  # noqa: E402
+from dac_search.search.defaults import shaping_defaults  # noqa: E402
 
 
 def test_every_record_reads_back_and_names_what_made_it() -> None:
@@ -40,7 +40,7 @@ def test_every_figure_of_the_readme_comes_from_a_record_made_at_todays_defaults(
     records = _record.load_all()
     names = render_results.headline_records(render_results.HEADLINE.read_text())
     assert names, "the README's headline draws on no record"
-    stale = {name: sorted(changed_defaults(records[name].defaults)) for name in names}
+    stale = {name: sorted(records[name].changed_defaults()) for name in names}
     assert not any(stale.values()), f"re-run these benchmarks at today's defaults: {stale}"
 
 
@@ -50,6 +50,9 @@ def test_a_record_made_at_other_defaults_is_marked_stale_naming_the_default() ->
     older = replace(record, defaults={**shaping_defaults(), "fit_scale": "2"})
     text = render_results.render_record(older)
     assert "**Stale: made at other defaults than today's**" in text and "`fit_scale` 2 → 4" in text
+    timed_otherwise = {**shaping_defaults(), "table.repeats": "99"}
+    assert render_results.staleness(replace(record, defaults=timed_otherwise, unread=("table", "measure"))) is None
+    assert "`table.repeats` 99" in render_results.render_record(replace(record, defaults=timed_otherwise, unread=()))
 
 
 def test_a_benchmark_run_writes_its_record_and_a_failed_one_none(tmp_path, monkeypatch, capsys) -> None:
