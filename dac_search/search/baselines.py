@@ -37,13 +37,13 @@ def uniform_baseline(ctx: SearchContext) -> list[UniformPoint]:
             variant = ctx.table.fastest_variant(name, "dac", min(rank, limit)) if timed else "grouped"
             choices[name] = LayerChoice("dac", min(rank, limit), variant)
         plan = RankPlan(choices, **ctx.space.plan_fields())  # type: ignore[arg-type]
-        if ctx.costs.cost(plan).flops >= ctx.costs.baseline.flops:
-            break  # higher ranks only cost more than the original
-        plans.append(plan)
-    ctx.penalty.prefetch(plans)
-    rows = []
-    for rank, plan in enumerate(plans, start=1):
         cost = ctx.costs.cost(plan)
+        if cost.flops >= ctx.costs.baseline.flops:
+            break  # higher ranks only cost more than the original
+        plans.append((plan, cost))
+    ctx.penalty.prefetch(plan for plan, _ in plans)
+    rows = []
+    for rank, (plan, cost) in enumerate(plans, start=1):
         rows.append(UniformPoint(rank=rank, flops=cost.flops, params=cost.params, proxy=ctx.score(plan).value,
                                  latency_ms=ctx.latency(plan) if timed else None, top1=None))
     return rows
