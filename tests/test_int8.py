@@ -18,6 +18,7 @@ from dac_search.cli import main
 from dac_search.errors import ConfigError, PlanError
 from dac_search.export import export_for, export_model
 from dac_search.int8_model import Int8Model, int8_variants, module_of
+from dac_search.int8_simulation import Int8Calibration
 from dac_search.latency import LatencyTableBuilder
 from dac_search.latency.table import default_candidates
 from dac_search.plan import LayerChoice, RankPlan
@@ -120,9 +121,12 @@ def test_calibration_images_come_from_the_distillation_cache_apart_from_the_scor
 
 def test_the_proxy_scores_the_file_export_writes(resnet20, tmp_path) -> None:
     """With the plan's fit at the scoring batch, the exported file is the model the proxy scored, so its KL on the
-    held-out batch is the proxy's, to onnxruntime's rounding."""
+    held-out batch is the proxy's: to onnxruntime's rounding when the proxy scores the file, to a few percent
+    of the KL when it scores the simulation of it (the search's default)."""
     proxy = default_proxy(resnet20, SHAPE, "refit")
     plan = _mixed_plan("refit", fit_images=default_input_count(SHAPE))
+    simulated = proxy.score(plan)
+    proxy.int8_scoring = "onnxruntime"
     score = proxy.score(plan)
     exported = export_model(decompose_model(resnet20, plan), tmp_path / "plan.onnx", plan, "cifar10-resnet20")
     logits = torch.from_numpy(_run(exported, proxy.inputs))
@@ -130,6 +134,7 @@ def test_the_proxy_scores_the_file_export_writes(resnet20, tmp_path) -> None:
     kl = torch.nn.functional.kl_div(torch.log_softmax(logits, 1), reference, log_target=True,
                                     reduction="batchmean").item()
     assert score.kl == pytest.approx(kl, rel=1e-3, abs=1e-6)
+    assert simulated.kl == pytest.approx(kl, rel=0.03)
     assert 0.0 < score.kl < proxy.score(plan.in_fp32()).kl + 0.05  # int8 adds a little, not a collapse
 
 
@@ -241,22 +246,27 @@ def test_int8_variants_of_one_float_model_calibrate_once_and_equal_the_models_ma
     assert not torch.equal(got[1], got[2])  # the layer sets differ, and so do their models
 
 
-def test_an_int8_plan_with_an_earlier_plans_float_layers_reuses_its_model_export_and_ranges(resnet20,
-                                                                                             monkeypatch) -> None:
+@pytest.mark.parametrize("scoring", ["simulated", "onnxruntime"])
+def test_an_int8_plan_with_an_earlier_plans_float_layers_reuses_its_model_export_and_ranges(resnet20, monkeypatch,
+                                                                                             scoring) -> None:
     """Refinement often moves only a layer's precision: the proxy then skips the refit, the export and the
     calibration run, and scores what a proxy that never saw the earlier plan scores."""
     proxy = default_proxy(resnet20, SHAPE, "refit")
+    proxy.int8_scoring = scoring
     first = _mixed_plan("refit")
     second = RankPlan(first.layers, first.model, SHAPE, "refit",
                       precisions={**first.precisions, "layer3.2.conv2": "int8"})
     assert second.in_fp32() == first.in_fp32() and second.int8_layers != first.int8_layers
     proxy.score(first)
     calibrators = _counted_calibrations(monkeypatch)
+    of = Int8Calibration.of
+    monkeypatch.setattr(Int8Calibration, "of", lambda *a, **k: calibrators.append(1) or of(*a, **k))
     refits = []
     run_plan = ModelProxy._run
     monkeypatch.setattr(ModelProxy, "_run", lambda self, *a, **k: refits.append(1) or run_plan(self, *a, **k))
     again = proxy.score(second)
     assert (calibrators, refits) == ([], [])
     monkeypatch.undo()
-    fresh = ModelProxy(resnet20, proxy.inputs, "refit", fit_inputs=proxy.fit_inputs).score(second)
+    fresh = ModelProxy(resnet20, proxy.inputs, "refit", fit_inputs=proxy.fit_inputs,
+                       int8_scoring=scoring).score(second)
     assert again == fresh

@@ -12,14 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from dac_search.atomic import write_text_atomic
 from dac_search.decompose import decomposable_layers, rank_limit
 from dac_search.errors import ConfigError
 from dac_search.int8_model import int8_variants
+from dac_search.int8_simulation import Int8Calibration
 from dac_search.precision import QuantScheme
 from dac_search.progress import OnProgress
 from dac_search.proxies.calibration import calibration_inputs
@@ -55,20 +58,31 @@ def cached_layer_sensitivity(proxy: ModelProxy, layers: Sequence[str], methods: 
 def cached_int8_sensitivity(proxy: ModelProxy, layers: Sequence[str], scheme: QuantScheme,
                             on_progress: OnProgress | None = None) -> dict[str, float]:
     """The proxy's KL of the original with the int8 ops every int8 plan has (additions, pooling: key ``""``, no
-    conv in int8), and with each layer in int8 besides them. One quantized model per layer, run by ONNX Runtime,
-    all from one export and one calibration of the original (``int8_variants``), kept on disk beside the
-    single-layer table (method ``int8:<scheme>``, rank 0)."""
+    conv in int8), and with each layer in int8 besides them, scored as the proxy scores int8 plans
+    (``int8_scoring``): simulated, all from one calibration of the original, or one quantized model per layer
+    run by ONNX Runtime, all from one export and one calibration (``int8_variants``). Kept on disk beside the
+    single-layer table (method ``int8:<scheme>``, or ``int8-simulated:<scheme>``, rank 0)."""
     path = cache_path(proxy)
     known = _read(path)
-    method = "int8:" + hashlib.sha256(json.dumps(scheme.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    simulated = proxy.int8_scoring == "simulated"
+    method = ("int8-simulated:" if simulated else "int8:") \
+        + hashlib.sha256(json.dumps(scheme.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
     shape = (1, *proxy.inputs.shape[1:])
     wanted = ["", *layers]
     missing = [name for name in wanted if (name, method, 0) not in known]
     distributions = distributions_of(proxy.model, proxy.reference_logits)
     if missing:
-        with int8_variants(proxy.model, scheme, calibration_inputs(proxy.model, shape, scheme), shape) as variant:
+        calibration = calibration_inputs(proxy.model, shape, scheme)
+        with ExitStack() as stack:
+            calibrated = Int8Calibration.of(proxy.model, scheme, calibration) if simulated else None
+            file_variant = None
             for done, name in enumerate(missing):
-                model = variant(frozenset({name}) if name else frozenset())
+                layer_set = frozenset({name}) if name else frozenset()
+                model: nn.Module | None = None if calibrated is None else calibrated.simulate(layer_set)
+                if model is None:
+                    if file_variant is None:
+                        file_variant = stack.enter_context(int8_variants(proxy.model, scheme, calibration, shape))
+                    model = file_variant(layer_set)
                 with torch.no_grad():
                     known[(name, method, 0)] = compare(proxy.reference_logits, model(proxy.inputs), distributions).kl
                 if on_progress is not None:
