@@ -205,4 +205,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     from _record import run
 
-    raise SystemExit(run(main, __file__))
+    raise SystemExit(run(main, __file__, unread=("int8_scoring",)))  # times plans, scores none

@@ -4,8 +4,8 @@ device times and ``dac-search export`` writes.
 
 ``Int8Model`` wraps the float model with the names of its int8 layers and the calibration batch. Exported
 for ONNX Runtime it is that quantized file; called in Python it runs the same file in ONNX Runtime, so an
-accuracy measured on it (the proxy, ``--eval-data``, the benchmarks) is the arithmetic that ships, not a
-simulation of it.
+accuracy measured on it (``--eval-data``, the held-out judging of the front, the benchmarks) is the arithmetic
+that ships. The search's trials score a simulation of it (``int8_simulation``), held to it by the tests.
 
 Which ops are int8: every conv of a listed layer (a factorised layer's every factor) and every op between
 them (additions, pooling), as the quantizer leaves them; the convs of the layers not listed stay float, with

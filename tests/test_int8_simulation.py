@@ -74,7 +74,8 @@ def test_a_float_conv_between_quantized_tensors_runs_in_int8_in_onnx_runtime_and
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     ort.InferenceSession(int8.onnx_bytes(), options, providers=["CPUExecutionProvider"])
-    requantized = {n.name for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node if n.name.endswith("_bias_dq")}
+    optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    requantized = {n.name for n in optimized.node if n.name.endswith("_bias_dq")}
     assert requantized == {"/layer1/layer1.0/conv2/Conv_bias_dq"}
     simulation = simulated_int8(resnet20, frozenset({"layer1.0.conv1"}), QuantScheme(), proxy.fit_inputs)
     assert simulation is not None

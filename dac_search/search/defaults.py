@@ -19,6 +19,7 @@ from dac_search.proxies.correction import (
     MIN_DEFAULT_INPUTS,
     RefitSettings,
 )
+from dac_search.proxies.model import INT8_SCORINGS
 from dac_search.proxies.synthetic import DistillSettings, ImpressionSettings
 from dac_search.reconstruction.settings import ReconstructionSettings
 from dac_search.search.config import SearchConfig
@@ -39,7 +40,7 @@ def shaping_defaults() -> dict[str, str]:
                             "measure_points")}
     out: dict[str, str] = {"plan_format": repr(PLAN_FORMAT), "fit_scale": repr(FIT_SCALE),
                            "default_inputs": repr(dict(DEFAULT_INPUTS)), "default_pixels": repr(DEFAULT_PIXELS),
-                           "min_default_inputs": repr(MIN_DEFAULT_INPUTS)}
+                           "min_default_inputs": repr(MIN_DEFAULT_INPUTS), "int8_scoring": repr(INT8_SCORINGS[0])}
     out.update({f"search.{k}": repr(v) for k, v in search.items()})
     for name, value in (("refit", RefitSettings()), ("distill", DistillSettings()),
                         ("impressions", ImpressionSettings()), ("int8", QuantScheme()),
