@@ -167,12 +167,12 @@ class Int8Calibration:
             return None
         try:
             graph = fx.symbolic_trace(model.eval())
-        except Exception:  # fx raises anything from TraceError to whatever the forward does with a Proxy
-            return None
-        record = _Record(graph)
-        with torch.no_grad():
-            for start in range(0, len(calibration), CALIBRATION_BATCH):
-                record.run(calibration[start:start + CALIBRATION_BATCH].float())
+            record = _Record(graph)
+            with torch.no_grad():
+                for start in range(0, len(calibration), CALIBRATION_BATCH):
+                    record.run(calibration[start:start + CALIBRATION_BATCH].float())
+        except Exception:  # fx raises anything from TraceError to whatever the forward does with a Proxy, and a
+            return None  # trace that froze a branch of the forward may fail to run
         return cls(model, graph, record.ranges)
 
     def simulate(self, layers: frozenset[str]) -> Int8Simulation | None:
