@@ -153,8 +153,7 @@ class Int8Calibration:
     """One float model traced and calibrated once: its int8 variants (``simulate``) differ only in which
     layers are int8, never in the float model's activations (as ``int8_model.CalibratedFloat``)."""
 
-    def __init__(self, model: nn.Module, graph: fx.GraphModule, ranges: Mapping[str, tuple[float, float]]) -> None:
-        self.model = model
+    def __init__(self, graph: fx.GraphModule, ranges: Mapping[str, tuple[float, float]]) -> None:
         self.graph = graph
         self.modules = dict(graph.named_modules())
         self.ranges = dict(ranges)
@@ -173,7 +172,7 @@ class Int8Calibration:
                     record.run(calibration[start:start + CALIBRATION_BATCH].float())
         except Exception:  # fx raises anything from TraceError to whatever the forward does with a Proxy, and a
             return None  # trace that froze a branch of the forward may fail to run
-        return cls(model, graph, record.ranges)
+        return cls(graph, record.ranges)
 
     def simulate(self, layers: frozenset[str]) -> Int8Simulation | None:
         """The model with the convs of ``layers`` in int8; None at an op the simulation does not know."""
