@@ -33,7 +33,7 @@ simulation.py`` holds it to ONNX Runtime's outputs: what is left is the int8 ker
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -42,11 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from dac_search.precision import QuantScheme, belongs_to
+from dac_search.int8_model import CALIBRATION_BATCH
+from dac_search.precision import WEIGHT_QMAX, QuantScheme, belongs_to
 
-CALIBRATION_BATCH = 32  # images per calibration pass, as ONNX Runtime's calibration reads them
 ACTIVATION_LEVELS = 255  # uint8
-WEIGHT_LIMIT = 127  # int8, symmetric
 
 # How the quantizer treats each op (the names of ``onnxruntime.quantization.registry``'s classes).
 CONV, LINEAR, FOLDED, ACTIVATION, ALL_IO, SAME_AS_INPUT, FLOAT, ALIAS, NOT_TENSOR = (
@@ -156,6 +155,7 @@ class Int8Calibration:
     def __init__(self, graph: fx.GraphModule, ranges: Mapping[str, tuple[float, float]]) -> None:
         self.graph = graph
         self.modules = dict(graph.named_modules())
+        self.nodes = {n.name: n for n in graph.graph.nodes}
         self.ranges = dict(ranges)
 
     @classmethod
@@ -176,16 +176,15 @@ class Int8Calibration:
 
     def simulate(self, layers: frozenset[str]) -> Int8Simulation | None:
         """The model with the convs of ``layers`` in int8; None at an op the simulation does not know."""
-        placement = _placement(self.graph, self.modules, layers, set(self.ranges))
+        placement = _placement(self.graph, self.modules, layers, self.ranges.keys())
         if placement is None:
             return None
         quantized: dict[str, Affine] = {name: Affine.of_range(*self.ranges[name]) for name in placement.own}
         for name, source in placement.shared.items():
             quantized[name] = quantized[source]
-        nodes = {n.name: n for n in self.graph.graph.nodes}
         weights = {}
         for op in placement.weighted:
-            output = nodes[op.norm_node or op.node]
+            output = self.nodes[op.norm_node or op.node]
             if op.input in quantized and (op.int8 or _requantized(output, quantized, self.modules)):
                 norm = None if op.norm is None else self.modules[op.norm]
                 weights[op.node] = _runtime_weights(self.modules[op.module], norm, quantized[op.input].scale, op.int8)
@@ -202,7 +201,7 @@ def simulated_int8(model: nn.Module, layers: frozenset[str], scheme: QuantScheme
     return None if calibrated is None else calibrated.simulate(layers)
 
 
-def _kind(n: fx.Node, modules: Mapping[str, nn.Module], tensors: set[str]) -> str | None:
+def _kind(n: fx.Node, modules: Mapping[str, nn.Module], tensors: Collection[str]) -> str | None:
     if n.op in ("placeholder", "output", "get_attr"):
         return NOT_TENSOR
     if n.name not in tensors:
@@ -251,7 +250,7 @@ class _Placement:
 
 
 def _placement(graph: fx.GraphModule, modules: Mapping[str, nn.Module], layers: frozenset[str],
-               tensors: set[str]) -> _Placement | None:
+               tensors: Collection[str]) -> _Placement | None:
     """The quantizer's walk over the ops in graph order; None at an op this module does not know."""
     alias: dict[str, str] = {}  # an op the exporter drops (dropout) or folds (a conv into its BatchNorm)
     own: dict[str, None] = {}  # an ordered set
@@ -358,10 +357,10 @@ def _runtime_weights(module: nn.Module, norm: nn.Module | None, input_scale: flo
         bias = ((bias if bias is not None else torch.zeros_like(factor)) - norm.running_mean) * factor + beta
     if int8:
         absmax = weight.abs().reshape(len(weight), -1).amax(dim=1)
-        scale = (absmax.double() / WEIGHT_LIMIT).float()
+        scale = (absmax.double() / WEIGHT_QMAX).float()
         scale = torch.where(scale < torch.finfo(torch.float32).tiny, torch.ones_like(scale), scale)
         shape = (-1, *[1] * (weight.dim() - 1))
-        weight = torch.clamp(torch.round(weight / scale.reshape(shape)), -WEIGHT_LIMIT, WEIGHT_LIMIT) \
+        weight = torch.clamp(torch.round(weight / scale.reshape(shape)), -WEIGHT_QMAX, WEIGHT_QMAX) \
             * scale.reshape(shape)
     else:
         low, high = min(float(weight.min()), 0.0), max(float(weight.max()), 0.0)

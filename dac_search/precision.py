@@ -27,6 +27,7 @@ CALIBRATIONS = ("percentile", "minmax", "entropy")
 # Runtimes whose int8 models dac-search writes and times (ONNX Runtime: QDQ models, MLAS int8 kernels;
 # LiteRT: full-integer .tflite models, XNNPACK int8 kernels).
 INT8_RUNTIMES = ("onnxruntime", "litert")
+WEIGHT_QMAX = 127  # int8 weights, symmetric: -127..127, as both runtimes' quantizers make them
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ from torch import nn
 from dac_search import load_model
 from dac_search.int8_model import Int8Model
 from dac_search.plan import LayerChoice, RankPlan
-from dac_search.precision import INT8, QuantScheme
+from dac_search.precision import INT8, WEIGHT_QMAX, QuantScheme
 from dac_search.proxies.apply import decompose_model
 from dac_search.proxies.synthetic import synthetic_inputs
 from dac_search.reconstruction.planning import SAFETY, StepCost
 from dac_search.reconstruction.regions import trace
-from dac_search.reconstruction.rounding import QMAX, int8_weights
+from dac_search.reconstruction.rounding import int8_weights
 from dac_search.reconstruction.settings import ReconstructionSettings
 
 SHAPE = (1, 3, 32, 32)
@@ -49,7 +49,7 @@ def grid_integers(model: nn.Module, layers: frozenset[str]) -> dict[str, np.ndar
     for weight in int8_weights(graph_module, layers):
         conv = graph_module.get_submodule(weight.name)
         folded = conv.weight.detach() * weight.fold.view(-1, 1, 1, 1)
-        step = folded.abs().amax(dim=(1, 2, 3), keepdim=True) / QMAX
+        step = folded.abs().amax(dim=(1, 2, 3), keepdim=True) / WEIGHT_QMAX
         out[weight.name] = (folded / step).numpy()
     return out
 

@@ -17,11 +17,11 @@ import itertools
 import shutil
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -58,6 +58,7 @@ from dac_search.proxies.replay import PartialPass, Prefix, record_prefix, run_ne
 # export): a search's trials often differ from an earlier one only in which layers are int8 (refinement moves
 # one layer's precision), and such a plan then skips the refit pass and the calibration run.
 FLOAT_MODELS_KEPT = 4
+T = TypeVar("T")
 # How int8 plans are scored: "simulated" (``dac_search.int8_simulation``: ONNX Runtime's quantizer and
 # session rules followed in PyTorch; the same ranking, 0.55 s a plan against 0.80 s on ResNet-20 with the refit,
 # ``benchmarks/int8_fidelity.py``; a model it cannot follow is scored on the file), or "onnxruntime" (the
@@ -188,15 +189,9 @@ class ModelProxy:
         follows the model, else the file run by ONNX Runtime."""
         if self.int8_scoring == "simulated":
             assert plan.quantization is not None
-            key = _float_key(plan)
-            if key in self._simulations:
-                calibrated = self._simulations.pop(key)
-            else:
-                calibrated = Int8Calibration.of(self.build(plan.in_fp32()), plan.quantization,
-                                                self._calibration(plan))
-            self._simulations[key] = calibrated
-            while len(self._simulations) > FLOAT_MODELS_KEPT:
-                self._simulations.popitem(last=False)
+            scheme = plan.quantization
+            calibrated = _kept(self._simulations, _float_key(plan), lambda: Int8Calibration.of(
+                self.build(plan.in_fp32()), scheme, self._calibration(plan)))
             simulation = None if calibrated is None else calibrated.simulate(plan.int8_layers)
             if simulation is not None:
                 return simulation
@@ -206,18 +201,17 @@ class ModelProxy:
         """The float model of an int8 plan, exported, with its ranges kept once measured: built now, or kept
         from an earlier plan with the same float layers and calibration (``FLOAT_MODELS_KEPT``)."""
         assert plan.input_shape is not None
-        key = _float_key(plan)
-        kept = self._float_models.pop(key, None)
-        if kept is None:
+        shape = plan.input_shape
+
+        def written() -> CalibratedFloat:
             if self._exports is None:
                 self._exports = tempfile.TemporaryDirectory(prefix="dac-search-proxy-")
             directory = Path(self._exports.name) / str(next(self._export_numbers))
             directory.mkdir()
-            kept = CalibratedFloat.written(self.build(plan.in_fp32()), directory, plan.input_shape)
-        self._float_models[key] = kept
-        while len(self._float_models) > FLOAT_MODELS_KEPT:
-            shutil.rmtree(self._float_models.popitem(last=False)[1].onnx.parent, ignore_errors=True)
-        return kept
+            return CalibratedFloat.written(self.build(plan.in_fp32()), directory, shape)
+
+        return _kept(self._float_models, _float_key(plan), written,
+                     lambda dropped: shutil.rmtree(dropped.onnx.parent, ignore_errors=True))
 
     def score(self, plan: RankPlan | Mapping[str, Any]) -> ProxyScore:
         """KL and agreement of the plan's model against the original on the (scored) synthetic inputs."""
@@ -267,6 +261,17 @@ class _Front:
     fit: Prefix
     scored: Prefix
     consumer: str | None
+
+
+def _kept(cache: OrderedDict[str, T], key: str, make: Callable[[], T],
+          dropped: Callable[[T], object] = lambda _: None) -> T:
+    """``cache[key]``, made now if absent, as the most recent of the ``FLOAT_MODELS_KEPT`` entries kept (the
+    oldest handed to ``dropped`` as it leaves)."""
+    value = cache.pop(key) if key in cache else make()
+    cache[key] = value
+    while len(cache) > FLOAT_MODELS_KEPT:
+        dropped(cache.popitem(last=False)[1])
+    return value
 
 
 def _float_key(plan: RankPlan) -> str:

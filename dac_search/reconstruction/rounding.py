@@ -28,7 +28,7 @@ from torch import fx, nn
 from torch.nn.utils import parametrize
 
 from dac_search.decompose.layers import FactorizedConv2d
-from dac_search.precision import belongs_to
+from dac_search.precision import WEIGHT_QMAX, belongs_to
 from dac_search.reconstruction.engine import (
     OnStep,
     Saver,
@@ -40,7 +40,6 @@ from dac_search.reconstruction.engine import (
 from dac_search.reconstruction.regions import Region, RegionRunner, paired_regions
 from dac_search.reconstruction.settings import ReconstructionSettings
 
-QMAX = 127  # int8 weights, symmetric: -127..127, as both quantizers make them
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (AdaRound's values)
 REGULARISATION = 0.01  # weight of the term that drives each choice to 0 or 1 (BRECQ's)
 WARMUP = 0.2  # of the steps, fitted on the output error alone before the regulariser starts
@@ -96,12 +95,12 @@ class LearnedRounding(nn.Module):
         super().__init__()
         fold = fold.to(weight).view(-1, *([1] * (weight.dim() - 1)))
         folded = weight.detach() * fold
-        step = folded.abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True) / QMAX
+        step = folded.abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True) / WEIGHT_QMAX
         step = torch.where(step > 0, step, torch.ones_like(step))  # an all-zero channel stays zero
         scaled = folded / step
         floor = scaled.floor()
         # each channel's largest weight is kept where nearest puts it (127), so the quantizer's step is ours
-        self.register_buffer("pinned", scaled.abs() >= QMAX - 1e-3)
+        self.register_buffer("pinned", scaled.abs() >= WEIGHT_QMAX - 1e-3)
         self.register_buffer("floor", floor)
         self.register_buffer("nearest", scaled.round())
         self.register_buffer("unfold", step / torch.where(fold == 0, torch.ones_like(fold), fold))
@@ -117,7 +116,7 @@ class LearnedRounding(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         up = (self.v >= 0).to(self.v) if self.hard else self.h()
-        q = torch.where(self.pinned, self.nearest, self.floor + up).clamp(-QMAX, QMAX)
+        q = torch.where(self.pinned, self.nearest, self.floor + up).clamp(-WEIGHT_QMAX, WEIGHT_QMAX)
         return q * self.unfold
 
 
